@@ -1,0 +1,24 @@
+#!/bin/sh
+# Minimal stand-in for the official postgres image's entrypoint: POSTGRES_PASSWORD / POSTGRES_USER / POSTGRES_DB,
+# initdb on first start, then postgres in the foreground as PID 1 (so `docker stop` shuts it down cleanly).
+set -eu
+bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+user=${POSTGRES_USER:-postgres}
+mkdir -p "$PGDATA" /run/postgresql
+chown postgres:postgres "$PGDATA" /run/postgresql
+chmod 700 "$PGDATA"
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+  : "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD must be set}"
+  pwfile=$(mktemp); printf '%s' "$POSTGRES_PASSWORD" >"$pwfile"; chown postgres "$pwfile"
+  setpriv --reuid=postgres --regid=postgres --init-groups "$bin/initdb" -D "$PGDATA" -U "$user" \
+    --pwfile="$pwfile" --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >/dev/null
+  rm -f "$pwfile"
+  echo "listen_addresses = '*'" >>"$PGDATA/postgresql.conf"
+  echo "host all all all scram-sha-256" >>"$PGDATA/pg_hba.conf"
+  db=${POSTGRES_DB:-$user}
+  if [ "$db" != postgres ]; then
+    echo "CREATE DATABASE \"$db\" OWNER \"$user\";" | setpriv --reuid=postgres --regid=postgres --init-groups \
+      "$bin/postgres" --single -D "$PGDATA" postgres >/dev/null
+  fi
+fi
+exec setpriv --reuid=postgres --regid=postgres --init-groups "$bin/postgres" -D "$PGDATA" "$@"

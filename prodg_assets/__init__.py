@@ -1,0 +1,75 @@
+"""prodg-gitops: the ProDG Mainframe's desired state (git) materialised by Dagster.
+
+`build_defs()` assembles every layer's assets and checks and the resource dict; it reads settings from the
+environment when called (definitions.py calls it), never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import dagster as dg
+
+from .engine.docker_engine import DockerEngine
+from .engine.secrets import SecretSource
+from .gitops.repo import ConfigRepo
+from .layers.host import HostShell, exposure, host_baseline, host_conforms
+from .layers.network import docker_network, network_matches
+from .layers.secrets import secrets_complete_and_private, secrets_env
+from .layers.service_checks import PROBES, TlsSettings, build_service_check, build_tls_asset
+from .layers.services import build_service_asset
+from .spec import DesiredState, DirTree, load_desired_state
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def settings_from_env(env: Mapping[str, str]) -> dict[str, str]:
+    """Every environment setting prodg reads, with its default (the README's settings table lists the same)."""
+    return {
+        "PRODG_REPO": env.get("PRODG_REPO", REPO_ROOT),
+        "PRODG_CONFIG_SUBDIR": env.get("PRODG_CONFIG_SUBDIR", "config"),
+        "PRODG_BRANCH": env.get("PRODG_BRANCH", "main"),
+        "PRODG_DEPLOY_ROOT": env.get("PRODG_DEPLOY_ROOT", ""),
+        "PRODG_HOST_ROOT": env.get("PRODG_HOST_ROOT", "/"),
+        "PRODG_TLS_CA_FILE": env.get("PRODG_TLS_CA_FILE", ""),
+        "PRODG_TLS_CONNECT": env.get("PRODG_TLS_CONNECT", ""),
+        "DOCKER_HOST": env.get("DOCKER_HOST", ""),
+    }
+
+
+def build_resources(state: DesiredState, settings: Mapping[str, str]) -> dict:
+    secrets = state.settings.secrets
+    infisical = secrets.get("infisical") or {}
+    host, _, port = settings["PRODG_TLS_CONNECT"].rpartition(":")
+    return {
+        "docker": DockerEngine(base_url=settings["DOCKER_HOST"]),
+        "repo": ConfigRepo(repo_path=settings["PRODG_REPO"], config_subdir=settings["PRODG_CONFIG_SUBDIR"],
+                           branch=settings["PRODG_BRANCH"], deploy_root=settings["PRODG_DEPLOY_ROOT"]),
+        "secrets": SecretSource(source=secrets.get("source", "env_file"), env_file=secrets.get("env_file", ""),
+                                infisical_url=infisical.get("api_base_url", ""),
+                                infisical_project_id=infisical.get("project_id", ""),
+                                infisical_environment=infisical.get("environment", "prod"),
+                                infisical_token_env=infisical.get("token_env", "INFISICAL_TOKEN")),
+        "host": HostShell(root=settings["PRODG_HOST_ROOT"]),
+        "tls": TlsSettings(ca_file=settings["PRODG_TLS_CA_FILE"], connect_host=host,
+                           connect_port=int(port) if port.isdigit() else 0),
+    }
+
+
+def build_defs(env: Mapping[str, str] | None = None) -> dg.Definitions:
+    """Definitions for the config tree at PRODG_REPO/PRODG_CONFIG_SUBDIR: one asset per service, grouped by layer,
+    the layer assets, their checks, and the resources."""
+    env = os.environ if env is None else env
+    settings = settings_from_env(env)
+    config_dir = os.path.join(settings["PRODG_REPO"], settings["PRODG_CONFIG_SUBDIR"])
+    state = load_desired_state(DirTree(config_dir), env)
+    assets: list = [host_baseline, docker_network, secrets_env]
+    checks: list = [host_conforms, exposure, network_matches, secrets_complete_and_private]
+    assets += [build_service_asset(state, spec) for spec in state.services.values()]
+    checks += [build_service_check(spec) for spec in state.services.values() if spec.name in PROBES]
+    if any(s.layer == "tls" for s in state.services.values()):
+        tls_asset, tls_check = build_tls_asset(state)
+        assets.append(tls_asset)
+        checks.append(tls_check)
+    return dg.Definitions(assets=assets, asset_checks=checks, resources=build_resources(state, settings))

@@ -1,0 +1,127 @@
+"""`prodg`: the operator's command line. Errors are printed as `file:line: field: message`, never as tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .spec import ConfigInvalid, DirTree, load_desired_state, validate
+
+
+def _config_path(arg: str | None) -> str:
+    return arg or os.environ.get("PRODG_CONFIG_DIR") or "config"
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    path = _config_path(args.path)
+    if not os.path.isdir(path):
+        print(f"{path}: not a folder", file=sys.stderr)
+        return 1
+    errors = validate(DirTree(path), os.environ)
+    for error in errors:
+        print(error)
+    if errors:
+        print(f"{len(errors)} error(s) in {path}", file=sys.stderr)
+        return 1
+    print(f"{path}: valid")
+    return 0
+
+
+def _state(args: argparse.Namespace):
+    """(desired state, commit, resources) for the config folder, or for --commit of the config repo."""
+    from . import build_resources, settings_from_env
+
+    settings = settings_from_env(os.environ)
+    if getattr(args, "path", None):
+        state = load_desired_state(DirTree(args.path), os.environ)
+        return state, "", build_resources(state, settings)
+    config_dir = os.path.join(settings["PRODG_REPO"], settings["PRODG_CONFIG_SUBDIR"])
+    state = load_desired_state(DirTree(config_dir), os.environ)
+    resources = build_resources(state, settings)
+    commit = args.commit or ""
+    if commit:
+        commit = resources["repo"].tree(commit).commit
+        state = resources["repo"].desired_state(commit)
+    return state, commit, resources
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    state, commit, resources = _state(args)
+    plan = resources["docker"].plan(state, resources["secrets"].values(), commit)
+    print(plan.table())
+    changes = plan.changes
+    print(f"\n{len(changes)} change(s), {len(plan.actions) - len(changes)} unchanged or reported; nothing was applied")
+    return 0
+
+
+def cmd_demo_secrets(args: argparse.Namespace) -> int:
+    import secrets as pysecrets
+
+    state = load_desired_state(DirTree(_config_path(args.path)), os.environ)
+    for key in state.settings.required_secrets:
+        print(f"{key}={pysecrets.token_urlsafe(24)}")
+    return 0
+
+
+def cmd_offline_report(args: argparse.Namespace) -> int:
+    """Which services this Engine can run: the seed's image, its local stand-in, a build, or nothing offline."""
+    from .engine.docker_engine import DockerEngine
+
+    state = load_desired_state(DirTree(_config_path(args.path)), os.environ)
+    docker = DockerEngine(base_url=os.environ.get("DOCKER_HOST", ""))
+    local = state.settings.images.get("local") or {}
+    missing = []
+    for name, spec in sorted(state.services.items()):
+        if spec.build:
+            how = f"built from {spec.build.context} at deploy"
+        elif docker.image_id(spec.image):
+            how = spec.image
+        elif local.get(spec.image) and docker.image_id(local[spec.image]):
+            how = f"{local[spec.image]} (local stand-in for {spec.image})"
+        else:
+            how = None
+            missing.append(name)
+        print(f"  {name:<14} {how or 'cannot run here: ' + spec.image + ' is not on the Engine and no registry'}")
+    if missing:
+        print(f"prodg: {len(missing)} service(s) cannot run offline and will fail when materialised, not be faked: "
+              f"{', '.join(missing)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prodg", description="GitOps for the ProDG Mainframe")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("validate", help="validate a config tree (exit 0 when valid, 1 otherwise)")
+    p.add_argument("path", nargs="?", help="config folder (default: $PRODG_CONFIG_DIR or ./config)")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("plan", help="desired vs live: what a deploy would change (changes nothing)")
+    p.add_argument("path", nargs="?", help="config folder (default: the config repo's working tree)")
+    p.add_argument("--commit", help="plan the config at this commit of the config repo")
+    p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("demo-secrets", help="print a secrets env file with random values for every required key")
+    p.add_argument("path", nargs="?")
+    p.set_defaults(func=cmd_demo_secrets)
+    p = sub.add_parser("offline-report", help="which services this Engine can run without a registry")
+    p.add_argument("path", nargs="?")
+    p.set_defaults(func=cmd_offline_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigInvalid as exc:
+        for error in exc.errors:
+            print(error)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # an operator gets one line, not a traceback
+        print(f"prodg {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

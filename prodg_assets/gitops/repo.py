@@ -1,0 +1,139 @@
+"""The config repo: the real `git` binary, reading config trees at commits and laying the deployed one on disk."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+from typing import Iterator
+
+import dagster as dg
+
+from ..spec import DesiredState, DirTree, load_desired_state
+
+
+class GitError(Exception):
+    pass
+
+
+def git(repo: str, *args: str, input: bytes | None = None, timeout: float = 60) -> bytes:
+    try:
+        proc = subprocess.run(["git", "-C", repo, *args], input=input, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise GitError(f"git {args[0]} in {repo} timed out after {timeout:.0f}s") from None
+    if proc.returncode != 0:
+        msg = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise GitError(f"git {' '.join(args[:2])} in {repo}: {msg[-1] if msg else f'exit {proc.returncode}'}")
+    return proc.stdout
+
+
+class GitTree:
+    """The config tree at one commit, read straight from git objects (no checkout)."""
+
+    def __init__(self, repo: str, commit: str, subdir: str = "config"):
+        self.repo, self.commit, self.subdir = repo, commit, subdir.strip("/")
+        self.label = f"{self.subdir}@{commit[:12]}"
+        listing = git(repo, "ls-tree", "-r", "-z", "--name-only", commit, "--", self.subdir + "/")
+        prefix = self.subdir + "/"
+        self._files = sorted(p[len(prefix):] for p in listing.decode().split("\0") if p.startswith(prefix))
+        self._cache: dict[str, bytes] = {}
+
+    def read(self, rel: str) -> bytes | None:
+        rel = os.path.normpath(rel)
+        if rel not in self._files:
+            return None
+        if rel not in self._cache:
+            self._cache[rel] = git(self.repo, "cat-file", "blob", f"{self.commit}:{self.subdir}/{rel}")
+        return self._cache[rel]
+
+    def files_under(self, rel: str) -> Iterator[str]:
+        rel = os.path.normpath(rel)
+        if rel == ".":
+            yield from self._files
+            return
+        yield from (f for f in self._files if f == rel or f.startswith(rel.rstrip("/") + "/"))
+
+
+class ConfigRepo(dg.ConfigurableResource):
+    """The git repo holding the mainframe's desired state (`config_subdir` inside it). Deploys read the config at
+    a commit and lay it out under `deploy_root`, the folder the containers' config bind mounts point at."""
+
+    repo_path: str = "."
+    config_subdir: str = "config"
+    branch: str = "main"
+    deploy_root: str = ""
+
+    @property
+    def path(self) -> str:
+        return os.path.abspath(self.repo_path)
+
+    @property
+    def deployed_dir(self) -> str:
+        return os.path.abspath(self.deploy_root or os.path.join(self.path, ".prodg", "deployed"))
+
+    def config_root(self, commit: str) -> str:
+        """Where the config tree deployed for `commit` lies on disk (the working folder when not in git)."""
+        return os.path.join(self.deployed_dir if commit else self.path, self.config_subdir)
+
+    def is_git(self) -> bool:
+        try:
+            git(self.path, "rev-parse", "--git-dir")
+            return True
+        except GitError:
+            return False
+
+    def head(self) -> str:
+        ref = self.branch if self._has_ref(self.branch) else "HEAD"
+        return git(self.path, "rev-parse", f"{ref}^{{commit}}").decode().strip()
+
+    def _has_ref(self, ref: str) -> bool:
+        try:
+            git(self.path, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+            return True
+        except GitError:
+            return False
+
+    def tree(self, commit: str) -> GitTree:
+        return GitTree(self.path, commit, self.config_subdir)
+
+    def desired_state(self, commit: str, materialise: bool = False) -> DesiredState:
+        """The desired state at `commit` (raises ConfigInvalid). With `materialise`, the config tree at that commit
+        is first written to the deployed folder, which is where bind mounts point."""
+        if not commit:  # not a git repo: the working folder is the desired state
+            return load_desired_state(DirTree(os.path.join(self.path, self.config_subdir)), os.environ)
+        root = self.config_root(commit)
+        state = load_desired_state(self.tree(commit), os.environ, host_root=root)
+        if materialise:
+            self.lay_out(commit, root)
+        return state
+
+    def lay_out(self, commit: str, root: str) -> None:
+        """Write the config tree at `commit` into `root`, rewriting only files whose bytes changed (a file a
+        running container bind-mounts keeps its inode unless its content changes)."""
+        data = git(self.path, "archive", "--format=tar", commit, "--", self.config_subdir)
+        wanted: set[str] = set()
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for member in tar.getmembers():
+                if not member.isfile():
+                    continue
+                rel = os.path.relpath(member.name, self.config_subdir)
+                if rel.startswith(".."):
+                    continue
+                wanted.add(rel)
+                dest = os.path.join(root, rel)
+                content = tar.extractfile(member).read()
+                if os.path.isfile(dest):
+                    with open(dest, "rb") as fh:
+                        if fh.read() == content:
+                            continue
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                with open(dest, "r+b" if os.path.isfile(dest) else "wb") as fh:
+                    fh.write(content)
+                    fh.truncate()
+                os.chmod(dest, member.mode & 0o777 | 0o444)
+        for dirpath, _, files in os.walk(root):
+            for name in files:
+                rel = os.path.relpath(os.path.join(dirpath, name), root)
+                if rel not in wanted:
+                    os.remove(os.path.join(dirpath, name))

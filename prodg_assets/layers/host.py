@@ -1,0 +1,131 @@
+"""Host baseline: facts of the Docker host and their conformance, plus the exposure check (the real firewall)."""
+
+
+import platform
+import re
+import shutil
+import subprocess
+
+import dagster as dg
+
+from ..engine.docker_engine import DockerEngine
+from ..engine.facts import LABEL_PROJECT
+from ..gitops.repo import ConfigRepo
+from .common import state_for_run
+
+HOST_ASSET = "host_baseline"
+
+
+class HostShell(dg.ConfigurableResource):
+    """Runs read-only fact commands on the Docker host (`ufw status`, `/etc/os-release`). `root` is where the host's
+    filesystem is visible (`/` when prodg runs on the host; `/host` when it runs in a container with it mounted)."""
+
+    root: str = "/"
+
+    def run(self, *cmd: str) -> tuple[int, str]:
+        if shutil.which(cmd[0]) is None:
+            return 127, f"{cmd[0]}: not installed on this host"
+        proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=30)
+        return proc.returncode, (proc.stdout + proc.stderr).strip()
+
+    def os_release(self) -> dict[str, str]:
+        try:
+            with open(f"{self.root.rstrip('/')}/etc/os-release", encoding="utf-8") as fh:
+                return {k: v.strip('"') for k, _, v in (line.strip().partition("=") for line in fh) if k}
+        except FileNotFoundError:
+            return {}
+
+    def free_disk_gb(self, path: str = "/") -> float:
+        return shutil.disk_usage(f"{self.root.rstrip('/')}{path}" if self.root != "/" else path).free / 1e9
+
+
+def parse_ufw(text: str) -> tuple[bool, list[str]]:
+    """(active, ["22/tcp", ...]) from `ufw status`; IPv6 duplicates folded."""
+    active = bool(re.search(r"^Status:\s*active", text, re.M))
+    rules = []
+    for line in text.splitlines():
+        m = re.match(r"^(\d+(?::\d+)?(?:/(?:tcp|udp))?)\s+(?:\(v6\)\s+)?ALLOW", line.strip())
+        if m and m.group(1) not in rules:
+            rules.append(m.group(1))
+    return active, rules
+
+
+@dg.asset(name=HOST_ASSET, group_name="host_baseline", kinds={"linux"})
+def host_baseline(context: dg.AssetExecutionContext, host: HostShell, docker: DockerEngine,
+                  repo: ConfigRepo) -> dg.MaterializeResult:
+    """Facts of the Docker host the mainframe runs on: OS, kernel, free disk, Docker version, UFW state. Nothing is
+    changed here; the checks compare these facts with `host:` in prodg.yaml."""
+    _, commit = state_for_run(context, repo)
+    release = host.os_release()
+    rc, ufw = host.run("ufw", "status")
+    version = docker.client.version()
+    return dg.MaterializeResult(metadata={
+        "commit": commit,
+        "os": release.get("PRETTY_NAME", "unknown"),
+        "kernel": platform.release(),
+        "free_disk_gb": round(host.free_disk_gb(), 1),
+        "docker_version": version.get("Version", "unknown"),
+        "ufw": ufw if rc == 0 else f"unavailable: {ufw}",
+    })
+
+
+@dg.asset_check(asset=HOST_ASSET, name="host_conforms", blocking=True)
+def host_conforms(context: dg.AssetCheckExecutionContext, host: HostShell, repo: ConfigRepo) -> dg.AssetCheckResult:
+    """OS, kernel, free disk and UFW match prodg.yaml `host:`. When `host.ufw` is declared and the host has no ufw,
+    the check says so and fails, instead of passing."""
+    state, _ = state_for_run(context, repo)
+    want = state.settings.host
+    problems = []
+    pretty = host.os_release().get("PRETTY_NAME", "")
+    if want.get("os") and str(want["os"]) not in pretty:
+        problems.append(f"OS is {pretty!r}, expected {want['os']!r}")
+    kernel = platform.release()
+    if want.get("kernel") and not kernel.startswith(str(want["kernel"])):
+        problems.append(f"kernel is {kernel}, expected {want['kernel']}*")
+    free = host.free_disk_gb()
+    if free < float(want.get("min_free_disk_gb", 0)):
+        problems.append(f"free disk {free:.1f} GB is below {want['min_free_disk_gb']} GB")
+    ufw_want = want.get("ufw")
+    rc, out = host.run("ufw", "status") if ufw_want else (0, "")
+    if not ufw_want:
+        pass  # prodg.yaml declares no firewall for this host
+    elif rc != 0:
+        problems.append(f"UFW cannot be read ({out}); the allow-list is unverified")
+    else:
+        active, rules = parse_ufw(out)
+        if ufw_want.get("active", True) and not active:
+            problems.append("UFW is not active")
+        expected = list(ufw_want.get("allow", []))
+        if sorted(rules) != sorted(expected):
+            problems.append(f"UFW allows {', '.join(rules) or 'nothing'}; expected exactly {', '.join(expected)}")
+    return dg.AssetCheckResult(passed=not problems, metadata={
+        "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
+        "os": pretty, "kernel": kernel, "free_disk_gb": round(free, 1)})
+
+
+def exposed_ports(docker: DockerEngine, project: str) -> list[tuple[str, str, str]]:
+    """(container, "port/proto", host ip) of every publication on a wildcard address, for managed containers."""
+    out = []
+    for c in docker.client.containers.list(filters={"label": f"{LABEL_PROJECT}={project}"}):
+        for container_port, bindings in (c.attrs.get("HostConfig", {}).get("PortBindings") or {}).items():
+            for b in bindings or []:
+                ip = b.get("HostIp") or "0.0.0.0"
+                if ip in ("0.0.0.0", "::"):
+                    proto = container_port.partition("/")[2] or "tcp"
+                    out.append((c.name, f"{b.get('HostPort')}/{proto}", ip))
+    return sorted(out)
+
+
+@dg.asset_check(asset=HOST_ASSET, name="exposure", blocking=False)
+def exposure(context: dg.AssetCheckExecutionContext, docker: DockerEngine, repo: ConfigRepo) -> dg.AssetCheckResult:
+    """Every port published on 0.0.0.0 or :: is on the public allow-list (`host.public_ports`). Docker-published ports
+    bypass UFW, so this — not UFW — is the mainframe's real firewall check."""
+    state, _ = state_for_run(context, repo)
+    allowed = set(state.settings.public_ports)
+    exposed = exposed_ports(docker, state.project)
+    bad = [f"{name}: {port} on {ip}" for name, port, ip in exposed if port not in allowed]
+    return dg.AssetCheckResult(passed=not bad, metadata={
+        "outside_allow_list": dg.MetadataValue.md("\n".join(f"- {b}" for b in bad) or "none"),
+        "public_allow_list": ", ".join(sorted(allowed)),
+        "published_on_wildcard": len(exposed),
+    })

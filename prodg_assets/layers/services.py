@@ -1,0 +1,81 @@
+"""One asset per Compose service: materialising it brings that container to the desired state of the run's commit."""
+
+
+import dagster as dg
+
+from ..engine.docker_engine import ApplyFailed, DockerEngine
+from ..engine.plan import UNCHANGED
+from ..engine.secrets import SecretSource
+from ..gitops.repo import ConfigRepo
+from ..spec import DesiredState, ServiceSpec, asset_name
+from .common import DeployConfig, state_for_run
+
+NETWORK_ASSET = "docker_network"
+SECRETS_ASSET = "secrets_env"
+
+
+def service_deps(state: DesiredState, spec: ServiceSpec) -> list[dg.AssetKey]:
+    deps = [dg.AssetKey(asset_name(d)) for d in state.upstream(spec.name)]
+    deps.append(dg.AssetKey(NETWORK_ASSET))
+    if spec.secrets_used:
+        deps.append(dg.AssetKey(SECRETS_ASSET))
+    return deps
+
+
+def _describe(spec: ServiceSpec) -> str:
+    ports = ", ".join(str(p) for p in spec.ports) or "none published"
+    public = ", ".join(spec.public_domains) or "none"
+    source = f"built from `{spec.build.context}` at the commit" if spec.build else f"image `{spec.image}`"
+    return (f"The `{spec.name}` container ({source}). Materialising applies the Compose service at the run's "
+            f"commit: created if missing, recreated only when its spec or live state differs, rolled back if the new "
+            f"container fails its healthcheck. Ports: {ports}. Public domains: {public}. Trust tier {spec.trust_tier}.")
+
+
+def build_service_asset(state: DesiredState, spec: ServiceSpec) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=spec.asset,
+        group_name=spec.layer,
+        deps=service_deps(state, spec),
+        description=_describe(spec),
+        kinds={"docker"},
+        pool=f"prodg_service_{spec.asset}",
+        tags={"prodg/service": spec.name},
+    )
+    def _service(context: dg.AssetExecutionContext, config: DeployConfig, docker: DockerEngine,
+                 repo: ConfigRepo, secrets: SecretSource) -> dg.MaterializeResult:
+        current, commit = state_for_run(context, repo, materialise=not config.dry_run)
+        if spec.name not in current.services:
+            raise dg.Failure(f"service {spec.name!r} is not in the config at {commit[:12] or 'the working tree'}; "
+                             f"reload the code location to drop its asset")
+        values = secrets.values()
+        missing = sorted(current.services[spec.name].secrets_used - set(values))
+        if missing:
+            raise dg.Failure(f"{spec.name}: secrets {', '.join(missing)} are missing from the secrets source")
+        if config.dry_run:
+            action = docker.plan(current, values, commit).for_service(spec.name)
+            return dg.MaterializeResult(metadata={
+                "commit": commit, "dry_run": True, "action": f"planned:{action.kind}",
+                "spec_hash": current.services[spec.name].spec_hash(values),
+                "plan": dg.MetadataValue.md(action.markdown()),
+            })
+        try:
+            result = docker.apply_service(current, spec.name, values, commit, build_root=repo.config_root(commit),
+                                          log=context.log.info)
+        except ApplyFailed as exc:
+            context.log.error(str(exc))
+            raise dg.Failure(description=f"{exc.service}: {exc.reason}", metadata={
+                "commit": commit, "action": "rolled_back" if "rolled back" in exc.reason else "failed",
+                "last_logs": dg.MetadataValue.md(f"```\n{exc.logs}\n```"),
+            }) from None
+        context.log.info(f"{spec.name}: {result.action} ({result.container_id[:12]})")
+        return dg.MaterializeResult(metadata={
+            "commit": commit,
+            "spec_hash": current.services[spec.name].spec_hash(values),
+            "action": result.action,
+            "container_id": result.container_id,
+            "image_id": result.image_id,
+            "image": result.image,
+            "diff": dg.MetadataValue.md(result.diff_markdown if result.action != UNCHANGED else "no change"),
+        })
+
+    return _service

@@ -1,0 +1,167 @@
+"""Desired state of the mainframe as pure, hashable data. Built by `spec.loader`; read by everything else."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Mapping, Optional
+
+LAYERS = ("host_baseline", "network", "tls", "data_stores", "secrets", "observability", "hermes", "backups")
+TRUST_TIERS = ("T1", "T2", "T3")
+SECRET_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def asset_name(service: str) -> str:
+    """Compose service name → asset key (`node-exporter` → `node_exporter`)."""
+    return service.replace("-", "_")
+
+
+def sha256_hex(data: bytes | str) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Port:
+    host_ip: str
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+
+    @property
+    def public(self) -> bool:
+        return self.host_ip in ("0.0.0.0", "::")
+
+    def __str__(self) -> str:
+        host = f"[{self.host_ip}]" if ":" in self.host_ip else self.host_ip
+        return f"{host}:{self.host_port}->{self.container_port}/{self.protocol}"
+
+
+@dataclass(frozen=True)
+class Mount:
+    kind: str  # "bind" | "volume"
+    source: str  # absolute host path (bind) or volume name
+    target: str
+    read_only: bool = False
+    config_path: Optional[str] = None  # for binds of files in the config tree: path relative to the config root
+
+
+@dataclass(frozen=True)
+class Healthcheck:
+    test: tuple[str, ...]
+    interval_s: float = 30.0
+    timeout_s: float = 30.0
+    retries: int = 3
+    start_period_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Build:
+    context: str  # relative to the config root
+    dockerfile: str = "Dockerfile"
+    args: tuple[tuple[str, str], ...] = ()
+    digest: str = ""  # of every file in the context: a new commit that leaves them alone reuses the image
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One Compose service, resolved: variables interpolated, paths absolute; secrets stay `${NAME}` references."""
+
+    name: str
+    container_name: str
+    layer: str
+    image: str
+    build: Optional[Build] = None
+    command: Optional[tuple[str, ...]] = None
+    environment: tuple[tuple[str, str], ...] = ()
+    env_files: tuple[str, ...] = ()
+    ports: tuple[Port, ...] = ()
+    volumes: tuple[Mount, ...] = ()
+    networks: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (network name, aliases)
+    healthcheck: Optional[Healthcheck] = None
+    restart: str = "no"
+    labels: tuple[tuple[str, str], ...] = ()
+    user: Optional[str] = None
+    depends_on: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()  # asset ordering only (x-prodg.after), not start order
+    public_domains: tuple[str, ...] = ()
+    trust_tier: str = "T2"
+    internal_ports: tuple[int, ...] = ()
+
+    @property
+    def asset(self) -> str:
+        return asset_name(self.name)
+
+    @property
+    def secrets_used(self) -> frozenset[str]:
+        return frozenset(m for _, value in self.environment for m in SECRET_REF.findall(value))
+
+    def spec_hash(self, secret_values: Mapping[str, str] | None = None) -> str:
+        """Hash of everything that defines the container. Secrets enter only as hashes of their values, so a changed
+        secret changes the hash without the hash (or anything derived from it) revealing the value."""
+        body = asdict(self)
+        body["secret_hashes"] = {k: sha256_hex((secret_values or {}).get(k, "")) for k in sorted(self.secrets_used)}
+        return sha256_hex(json.dumps(body, sort_keys=True, default=str))[:32]
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    key: str  # the name services use in their `networks:`
+    name: str  # the Docker network's name
+    driver: str = "bridge"
+    subnet: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class DnsRecord:
+    name: str
+    type: str
+    content: str
+    proxied: bool = False
+
+
+@dataclass(frozen=True)
+class BackupTarget:
+    name: str  # postgres | minio | configs
+    method: str  # pg_dumpall | s3_mirror | config_archive
+    prefix: str
+    retention_days: int
+    service: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What Compose cannot say: config/prodg.yaml, typed."""
+
+    host: Mapping = field(default_factory=dict)
+    dns: Mapping = field(default_factory=dict)
+    tls: Mapping = field(default_factory=dict)
+    secrets: Mapping = field(default_factory=dict)
+    backups: Mapping = field(default_factory=dict)
+    notifications: Mapping = field(default_factory=dict)
+    deploy: Mapping = field(default_factory=dict)
+    images: Mapping = field(default_factory=dict)
+    integrations: Mapping = field(default_factory=dict)
+    dns_records: tuple[DnsRecord, ...] = ()
+    backup_targets: tuple[BackupTarget, ...] = ()
+    required_secrets: tuple[str, ...] = ()
+    public_ports: tuple[str, ...] = ()  # "80/tcp" style: what may be published on 0.0.0.0 / ::
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    project: str
+    services: Mapping[str, ServiceSpec]
+    networks: Mapping[str, NetworkSpec]
+    volumes: tuple[str, ...]
+    settings: Settings
+    compose_file: str  # relative to the config root
+    variables: Mapping[str, str] = field(default_factory=dict)
+
+    def service_for_asset(self, asset: str) -> ServiceSpec:
+        return next(s for s in self.services.values() if s.asset == asset)
+
+    def upstream(self, service: str) -> tuple[str, ...]:
+        spec = self.services[service]
+        return tuple(sorted(set(spec.depends_on) | set(spec.after)))

@@ -1,0 +1,171 @@
+"""Shared fixtures: the test bed — a real git repo holding tests/stack/config, deployed to the real Docker Engine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+import dagster as dg
+import docker
+import pytest
+
+import prodg_assets
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+STACK_CONFIG = os.path.join(HERE, "stack", "config")
+TEST_SECRETS = {
+    "POSTGRES_PASSWORD": "pg-Test-Secret-7f3a9c",
+    "REDIS_PASSWORD": "redis-Test-Secret-2b8e1d",
+    "HERMES_API_TOKEN": "hermes-Test-Token-91c4e0",
+}
+
+
+def git(repo: str, *args: str) -> str:
+    return subprocess.run(["git", "-C", repo, *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+@dataclass
+class Testbed:
+    """A config repo (real git) for the test stack, the environment that points prodg at it, and helpers."""
+
+    repo: str
+    env: dict[str, str]
+    project: str
+    client: docker.DockerClient
+    commits: list[str] = field(default_factory=list)
+
+    @property
+    def compose(self) -> str:
+        return os.path.join(self.repo, "config", "compose", "docker-compose.yml")
+
+    def commit(self, message: str) -> str:
+        git(self.repo, "add", "-A")
+        git(self.repo, "commit", "-q", "-m", message)
+        sha = git(self.repo, "rev-parse", "HEAD")
+        self.commits.append(sha)
+        return sha
+
+    def edit(self, rel: str, old: str, new: str) -> None:
+        path = os.path.join(self.repo, "config", rel)
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+        assert old in text, f"{old!r} not in {rel}"
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text.replace(old, new, 1))
+
+    def defs(self) -> dg.Definitions:
+        return prodg_assets.build_defs(self.env)
+
+    def materialize(self, selection: str | None = None, commit: str | None = None, instance=None,
+                    run_config: dict | None = None, raise_on_error: bool = False) -> dg.ExecuteInProcessResult:
+        defs = self.defs()
+        job = defs.resolve_implicit_global_asset_job_def()
+        sel = None if selection is None else [s.strip() for s in selection.split(",")]
+        tags = {"prodg/commit": commit or self.commits[-1]}
+        if sel:
+            job = job.get_subset(asset_selection={dg.AssetKey(s) for s in sel})
+        return job.execute_in_process(instance=instance, tags=tags, run_config=run_config or {},
+                                      raise_on_error=raise_on_error)
+
+    def containers(self) -> dict[str, docker.models.containers.Container]:
+        return {c.labels["prodg.service"]: c for c in
+                self.client.containers.list(all=True, filters={"label": f"prodg.project={self.project}"})}
+
+    def cleanup(self) -> None:
+        for c in self.client.containers.list(all=True, filters={"label": f"prodg.project={self.project}"}):
+            c.remove(force=True)
+        for n in self.client.networks.list(filters={"label": f"prodg.project={self.project}"}):
+            n.remove()
+        for image in self.client.images.list(name="prodg/hermes-api"):
+            for tag in image.tags:
+                if tag.split(":")[1][:12] in {c[:12] for c in self.commits} or tag.split(":")[1].startswith("src-"):
+                    try:
+                        self.client.images.remove(tag, force=True)
+                    except docker.errors.ImageNotFound:
+                        pass
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> docker.DockerClient:
+    client = docker.from_env()
+    client.ping()  # no Engine is a failure of the test environment, never a skip
+    missing = [i for i in ("prodg/postgres:bookworm", "prodg/redis:bookworm", "prodg/caddy:bookworm",
+                           "prodg/prometheus:bookworm", "prodg/node-exporter:bookworm", "prodg/base:bookworm")
+               if not client.images.list(name=i)]
+    assert not missing, f"images missing (run docker/images/build.sh): {missing}"
+    return client
+
+
+def make_caddy_root(data: str) -> str:
+    """Caddy's internal CA, made before Caddy starts (Caddy uses a root it finds in its storage), so TLS checks can
+    verify the chain for real. Returns the root certificate's path."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "prodg test bed root")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .sign(key, hashes.SHA256()))
+    folder = os.path.join(data, "caddy", "caddy", "pki", "authorities", "local")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "root.crt"), "wb") as fh:
+        fh.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(os.path.join(folder, "root.key"), "wb") as fh:
+        fh.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()))
+    return os.path.join(folder, "root.crt")
+
+
+def make_testbed(tmp: str, client: docker.DockerClient, name: str) -> Testbed:
+    repo = os.path.join(tmp, "repo")
+    shutil.copytree(STACK_CONFIG, os.path.join(repo, "config"))
+    shutil.copytree(os.path.join(ROOT, "config", "hermes-api"), os.path.join(repo, "config", "hermes-api"))
+    subprocess.run(["git", "init", "-q", "-b", "main", repo], check=True)
+    git(repo, "config", "user.email", "ops@prodg.test")
+    git(repo, "config", "user.name", "prodg tests")
+    secrets_file = os.path.join(tmp, "secrets.env")
+    with open(secrets_file, "w") as fh:
+        fh.write("".join(f"{k}={v}\n" for k, v in TEST_SECRETS.items()))
+    os.chmod(secrets_file, 0o600)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/root"),
+        "PRODG_REPO": repo,
+        "PRODG_DEPLOY_ROOT": os.path.join(tmp, "deployed"),
+        "PRODG_DATA": os.path.join(tmp, "data"),
+        "PRODG_SECRETS_FILE": secrets_file,
+        "PRODG_TEST_NAME": name,
+        "PRODG_TLS_CA_FILE": make_caddy_root(os.path.join(tmp, "data")),
+    }
+    bed = Testbed(repo, env, name, client)
+    bed.commit("test stack")
+    return bed
+
+
+@pytest.fixture(scope="module")
+def testbed(tmp_path_factory, docker_client) -> Testbed:
+    """The test stack deployed once per module from an empty Engine (containers removed afterwards)."""
+    tmp = str(tmp_path_factory.mktemp("testbed"))
+    name = f"prodgt{os.getpid() % 10000}"
+    bed = make_testbed(tmp, docker_client, name)
+    old_env = dict(os.environ)
+    os.environ.update(bed.env)  # the asset code reads prodg.yaml variables from the process environment
+    try:
+        bed.cleanup()
+        yield bed
+    finally:
+        bed.cleanup()
+        os.environ.clear()
+        os.environ.update(old_env)
