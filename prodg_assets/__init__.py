@@ -15,7 +15,7 @@ from .engine.docker_engine import DockerEngine
 from .engine.secrets import SecretSource
 from .gitops.repo import ConfigRepo
 from .layers.host import HostShell, exposure, host_baseline, host_conforms
-from .layers.network import docker_network, network_matches
+from .layers.network import docker_network, network_matches, no_retired_services, retired_services
 from .layers.secrets import secrets_complete_and_private, secrets_env
 from .layers.service_checks import PROBES, TlsSettings, build_service_check, build_tls_asset
 from .layers.services import build_service_asset
@@ -64,8 +64,8 @@ def build_defs(env: Mapping[str, str] | None = None) -> dg.Definitions:
     settings = settings_from_env(env)
     config_dir = os.path.join(settings["PRODG_REPO"], settings["PRODG_CONFIG_SUBDIR"])
     state = load_desired_state(DirTree(config_dir), env)
-    assets: list = [host_baseline, docker_network, secrets_env]
-    checks: list = [host_conforms, exposure, network_matches, secrets_complete_and_private]
+    assets: list = [host_baseline, docker_network, secrets_env, retired_services]
+    checks: list = [host_conforms, exposure, network_matches, secrets_complete_and_private, no_retired_services]
     assets += [build_service_asset(state, spec) for spec in state.services.values()]
     checks += [build_service_check(spec) for spec in state.services.values() if spec.name in PROBES]
     if any(s.layer == "tls" for s in state.services.values()):

@@ -28,6 +28,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def git_rev(repo: str, rev: str) -> str:
+    from .gitops.repo import git
+
+    return git(repo, "rev-parse", f"{rev}^{{commit}}").decode().strip()
+
+
 def _state(args: argparse.Namespace):
     """(desired state, commit, resources) for the config folder, or for --commit of the config repo."""
     from . import build_resources, settings_from_env
@@ -39,10 +45,11 @@ def _state(args: argparse.Namespace):
     config_dir = os.path.join(settings["PRODG_REPO"], settings["PRODG_CONFIG_SUBDIR"])
     state = load_desired_state(DirTree(config_dir), os.environ)
     resources = build_resources(state, settings)
-    commit = args.commit or ""
-    if commit:
-        commit = resources["repo"].tree(commit).commit
-        state = resources["repo"].desired_state(commit)
+    repo = resources["repo"]
+    commit = ""
+    if repo.is_git():  # what a deploy of that commit (default: the tracked branch's head) would do
+        commit = git_rev(repo.path, args.commit) if args.commit else repo.head()
+        state = repo.desired_state(commit)
     return state, commit, resources
 
 

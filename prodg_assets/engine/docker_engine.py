@@ -77,7 +77,7 @@ class DockerEngine(dg.ConfigurableResource):
         for c in self.client.containers.list(all=True, filters={"label": f"{LABEL_PROJECT}={project}"}):
             labels = c.labels
             service = labels.get(LABEL_SERVICE)
-            if not service or "-prodg-previous-" in c.name:
+            if not service or "-prodg-previous-" in c.name or c.name.endswith("-prodg-candidate"):
                 continue
             image_id = c.attrs.get("Image", "")
             if image_id not in image_env:
@@ -199,6 +199,10 @@ class DockerEngine(dg.ConfigurableResource):
         for mount in spec.volumes:
             if mount.kind == "bind" and mount.config_path is None and not os.path.exists(mount.source):
                 os.makedirs(mount.source, exist_ok=True)  # data folders, as `docker compose` would create them
+        if live is not None and live.facts.running and not any(not m.read_only for m in spec.volumes):
+            # Stateless: prove the new container healthy beside the serving one (no ports, no aliases) first, so
+            # a bad release never interrupts the service. Stateful services (writable mounts) cannot run twice.
+            self._trial(spec, state, image, secrets, want_hash, commit, health_timeout, log)
         previous = None
         if live is not None:
             previous = self.client.containers.get(live.container_id)
@@ -229,6 +233,22 @@ class DockerEngine(dg.ConfigurableResource):
         kind = "created" if action.kind == CREATE else "recreated"
         return ApplyResult(service, kind, new_id, image_id, image, action.markdown())
 
+    def _trial(self, spec: ServiceSpec, state: DesiredState, image: str, secrets: Mapping[str, str],
+               spec_hash: str, commit: str, timeout: float, log: Callable[[str], None]) -> None:
+        name = f"{spec.container_name}-prodg-candidate"
+        self._remove_stray(name)
+        cid = self._create(spec, state, image, secrets, spec_hash, commit, name=name, trial=True)
+        try:
+            self.client.api.start(cid)
+            log(f"{spec.name}: trial container {cid[:12]} started beside the serving one; waiting for health")
+            self._wait_healthy(spec, cid, timeout, secrets)
+        except Exception as exc:
+            reason = exc.reason if isinstance(exc, ApplyFailed) else redact(str(exc), secrets)
+            raise ApplyFailed(spec.name, reason + "; the previous container kept serving throughout",
+                              getattr(exc, "logs", "") or self._tail(cid, secrets)) from None
+        finally:
+            self.client.api.remove_container(cid, force=True)
+
     def _restore(self, previous, spec: ServiceSpec, live: Live, deploy: Mapping) -> None:
         previous.rename(spec.container_name)
         self.client.api.update_container(previous.id, restart_policy=_restart_policy(spec.restart))
@@ -245,7 +265,9 @@ class DockerEngine(dg.ConfigurableResource):
             pass
 
     def _create(self, spec: ServiceSpec, state: DesiredState, image: str, secrets: Mapping[str, str],
-                spec_hash: str, commit: str) -> str:
+                spec_hash: str, commit: str, name: str | None = None, trial: bool = False) -> str:
+        """Create (not start) the service's container. A `trial` container publishes no ports and takes no network
+        alias, so nothing is routed to it while it proves itself healthy."""
         api = self.client.api
         env = resolve_env(spec, secrets)
         for path in spec.env_files:
@@ -256,7 +278,7 @@ class DockerEngine(dg.ConfigurableResource):
             except FileNotFoundError:
                 raise ApplyFailed(spec.name, f"env_file {path} does not exist") from None
         port_bindings: dict[str, list] = {}
-        for p in spec.ports:
+        for p in () if trial else spec.ports:
             port_bindings.setdefault(f"{p.container_port}/{p.protocol}", []).append((p.host_ip, p.host_port))
         binds = [f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in spec.volumes]
         networks = list(spec.networks)
@@ -269,8 +291,8 @@ class DockerEngine(dg.ConfigurableResource):
         )
         networking = None
         if first:
-            networking = api.create_networking_config(
-                {first[0]: api.create_endpoint_config(aliases=[spec.name, *first[1]])})
+            aliases = [] if trial else [spec.name, *first[1]]
+            networking = api.create_networking_config({first[0]: api.create_endpoint_config(aliases=aliases)})
         health = None
         if spec.healthcheck:
             h = spec.healthcheck
@@ -279,14 +301,15 @@ class DockerEngine(dg.ConfigurableResource):
         labels = {**dict(spec.labels), LABEL_PROJECT: state.project, LABEL_SERVICE: spec.name,
                   LABEL_SPEC_HASH: spec_hash, LABEL_COMMIT: commit}
         created = api.create_container(
-            image, command=list(spec.command) if spec.command is not None else None, name=spec.container_name,
+            image, command=list(spec.command) if spec.command is not None else None,
+            name=name or spec.container_name,
             environment=env, labels=labels, user=spec.user or None, healthcheck=health,
-            ports=[(p.container_port, p.protocol) for p in spec.ports], host_config=host_config,
+            ports=[] if trial else [(p.container_port, p.protocol) for p in spec.ports], host_config=host_config,
             networking_config=networking, detach=True,
         )
         cid = created["Id"]
-        for name, aliases in networks[1:]:
-            api.connect_container_to_network(cid, name, aliases=[spec.name, *aliases])
+        for net_name, more in networks[1:]:
+            api.connect_container_to_network(cid, net_name, aliases=[] if trial else [spec.name, *more])
         return cid
 
     def _wait_healthy(self, spec: ServiceSpec, cid: str, timeout: float, secrets: Mapping[str, str]) -> None:

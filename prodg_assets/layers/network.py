@@ -55,3 +55,33 @@ def network_matches(context: dg.AssetCheckExecutionContext, docker: DockerEngine
                             f"declared: {', '.join(sorted(want))}")
     return dg.AssetCheckResult(passed=not problems, metadata={
         "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none")})
+
+
+RETIRED_ASSET = "retired_services"
+
+
+@dg.asset(name=RETIRED_ASSET, group_name="network", deps=[NETWORK_ASSET], kinds={"docker"})
+def retired_services(context: dg.AssetExecutionContext, docker: DockerEngine, repo: ConfigRepo) -> dg.MaterializeResult:
+    """Managed containers whose service has left the Compose file. With `deploy.prune: true` in prodg.yaml they are
+    removed; otherwise they are only reported (and the `no_retired_services` check fails until someone decides)."""
+    state, commit = state_for_run(context, repo)
+    prune = bool(state.settings.deploy.get("prune"))
+    live = docker.live(state.project)
+    retired = sorted(set(live) - set(state.services))
+    removed = []
+    for service in retired if prune else []:
+        docker.remove_service(state.project, service)
+        removed.append(service)
+        context.log.info(f"{service}: removed (left the spec; deploy.prune is on)")
+    return dg.MaterializeResult(metadata={
+        "commit": commit, "retired": ", ".join(retired) or "none", "removed": ", ".join(removed) or "none",
+        "action": "removed" if removed else "unchanged"})
+
+
+@dg.asset_check(asset=RETIRED_ASSET, name="no_retired_services", blocking=False)
+def no_retired_services(context: dg.AssetCheckExecutionContext, docker: DockerEngine,
+                        repo: ConfigRepo) -> dg.AssetCheckResult:
+    """No managed container runs for a service that left the spec."""
+    state, _ = state_for_run(context, repo)
+    retired = sorted(set(docker.live(state.project)) - set(state.services))
+    return dg.AssetCheckResult(passed=not retired, metadata={"retired": ", ".join(retired) or "none"})

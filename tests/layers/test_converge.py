@@ -6,12 +6,13 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
+import threading
 import time
 
 import pytest
 import requests
 
-from tests.conftest import TEST_SECRETS, Testbed
+from tests.conftest import ROOT, TEST_SECRETS, Testbed
 
 pytestmark = pytest.mark.docker
 
@@ -24,8 +25,9 @@ def check_results(result) -> dict[str, bool]:
 
 
 def check_problems(result) -> dict[str, str]:
+    """Failed checks → all their metadata as text (what an operator reads in the UI)."""
     return {e.asset_check_evaluation_data.check_name:
-            str(e.asset_check_evaluation_data.metadata.get("problems", "").value)
+            " ".join(f"{k}: {getattr(v, 'value', v)}" for k, v in e.asset_check_evaluation_data.metadata.items())
             for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
             and not e.asset_check_evaluation_data.passed}
 
@@ -131,24 +133,125 @@ def test_failing_healthcheck_rolls_back_and_service_keeps_answering(deployed):
     old = bed.containers()["hermes-api"]
     bed.edit("hermes-api/app/main.py", 'return {"status": "ok"}', 'return {"status": "ok", "boom": 1 / 0}')
     sha = bed.commit("hermes: a release whose /health crashes")
-    answers = []
+    answers: list = []
+    stop = threading.Event()
 
     def probe():
-        try:
-            answers.append(requests.get("http://127.0.0.1:28000/health", timeout=2).status_code)
-        except requests.RequestException:
-            answers.append(None)
+        while not stop.is_set():
+            try:
+                answers.append(requests.get("http://127.0.0.1:28000/health", timeout=2).status_code)
+            except requests.RequestException as exc:
+                answers.append(type(exc).__name__)
+            time.sleep(0.2)
 
-    result = bed.materialize(selection="hermes_api")
-    probe()
+    poller = threading.Thread(target=probe)
+    poller.start()
+    try:
+        result = bed.materialize(selection="hermes_api")
+    finally:
+        time.sleep(0.5)
+        stop.set()
+        poller.join()
     assert not result.success
     failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
-    assert "healthcheck" in failure.event_specific_data.error.message or \
-        "not healthy" in failure.event_specific_data.error.message
+    assert "failed its healthcheck" in failure.event_specific_data.error.message
     live = bed.containers()["hermes-api"]
     assert live.id == old.id and live.status == "running"
     assert live.labels["prodg.commit"] != sha
-    assert answers == [200]
+    # The service answered during the failed deploy and after it: every probe got 200.
+    assert len(answers) > 10 and set(answers) == {200}, answers
+    bed.edit("hermes-api/app/main.py", 'return {"status": "ok", "boom": 1 / 0}', 'return {"status": "ok"}')
+    bed.commit("Revert the crashing hermes release")
     # and no leftover candidate/previous containers
     names = [c.name for c in bed.client.containers.list(all=True, filters={"label": f"prodg.project={bed.project}"})]
     assert sorted(names) == sorted(f"{bed.project}-{s}" for s in SERVICES)
+
+
+def prodg(bed: Testbed, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([f"{ROOT}/.venv/bin/prodg", *args], capture_output=True, text=True, env=bed.env, cwd=ROOT)
+
+
+def plan_rows(output: str) -> dict[str, tuple[str, str]]:
+    rows = {}
+    for line in output.splitlines()[1:]:
+        parts = line.split(None, 2)
+        if len(parts) >= 2 and parts[1] in ("create", "recreate", "unchanged", "remove", "orphan"):
+            rows[parts[0]] = (parts[1], parts[2] if len(parts) > 2 else "")
+    return rows
+
+
+def test_plan_shows_exactly_the_drift_made_by_hand(deployed):
+    bed, _ = deployed
+    clean = prodg(bed, "plan")
+    assert clean.returncode == 0, clean.stderr
+    assert {s: a for s, (a, _) in plan_rows(clean.stdout).items()} == {s: "unchanged" for s in SERVICES}
+    before = {s: c.id for s, c in bed.containers().items()}
+    subprocess.run(["docker", "update", "--restart=no", f"{bed.project}-redis"], check=True, capture_output=True)
+    drifted = prodg(bed, "plan")
+    rows = plan_rows(drifted.stdout)
+    assert rows["redis"][0] == "recreate"
+    assert "restart: no -> unless-stopped" in rows["redis"][1]
+    assert {s: a for s, (a, _) in rows.items() if s != "redis"} == {s: "unchanged" for s in SERVICES - {"redis"}}
+    assert "nothing was applied" in drifted.stdout
+    assert {s: c.id for s, c in bed.containers().items()} == before  # plan changed nothing
+    # the secret values never show in a plan
+    assert not any(v in drifted.stdout + drifted.stderr for v in TEST_SECRETS.values())
+    healed = bed.materialize(selection="redis")
+    assert healed.success
+    assert materializations(healed)["redis"]["action"] == "recreated"
+    assert bed.containers()["redis"].attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+
+
+def test_dry_run_records_the_plan_and_changes_nothing(deployed):
+    bed, _ = deployed
+    before = {s: c.id for s, c in bed.containers().items()}
+    bed.edit("compose/docker-compose.yml", "    x-prodg: {layer: observability, internal_ports: [9100]}",
+             "    command: [--collector.disable-defaults, --collector.cpu, --web.listen-address=:9100]\n"
+             "    x-prodg: {layer: observability, internal_ports: [9100]}")
+    bed.commit("node-exporter: fewer collectors")
+    result = bed.materialize(selection="node_exporter",
+                             run_config={"ops": {"node_exporter": {"config": {"dry_run": True}}}})
+    assert result.success
+    meta = materializations(result)["node_exporter"]
+    assert meta["action"] == "planned:recreate" and meta["dry_run"] is True
+    assert "command" in meta["plan"]
+    assert {s: c.id for s, c in bed.containers().items()} == before
+
+
+def test_exposure_check_fails_on_a_wildcard_port_outside_the_allow_list(deployed):
+    bed, _ = deployed
+    bed.edit("compose/docker-compose.yml", "    x-prodg: {layer: observability, internal_ports: [9100]}",
+             "    ports: [\"0.0.0.0:29100:9100\"]\n    x-prodg: {layer: observability, internal_ports: [9100]}")
+    bed.commit("node-exporter: published on every address (wrong)")
+    try:
+        result = bed.materialize(selection="node_exporter,host_baseline")
+        checks = check_results(result)
+        assert checks["exposure"] is False
+        assert f"{bed.project}-node-exporter: 29100/tcp on 0.0.0.0" in check_problems(result)["exposure"]
+    finally:
+        bed.edit("compose/docker-compose.yml", "    ports: [\"0.0.0.0:29100:9100\"]\n", "")
+        bed.commit("node-exporter: internal only again")
+        assert bed.materialize(selection="node_exporter").success
+    assert check_results(bed.materialize(selection="host_baseline"))["exposure"] is True
+
+
+def test_a_service_that_left_the_spec_is_reported_then_pruned_when_opted_in(deployed):
+    bed, _ = deployed
+    bed.edit("compose/docker-compose.yml", "    x-prodg: {layer: observability, after: [caddy, node-exporter, hermes-api]}",
+             "    x-prodg: {layer: observability, after: [caddy, hermes-api]}")
+    text = open(bed.compose).read()
+    start = text.index("  node-exporter:\n")
+    end = text.index("  prometheus:\n")
+    with open(bed.compose, "w") as fh:
+        fh.write(text[:start] + text[end:])
+    bed.commit("retire node-exporter")
+    reported = bed.materialize(selection="retired_services")
+    assert materializations(reported)["retired_services"]["retired"] == "node-exporter"
+    assert check_results(reported)["no_retired_services"] is False
+    assert "node-exporter" in bed.containers()
+    bed.edit("prodg.yaml", "  stop_timeout_s: 5\n", "  stop_timeout_s: 5\n  prune: true\n")
+    bed.commit("opt in to pruning")
+    pruned = bed.materialize(selection="retired_services")
+    assert materializations(pruned)["retired_services"]["removed"] == "node-exporter"
+    assert check_results(pruned)["no_retired_services"] is True
+    assert "node-exporter" not in bed.containers()
