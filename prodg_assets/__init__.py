@@ -19,7 +19,8 @@ from .layers.network import docker_network, network_matches, no_retired_services
 from .layers.secrets import secrets_complete_and_private, secrets_env
 from .layers.service_checks import PROBES, TlsSettings, build_service_check, build_tls_asset
 from .layers.services import build_service_asset
-from .spec import DesiredState, DirTree, load_desired_state
+from .sensors import build_git_sensor
+from .spec import ConfigInvalid, DesiredState, DirTree, load_desired_state
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,6 +29,7 @@ def settings_from_env(env: Mapping[str, str]) -> dict[str, str]:
     """Every environment setting prodg reads, with its default (the README's settings table lists the same)."""
     return {
         "PRODG_REPO": env.get("PRODG_REPO", REPO_ROOT),
+        "PRODG_REPO_URL": env.get("PRODG_REPO_URL", ""),
         "PRODG_CONFIG_SUBDIR": env.get("PRODG_CONFIG_SUBDIR", "config"),
         "PRODG_BRANCH": env.get("PRODG_BRANCH", "main"),
         "PRODG_DEPLOY_ROOT": env.get("PRODG_DEPLOY_ROOT", ""),
@@ -38,14 +40,19 @@ def settings_from_env(env: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def config_repo(settings: Mapping[str, str]) -> ConfigRepo:
+    return ConfigRepo(repo_path=settings["PRODG_REPO"], config_subdir=settings["PRODG_CONFIG_SUBDIR"],
+                      branch=settings["PRODG_BRANCH"], deploy_root=settings["PRODG_DEPLOY_ROOT"],
+                      remote_url=settings["PRODG_REPO_URL"])
+
+
 def build_resources(state: DesiredState, settings: Mapping[str, str]) -> dict:
     secrets = state.settings.secrets
     infisical = secrets.get("infisical") or {}
     host, _, port = settings["PRODG_TLS_CONNECT"].rpartition(":")
     return {
         "docker": DockerEngine(base_url=settings["DOCKER_HOST"]),
-        "repo": ConfigRepo(repo_path=settings["PRODG_REPO"], config_subdir=settings["PRODG_CONFIG_SUBDIR"],
-                           branch=settings["PRODG_BRANCH"], deploy_root=settings["PRODG_DEPLOY_ROOT"]),
+        "repo": config_repo(settings),
         "secrets": SecretSource(source=secrets.get("source", "env_file"), env_file=secrets.get("env_file", ""),
                                 infisical_url=infisical.get("api_base_url", ""),
                                 infisical_project_id=infisical.get("project_id", ""),
@@ -57,13 +64,37 @@ def build_resources(state: DesiredState, settings: Mapping[str, str]) -> dict:
     }
 
 
+def graph_state(settings: Mapping[str, str], env: Mapping[str, str]) -> DesiredState:
+    """The desired state the asset graph is drawn from: the config folder of the work tree, or — when prodg follows a
+    remote (PRODG_REPO_URL) — the tracked branch's head in the local mirror, fetched first."""
+    if not settings["PRODG_REPO_URL"]:
+        return load_desired_state(DirTree(os.path.join(settings["PRODG_REPO"], settings["PRODG_CONFIG_SUBDIR"])), env)
+    repo = config_repo(settings)
+    try:
+        repo.fetch()
+    except Exception:
+        if not repo.is_git():
+            raise
+    from .gitops.repo import GitTree, git
+
+    # The newest commit that validates: an invalid push must not take the code location down (the sensor skips it).
+    candidates = git(repo.path, "rev-list", "--first-parent", "--max-count=50", repo.head()).decode().split()
+    first_error = None
+    for sha in candidates:
+        try:
+            return load_desired_state(GitTree(repo.path, sha, repo.config_subdir), env,
+                                      host_root=repo.config_root(sha))
+        except ConfigInvalid as exc:
+            first_error = first_error or exc
+    raise first_error or ConfigInvalid([])
+
+
 def build_defs(env: Mapping[str, str] | None = None) -> dg.Definitions:
     """Definitions for the config tree at PRODG_REPO/PRODG_CONFIG_SUBDIR: one asset per service, grouped by layer,
     the layer assets, their checks, and the resources."""
     env = os.environ if env is None else env
     settings = settings_from_env(env)
-    config_dir = os.path.join(settings["PRODG_REPO"], settings["PRODG_CONFIG_SUBDIR"])
-    state = load_desired_state(DirTree(config_dir), env)
+    state = graph_state(settings, env)
     assets: list = [host_baseline, docker_network, secrets_env, retired_services]
     checks: list = [host_conforms, exposure, network_matches, secrets_complete_and_private, no_retired_services]
     assets += [build_service_asset(state, spec) for spec in state.services.values()]
@@ -72,4 +103,7 @@ def build_defs(env: Mapping[str, str] | None = None) -> dg.Definitions:
         tls_asset, tls_check = build_tls_asset(state)
         assets.append(tls_asset)
         checks.append(tls_check)
-    return dg.Definitions(assets=assets, asset_checks=checks, resources=build_resources(state, settings))
+    deploy_target = dg.AssetSelection.all() - dg.AssetSelection.groups("backups")
+    sensors = [build_git_sensor(deploy_target)]
+    return dg.Definitions(assets=assets, asset_checks=checks, sensors=sensors,
+                          resources=build_resources(state, settings))

@@ -23,7 +23,7 @@ from .facts import (
     resolve_env,
 )
 from .plan import CREATE, RECREATE, UNCHANGED, Action, Desired, Live, Plan, plan, plan_service
-from .secrets import redact
+from .secrets import parse_env_file, redact
 
 _CLIENTS: dict[str, docker.DockerClient] = {}
 
@@ -48,6 +48,7 @@ class ApplyResult:
     image_id: str
     image: str
     diff_markdown: str
+    spec_hash: str
 
 
 def _ns(seconds: float) -> int:
@@ -73,7 +74,7 @@ class DockerEngine(dg.ConfigurableResource):
     def live(self, project: str, declared_env: Mapping[str, set[str]] | None = None) -> dict[str, Live]:
         """Managed containers of `project`, by service (one list call; each container's inspect data)."""
         out: dict[str, Live] = {}
-        image_env: dict[str, dict[str, str]] = {}
+        image_env: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
         for c in self.client.containers.list(all=True, filters={"label": f"{LABEL_PROJECT}={project}"}):
             labels = c.labels
             service = labels.get(LABEL_SERVICE)
@@ -82,17 +83,35 @@ class DockerEngine(dg.ConfigurableResource):
             image_id = c.attrs.get("Image", "")
             if image_id not in image_env:
                 image_env[image_id] = self._image_env(image_id)
-            facts = observed_facts(c.attrs, (declared_env or {}).get(service, set()), image_env[image_id])
+            env, labels_of_image = image_env[image_id]
+            facts = observed_facts(c.attrs, (declared_env or {}).get(service, set()), env, labels_of_image)
             out[service] = Live(service, c.id, c.name, labels.get(LABEL_SPEC_HASH, ""), labels.get(LABEL_COMMIT, ""),
                                 facts)
         return out
 
-    def _image_env(self, image_id: str) -> dict[str, str]:
+    def _image_env(self, image_id: str) -> tuple[dict[str, str], dict[str, str]]:
+        """(env, labels) the image itself sets."""
         try:
-            env = self.client.api.inspect_image(image_id).get("Config", {}).get("Env") or []
+            config = self.client.api.inspect_image(image_id).get("Config") or {}
         except NotFound:
-            return {}
-        return dict(item.partition("=")[::2] for item in env)
+            return {}, {}
+        return dict(item.partition("=")[::2] for item in config.get("Env") or []), dict(config.get("Labels") or {})
+
+    @staticmethod
+    def file_env(spec: ServiceSpec, strict: bool = False) -> dict[str, str]:
+        """What the service's env_files hold (later files win). A missing file is an error when applying."""
+        env: dict[str, str] = {}
+        for path in spec.env_files:
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    env.update(parse_env_file(fh.read()))
+            except FileNotFoundError:
+                if strict:
+                    raise ApplyFailed(spec.name, f"env_file {path} does not exist") from None
+        return env
+
+    def declared_env(self, state: DesiredState) -> dict[str, set[str]]:
+        return {n: {k for k, _ in s.environment} | set(self.file_env(s)) for n, s in state.services.items()}
 
     def image_id(self, ref: str) -> Optional[str]:
         try:
@@ -166,13 +185,14 @@ class DockerEngine(dg.ConfigurableResource):
                 _, image_id = self.resolve_image(spec, state, commit, build_root, build=False)
             except ImageUnavailable:
                 image_id = "(not built)" if spec.build else "(unavailable)"
-            out[name] = Desired(name, spec.spec_hash(secrets), desired_facts(spec, secrets, image_id))
+            files = self.file_env(spec)
+            out[name] = Desired(name, spec.spec_hash(secrets, files), desired_facts(spec, secrets, image_id, files))
         return out
 
     def plan(self, state: DesiredState, secrets: Mapping[str, str], commit: str = "",
              prune: bool | None = None) -> Plan:
         """Desired vs live for every service; changes nothing."""
-        declared = {n: {k for k, _ in s.environment} for n, s in state.services.items()}
+        declared = self.declared_env(state)
         prune = bool(state.settings.deploy.get("prune")) if prune is None else prune
         return plan(self.desired(state, secrets, commit), self.live(state.project, declared), prune)
 
@@ -186,13 +206,13 @@ class DockerEngine(dg.ConfigurableResource):
         deploy = state.settings.deploy
         health_timeout = float(deploy.get("health_timeout_s", 120))
         image, image_id = self.resolve_image(spec, state, commit, build_root)
-        want_hash = spec.spec_hash(secrets)
-        desired = Desired(service, want_hash, desired_facts(spec, secrets, image_id))
-        declared = {k for k, _ in spec.environment}
-        live = self.live(state.project, {service: declared}).get(service)
+        files = self.file_env(spec, strict=True)
+        want_hash = spec.spec_hash(secrets, files)
+        desired = Desired(service, want_hash, desired_facts(spec, secrets, image_id, files))
+        live = self.live(state.project, {service: {k for k, _ in spec.environment} | set(files)}).get(service)
         action = plan_service(desired, live)
         if action.kind == UNCHANGED:
-            return ApplyResult(service, "unchanged", live.container_id, image_id, image, action.markdown())
+            return ApplyResult(service, "unchanged", live.container_id, image_id, image, action.markdown(), want_hash)
         for net in state.networks.values():
             if any(net.name == n for n, _ in spec.networks):
                 self.ensure_network(net, state.project)
@@ -231,7 +251,7 @@ class DockerEngine(dg.ConfigurableResource):
         if previous is not None:
             previous.remove(force=True)
         kind = "created" if action.kind == CREATE else "recreated"
-        return ApplyResult(service, kind, new_id, image_id, image, action.markdown())
+        return ApplyResult(service, kind, new_id, image_id, image, action.markdown(), want_hash)
 
     def _trial(self, spec: ServiceSpec, state: DesiredState, image: str, secrets: Mapping[str, str],
                spec_hash: str, commit: str, timeout: float, log: Callable[[str], None]) -> None:
@@ -269,14 +289,7 @@ class DockerEngine(dg.ConfigurableResource):
         """Create (not start) the service's container. A `trial` container publishes no ports and takes no network
         alias, so nothing is routed to it while it proves itself healthy."""
         api = self.client.api
-        env = resolve_env(spec, secrets)
-        for path in spec.env_files:
-            from .secrets import parse_env_file
-            try:
-                with open(path, encoding="utf-8") as fh:
-                    env = {**parse_env_file(fh.read()), **env}
-            except FileNotFoundError:
-                raise ApplyFailed(spec.name, f"env_file {path} does not exist") from None
+        env = {**self.file_env(spec, strict=True), **resolve_env(spec, secrets)}
         port_bindings: dict[str, list] = {}
         for p in () if trial else spec.ports:
             port_bindings.setdefault(f"{p.container_port}/{p.protocol}", []).append((p.host_ip, p.host_port))

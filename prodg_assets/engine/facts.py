@@ -62,8 +62,14 @@ def resolve_env(spec: ServiceSpec, secrets: Mapping[str, str]) -> dict[str, str]
     return out
 
 
-def desired_facts(spec: ServiceSpec, secrets: Mapping[str, str], image_id: str) -> Facts:
-    env = resolve_env(spec, secrets)
+ENGINE_LABEL_PREFIXES = ("prodg.", "com.docker.", "org.opencontainers.")
+
+
+def desired_facts(spec: ServiceSpec, secrets: Mapping[str, str], image_id: str,
+                  file_env: Mapping[str, str] | None = None) -> Facts:
+    """What the container should look like; `file_env` is what the service's env_files hold (under `environment`,
+    as Compose layers them)."""
+    env = {**(file_env or {}), **resolve_env(spec, secrets)}
     return Facts(
         image_id=image_id,
         command=spec.command,
@@ -73,14 +79,16 @@ def desired_facts(spec: ServiceSpec, secrets: Mapping[str, str], image_id: str) 
         networks=tuple(sorted(name for name, _ in spec.networks)),
         restart=spec.restart,
         user=spec.user or "",
-        labels=tuple(sorted(spec.labels)),
+        labels=tuple(sorted((k, v) for k, v in spec.labels if not k.startswith(ENGINE_LABEL_PREFIXES))),
         healthcheck=tuple(spec.healthcheck.test) if spec.healthcheck else (),
     )
 
 
-def observed_facts(attrs: Mapping[str, Any], declared_env: set[str], image_env: Mapping[str, str]) -> Facts:
+def observed_facts(attrs: Mapping[str, Any], declared_env: set[str], image_env: Mapping[str, str],
+                   image_labels: Mapping[str, str] | None = None) -> Facts:
     """Facts of a live container from its inspect data. Only declared keys and keys the image does not set itself
-    count as its environment, so image defaults (PATH, PGDATA, ...) are not reported as drift."""
+    count as its environment, and labels the image carries are the image's, so image defaults (PATH, PGDATA, a
+    maintainer label, ...) are not reported as drift."""
     config = attrs.get("Config") or {}
     host = attrs.get("HostConfig") or {}
     env = {}
@@ -106,7 +114,7 @@ def observed_facts(attrs: Mapping[str, Any], declared_env: set[str], image_env: 
     if restart == "on-failure" and policy.get("MaximumRetryCount"):
         restart = f"on-failure:{policy['MaximumRetryCount']}"
     labels = tuple(sorted((k, v) for k, v in (config.get("Labels") or {}).items()
-                          if not k.startswith(("prodg.", "com.docker.", "org.opencontainers."))))
+                          if not k.startswith(ENGINE_LABEL_PREFIXES) and (image_labels or {}).get(k) != v))
     health = (config.get("Healthcheck") or {}).get("Test") or []
     nets = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
     state = attrs.get("State") or {}

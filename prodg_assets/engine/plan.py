@@ -43,7 +43,8 @@ class Action:
         if not self.diff:
             return f"**{self.service}**: {self.kind}" + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
         rows = "\n".join(f"| {f} | `{a}` | `{b}` |" for f, a, b in self.diff)
-        return f"**{self.service}**: {self.kind}\n\n| field | live | desired |\n|---|---|---|\n{rows}"
+        why = f" ({'; '.join(self.reasons)})" if self.reasons else ""
+        return f"**{self.service}**: {self.kind}{why}\n\n| field | live | desired |\n|---|---|---|\n{rows}"
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import tarfile
 from typing import Iterator
@@ -23,9 +24,16 @@ def git(repo: str, *args: str, input: bytes | None = None, timeout: float = 60) 
     except subprocess.TimeoutExpired:
         raise GitError(f"git {args[0]} in {repo} timed out after {timeout:.0f}s") from None
     if proc.returncode != 0:
-        msg = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise GitError(f"git {' '.join(args[:2])} in {repo}: {msg[-1] if msg else f'exit {proc.returncode}'}")
+        lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        fatal = [ln for ln in lines if ln.startswith(("fatal:", "error:"))] or lines[-1:]
+        msg = " ".join(fatal) or f"exit {proc.returncode}"
+        raise GitError(without_credentials(f"git {args[0]} in {repo}: {msg}"))
     return proc.stdout
+
+
+def without_credentials(text: str) -> str:
+    """URLs with user:password@ lose their credentials (git echoes remote URLs in its errors)."""
+    return re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
 
 
 class GitTree:
@@ -63,6 +71,7 @@ class ConfigRepo(dg.ConfigurableResource):
     config_subdir: str = "config"
     branch: str = "main"
     deploy_root: str = ""
+    remote_url: str = ""  # when set, repo_path is a local mirror of it, fetched by `fetch()`
 
     @property
     def path(self) -> str:
@@ -71,6 +80,38 @@ class ConfigRepo(dg.ConfigurableResource):
     @property
     def deployed_dir(self) -> str:
         return os.path.abspath(self.deploy_root or os.path.join(self.path, ".prodg", "deployed"))
+
+    def fetch(self) -> None:
+        """Bring the local mirror up to date with `remote_url` (cloning it the first time). Branch refs are forced:
+        a force-push on the remote rewrites them here too."""
+        if not self.remote_url:
+            return
+        if not os.path.isdir(os.path.join(self.path, "objects")) and not os.path.isdir(os.path.join(self.path, ".git")):
+            os.makedirs(self.path, exist_ok=True)
+            git(self.path, "init", "-q", "--bare")
+        try:
+            git(self.path, "fetch", "-q", "--prune", self.remote_url, "+refs/heads/*:refs/heads/*", timeout=120)
+        except GitError as exc:
+            raise GitError(f"fetching {without_credentials(self.remote_url)}: {exc}") from None
+
+    def is_ancestor(self, older: str, newer: str) -> bool:
+        try:
+            git(self.path, "merge-base", "--is-ancestor", older, newer)
+            return True
+        except GitError:
+            return False
+
+    def commits_between(self, older: str, newer: str, limit: int = 200) -> list[str]:
+        """Commits in older..newer, newest first (at most `limit`)."""
+        out = git(self.path, "rev-list", f"--max-count={limit}", f"{older}..{newer}").decode().split()
+        return out
+
+    def has_commit(self, sha: str) -> bool:
+        try:
+            git(self.path, "cat-file", "-e", f"{sha}^{{commit}}")
+            return True
+        except GitError:
+            return False
 
     def config_root(self, commit: str) -> str:
         """Where the config tree deployed for `commit` lies on disk (the working folder when not in git)."""

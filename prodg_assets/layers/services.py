@@ -53,9 +53,10 @@ def build_service_asset(state: DesiredState, spec: ServiceSpec) -> dg.AssetsDefi
             raise dg.Failure(f"{spec.name}: secrets {', '.join(missing)} are missing from the secrets source")
         if config.dry_run:
             action = docker.plan(current, values, commit).for_service(spec.name)
+            desired = docker.desired(current, values, commit, [spec.name])[spec.name]
             return dg.MaterializeResult(metadata={
                 "commit": commit, "dry_run": True, "action": f"planned:{action.kind}",
-                "spec_hash": current.services[spec.name].spec_hash(values),
+                "spec_hash": desired.spec_hash,
                 "plan": dg.MetadataValue.md(action.markdown()),
             })
         try:
@@ -70,7 +71,8 @@ def build_service_asset(state: DesiredState, spec: ServiceSpec) -> dg.AssetsDefi
         context.log.info(f"{spec.name}: {result.action} ({result.container_id[:12]})")
         return dg.MaterializeResult(metadata={
             "commit": commit,
-            "spec_hash": current.services[spec.name].spec_hash(values),
+            "commits_covered": context.run.tags.get("prodg/covers", commit[:12]),
+            "spec_hash": result.spec_hash,
             "action": result.action,
             "container_id": result.container_id,
             "image_id": result.image_id,

@@ -154,7 +154,12 @@ class _Ctx:
                                                f"prodg.yaml nor a declared secret"))
             return ""
 
-        return VAR.sub(sub, value).replace("$$", "$") if "$" in value else value
+        if "$" not in value:
+            return value
+        out = VAR.sub(sub, value)
+        # In `environment` the `$$` escape stays for the engine, which resolves secret references and `$$` in one
+        # pass when it creates the container; elsewhere it is unescaped here.
+        return out if allow_secrets else out.replace("$$", "$")
 
 
 def _kind(value: Any) -> str:
@@ -276,7 +281,7 @@ class _ComposeReader:
     def config_rel(self, path: Path, raw: str) -> str | None:
         """A path in the Compose file relative to its folder → relative to the config root, never escaping it."""
         rel = posixpath.normpath(posixpath.join(self.compose_dir, raw))
-        if rel == ".." or rel.startswith("../"):
+        if raw.startswith("/") or rel == ".." or rel.startswith("../"):
             self.err(path, f"path {raw!r} leaves the config tree")
             return None
         return rel
@@ -380,6 +385,10 @@ class _ComposeReader:
                 self.err(path, f"bind source {source!r} uses '..'")
                 return None
             host = posixpath.normpath(source)
+            if host.startswith("/proc/"):
+                self.err(path, f"bind source {host!r}: only /proc itself may be mounted (/proc/<pid>/root reaches "
+                               f"the host's whole filesystem)")
+                return None
             if any(host == s or s.startswith(host.rstrip("/") + "/") for s in DOCKER_SOCKETS) and tier != "T1":
                 self.err(path, f"mounts the Docker socket ({host}); only trust tier T1 services may")
                 return None
@@ -477,7 +486,7 @@ def _service(r: _ComposeReader, name: str, body: Any, project: str, networks: di
     environment = []
     if "environment" in body:
         for key, value, p in _kv(r.ctx, r.doc, path + ("environment",), body["environment"]):
-            literal = value.strip() and not SECRET_REF.search(value) and "${" not in value
+            literal = value.strip() and not VAR.search(value.replace("$$", ""))
             if literal and (key in r.ctx.secrets or (SECRETISH_KEY.search(key) and not key.endswith("_FILE"))):
                 r.err(p, f"looks like a secret written literally; reference it as ${{{key}}} and keep the value "
                          f"in the secrets source")
@@ -650,22 +659,31 @@ def _port_conflicts(r: _ComposeReader, specs: dict[str, ServiceSpec]) -> None:
             seen.setdefault((port.host_port, port.protocol), []).append((port.host_ip, name))
 
 
+def _map(value: Any) -> dict:
+    """`value` when it is a mapping, else {} (its type error is already reported by the schema check)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
 def _settings(ctx: _Ctx, doc: Doc, data: dict, services: Mapping[str, ServiceSpec]) -> Settings:
-    host = data.get("host") or {}
-    dns = data.get("dns") or {}
-    backups = data.get("backups") or {}
-    records = tuple(DnsRecord(str(r.get("name")), str(r.get("type")), str(r.get("content")), bool(r.get("proxied")))
-                    for r in dns.get("records", []) if isinstance(r, dict))
-    if dns.get("require_dns_only"):
+    host, dns, backups, sec = (_map(data.get(k)) for k in ("host", "dns", "backups", "secrets"))
+    records = tuple(DnsRecord(str(r.get("name")), str(r.get("type")), str(r.get("content")), r.get("proxied") is True)
+                    for r in _list(dns.get("records")) if isinstance(r, dict))
+    if dns.get("require_dns_only") is True:
         for i, rec in enumerate(records):
             if rec.proxied:
                 ctx.errors.append(doc.error(("dns", "records", i, "proxied"),
                                             "must be false: Caddy needs direct reachability for ACME HTTP-01"))
     targets = []
-    for name, t in sorted((backups.get("targets") or {}).items()):
+    for name, t in sorted(_map(backups.get("targets")).items()):
         if not isinstance(t, dict):
             continue
         service = t.get("service")
+        if not isinstance(service, (str, type(None))):
+            continue  # reported by the schema check
         if t.get("method") in ("pg_dumpall", "s3_mirror") and not service:
             ctx.errors.append(doc.error(("backups", "targets", name), f"method {t.get('method')} needs `service`"))
         elif service and service not in services:
@@ -676,31 +694,30 @@ def _settings(ctx: _Ctx, doc: Doc, data: dict, services: Mapping[str, ServiceSpe
             ctx.errors.append(doc.error(("backups", "targets", name, "prefix"),
                                         f"must be a relative prefix ending in '/', got {prefix!r}"))
         days = t.get("retention_days", 0)
-        if isinstance(days, int) and days < 1:
+        days = days if isinstance(days, int) and not isinstance(days, bool) else 0
+        if days < 1 and "retention_days" in t:
             ctx.errors.append(doc.error(("backups", "targets", name, "retention_days"), "must be at least 1"))
-        targets.append(BackupTarget(name, str(t.get("method")), prefix, int(days) if isinstance(days, int) else 0,
-                                    service))
-    prefixes = [t.prefix for t in targets]
+        targets.append(BackupTarget(str(name), str(t.get("method")), prefix, days, service))
     for t in targets:
-        if any(o != t.prefix and o.startswith(t.prefix) for o in prefixes):
+        if any(o.prefix != t.prefix and o.prefix.startswith(t.prefix) for o in targets):
             ctx.errors.append(doc.error(("backups", "targets", t.name, "prefix"),
                                         "overlaps another target's prefix; retention works per prefix"))
-    for i, port in enumerate(host.get("public_ports", []) if isinstance(host.get("public_ports"), list) else []):
-        if not re.match(r"^\d{1,5}/(tcp|udp)$", str(port)):
+    public_ports = [str(p) for p in _list(host.get("public_ports"))]
+    for i, port in enumerate(public_ports):
+        if not re.match(r"^\d{1,5}/(tcp|udp)$", port):
             ctx.errors.append(doc.error(("host", "public_ports", i), f"must look like 443/tcp, got {port!r}"))
-    required = tuple(sorted((data.get("secrets") or {}).get("required") or {}))
-    sec = data.get("secrets") or {}
-    for i, svc_name in ((k, s) for k, v in (sec.get("required") or {}).items() if isinstance(v, dict)
-                        for s in v.get("used_by", []) if isinstance(v.get("used_by"), list)):
-        if svc_name not in services:
-            ctx.errors.append(doc.error(("secrets", "required", i, "used_by"),
-                                        f"names service {svc_name!r}, which the Compose file does not declare"))
+    required = _map(sec.get("required"))
+    for key, decl in required.items():
+        for i, svc_name in enumerate(_list(_map(decl).get("used_by"))):
+            if isinstance(svc_name, str) and svc_name not in services:
+                ctx.errors.append(doc.error(("secrets", "required", key, "used_by", i),
+                                            f"names service {svc_name!r}, which the Compose file does not declare"))
     return Settings(
-        host=host, dns=dns, tls=data.get("tls") or {}, secrets=sec, backups=backups,
-        notifications=data.get("notifications") or {}, deploy=data.get("deploy") or {},
-        images=data.get("images") or {}, integrations=data.get("integrations") or {},
-        dns_records=records, backup_targets=tuple(targets), required_secrets=required,
-        public_ports=tuple(str(p) for p in host.get("public_ports", []) if isinstance(host.get("public_ports"), list)),
+        host=host, dns=dns, tls=_map(data.get("tls")), secrets=sec, backups=backups,
+        notifications=_map(data.get("notifications")), deploy=_map(data.get("deploy")),
+        images=_map(data.get("images")), integrations=_map(data.get("integrations")),
+        dns_records=records, backup_targets=tuple(targets), required_secrets=tuple(sorted(map(str, required))),
+        public_ports=tuple(public_ports),
     )
 
 
@@ -721,7 +738,7 @@ def _load(tree: ConfigTree, env: Mapping[str, str], host_root: str | None) -> tu
     pdata = _interpolate_all(ctx, pdoc, (), {k: v for k, v in pdoc.data.items() if k != "variables"},
                              lambda p: False)
     compose_rel = pdata.get("compose_file", DEFAULT_COMPOSE)
-    if not isinstance(compose_rel, str) or any(p == ".." for p in compose_rel.split("/")):
+    if not isinstance(compose_rel, str) or compose_rel.startswith("/") or any(p == ".." for p in compose_rel.split("/")):
         ctx.errors.append(pdoc.error(("compose_file",), "must be a path inside the config tree"))
         return None, ctx
     cdoc = ctx.load(compose_rel)

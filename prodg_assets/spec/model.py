@@ -95,13 +95,15 @@ class ServiceSpec:
 
     @property
     def secrets_used(self) -> frozenset[str]:
-        return frozenset(m for _, value in self.environment for m in SECRET_REF.findall(value))
+        return frozenset(m for _, value in self.environment for m in SECRET_REF.findall(value.replace("$$", "")))
 
-    def spec_hash(self, secret_values: Mapping[str, str] | None = None) -> str:
-        """Hash of everything that defines the container. Secrets enter only as hashes of their values, so a changed
-        secret changes the hash without the hash (or anything derived from it) revealing the value."""
+    def spec_hash(self, secret_values: Mapping[str, str] | None = None,
+                  file_env: Mapping[str, str] | None = None) -> str:
+        """Hash of everything that defines the container. Secrets (and env_file contents) enter only as hashes of
+        their values, so a changed secret changes the hash without the hash revealing the value."""
         body = asdict(self)
         body["secret_hashes"] = {k: sha256_hex((secret_values or {}).get(k, "")) for k in sorted(self.secrets_used)}
+        body["env_file_hashes"] = {k: sha256_hex(v) for k, v in sorted((file_env or {}).items())}
         return sha256_hex(json.dumps(body, sort_keys=True, default=str))[:32]
 
 

@@ -24,20 +24,29 @@ class DirTree:
         rel = os.path.relpath(self.root)
         self.label = label or (self.root if rel.startswith("..") else rel)
 
+    def _inside(self, path: str) -> bool:
+        """True when `path`, with every symlink resolved, is still inside the tree (a link out of it is ignored)."""
+        real = os.path.realpath(path)
+        return real == os.path.realpath(self.root) or real.startswith(os.path.realpath(self.root) + os.sep)
+
     def read(self, rel: str) -> bytes | None:
         path = os.path.join(self.root, rel)
-        if not os.path.isfile(path):
+        if not os.path.isfile(path) or not self._inside(path):
             return None
         with open(path, "rb") as fh:
             return fh.read()
 
     def files_under(self, rel: str) -> Iterator[str]:
         path = os.path.join(self.root, rel)
+        if not self._inside(path):
+            return
         if os.path.isfile(path):
             yield rel
             return
         found = []
         for dirpath, _, files in os.walk(path):
             for name in files:
-                found.append(os.path.relpath(os.path.join(dirpath, name), self.root))
+                full = os.path.join(dirpath, name)
+                if self._inside(full):
+                    found.append(os.path.relpath(full, self.root))
         yield from sorted(found)

@@ -71,8 +71,11 @@ class _Builder:
             return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
         try:
             return self.constructor.construct_object(node, deep=True)
+        except yaml.MarkedYAMLError as exc:
+            self.errors.append(SpecError(self.doc.file, line, field_name(path), f"bad value: {_one_line(exc)}"))
+            return None
         except yaml.YAMLError as exc:
-            self.errors.append(SpecError(self.doc.file, line, field_name(path), f"bad value: {exc}"))
+            self.errors.append(SpecError(self.doc.file, line, field_name(path), f"bad value: {_first_line(exc)}"))
             return None
 
     def _mapping(self, node: yaml.MappingNode, path: Path, depth: int) -> dict:
@@ -108,6 +111,14 @@ class _Builder:
         return merged
 
 
+def _one_line(exc: yaml.MarkedYAMLError) -> str:
+    return " ".join(str(exc.problem or exc.context or "unreadable").split())
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or ["unreadable"])[0]
+
+
 def load_yaml(file: str, raw: bytes) -> tuple[Doc | None, list[SpecError]]:
     """Parse one YAML document; returns (doc, errors). doc is None when nothing usable could be read."""
     errors: list[SpecError] = []
@@ -123,9 +134,13 @@ def load_yaml(file: str, raw: bytes) -> tuple[Doc | None, list[SpecError]]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
-        return None, [SpecError(file, line, "(document)", f"invalid YAML: {exc.problem or exc.context}")]
+        return None, [SpecError(file, line, "(document)", f"invalid YAML: {_one_line(exc)}")]
+    except yaml.reader.ReaderError as exc:
+        line = text[: max(exc.position, 0)].count("\n") + 1
+        return None, [SpecError(file, line, "(document)", f"invalid YAML: character #x{exc.character:04x} is not "
+                                                          f"allowed")]
     except yaml.YAMLError as exc:
-        return None, [SpecError(file, 1, "(document)", f"invalid YAML: {exc}")]
+        return None, [SpecError(file, 1, "(document)", f"invalid YAML: {_first_line(exc)}")]
     except RecursionError:
         return None, [SpecError(file, 1, "(document)", f"nested deeper than {MAX_DEPTH} levels")]
     doc = Doc(file, None)

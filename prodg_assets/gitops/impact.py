@@ -1,0 +1,59 @@
+"""Impact of a commit: which assets a change between two desired states touches. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Optional
+
+from ..spec import DesiredState
+
+# prodg.yaml section → the layer assets that read it
+SECTION_ASSETS = {
+    "host": ("host_baseline",),
+    "dns": ("dns_records",),
+    "tls": ("tls_certificates",),
+    "secrets": ("secrets_env",),
+    "deploy": ("retired_services",),
+    "backups": (),  # backups run on their own daily schedule
+    "notifications": (),
+    "integrations": (),
+}
+
+
+def impacted_assets(old: Optional[DesiredState], new: DesiredState) -> tuple[set[str], list[str]]:
+    """(asset names to materialise, reasons). Services are selected when their resolved spec differs — which covers
+    their Compose block, the variables it uses, and the content of config files they bind-mount or build from
+    (those enter the spec as digests). `old` None means: everything (first deploy, or history was rewritten)."""
+    if old is None:
+        return {s.asset for s in new.services.values()} | {"host_baseline", "docker_network", "secrets_env",
+                                                          "retired_services"}, ["full reconcile"]
+    assets: set[str] = set()
+    reasons: list[str] = []
+    for name, spec in sorted(new.services.items()):
+        before = old.services.get(name)
+        if before is None:
+            assets.add(spec.asset)
+            reasons.append(f"{name}: new service")
+        elif asdict(before) != asdict(spec):
+            fields = sorted(k for k, v in asdict(spec).items() if asdict(before).get(k) != v)
+            assets.add(spec.asset)
+            reasons.append(f"{name}: {', '.join(fields)} changed")
+    gone = sorted(set(old.services) - set(new.services))
+    if gone:
+        assets.add("retired_services")
+        reasons.append(f"left the spec: {', '.join(gone)}")
+    if old.networks != new.networks:
+        assets.add("docker_network")
+        reasons.append("networks changed")
+    for section, layer_assets in SECTION_ASSETS.items():
+        if getattr(old.settings, section) != getattr(new.settings, section) and layer_assets:
+            assets.update(layer_assets)
+            reasons.append(f"prodg.yaml {section} changed")
+    if old.settings.required_secrets != new.settings.required_secrets:
+        assets.add("secrets_env")
+    if old.settings.images != new.settings.images:
+        for spec in new.services.values():
+            if not spec.build:
+                assets.add(spec.asset)
+        reasons.append("prodg.yaml images changed")
+    return assets, reasons

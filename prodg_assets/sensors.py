@@ -1,0 +1,66 @@
+"""The git sensor: a push deploys exactly what its commits changed, tagged with the commit."""
+
+import dagster as dg
+
+from .gitops.impact import impacted_assets
+from .gitops.repo import ConfigRepo, GitError
+from .layers.common import COMMIT_TAG
+from .spec import ConfigInvalid
+
+COVERS_TAG = "prodg/covers"
+SENSOR_NAME = "config_repo_sensor"
+
+
+def build_git_sensor(target: dg.AssetSelection, interval_s: int = 30) -> dg.SensorDefinition:
+    @dg.sensor(name=SENSOR_NAME, target=target, minimum_interval_seconds=interval_s,
+               default_status=dg.DefaultSensorStatus.RUNNING)
+    def config_repo_sensor(context: dg.SensorEvaluationContext, repo: ConfigRepo):
+        """Watches the config repo's tracked branch. For a new head commit it validates the config (an invalid commit
+        is skipped with its located errors and deploys nothing), diffs it against the last deployed commit, and
+        requests one run of the affected assets and everything downstream of them, with run_key and tag
+        `prodg/commit` = the commit. A rewritten history (the deployed commit is no longer an ancestor) triggers a
+        full reconcile. The cursor (last requested commit) moves only when a run is requested."""
+        try:
+            repo.fetch()
+            head = repo.head()
+        except GitError as exc:
+            raise dg.Failure(f"config repo unreadable: {exc}") from None  # the cursor stays where it was
+        last = context.cursor or ""
+        if head == last:
+            return dg.SkipReason(f"no new commit on {repo.branch} (deployed: {head[:12]})")
+        try:
+            new = repo.desired_state(head)
+        except ConfigInvalid as exc:
+            errors = "\n".join(str(e) for e in exc.errors[:20])
+            return dg.SkipReason(f"commit {head[:12]} does not validate; nothing deployed:\n{errors}")
+        old, covers, why = None, [head], "first deploy"
+        if last and repo.has_commit(last) and repo.is_ancestor(last, head):
+            covers = repo.commits_between(last, head)
+            try:
+                old = repo.desired_state(last)
+                why = ""
+            except ConfigInvalid:
+                why = "previous commit unreadable"
+        elif last:
+            why = f"history rewritten ({last[:12]} is not an ancestor of {head[:12]})"
+        assets, reasons = impacted_assets(old, new)
+        if why:
+            reasons.insert(0, why)
+        if not assets:
+            context.update_cursor(head)
+            return dg.SkipReason(f"commit {head[:12]} changes no asset ({len(covers)} commit(s))")
+        graph = context.repository_def.asset_graph
+        known = {k for k in graph.get_all_asset_keys()}
+        keys = {dg.AssetKey(a) for a in assets} & known
+        selection = dg.AssetSelection.assets(*keys).downstream() & target
+        selected = sorted(selection.resolve(graph), key=lambda k: k.to_user_string())
+        context.log.info(f"{head[:12]}: {'; '.join(reasons)} -> {', '.join(k.to_user_string() for k in selected)}")
+        context.update_cursor(head)
+        return dg.RunRequest(
+            run_key=head,
+            asset_selection=selected,
+            tags={COMMIT_TAG: head, COVERS_TAG: ",".join(c[:12] for c in covers[:50]),
+                  "prodg/reason": "; ".join(reasons)[:1000]},
+        )
+
+    return config_repo_sensor
