@@ -18,7 +18,9 @@ from .layers.host import HostShell, exposure, host_baseline, host_conforms
 from .layers.network import docker_network, network_matches, no_retired_services, retired_services
 from .layers.secrets import secrets_complete_and_private, secrets_env
 from .layers.service_checks import PROBES, TlsSettings, build_service_check, build_tls_asset
-from .layers.services import build_service_asset
+from .layers.services import build_in_sync_check, build_service_asset
+from .notifications import TelegramNotifier, deploy_failure_notifier
+from .schedules import build_drift_schedule
 from .sensors import build_git_sensor
 from .spec import ConfigInvalid, DesiredState, DirTree, load_desired_state
 
@@ -50,6 +52,7 @@ def build_resources(state: DesiredState, settings: Mapping[str, str]) -> dict:
     secrets = state.settings.secrets
     infisical = secrets.get("infisical") or {}
     host, _, port = settings["PRODG_TLS_CONNECT"].rpartition(":")
+    telegram = state.settings.notifications.get("telegram") or {}
     return {
         "docker": DockerEngine(base_url=settings["DOCKER_HOST"]),
         "repo": config_repo(settings),
@@ -61,6 +64,12 @@ def build_resources(state: DesiredState, settings: Mapping[str, str]) -> dict:
         "host": HostShell(root=settings["PRODG_HOST_ROOT"]),
         "tls": TlsSettings(ca_file=settings["PRODG_TLS_CA_FILE"], connect_host=host,
                            connect_port=int(port) if port.isdigit() else 0),
+        "telegram": TelegramNotifier(api_base_url=telegram.get("api_base_url", "https://api.telegram.org"),
+                                     chat_id=str(telegram.get("chat_id", "")),
+                                     token_secret=telegram.get("bot_token_secret", "TELEGRAM_BOT_TOKEN"),
+                                     ui_base_url=telegram.get("ui_base_url", "http://127.0.0.1:3000"),
+                                     events=list(telegram.get("on", ["deploy_failure", "backup_success",
+                                                                     "backup_failure"]))),
     }
 
 
@@ -99,11 +108,13 @@ def build_defs(env: Mapping[str, str] | None = None) -> dg.Definitions:
     checks: list = [host_conforms, exposure, network_matches, secrets_complete_and_private, no_retired_services]
     assets += [build_service_asset(state, spec) for spec in state.services.values()]
     checks += [build_service_check(spec) for spec in state.services.values() if spec.name in PROBES]
+    checks += [build_in_sync_check(spec) for spec in state.services.values()]
     if any(s.layer == "tls" for s in state.services.values()):
         tls_asset, tls_check = build_tls_asset(state)
         assets.append(tls_asset)
         checks.append(tls_check)
     deploy_target = dg.AssetSelection.all() - dg.AssetSelection.groups("backups")
-    sensors = [build_git_sensor(deploy_target)]
-    return dg.Definitions(assets=assets, asset_checks=checks, sensors=sensors,
+    sensors = [build_git_sensor(deploy_target), deploy_failure_notifier]
+    schedules = [build_drift_schedule(state, deploy_target)]
+    return dg.Definitions(assets=assets, asset_checks=checks, sensors=sensors, schedules=schedules,
                           resources=build_resources(state, settings))

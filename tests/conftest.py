@@ -20,6 +20,7 @@ TEST_SECRETS = {
     "POSTGRES_PASSWORD": "pg-Test-Secret-7f3a9c",
     "REDIS_PASSWORD": "redis-Test-Secret-2b8e1d",
     "HERMES_API_TOKEN": "hermes-Test-Token-91c4e0",
+    "TELEGRAM_BOT_TOKEN": "123456:tg-Test-Token-AbCdEf",
 }
 
 

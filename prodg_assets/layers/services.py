@@ -81,3 +81,22 @@ def build_service_asset(state: DesiredState, spec: ServiceSpec) -> dg.AssetsDefi
         })
 
     return _service
+
+
+IN_SYNC = "in_sync"
+
+
+def build_in_sync_check(spec: ServiceSpec) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=spec.asset, name=IN_SYNC, blocking=False)
+    def _in_sync(context: dg.AssetCheckExecutionContext, docker: DockerEngine, repo: ConfigRepo,
+                 secrets: SecretSource) -> dg.AssetCheckResult:
+        """The live container matches the desired state (no drift): same spec hash, image, command, environment,
+        ports, mounts, networks, restart policy, user, healthcheck, and running. Fails with the fields that differ."""
+        current, commit = state_for_run(context, repo)
+        action = docker.plan(current, secrets.values(), commit).for_service(spec.name)
+        return dg.AssetCheckResult(passed=action.kind == UNCHANGED, metadata={
+            "action_needed": action.kind,
+            "drift": dg.MetadataValue.md(action.markdown()),
+            "fields": ", ".join(f for f, _, _ in action.diff) or "none"})
+
+    return _in_sync

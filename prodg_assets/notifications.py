@@ -1,0 +1,67 @@
+"""Telegram notifications on deploy failure (and, with the backups, on backup success and failure).
+
+A notifier that cannot reach Telegram logs a warning and gives up: it never fails or delays a deploy.
+"""
+
+import dagster as dg
+import requests
+
+from .engine.secrets import SecretSource, redact
+from .layers.common import COMMIT_TAG
+
+
+class TelegramNotifier(dg.ConfigurableResource):
+    """Telegram's Bot API at `api_base_url` (a local stand-in in tests). The bot token is read from the secrets
+    source by name (`token_secret`), when a message is sent — it is never part of the run config."""
+
+    api_base_url: str = "https://api.telegram.org"
+    chat_id: str = ""
+    token_secret: str = "TELEGRAM_BOT_TOKEN"
+    ui_base_url: str = "http://127.0.0.1:3000"
+    events: list[str] = ["deploy_failure", "backup_success", "backup_failure"]
+    timeout_s: float = 5.0
+
+    def send(self, text: str, secrets: SecretSource, log=None) -> bool:
+        values = {}
+        try:
+            values = secrets.values()
+            token = values.get(self.token_secret, "")
+            if not token or not self.chat_id or self.chat_id == "0":
+                raise RuntimeError(f"no bot token ({self.token_secret}) or chat id configured")
+            resp = requests.post(f"{self.api_base_url.rstrip('/')}/bot{token}/sendMessage",
+                                 json={"chat_id": self.chat_id, "text": text, "disable_web_page_preview": True},
+                                 timeout=self.timeout_s)
+            if resp.status_code != 200 or not resp.json().get("ok"):
+                raise RuntimeError(f"Telegram answered HTTP {resp.status_code}")
+            return True
+        except Exception as exc:  # a notifier never fails what it reports on
+            if log:
+                log.warning(f"Telegram notification not sent: {redact(str(exc), values)}")
+            return False
+
+
+def run_link(notifier: TelegramNotifier, run_id: str) -> str:
+    return f"{notifier.ui_base_url.rstrip('/')}/runs/{run_id}"
+
+
+def deploy_failure_message(run: dg.DagsterRun, reason: str, notifier: TelegramNotifier) -> str:
+    commit = run.tags.get(COMMIT_TAG, "")
+    assets = ", ".join(sorted(k.to_user_string() for k in run.asset_selection or [])) or run.job_name
+    return (f"❌ prodg deploy failed\ncommit: {commit[:12] or 'working tree'}\nassets: {assets}\n"
+            f"reason: {reason[:500]}\n{run_link(notifier, run.run_id)}")
+
+
+@dg.run_failure_sensor(name="deploy_failure_notifier", default_status=dg.DefaultSensorStatus.RUNNING,
+                       minimum_interval_seconds=15)
+def deploy_failure_notifier(context: dg.RunFailureSensorContext, telegram: TelegramNotifier,
+                            secrets: SecretSource) -> None:
+    """Sends a Telegram message when a deploy run fails: the commit, the assets, the reason and a link to the run."""
+    run = context.dagster_run
+    if "deploy_failure" not in telegram.events or run.tags.get("prodg/kind") == "backup":
+        return
+    reason = context.failure_event.message or "run failed"
+    steps = [e for e in context.get_step_failure_events()]
+    if steps:
+        reason = "; ".join(f"{e.step_key}: {e.event_specific_data.error.message.strip().splitlines()[0]}"
+                           for e in steps if e.event_specific_data and e.event_specific_data.error)
+    telegram.send(deploy_failure_message(run, redact(reason, secrets.values()), telegram), secrets, context.log)

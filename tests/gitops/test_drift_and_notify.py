@@ -1,0 +1,119 @@
+"""Drift found by the schedule (and healed when opted in), and the operators told on Telegram when a deploy fails."""
+
+import datetime
+import os
+import subprocess
+
+import dagster as dg
+import pytest
+
+from prodg_assets.schedules import DRIFT_SCHEDULE
+from tests.conftest import TEST_SECRETS, Testbed, make_testbed
+from tests.standins.telegram import TelegramStandIn
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, docker_client):
+    tmp = str(tmp_path_factory.mktemp("drift"))
+    bed = make_testbed(tmp, docker_client, f"prodgd{os.getpid() % 10000}")
+    old_env = dict(os.environ)
+    with TelegramStandIn(TEST_SECRETS["TELEGRAM_BOT_TOKEN"]) as telegram:
+        bed.env["TELEGRAM_API_URL"] = telegram.url
+        os.environ.update(bed.env)
+        try:
+            bed.cleanup()
+            assert bed.materialize().success
+            yield bed, telegram
+        finally:
+            bed.cleanup()
+            os.environ.clear()
+            os.environ.update(old_env)
+
+
+def schedule_request(bed: Testbed, instance) -> dg.RunRequest | dg.SkipReason:
+    defs = bed.defs()
+    schedule = defs.resolve_schedule_def(DRIFT_SCHEDULE)
+    resources = {k: defs.resources[k] for k in ("docker", "repo", "secrets")}
+    when = datetime.datetime.now(datetime.timezone.utc).replace(second=0, microsecond=0)
+    with dg.build_schedule_context(instance=instance, resources=resources, scheduled_execution_time=when) as ctx:
+        data = schedule.evaluate_tick(ctx)
+    return data
+
+
+def run_checks(bed: Testbed, instance, request: dg.RunRequest) -> dict[str, tuple[bool, dict]]:
+    job = bed.defs().resolve_implicit_global_asset_job_def()
+    job = job.get_subset(asset_selection=set(request.asset_selection or []),
+                         asset_check_selection=set(request.asset_check_keys or []))
+    result = job.execute_in_process(instance=instance, tags=request.tags)
+    return {e.asset_check_evaluation_data.asset_key.to_user_string():
+            (e.asset_check_evaluation_data.passed, e.asset_check_evaluation_data.metadata)
+            for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+
+
+def test_drift_schedule_records_drift_as_failing_checks_with_the_fields(stack):
+    bed, _ = stack
+    subprocess.run(["docker", "update", "--restart=no", f"{bed.project}-redis"], check=True, capture_output=True)
+    with dg.instance_for_test() as instance:
+        data = schedule_request(bed, instance)
+        (request,) = data.run_requests
+        assert not request.asset_selection
+        assert {k.name for k in request.asset_check_keys} == {"in_sync"}
+        results = run_checks(bed, instance, request)
+    assert results["redis"][0] is False
+    assert results["redis"][1]["fields"].value == "restart"
+    assert all(passed for asset, (passed, _) in results.items() if asset != "redis")
+    assert bed.containers()["redis"].attrs["HostConfig"]["RestartPolicy"]["Name"] in ("no", "")
+
+
+def test_self_heal_reapplies_only_the_drifted_service(stack):
+    bed, _ = stack
+    bed.edit("prodg.yaml", "  stop_timeout_s: 5\n", "  stop_timeout_s: 5\n  self_heal: true\n")
+    bed.commit("self-heal on")
+    before = {s: c.id for s, c in bed.containers().items()}
+    with dg.instance_for_test() as instance:
+        (request,) = schedule_request(bed, instance).run_requests
+        assert {k.to_user_string() for k in request.asset_selection} == {"redis"}
+        assert request.tags["prodg/kind"] == "self_heal"
+        job = bed.defs().resolve_implicit_global_asset_job_def().get_subset(
+            asset_selection=set(request.asset_selection))
+        assert job.execute_in_process(instance=instance, tags=request.tags).success
+        after = {s: c.id for s, c in bed.containers().items()}
+        assert after["redis"] != before["redis"]
+        assert {s: i for s, i in after.items() if s != "redis"} == {s: i for s, i in before.items() if s != "redis"}
+        again = schedule_request(bed, instance)
+        assert not again.run_requests and "no drift" in again.skip_message
+
+
+def notify(bed: Testbed, instance, result: dg.ExecuteInProcessResult) -> None:
+    defs = bed.defs()
+    sensor = defs.resolve_sensor_def("deploy_failure_notifier")
+    run = instance.get_run_by_id(result.run_id)
+    failure = [r.dagster_event for r in instance.all_logs(result.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)][0]
+    ctx = dg.build_run_status_sensor_context(
+        sensor_name="deploy_failure_notifier", dagster_event=failure, dagster_instance=instance, dagster_run=run,
+        resources={"telegram": defs.resources["telegram"], "secrets": defs.resources["secrets"]})
+    sensor(ctx)
+
+
+def test_telegram_is_told_when_a_deploys_healthcheck_fails_and_a_dead_telegram_changes_nothing(stack):
+    bed, telegram = stack
+    bed.edit("hermes-api/app/main.py", 'return {"status": "ok"}', 'return {"status": "ok", "boom": 1 / 0}')
+    sha = bed.commit("hermes: crashing release")
+    with dg.instance_for_test() as instance:
+        result = bed.materialize(selection="hermes_api", instance=instance)
+        assert not result.success
+        notify(bed, instance, result)
+        (message,) = telegram.messages
+        assert message["chat_id"] == "-1001234"
+        text = message["text"]
+        assert "deploy failed" in text and sha[:12] in text and "hermes_api" in text
+        assert "healthcheck" in text
+        assert f"http://127.0.0.1:3000/runs/{result.run_id}" in text
+        assert not any(v in text for v in TEST_SECRETS.values())
+        # Telegram down: the notifier gives up quietly; nothing raised, nothing else affected.
+        telegram.status = 500
+        notify(bed, instance, result)
+        assert len(telegram.messages) == 1
+    assert bed.containers()["hermes-api"].status == "running"
