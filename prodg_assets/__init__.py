@@ -39,6 +39,7 @@ def settings_from_env(env: Mapping[str, str]) -> dict[str, str]:
         "PRODG_TLS_CA_FILE": env.get("PRODG_TLS_CA_FILE", ""),
         "PRODG_TLS_CONNECT": env.get("PRODG_TLS_CONNECT", ""),
         "DOCKER_HOST": env.get("DOCKER_HOST", ""),
+        "PRODG_SENSOR_INTERVAL_S": env.get("PRODG_SENSOR_INTERVAL_S", "30"),
     }
 
 
@@ -114,7 +115,9 @@ def build_defs(env: Mapping[str, str] | None = None) -> dg.Definitions:
         assets.append(tls_asset)
         checks.append(tls_check)
     deploy_target = dg.AssetSelection.all() - dg.AssetSelection.groups("backups")
-    sensors = [build_git_sensor(deploy_target), deploy_failure_notifier]
+    sensors = [build_git_sensor(deploy_target, int(settings["PRODG_SENSOR_INTERVAL_S"])), deploy_failure_notifier]
     schedules = [build_drift_schedule(state, deploy_target)]
+    # In-process: a deploy's steps run one after another against one Engine anyway, and a subprocess per step
+    # would add seconds of Python start-up to every push-to-healthy.
     return dg.Definitions(assets=assets, asset_checks=checks, sensors=sensors, schedules=schedules,
-                          resources=build_resources(state, settings))
+                          resources=build_resources(state, settings), executor=dg.in_process_executor)

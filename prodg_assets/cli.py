@@ -62,6 +62,36 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """Materialise the deploy assets at a commit in the Dagster instance of DAGSTER_HOME, tagged like a sensor run,
+    so it shows in the UI's lineage. `--commit <older sha>` is the break-glass rollback."""
+    import dagster as dg
+
+    from . import build_defs
+    from .layers.common import COMMIT_TAG
+
+    defs = build_defs()
+    repo = defs.resources["repo"]
+    commit = git_rev(repo.path, args.commit) if args.commit else repo.head()
+    repo.desired_state(commit)  # refuse an invalid commit before anything runs
+    job = defs.resolve_implicit_global_asset_job_def()
+    keys = {k for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    graph = defs.resolve_asset_graph()
+    selection = {k for k in keys if graph.get(k).group_name != "backups"}
+    if args.select:
+        wanted = {dg.AssetKey(s.strip()) for s in args.select.split(",")}
+        unknown = wanted - keys
+        if unknown:
+            print(f"prodg deploy: unknown assets: {', '.join(k.to_user_string() for k in unknown)}", file=sys.stderr)
+            return 1
+        selection = wanted
+    with dg.DagsterInstance.get() as instance:
+        result = job.get_subset(asset_selection=selection).execute_in_process(
+            instance=instance, tags={COMMIT_TAG: commit, "prodg/kind": "manual_deploy"}, raise_on_error=False)
+    print(f"run {result.run_id}: {'succeeded' if result.success else 'FAILED'} deploying {commit[:12]}")
+    return 0 if result.success else 1
+
+
 def cmd_demo_secrets(args: argparse.Namespace) -> int:
     import secrets as pysecrets
 
@@ -106,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", help="config folder (default: the config repo's working tree)")
     p.add_argument("--commit", help="plan the config at this commit of the config repo")
     p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("deploy", help="deploy a commit now (default: the branch head); an older SHA rolls back")
+    p.add_argument("--commit", help="commit (or ref) of the config repo to deploy")
+    p.add_argument("--select", help="comma-separated asset keys (default: every deploy asset)")
+    p.set_defaults(func=cmd_deploy)
     p = sub.add_parser("demo-secrets", help="print a secrets env file with random values for every required key")
     p.add_argument("path", nargs="?")
     p.set_defaults(func=cmd_demo_secrets)

@@ -32,6 +32,8 @@ def git(repo: str, *args: str) -> str:
 class Testbed:
     """A config repo (real git) for the test stack, the environment that points prodg at it, and helpers."""
 
+    __test__ = False  # not a test class
+
     repo: str
     env: dict[str, str]
     project: str
