@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from prodg_assets.schedules import DRIFT_SCHEDULE
-from tests.conftest import TEST_SECRETS, Testbed, make_testbed
+from tests.conftest import ROOT, TEST_SECRETS, Testbed, make_testbed
 from tests.standins.telegram import TelegramStandIn
 
 pytestmark = pytest.mark.docker
@@ -117,3 +117,28 @@ def test_telegram_is_told_when_a_deploys_healthcheck_fails_and_a_dead_telegram_c
         notify(bed, instance, result)
         assert len(telegram.messages) == 1
     assert bed.containers()["hermes-api"].status == "running"
+
+
+def test_break_glass_rollback_to_an_older_commit_shows_in_the_lineage(stack, tmp_path):
+    bed, _ = stack
+    older = bed.commits[-1]
+    bed.edit("compose/docker-compose.yml", "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n",
+             "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n      REDIS_RELEASE: \"2\"\n")
+    newer = bed.commit("redis: release 2")
+    assert bed.materialize(selection="redis").success
+    assert bed.containers()["redis"].labels["prodg.commit"] == newer
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {**bed.env, "DAGSTER_HOME": str(home)}
+    proc = subprocess.run([f"{ROOT}/.venv/bin/prodg", "deploy", "--commit", older, "--select", "redis"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"deploying {older[:12]}" in proc.stdout
+    redis = bed.containers()["redis"]
+    assert redis.labels["prodg.commit"] == older
+    assert not any(e.startswith("REDIS_RELEASE=") for e in redis.attrs["Config"]["Env"])
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("redis"))
+        assert event.asset_materialization.metadata["commit"].value == older
+        run = instance.get_run_by_id(event.run_id)
+        assert run.tags["prodg/commit"] == older and run.tags["prodg/kind"] == "manual_deploy"

@@ -127,11 +127,15 @@ def test_invalid_push_deploys_nothing_and_names_file_and_line_then_the_fix_deplo
         assert cursor_after == cursor  # nothing deployed, nothing moved
         remote.edit("compose/docker-compose.yml", "    ports: [127.0.0.1:26379:6379\n",
                     "    ports: [127.0.0.1:26379:6379]\n")
-        fixed = remote.push("fix YAML")
+        remote.edit("compose/docker-compose.yml", "      REDIS_TIMEOUT: \"300\"\n", "      REDIS_TIMEOUT: \"600\"\n")
+        fixed = remote.push("fix YAML, and the timeout meant to go with it")
         result, cursor_after = evaluate(bed, instance, cursor)
-        # the fix restores the deployed config exactly: nothing to deploy, but the cursor moves on
-        assert not result.run_requests and "changes no asset" in result.skip_message
+        (req,) = result.run_requests
+        assert req.run_key == fixed and "redis" in keys(req)
+        assert req.tags["prodg/covers"].split(",") == [fixed[:12], bad[:12]]
         assert cursor_after == fixed
+        assert launch(bed, instance, req).success
+        assert bed.containers()["redis"].labels["prodg.commit"] == fixed
 
 
 def test_several_commits_deploy_the_newest_once_and_list_what_they_cover(remote):
