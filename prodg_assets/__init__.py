@@ -14,6 +14,8 @@ import dagster as dg
 from .engine.docker_engine import DockerEngine
 from .engine.secrets import SecretSource
 from .gitops.repo import ConfigRepo
+from .layers.dns import CloudflareDns, dns_only_and_pointing_at_host, dns_records
+from .layers.tailnet import HeadscaleApi, build_tailnet
 from .layers.host import HostShell, exposure, host_baseline, host_conforms
 from .layers.network import docker_network, network_matches, no_retired_services, retired_services
 from .layers.secrets import secrets_complete_and_private, secrets_env
@@ -54,6 +56,7 @@ def build_resources(state: DesiredState, settings: Mapping[str, str]) -> dict:
     infisical = secrets.get("infisical") or {}
     host, _, port = settings["PRODG_TLS_CONNECT"].rpartition(":")
     telegram = state.settings.notifications.get("telegram") or {}
+    headscale = state.settings.integrations.get("headscale") or {}
     return {
         "docker": DockerEngine(base_url=settings["DOCKER_HOST"]),
         "repo": config_repo(settings),
@@ -65,6 +68,10 @@ def build_resources(state: DesiredState, settings: Mapping[str, str]) -> dict:
         "host": HostShell(root=settings["PRODG_HOST_ROOT"]),
         "tls": TlsSettings(ca_file=settings["PRODG_TLS_CA_FILE"], connect_host=host,
                            connect_port=int(port) if port.isdigit() else 0),
+        "cloudflare": CloudflareDns(api_base_url=state.settings.dns.get("api_base_url", CloudflareDns().api_base_url),
+                                    token_secret=state.settings.dns.get("api_token_secret", "CLOUDFLARE_API_TOKEN")),
+        "headscale": HeadscaleApi(api_base_url=headscale.get("api_base_url", "http://127.0.0.1:8080"),
+                                  api_key_secret=headscale.get("api_key_secret", "HEADSCALE_API_KEY")),
         "telegram": TelegramNotifier(api_base_url=telegram.get("api_base_url", "https://api.telegram.org"),
                                      chat_id=str(telegram.get("chat_id", "")),
                                      token_secret=telegram.get("bot_token_secret", "TELEGRAM_BOT_TOKEN"),
@@ -110,6 +117,13 @@ def build_defs(env: Mapping[str, str] | None = None) -> dg.Definitions:
     assets += [build_service_asset(state, spec) for spec in state.services.values()]
     checks += [build_service_check(spec) for spec in state.services.values() if spec.name in PROBES]
     checks += [build_in_sync_check(spec) for spec in state.services.values()]
+    if state.settings.dns_records:
+        assets.append(dns_records)
+        checks.append(dns_only_and_pointing_at_host)
+    if state.settings.integrations.get("headscale"):
+        tailnet_asset, tailnet_check = build_tailnet(state)
+        assets.append(tailnet_asset)
+        checks.append(tailnet_check)
     if any(s.layer == "tls" for s in state.services.values()):
         tls_asset, tls_check = build_tls_asset(state)
         assets.append(tls_asset)

@@ -21,6 +21,8 @@ TEST_SECRETS = {
     "REDIS_PASSWORD": "redis-Test-Secret-2b8e1d",
     "HERMES_API_TOKEN": "hermes-Test-Token-91c4e0",
     "TELEGRAM_BOT_TOKEN": "123456:tg-Test-Token-AbCdEf",
+    "CLOUDFLARE_API_TOKEN": "cf-Test-Token-5e6f7a8b",
+    "HEADSCALE_API_KEY": "hs-Test-Key-0a1b2c3d",
 }
 
 

@@ -16,7 +16,7 @@ SECTION_ASSETS = {
     "deploy": ("retired_services",),
     "backups": (),  # backups run on their own daily schedule
     "notifications": (),
-    "integrations": (),
+    "integrations": ("tailnet",),
 }
 
 
