@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import zlib
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -152,6 +153,8 @@ def make_testbed(tmp: str, client: docker.DockerClient, name: str) -> Testbed:
         "PRODG_DATA": os.path.join(tmp, "data"),
         "PRODG_SECRETS_FILE": secrets_file,
         "PRODG_TEST_NAME": name,
+        # each test bed its own subnet, so beds of concurrent runs never overlap
+        "PRODG_TEST_SUBNET": f"10.231.{zlib.crc32(name.encode()) % 250}.0/24",
         "PRODG_TLS_CA_FILE": make_caddy_root(os.path.join(tmp, "data")),
     }
     bed = Testbed(repo, env, name, client)

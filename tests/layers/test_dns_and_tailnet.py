@@ -13,9 +13,34 @@ from tests.standins.headscale import HeadscaleStandIn
 HOST = "203.0.113.10"
 
 
+# Added to the test stack's prodg.yaml here: the rest of the suite runs without these stand-ins.
+DNS_AND_TAILNET = """
+dns:
+  provider: cloudflare
+  zone: prodg.studio
+  api_base_url: ${CLOUDFLARE_API_URL}
+  api_token_secret: CLOUDFLARE_API_TOKEN
+  require_dns_only: true
+  records:
+    # 203.0.113.0/24 is TEST-NET-3: data only, never contacted
+    - {name: headscale.prodg.studio, type: A, content: 203.0.113.10, proxied: false}
+    - {name: "*.mainframe.prodg.studio", type: A, content: 203.0.113.10, proxied: false}
+
+integrations:
+  headscale:
+    api_base_url: ${HEADSCALE_API_URL}
+    api_key_secret: HEADSCALE_API_KEY
+"""
+
+
 @pytest.fixture
 def bed(tmp_path, docker_client):
     bed = make_testbed(str(tmp_path), docker_client, f"prodgn{os.getpid() % 10000}")
+    bed.edit("prodg.yaml", "variables:\n", "variables:\n  CLOUDFLARE_API_URL: http://127.0.0.1:9\n"
+             "  HEADSCALE_API_URL: http://127.0.0.1:9\n")
+    with open(os.path.join(bed.repo, "config", "prodg.yaml"), "a") as fh:
+        fh.write(DNS_AND_TAILNET)
+    bed.commit("DNS and tailnet")
     old = dict(os.environ)
     yield bed
     os.environ.clear()

@@ -1,0 +1,75 @@
+"""Secrets hunted after a real session: deploy, a failing deploy rolled back, a Telegram notification — then every
+byte prodg wrote (the Dagster instance's storage and compute logs, container labels, metadata, its own output,
+Telegram's messages) is searched for every secret value of the test secrets file. Zero hits."""
+
+import json
+import os
+
+import dagster as dg
+import pytest
+
+from tests.conftest import TEST_SECRETS, make_testbed
+from tests.gitops.test_drift_and_notify import notify
+from tests.standins.telegram import TelegramStandIn
+
+pytestmark = pytest.mark.docker
+
+
+def hits_in_bytes(data: bytes) -> list[str]:
+    return [k for k, v in TEST_SECRETS.items() if v.encode() in data]
+
+
+def test_no_secret_value_anywhere_prodg_writes(tmp_path, docker_client, capfd):
+    bed = make_testbed(str(tmp_path / "bed"), docker_client, f"prodgh{os.getpid() % 10000}")
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    old = dict(os.environ)
+    try:
+        with TelegramStandIn(TEST_SECRETS["TELEGRAM_BOT_TOKEN"]) as telegram, \
+                dg.DagsterInstance.from_config(str(home)) as instance:
+            bed.env["TELEGRAM_API_URL"] = telegram.url
+            os.environ.update(bed.env)
+            bed.cleanup()
+            assert bed.materialize(instance=instance).success
+            bed.edit("hermes-api/app/main.py", 'return {"status": "ok"}', 'return {"status": "ok", "x": 1 / 0}')
+            bed.commit("crashing hermes")
+            failed = bed.materialize(selection="hermes_api", instance=instance)
+            assert not failed.success
+            notify(bed, instance, failed)
+            assert telegram.messages
+            # a secret rotated: the spec hash changes, the value never shows
+            with open(bed.env["PRODG_SECRETS_FILE"], "a") as fh:
+                fh.write(f"REDIS_PASSWORD={TEST_SECRETS['REDIS_PASSWORD']}-rotated\n")
+            assert bed.materialize(selection="redis", instance=instance).success
+
+            found: dict[str, list[str]] = {}
+            for dirpath, _, files in os.walk(home):
+                for name in files:
+                    path = os.path.join(dirpath, name)
+                    with open(path, "rb") as fh:
+                        if hits := hits_in_bytes(fh.read()):
+                            found[os.path.relpath(path, home)] = hits
+            for record in instance.get_event_records(dg.EventRecordsFilter(
+                    event_type=dg.DagsterEventType.ASSET_MATERIALIZATION), limit=1000):
+                meta = record.asset_materialization.metadata
+                if hits := hits_in_bytes(json.dumps({k: str(v.value) for k, v in meta.items()}).encode()):
+                    found[f"materialization {record.asset_key.to_user_string()}"] = hits
+            for run in instance.get_runs():
+                if hits := hits_in_bytes(json.dumps(run.tags).encode()):
+                    found[f"run tags {run.run_id}"] = hits
+            for service, c in bed.containers().items():
+                if hits := hits_in_bytes(json.dumps(c.labels).encode() + json.dumps(c.attrs["Config"]["Cmd"]).encode()):
+                    found[f"container {service} labels/command"] = hits
+            for message in telegram.messages:
+                if hits := hits_in_bytes(message["text"].encode()):
+                    found["telegram"] = hits
+            out, err = capfd.readouterr()
+            if hits := hits_in_bytes((out + err).encode()):
+                found["stdout/stderr"] = hits
+            scanned = sum(len(f) for _, _, f in os.walk(home))
+            assert scanned > 0
+            assert found == {}, found
+    finally:
+        bed.cleanup()
+        os.environ.clear()
+        os.environ.update(old)
