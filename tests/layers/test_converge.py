@@ -255,3 +255,53 @@ def test_a_service_that_left_the_spec_is_reported_then_pruned_when_opted_in(depl
     assert materializations(pruned)["retired_services"]["removed"] == "node-exporter"
     assert check_results(pruned)["no_retired_services"] is True
     assert "node-exporter" not in bed.containers()
+
+
+def test_an_image_that_does_not_build_fails_the_asset_and_changes_nothing(deployed):
+    bed, _ = deployed
+    before = bed.containers()["hermes-api"]
+    bed.edit("hermes-api/Dockerfile", "COPY app /app", "COPY app /app\nRUN exit 3")
+    bed.commit("hermes: a Dockerfile that cannot build")
+    result = bed.materialize(selection="hermes_api")
+    assert not result.success
+    failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
+    assert "image build from hermes-api failed" in failure.event_specific_data.error.message
+    after = bed.containers()["hermes-api"]
+    assert after.id == before.id and after.status == "running"
+    bed.edit("hermes-api/Dockerfile", "COPY app /app\nRUN exit 3", "COPY app /app")
+    bed.commit("hermes: Dockerfile fixed")
+    assert bed.materialize(selection="hermes_api").success  # a retry after the fix converges
+
+
+def test_a_new_container_killed_during_its_health_wait_rolls_back(deployed):
+    bed, _ = deployed
+    old = bed.containers()["redis"]
+    bed.edit("compose/docker-compose.yml", "      REDIS_MAXCLIENTS: \"500\"\n", "      REDIS_MAXCLIENTS: \"400\"\n")
+    bed.edit("compose/docker-compose.yml", "      interval: 1s\n      timeout: 5s\n      retries: 30\n    x-prodg: {layer: data_stores}",
+             "      interval: 1s\n      timeout: 5s\n      retries: 30\n      start_period: 30s\n    x-prodg: {layer: data_stores}")
+    bed.commit("redis: fewer clients, slower first check")
+    killed: list[str] = []
+
+    def killer():
+        deadline = time.time() + 60
+        while time.time() < deadline and not killed:
+            for c in bed.client.containers.list(filters={"label": f"prodg.project={bed.project}"}):
+                if c.labels.get("prodg.service") == "redis" and c.id != old.id:
+                    c.kill()
+                    killed.append(c.id)
+                    return
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    result = bed.materialize(selection="redis")
+    thread.join()
+    assert killed and not result.success
+    failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
+    assert "exited" in failure.event_specific_data.error.message
+    restored = bed.containers()["redis"]
+    assert restored.id == old.id and restored.status == "running"
+    assert restored.name == f"{bed.project}-redis"
+    # the retry converges
+    assert bed.materialize(selection="redis").success
+    assert bed.containers()["redis"].labels["prodg.commit"] == bed.commits[-1]
