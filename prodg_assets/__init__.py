@@ -11,6 +11,7 @@ from typing import Mapping
 
 import dagster as dg
 
+from .backups.assets import build_backup_assets, build_backup_resources
 from .engine.docker_engine import DockerEngine
 from .engine.secrets import SecretSource
 from .gitops.repo import ConfigRepo
@@ -78,6 +79,7 @@ def build_resources(state: DesiredState, settings: Mapping[str, str]) -> dict:
                                      ui_base_url=telegram.get("ui_base_url", "http://127.0.0.1:3000"),
                                      events=list(telegram.get("on", ["deploy_failure", "backup_success",
                                                                      "backup_failure"]))),
+        **build_backup_resources(state),
     }
 
 
@@ -131,7 +133,13 @@ def build_defs(env: Mapping[str, str] | None = None) -> dg.Definitions:
     deploy_target = dg.AssetSelection.all() - dg.AssetSelection.groups("backups")
     sensors = [build_git_sensor(deploy_target, int(settings["PRODG_SENSOR_INTERVAL_S"])), deploy_failure_notifier]
     schedules = [build_drift_schedule(state, deploy_target)]
+    backup_assets, backup_checks, backup_schedule, backup_jobs = build_backup_assets(state)
+    assets += backup_assets
+    checks += backup_checks
+    if backup_schedule is not None:
+        schedules.append(backup_schedule)
     # In-process: a deploy's steps run one after another against one Engine anyway, and a subprocess per step
     # would add seconds of Python start-up to every push-to-healthy.
     return dg.Definitions(assets=assets, asset_checks=checks, sensors=sensors, schedules=schedules,
-                          resources=build_resources(state, settings), executor=dg.in_process_executor)
+                          jobs=backup_jobs, resources=build_resources(state, settings),
+                          executor=dg.in_process_executor)

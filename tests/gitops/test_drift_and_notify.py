@@ -142,3 +142,40 @@ def test_break_glass_rollback_to_an_older_commit_shows_in_the_lineage(stack, tmp
         assert event.asset_materialization.metadata["commit"].value == older
         run = instance.get_run_by_id(event.run_id)
         assert run.tags["prodg/commit"] == older and run.tags["prodg/kind"] == "manual_deploy"
+
+
+def test_two_deploy_runs_never_apply_to_the_same_service_at_once(stack, tmp_path):
+    """Each service asset has its own pool (limit 1 in docker/dev/dagster.yaml): two runs deploying Redis at once
+    take turns."""
+    import shutil
+
+    bed, _ = stack
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(f"{ROOT}/docker/dev/dagster.yaml", home / "dagster.yaml")
+    shas = []
+    for value in ("a", "b"):
+        bed.edit("compose/docker-compose.yml", "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n",
+                 f"      REDIS_PASSWORD: ${{REDIS_PASSWORD}}\n      TURN_{value.upper()}: \"{value}\"\n")
+        shas.append(bed.commit(f"redis: turn {value}"))
+    env = {**bed.env, "DAGSTER_HOME": str(home)}
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.get_runs()  # create the storage once, before two processes race to migrate it
+    procs = [subprocess.Popen([f"{ROOT}/.venv/bin/prodg", "deploy", "--commit", sha, "--select", "redis"], env=env,
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for sha in shas]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[-1500:] for o in outputs]
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        results = {r.tags["prodg/commit"]: r for r in instance.get_runs()}
+        assert set(results) == set(shas)
+        windows = []
+        for sha, result in results.items():
+            logs = instance.all_logs(result.run_id)
+            assert result.status == dg.DagsterRunStatus.SUCCESS
+            start = next(r.timestamp for r in logs if r.dagster_event and r.dagster_event.step_key == "redis"
+                         and r.dagster_event.event_type_value == "STEP_START")
+            end = next(r.timestamp for r in logs if r.dagster_event and r.dagster_event.step_key == "redis"
+                       and r.dagster_event.event_type_value == "STEP_SUCCESS")
+            windows.append((start, end))
+        (s1, e1), (s2, e2) = sorted(windows)
+        assert e1 <= s2, f"redis applies overlapped: {windows}"

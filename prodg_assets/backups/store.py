@@ -1,0 +1,398 @@
+"""S3-compatible endpoints: the off-site backup store (Backblaze B2 in production; MinIO or moto locally) and the MinIO
+whose buckets are backed up. Both are thin boto3 adapters; local runs and production differ only in configuration.
+
+Every API call the client makes is counted (boto3's `before-call` event), so audits can prove they cost only listings.
+Errors are rebuilt from the S3 error code and message, and scrubbed of the credentials, before they leave this module.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Mapping, Optional
+
+import boto3
+import botocore
+import dagster as dg
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import PrivateAttr
+
+from ..gitops.repo import without_credentials
+
+MIB = 1024 * 1024
+MIN_PART_BYTES = 5 * MIB  # S3's minimum for every part but the last
+MAX_COPY_BYTES = 5 * 1024 ** 3  # CopyObject's limit; larger objects are copied part by part
+COPY_PART_BYTES = 1024 ** 3
+SHA256_KEY = "sha256"  # object metadata: x-amz-meta-sha256, the sha256 of the object's bytes
+
+
+class StoreError(Exception):
+    """An S3 call failed. The message names the operation, bucket and key; it never carries credentials."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object as a listing shows it."""
+
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime.datetime
+
+
+@dataclass(frozen=True)
+class ObjectHead:
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime.datetime
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def sha256(self) -> str:
+        return self.metadata.get(SHA256_KEY, "")
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    key: str
+    bytes: int
+    sha256: str
+    etag: str
+    parts: int
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class MultipartInProgress:
+    key: str
+    upload_id: str
+    initiated: Optional[datetime.datetime]
+
+
+def _etag(value: str) -> str:
+    return (value or "").strip('"')
+
+
+class S3Endpoint(dg.ConfigurableResource):
+    """An S3 API. `endpoint_url` empty means AWS itself; credentials empty means anonymous requests (never the
+    instance-metadata lookup boto3 would otherwise try)."""
+
+    endpoint_url: str = ""
+    region: str = "us-east-1"
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    addressing_style: str = "path"  # path-style works on B2, MinIO and moto alike
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 120.0
+    max_attempts: int = 5
+    list_page_size: int = 1000  # ListObjectsV2 MaxKeys (1000 is S3's maximum)
+
+    _client: object = PrivateAttr(default=None)
+    _calls: Counter = PrivateAttr(default_factory=Counter)
+
+    # -- client and bookkeeping ----------------------------------------------------------------------------------
+    def _credentials(self) -> tuple[str, str]:
+        return self.access_key_id, self.secret_access_key
+
+    @property
+    def client(self):
+        if self._client is None:
+            key, secret = self._credentials()
+            config = BotoConfig(s3={"addressing_style": self.addressing_style},
+                                retries={"max_attempts": self.max_attempts, "mode": "standard"},
+                                connect_timeout=self.connect_timeout_s, read_timeout=self.read_timeout_s,
+                                signature_version="s3v4" if key and secret else botocore.UNSIGNED)
+            client = boto3.session.Session().client(
+                "s3", endpoint_url=self.endpoint_url or None, region_name=self.region or None,
+                aws_access_key_id=key or None, aws_secret_access_key=secret or None, config=config)
+            client.meta.events.register("before-call.s3", self._count_call)
+            self._client = client
+        return self._client
+
+    def _count_call(self, model, **_kwargs) -> None:
+        self._calls[model.name] += 1
+
+    def request_counts(self) -> dict[str, int]:
+        """API calls made through this resource instance, by operation (ListObjectsV2, HeadObject, …)."""
+        return dict(self._calls)
+
+    def requests_total(self) -> int:
+        return sum(self._calls.values())
+
+    def reset_request_counts(self) -> None:
+        self._calls.clear()
+
+    def scrub(self, text: str) -> str:
+        """`text` without this endpoint's credentials (nor any user:password@ in a URL)."""
+        for value in self._credentials():
+            if value and len(value) >= 4:
+                text = text.replace(value, "***")
+        return without_credentials(text)
+
+    def _error(self, action: str, exc: BaseException) -> StoreError:
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error") or {}
+            status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode", "?")
+            text = f"{action}: {err.get('Code', 'error')} (HTTP {status}) {err.get('Message', '')}".rstrip()
+        else:
+            text = f"{action}: {type(exc).__name__}: {exc}"
+        where = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        return StoreError(self.scrub(text + where))
+
+    def _call(self, action: str, fn, **kwargs):
+        try:
+            return fn(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(action, exc) from None
+
+    # -- reads shared by the store and the source -----------------------------------------------------------------
+    def _list(self, bucket: str, prefix: str = "") -> Iterator[StoredObject]:
+        """Every object under `prefix`, one ListObjectsV2 call per page of `list_page_size` keys."""
+        kwargs = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": self.list_page_size}
+        while True:
+            page = self._call(f"listing s3://{bucket}/{prefix}", self.client.list_objects_v2, **kwargs)
+            for item in page.get("Contents") or []:
+                yield StoredObject(item["Key"], int(item["Size"]), _etag(item.get("ETag", "")),
+                                   item["LastModified"])
+            if not page.get("IsTruncated"):
+                return
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+    def _head(self, bucket: str, key: str) -> Optional[ObjectHead]:
+        try:
+            resp = self.client.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if str((exc.response.get("Error") or {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise self._error(f"reading s3://{bucket}/{key}", exc) from None
+        except BotoCoreError as exc:
+            raise self._error(f"reading s3://{bucket}/{key}", exc) from None
+        return ObjectHead(key, int(resp["ContentLength"]), _etag(resp.get("ETag", "")), resp["LastModified"],
+                          dict(resp.get("Metadata") or {}))
+
+    def _stream(self, bucket: str, key: str, chunk_size: int = MIB) -> Iterator[bytes]:
+        resp = self._call(f"downloading s3://{bucket}/{key}", self.client.get_object, Bucket=bucket, Key=key)
+        body = resp["Body"]
+        try:
+            for chunk in body.iter_chunks(chunk_size):
+                yield chunk
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(f"downloading s3://{bucket}/{key}", exc) from None
+        finally:
+            body.close()
+
+
+class BackupStore(S3Endpoint):
+    """The off-site backup bucket (`bucket` on `endpoint_url`): streamed multipart uploads that carry their sha256
+    in the object metadata (x-amz-meta-sha256), listings, downloads and batched deletes. Credentials come in through
+    `dg.EnvVar` only."""
+
+    bucket: str
+    part_size_mb: int = 16  # multipart part size; S3 needs at least 5 MiB for all parts but the last
+    delete_batch: int = 1000  # keys per DeleteObjects call (1000 is S3's maximum)
+
+    @property
+    def part_bytes(self) -> int:
+        return max(self.part_size_mb * MIB, MIN_PART_BYTES)
+
+    def upload_stream(self, key: str, chunks: Iterable[bytes], metadata: Mapping[str, str] | None = None,
+                      content_type: str = "application/octet-stream") -> UploadResult:
+        """Upload what `chunks` yields as one object, holding at most one part in memory; sha256 and size are
+        computed on the way. A stream that fits one part becomes a single PUT. If the producer raises (its way of
+        saying the data is incomplete) or any call fails, the multipart upload is aborted — or the completed object
+        deleted — so no object remains, and the exception propagates."""
+        started = time.monotonic()
+        user_meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+        digest, total, buf = hashlib.sha256(), 0, bytearray()
+        upload_id: Optional[str] = None
+        parts: list[dict] = []
+        completed = False
+        try:
+            for chunk in chunks:
+                if not chunk:
+                    continue
+                digest.update(chunk)
+                total += len(chunk)
+                buf += chunk
+                while len(buf) >= self.part_bytes:
+                    if upload_id is None:
+                        upload_id = self._call(f"starting the upload of s3://{self.bucket}/{key}",
+                                               self.client.create_multipart_upload, Bucket=self.bucket, Key=key,
+                                               Metadata=user_meta, ContentType=content_type)["UploadId"]
+                    with memoryview(buf) as view:
+                        body = bytes(view[:self.part_bytes])
+                    del buf[:self.part_bytes]
+                    parts.append(self._upload_part(key, upload_id, len(parts) + 1, body))
+            sha256 = digest.hexdigest()
+            final_meta = {**user_meta, SHA256_KEY: sha256}
+            if upload_id is None:
+                resp = self._call(f"uploading s3://{self.bucket}/{key}", self.client.put_object, Bucket=self.bucket,
+                                  Key=key, Body=bytes(buf), Metadata=final_meta, ContentType=content_type)
+                etag = _etag(resp.get("ETag", ""))
+            else:
+                if buf:
+                    parts.append(self._upload_part(key, upload_id, len(parts) + 1, bytes(buf)))
+                buf = bytearray()
+                self._call(f"completing the upload of s3://{self.bucket}/{key}",
+                           self.client.complete_multipart_upload, Bucket=self.bucket, Key=key, UploadId=upload_id,
+                           MultipartUpload={"Parts": parts})
+                completed = True
+                # The sha256 is known only now; S3 metadata is set at creation, so the object is copied onto itself
+                # (server-side) with the final metadata.
+                etag = self._replace_metadata(key, total, final_meta, content_type)
+        except BaseException as exc:
+            if upload_id is not None and not completed:
+                self._abort(key, upload_id, exc)
+            elif completed:
+                self._delete_quietly(key, exc)
+            raise
+        return UploadResult(key, total, sha256, etag, len(parts) or 1, time.monotonic() - started)
+
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None,
+                  content_type: str = "application/octet-stream") -> UploadResult:
+        return self.upload_stream(key, [data], metadata, content_type)
+
+    def _upload_part(self, key: str, upload_id: str, number: int, body: bytes) -> dict:
+        resp = self._call(f"uploading part {number} of s3://{self.bucket}/{key}", self.client.upload_part,
+                          Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)
+        return {"PartNumber": number, "ETag": resp["ETag"]}
+
+    def _replace_metadata(self, key: str, size: int, metadata: Mapping[str, str], content_type: str) -> str:
+        source = {"Bucket": self.bucket, "Key": key}
+        action = f"setting the metadata of s3://{self.bucket}/{key}"
+        if size <= MAX_COPY_BYTES:
+            resp = self._call(action, self.client.copy_object, Bucket=self.bucket, Key=key, CopySource=source,
+                              Metadata=dict(metadata), MetadataDirective="REPLACE", ContentType=content_type)
+            return _etag(resp["CopyObjectResult"]["ETag"])
+        upload_id = self._call(action, self.client.create_multipart_upload, Bucket=self.bucket, Key=key,
+                               Metadata=dict(metadata), ContentType=content_type)["UploadId"]
+        try:
+            parts = []
+            for number, start in enumerate(range(0, size, COPY_PART_BYTES), start=1):
+                end = min(start + COPY_PART_BYTES, size) - 1
+                resp = self._call(action, self.client.upload_part_copy, Bucket=self.bucket, Key=key,
+                                  UploadId=upload_id, PartNumber=number, CopySource=source,
+                                  CopySourceRange=f"bytes={start}-{end}")
+                parts.append({"PartNumber": number, "ETag": resp["CopyPartResult"]["ETag"]})
+            resp = self._call(action, self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
+                              UploadId=upload_id, MultipartUpload={"Parts": parts})
+            return _etag(resp.get("ETag", ""))
+        except BaseException as exc:
+            self._abort(key, upload_id, exc)
+            raise
+
+    def _abort(self, key: str, upload_id: str, cause: BaseException) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except (ClientError, BotoCoreError) as exc:
+            cause.add_note(str(self._error(f"aborting the upload of s3://{self.bucket}/{key} (it stays until the "
+                                           f"bucket's lifecycle or the next backup run aborts it)", exc)))
+
+    def _delete_quietly(self, key: str, cause: BaseException) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            cause.add_note(str(self._error(f"deleting the incomplete object s3://{self.bucket}/{key}", exc)))
+
+    # -- reads -----------------------------------------------------------------------------------------------------
+    def list(self, prefix: str = "") -> Iterator[StoredObject]:
+        return self._list(self.bucket, prefix)
+
+    def head(self, key: str) -> Optional[ObjectHead]:
+        """The object's size, ETag and metadata (its sha256), or None when it does not exist."""
+        return self._head(self.bucket, key)
+
+    def download(self, key: str, chunk_size: int = MIB) -> Iterator[bytes]:
+        return self._stream(self.bucket, key, chunk_size)
+
+    def read_bytes(self, key: str) -> bytes:
+        return b"".join(self.download(key))
+
+    def sha256_of(self, key: str) -> tuple[str, int]:
+        """(sha256, size) of the object's bytes, computed by downloading it."""
+        digest, size = hashlib.sha256(), 0
+        for chunk in self.download(key):
+            digest.update(chunk)
+            size += len(chunk)
+        return digest.hexdigest(), size
+
+    # -- deletes and housekeeping ------------------------------------------------------------------------------------
+    def delete_objects(self, keys: Iterable[str]) -> int:
+        """Delete `keys` in DeleteObjects batches of `delete_batch`; returns how many were deleted."""
+        keys = list(dict.fromkeys(keys))
+        size = max(1, min(self.delete_batch, 1000))
+        deleted = 0
+        for start in range(0, len(keys), size):
+            batch = keys[start:start + size]
+            resp = self._call(f"deleting {len(batch)} objects from s3://{self.bucket}", self.client.delete_objects,
+                              Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+            errors = resp.get("Errors") or []
+            if errors:
+                named = ", ".join(f"{e.get('Key')}: {e.get('Code')}" for e in errors[:5])
+                raise StoreError(self.scrub(f"deleting from s3://{self.bucket}: {len(errors)} objects failed "
+                                            f"({named})"))
+            deleted += len(batch)
+        return deleted
+
+    def multipart_uploads(self, prefix: str = "") -> list[MultipartInProgress]:
+        """Multipart uploads started under `prefix` and neither completed nor aborted."""
+        out: list[MultipartInProgress] = []
+        kwargs = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            page = self._call(f"listing uploads in progress in s3://{self.bucket}/{prefix}",
+                              self.client.list_multipart_uploads, **kwargs)
+            out += [MultipartInProgress(u["Key"], u["UploadId"], u.get("Initiated")) for u in page.get("Uploads") or []]
+            if not page.get("IsTruncated"):
+                return out
+            kwargs.update(KeyMarker=page.get("NextKeyMarker", ""), UploadIdMarker=page.get("NextUploadIdMarker", ""))
+
+    def abort_stale_uploads(self, prefix: str, older_than: datetime.timedelta,
+                            now: Optional[datetime.datetime] = None) -> int:
+        """Abort uploads under `prefix` started more than `older_than` ago — what a killed process left behind."""
+        now = now or datetime.datetime.now(datetime.timezone.utc)
+        aborted = 0
+        for upload in self.multipart_uploads(prefix):
+            if upload.initiated is None or now - upload.initiated > older_than:
+                self._call(f"aborting the stale upload of s3://{self.bucket}/{upload.key}",
+                           self.client.abort_multipart_upload, Bucket=self.bucket, Key=upload.key,
+                           UploadId=upload.upload_id)
+                aborted += 1
+        return aborted
+
+
+class S3Source(S3Endpoint):
+    """An S3 API whose buckets are backed up object by object (the mainframe's MinIO). `buckets` empty means every
+    bucket the credentials can list. The secret key may be named instead of given: `secret_access_key_secret` (and
+    `access_key_id_secret`) name keys of the SecretSource, resolved by `with_secrets` when a backup runs."""
+
+    buckets: list[str] = []
+    access_key_id_secret: str = ""
+    secret_access_key_secret: str = ""
+
+    def with_secrets(self, values: Mapping[str, str]) -> "S3Source":
+        """This source with credentials filled in from the secrets source where only their names were given."""
+        key = self.access_key_id or (values.get(self.access_key_id_secret, "") if self.access_key_id_secret else "")
+        secret = self.secret_access_key or (values.get(self.secret_access_key_secret, "")
+                                            if self.secret_access_key_secret else "")
+        return S3Source(endpoint_url=self.endpoint_url, region=self.region, access_key_id=key,
+                        secret_access_key=secret, addressing_style=self.addressing_style,
+                        connect_timeout_s=self.connect_timeout_s, read_timeout_s=self.read_timeout_s,
+                        max_attempts=self.max_attempts, list_page_size=self.list_page_size,
+                        buckets=list(self.buckets))
+
+    def bucket_names(self) -> list[str]:
+        if self.buckets:
+            return sorted(self.buckets)
+        resp = self._call("listing buckets", self.client.list_buckets)
+        return sorted(b["Name"] for b in resp.get("Buckets") or [])
+
+    def objects(self, bucket: str, prefix: str = "") -> Iterator[StoredObject]:
+        return self._list(bucket, prefix)
+
+    def stream(self, bucket: str, key: str, chunk_size: int = MIB) -> Iterator[bytes]:
+        return self._stream(bucket, key, chunk_size)

@@ -1,0 +1,255 @@
+"""The backup test bed: a real Postgres container (prodg/postgres:bookworm, no network, known rows), two moto
+servers (one standing in for MinIO, one for the off-site store), and a real git repo holding a config with a
+`backups:` section. Everything is named with the test process's pid and removed at the end."""
+
+import datetime
+import os
+import subprocess
+import textwrap
+import time
+from dataclasses import dataclass
+
+import boto3
+import dagster as dg
+import docker
+import pytest
+
+from prodg_assets.backups.assets import build_backup_assets, build_backup_resources
+from prodg_assets.backups.pipeline import exec_run
+from prodg_assets.backups.restore import wait_ready
+from prodg_assets.backups.store import BackupStore
+from prodg_assets.engine.docker_engine import DockerEngine
+from prodg_assets.engine.secrets import SecretSource
+from prodg_assets.gitops.repo import ConfigRepo
+from prodg_assets.spec import DirTree, load_desired_state
+from tests.standins.moto import MotoServer
+
+PID = os.getpid()
+NAME = f"prodgbk{PID}"
+PG_IMAGE = "prodg/postgres:bookworm"
+SECRETS = {"POSTGRES_PASSWORD": f"pg-Backup-Secret-{PID}-5d1f", "MINIO_ROOT_PASSWORD": f"minio-Secret-{PID}-9a7c"}
+STORE_KEY_ID = f"AKIDBACKUP{PID}"
+STORE_SECRET = f"store-Secret-Key-{PID}-c0ffee"
+BUCKET = f"prodg-offsite-{PID}"
+TODAY = datetime.datetime.now(datetime.timezone.utc).date()
+START = TODAY - datetime.timedelta(days=10)
+# Known contents: the restore must reproduce them.
+SEED_SQL = """
+create database hermes;
+create database infisical;
+\\connect hermes
+create table events (id serial primary key, note text not null);
+insert into events (note) select 'event ' || i from generate_series(1, 2500) i;
+create schema app;
+create table app.users (id int primary key, name text);
+insert into app.users values (1, 'ada'), (2, 'grace'), (3, 'linus');
+\\connect infisical
+create table secrets_meta (id int primary key, label text);
+insert into secrets_meta select i, 'label-' || i from generate_series(1, 40) i;
+\\connect postgres
+create table marker (id int);
+insert into marker values (42);
+"""
+EXPECTED_ROWS = {"hermes/app.users": 3, "hermes/public.events": 2500, "infisical/public.secrets_meta": 40,
+                 "postgres/public.marker": 1}
+MINIO_OBJECTS = {("media", "logo.png"): os.urandom(70_000), ("media", "videos/intro.mp4"): os.urandom(6 * 1024 * 1024),
+                 ("uploads", "a/b/c.txt"): b"hello from minio\n", ("uploads", "empty"): b""}
+
+
+def git(repo: str, *args: str) -> str:
+    return subprocess.run(["git", "-C", repo, *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def psql(api, container: str, sql: str, db: str = "postgres") -> str:
+    code, out, err = exec_run(api, container, ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U",
+                                               "postgres", "-d", db], user="postgres", stdin=sql.encode())
+    assert code == 0, err.decode()
+    return out.decode().strip()
+
+
+def s3(url: str):
+    return boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
+                        aws_secret_access_key="testing")
+
+
+@dataclass
+class BackupBed:
+    repo: str
+    state: object
+    commit: str
+    pg: str
+    store_url: str
+    minio_url: str
+    client: docker.DockerClient
+    secrets_file: str
+
+    def store(self, **overrides) -> BackupStore:
+        return BackupStore(endpoint_url=self.store_url, region="us-east-1", bucket=BUCKET,
+                           access_key_id=STORE_KEY_ID, secret_access_key=STORE_SECRET, part_size_mb=5, **overrides)
+
+    def resources(self) -> dict:
+        return {
+            "docker": DockerEngine(),
+            "repo": ConfigRepo(repo_path=self.repo, config_subdir="config", branch="main"),
+            "secrets": SecretSource(source="env_file", env_file=self.secrets_file),
+            "backup_store": self.store(),
+            "minio_source": build_backup_resources(self.state)["minio_source"],
+        }
+
+    def definitions(self):
+        return build_backup_assets(self.state)
+
+    def materialize(self, selection: list[str], partition: str, instance, run_config: dict | None = None,
+                    raise_on_error: bool = True, commit: str | None = None,
+                    **resources) -> dg.ExecuteInProcessResult:
+        assets, checks, _, _ = self.definitions()
+        return dg.materialize([*assets, *checks], resources={**self.resources(), **resources},
+                              partition_key=partition, instance=instance,
+                              tags={"prodg/kind": "backup", "prodg/commit": commit or self.commit},
+                              selection=dg.AssetSelection.assets(*selection), run_config=run_config,
+                              raise_on_error=raise_on_error)
+
+    def run_checks(self, asset: str, partition: str, instance) -> dict[str, bool]:
+        """The checks of `asset` alone, for one partition (no materialisation): {check name: passed}."""
+        assets, checks, _, _ = self.definitions()
+        job = dg.define_asset_job("checks_only", selection=dg.AssetSelection.checks_for_assets(asset))
+        defs = dg.Definitions(assets=assets, asset_checks=checks, jobs=[job], resources=self.resources())
+        result = defs.resolve_job_def("checks_only").execute_in_process(
+            instance=instance, tags={"dagster/partition": partition}, raise_on_error=False)
+        return {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def write_config(repo: str, store_url: str, minio_port: int, secrets_file: str) -> None:
+    os.makedirs(os.path.join(repo, "config", "compose"), exist_ok=True)
+    with open(os.path.join(repo, "config", "prodg.yaml"), "w") as fh:
+        fh.write(textwrap.dedent(f"""\
+            # The backup test bed: Postgres and MinIO (a moto stand-in), the off-site store a second moto.
+            compose_file: compose/docker-compose.yml
+            variables:
+              MINIO_ROOT_USER: minio-admin
+            host:
+              hostname: backup-testbed.local
+              os: Debian
+              min_free_disk_gb: 1
+              public_ports: []
+            secrets:
+              source: env_file
+              env_file: {secrets_file}
+              required:
+                POSTGRES_PASSWORD: {{used_by: [postgres], purpose: database authentication}}
+                MINIO_ROOT_PASSWORD: {{used_by: [minio], purpose: MinIO root}}
+            backups:
+              bucket: {BUCKET}
+              endpoint_url: {store_url}
+              region: us-east-1
+              access_key_id_env: PRODG_TEST_STORE_KEY_ID
+              secret_access_key_env: PRODG_TEST_STORE_SECRET
+              schedule: "0 3 * * *"
+              timezone: UTC
+              start_date: "{START.isoformat()}"
+              compression: zstd
+              freshness_hours: 26
+              targets:
+                postgres: {{method: pg_dumpall, service: postgres, prefix: postgres/, retention_days: 30}}
+                minio: {{method: s3_mirror, service: minio, prefix: minio/, retention_days: 30}}
+                configs: {{method: config_archive, prefix: configs/, retention_days: 90}}
+            """))
+    with open(os.path.join(repo, "config", "compose", "docker-compose.yml"), "w") as fh:
+        fh.write(textwrap.dedent(f"""\
+            name: {NAME}
+            networks:
+              internal:
+                name: {NAME}_internal
+            services:
+              postgres:
+                image: {PG_IMAGE}
+                container_name: {NAME}-postgres
+                environment:
+                  POSTGRES_USER: postgres
+                  POSTGRES_PASSWORD: ${{POSTGRES_PASSWORD}}
+                x-prodg: {{layer: data_stores, backup: postgres}}
+              minio:
+                image: minio/minio:latest
+                container_name: {NAME}-minio
+                environment:
+                  MINIO_ROOT_USER: ${{MINIO_ROOT_USER}}
+                  MINIO_ROOT_PASSWORD: ${{MINIO_ROOT_PASSWORD}}
+                ports: ["127.0.0.1:{minio_port}:9000"]
+                x-prodg: {{layer: data_stores, backup: minio}}
+            """))
+
+
+@pytest.fixture(scope="session")
+def pg_container(docker_client):
+    """A Postgres with known rows, reachable only through exec."""
+    name = f"{NAME}-postgres"
+    try:
+        docker_client.containers.get(name).remove(force=True, v=True)
+    except docker.errors.NotFound:
+        pass
+    container = docker_client.containers.run(PG_IMAGE, detach=True, name=name, network_mode="none",
+                                             environment={"POSTGRES_PASSWORD": SECRETS["POSTGRES_PASSWORD"]},
+                                             labels={"prodg.test": NAME})
+    try:
+        wait_ready(docker_client.api, name)
+        psql(docker_client.api, name, SEED_SQL)
+        yield name
+    finally:
+        container.remove(force=True, v=True)
+
+
+@pytest.fixture(scope="session")
+def store_server():
+    with MotoServer() as server:
+        s3(server.url).create_bucket(Bucket=BUCKET)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def minio_server():
+    with MotoServer() as server:
+        client = s3(server.url)
+        for bucket in sorted({b for b, _ in MINIO_OBJECTS}):
+            client.create_bucket(Bucket=bucket)
+        for (bucket, key), data in MINIO_OBJECTS.items():
+            client.put_object(Bucket=bucket, Key=key, Body=data)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def bed(tmp_path_factory, docker_client, pg_container, store_server, minio_server) -> BackupBed:
+    tmp = str(tmp_path_factory.mktemp("backups"))
+    repo = os.path.join(tmp, "repo")
+    secrets_file = os.path.join(tmp, "secrets.env")
+    with open(secrets_file, "w") as fh:
+        fh.write("".join(f"{k}={v}\n" for k, v in SECRETS.items()))
+    os.chmod(secrets_file, 0o600)
+    write_config(repo, store_server.url, minio_server.port, secrets_file)
+    subprocess.run(["git", "init", "-q", "-b", "main", repo], check=True)
+    git(repo, "config", "user.email", "ops@prodg.test")
+    git(repo, "config", "user.name", "prodg tests")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "backup test bed")
+    state = load_desired_state(DirTree(os.path.join(repo, "config")), {})
+    return BackupBed(repo, state, git(repo, "rev-parse", "HEAD"), pg_container, store_server.url, minio_server.url,
+                     docker_client, secrets_file)
+
+
+@pytest.fixture()
+def clean_store(bed):
+    """The off-site bucket, emptied before the test (objects and uploads in progress)."""
+    store = bed.store()
+    for upload in store.multipart_uploads():
+        store.client.abort_multipart_upload(Bucket=BUCKET, Key=upload.key, UploadId=upload.upload_id)
+    store.delete_objects([o.key for o in store.list()])
+    return store
+
+
+def wait_for(predicate, timeout_s: float = 30, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -1,0 +1,154 @@
+"""Failed backups keep nothing: a pg_dumpall that fails midway (a table it cannot lock) or is killed midway, a
+`git archive` of a commit that does not exist, a MinIO bucket that cannot be listed. Each fails its partition and
+leaves no object under the day's prefix and no multipart upload in progress — after the upload had started."""
+
+import datetime
+import threading
+import time
+
+import dagster as dg
+import pytest
+
+from prodg_assets.backups.assets import CONFIG_BACKUP, MINIO_BACKUP, POSTGRES_BACKUP
+from prodg_assets.backups.pipeline import exec_run
+from prodg_assets.backups.store import S3Source
+from tests.backups.conftest import SECRETS, START, STORE_SECRET, psql, wait_for
+
+pytestmark = pytest.mark.docker
+
+DAY = (START + datetime.timedelta(days=1)).isoformat()
+# Kill pg_dump — the process writing the dump under pg_dumpall — and nothing else, chosen by its exact command name.
+# Not pg_dumpall itself: its `sh -c pg_dump` child would be orphaned to the container's PID 1, which is the
+# postmaster, and the postmaster takes the abnormal exit of any child it reaps for a crashed backend and restarts
+# the whole cluster into recovery. (busybox killall is no good either: it matches the backend serving pg_dump.)
+KILL_PG_DUMP = ["sh", "-c", 'for p in /proc/[0-9]*; do [ "$(cat "$p/comm" 2>/dev/null)" = pg_dump ] && '
+                            'kill -9 "${p#/proc/}"; done; true']
+# ~13 MB of incompressible bytes: the dump of `bulk` alone fills more than two 5 MiB parts.
+BULK_SQL = """
+create database bulk;
+create database zzz_locked;
+\\connect bulk
+create table blob as select i, decode(md5(random()::text) || md5(random()::text), 'hex') as b
+  from generate_series(1, 400000) i;
+\\connect zzz_locked
+create table held (id int);
+"""
+
+
+@pytest.fixture()
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+@pytest.fixture()
+def locked_cluster(bed):
+    """`bulk` (dumped first, pg_dumpall goes alphabetically) and `zzz_locked`, whose table another session holds
+    in ACCESS EXCLUSIVE mode: pg_dump of it waits for the lock after `bulk` has streamed."""
+    api = bed.client.api
+    since = int(time.time()) - 1
+    psql(api, bed.pg, BULK_SQL)
+    holder = api.exec_create(bed.pg, ["psql", "-X", "-U", "postgres", "-d", "zzz_locked", "-c",
+                                      "begin; lock table held in access exclusive mode; select pg_sleep(600);"],
+                             user="postgres")
+    api.exec_start(holder["Id"], detach=True)
+    wait_for(lambda: psql(api, bed.pg, "select count(*) from pg_locks l join pg_class c on c.oid = l.relation "
+                                       "where c.relname = 'held' and l.mode = 'AccessExclusiveLock' and l.granted",
+                          db="zzz_locked") == "1", what="the table lock")
+    try:
+        yield
+    finally:
+        exec_run(api, bed.pg, KILL_PG_DUMP)
+        server_log = api.logs(bed.pg, since=since).decode("utf-8", "replace")
+        assert "terminating any other active server processes" not in server_log  # the cluster never crashed
+        psql(api, bed.pg, "select pg_terminate_backend(pid) from pg_stat_activity where datname = 'zzz_locked';\n"
+                          "drop database if exists zzz_locked with (force);\n"
+                          "drop database if exists bulk with (force);\n")
+
+
+class UploadWatcher:
+    """Watches the store from a thread: did a multipart upload under `prefix` start? Optionally acts then."""
+
+    def __init__(self, store, prefix: str, on_upload=None):
+        self.store, self.prefix, self.on_upload = store, prefix, on_upload
+        self.seen: list[str] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self.done.is_set():
+            uploads = self.store.multipart_uploads(self.prefix)
+            if uploads:
+                self.seen = [u.key for u in uploads]
+                if self.on_upload:
+                    self.on_upload()
+                return
+            self.done.wait(0.02)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join(timeout=30)
+
+
+def assert_nothing_kept(store, prefix: str):
+    assert [o.key for o in store.list(prefix)] == []
+    assert store.multipart_uploads(prefix) == []
+
+
+def failure_text(result) -> str:
+    return "\n".join(str(e.event_specific_data.error) for e in result.all_events if e.is_step_failure)
+
+
+def test_a_dump_that_fails_midway_fails_the_partition_and_leaves_no_object(bed, clean_store, locked_cluster,
+                                                                           instance):
+    prefix = f"postgres/{DAY}/"
+    with UploadWatcher(bed.store(), prefix) as watcher:
+        result = bed.materialize([POSTGRES_BACKUP], DAY, instance, raise_on_error=False, run_config={
+            "ops": {POSTGRES_BACKUP: {"config": {"lock_wait_timeout_s": 2, "census_lock_timeout_s": 1}}}})
+    assert not result.success
+    assert watcher.seen, "the failure came before the multipart upload started"
+    text = failure_text(result)
+    assert "pg_dumpall" in text and "exited with status 1" in text and "nothing was kept" in text
+    assert "zzz_locked" in text  # pg_dumpall's own words, from its stderr
+    assert not any(s in text for s in [*SECRETS.values(), STORE_SECRET])
+    assert_nothing_kept(clean_store, prefix)
+    assert not result.get_asset_materialization_events()
+
+
+def test_a_dump_killed_midway_fails_the_partition_and_leaves_no_object(bed, clean_store, locked_cluster, instance):
+    prefix = f"postgres/{DAY}/"
+
+    def kill_the_dump():
+        exec_run(bed.client.api, bed.pg, KILL_PG_DUMP)
+
+    with UploadWatcher(bed.store(), prefix, on_upload=kill_the_dump) as watcher:
+        result = bed.materialize([POSTGRES_BACKUP], DAY, instance, raise_on_error=False, run_config={
+            "ops": {POSTGRES_BACKUP: {"config": {"lock_wait_timeout_s": 120, "census_lock_timeout_s": 1}}}})
+    assert watcher.seen
+    assert not result.success
+    text = failure_text(result)
+    assert "pg_dumpall in container" in text and "exited with status 1" in text
+    assert "pg_dump failed on database" in text
+    assert_nothing_kept(clean_store, prefix)
+
+
+def test_a_config_archive_of_an_unknown_commit_keeps_nothing(bed, clean_store, instance):
+    result = bed.materialize([CONFIG_BACKUP], DAY, instance, raise_on_error=False, commit="0" * 40)
+    assert not result.success
+    assert "git archive" in failure_text(result)
+    assert_nothing_kept(clean_store, f"configs/{DAY}/")
+
+
+def test_a_mirror_that_fails_halfway_removes_what_it_copied(bed, clean_store, instance):
+    source = S3Source(endpoint_url=bed.minio_url, access_key_id="minio-admin",
+                      secret_access_key_secret="MINIO_ROOT_PASSWORD", buckets=["media", "no-such-bucket"])
+    result = bed.materialize([MINIO_BACKUP], DAY, instance, raise_on_error=False, minio_source=source)
+    assert not result.success
+    text = failure_text(result)
+    assert "NoSuchBucket" in text and "no manifest was written" in text
+    assert SECRETS["MINIO_ROOT_PASSWORD"] not in text
+    assert_nothing_kept(clean_store, f"minio/{DAY}/")

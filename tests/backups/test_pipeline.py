@@ -1,0 +1,120 @@
+"""The streaming pieces: compression, producers (pg_dumpall in the container, git archive), keys, and the pipeline
+holding constant memory however much flows through it."""
+
+import datetime
+import gzip
+import io
+import os
+import tarfile
+import tracemalloc
+
+import pytest
+import zstandard
+
+from prodg_assets.backups.pipeline import (
+    ByteCount,
+    ContainerExec,
+    ProducerFailed,
+    compress,
+    compression_of,
+    config_key,
+    decompress,
+    exec_chunks,
+    git_archive_chunks,
+    manifest_key,
+    pg_dumpall_chunks,
+    postgres_key,
+    stream_backup,
+)
+from tests.backups.conftest import NAME, SECRETS
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize("method", ["zstd", "gzip"])
+def test_compression_round_trips_and_counts_raw_bytes(method):
+    data = [os.urandom(100_000), b"text " * 50_000, b"", os.urandom(10)]
+    raw = ByteCount()
+    packed = b"".join(compress(iter(data), method, raw=raw))
+    assert raw.bytes == sum(map(len, data))
+    assert b"".join(decompress([packed[i:i + 4096] for i in range(0, len(packed), 4096)], method)) == b"".join(data)
+    # readable by the standard tools' libraries
+    plain = zstandard.ZstdDecompressor().decompressobj().decompress(packed) if method == "zstd" \
+        else gzip.decompress(packed)
+    assert plain == b"".join(data)
+
+
+def test_a_truncated_gzip_stream_is_an_error():
+    packed = b"".join(compress([b"x" * 100_000], "gzip"))
+    with pytest.raises(ValueError, match="truncated"):
+        b"".join(decompress([packed[:-20]], "gzip"))
+
+
+def test_keys_carry_the_partition_date():
+    at = datetime.datetime(2026, 11, 27, 3, 0, 12, tzinfo=datetime.timezone.utc)
+    assert postgres_key("postgres/", "2026-11-26", at, "zstd") == "postgres/2026-11-26/pg_dumpall-030012.sql.zst"
+    assert config_key("configs/", "2026-11-26", "a" * 40, "gzip") == "configs/2026-11-26/config-aaaaaaaaaaaa.tar.gz"
+    assert manifest_key("minio/", "2026-11-26") == "minio/2026-11-26/manifest.json"
+    assert compression_of("x.sql.zst") == "zstd" and compression_of("x.tar.gz") == "gzip"
+    with pytest.raises(ValueError):
+        compression_of("x.sql")
+
+
+def test_git_archive_streams_the_config_tree_at_a_commit(bed):
+    data = b"".join(git_archive_chunks(bed.repo, bed.commit, "config", chunk_size=512))
+    names = tarfile.open(fileobj=io.BytesIO(data)).getnames()
+    assert "config/prodg.yaml" in names and "config/compose/docker-compose.yml" in names
+    with pytest.raises(ProducerFailed, match="git archive of config at 000000000000 exited with status"):
+        b"".join(git_archive_chunks(bed.repo, "0" * 40, "config"))
+
+
+@pytest.mark.docker
+def test_pg_dumpall_streams_the_cluster_from_inside_the_container(bed):
+    chunks = list(pg_dumpall_chunks(bed.client.api, bed.pg, password=SECRETS["POSTGRES_PASSWORD"]))
+    dump = b"".join(chunks)
+    assert len(chunks) > 1
+    assert dump.startswith(b"--\n-- PostgreSQL database cluster dump\n--")
+    assert b"COPY public.events (id, note) FROM stdin;" in dump and b"\\connect infisical" in dump
+    assert dump.rstrip().endswith(b"-- PostgreSQL database cluster dump complete\n--")
+
+
+@pytest.mark.docker
+def test_a_failing_command_raises_after_its_output_with_its_stderr_redacted(bed):
+    secret = SECRETS["POSTGRES_PASSWORD"]
+    out = []
+    with pytest.raises(ProducerFailed) as err:
+        for chunk in exec_chunks(bed.client.api, bed.pg, ["sh", "-c", f"echo partial; echo 'bad {secret}' >&2; exit 3"],
+                                 what="producer", redact=lambda s: s.replace(secret, "<POSTGRES_PASSWORD>")):
+            out.append(chunk)
+    assert b"".join(out) == b"partial\n"
+    assert str(err.value) == f"producer in container {bed.pg} exited with status 3: bad <POSTGRES_PASSWORD>"
+
+
+@pytest.mark.docker
+def test_a_missing_container_is_a_producer_failure(bed):
+    with pytest.raises(ProducerFailed, match="cannot run in container"):
+        ContainerExec(bed.client.api, f"{NAME}-no-such-container", ["true"]).start()
+
+
+def test_memory_stays_bounded_by_the_part_size_whatever_the_size_of_the_stream(bed, clean_store):
+    store = bed.store()  # 5 MiB parts
+    store.put_bytes("mem/warm-up", b"")  # boto3 loads its service model on the first call: not the pipeline's memory
+
+    def peak_for(mib: int) -> int:
+        def stream():
+            for _ in range(mib):
+                yield os.urandom(MIB)
+
+        tracemalloc.start()
+        try:
+            result = stream_backup(store, f"mem/2026-11-26/{mib}.zst", stream())
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert result.raw_bytes == mib * MIB and result.bytes > mib * MIB * 0.99  # random data does not compress
+        assert store.sha256_of(result.key) == (result.sha256, result.bytes)
+        return peak
+
+    small, large = peak_for(16), peak_for(64)
+    assert large < 5 * store.part_bytes, f"peak {large / MIB:.1f} MiB"
+    assert abs(large - small) < 2 * MIB, f"{small / MIB:.1f} MiB for 16 MiB, {large / MIB:.1f} MiB for 64 MiB"
