@@ -22,7 +22,12 @@ from .layers.network import docker_network, network_matches, no_retired_services
 from .layers.secrets import secrets_complete_and_private, secrets_env
 from .layers.service_checks import PROBES, TlsSettings, build_service_check, build_tls_asset
 from .layers.services import build_in_sync_check, build_service_asset
-from .notifications import TelegramNotifier, deploy_failure_notifier
+from .notifications import (
+    TelegramNotifier,
+    backup_failure_notifier,
+    backup_success_notifier,
+    deploy_failure_notifier,
+)
 from .schedules import build_drift_schedule
 from .sensors import build_git_sensor
 from .spec import ConfigInvalid, DesiredState, DirTree, load_desired_state
@@ -131,7 +136,8 @@ def build_defs(env: Mapping[str, str] | None = None) -> dg.Definitions:
         assets.append(tls_asset)
         checks.append(tls_check)
     deploy_target = dg.AssetSelection.all() - dg.AssetSelection.groups("backups")
-    sensors = [build_git_sensor(deploy_target, int(settings["PRODG_SENSOR_INTERVAL_S"])), deploy_failure_notifier]
+    sensors = [build_git_sensor(deploy_target, int(settings["PRODG_SENSOR_INTERVAL_S"])), deploy_failure_notifier,
+               backup_success_notifier, backup_failure_notifier]
     schedules = [build_drift_schedule(state, deploy_target)]
     backup_assets, backup_checks, backup_schedule, backup_jobs = build_backup_assets(state)
     assets += backup_assets

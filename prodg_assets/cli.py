@@ -92,6 +92,50 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0 if result.success else 1
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Download the day's Postgres backup from the backup store, verify its sha256, and restore it into a Postgres
+    container: --target (refused when it holds data, unless --force), or by default a fresh scratch container that
+    is left running for the operator (its name is printed)."""
+    import datetime
+
+    import docker
+
+    from .backups.restore import SCRATCH_LABEL, restore_object, wait_ready
+
+    if args.what != "postgres":
+        print("prodg restore: only `postgres` restores from the command line; MinIO restores run as the drill",
+              file=sys.stderr)
+        return 1
+    day = datetime.date.fromisoformat(args.date)
+    state, commit, resources = _state(argparse.Namespace(path=None, commit=None))
+    store = resources["backup_store"].process_config_and_initialize()  # resolves its EnvVar credentials
+    target = next(t for t in state.settings.backup_targets if t.method == "pg_dumpall")
+    found = sorted((o for o in store.list(f"{target.prefix}{day.isoformat()}/")), key=lambda o: o.last_modified)
+    if not found:
+        print(f"prodg restore: no Postgres backup for {day} under {target.prefix}{day}/ in {store.bucket}",
+              file=sys.stderr)
+        return 1
+    key = found[-1].key
+    head = store.head(key)
+    if not head or not head.sha256:
+        print(f"prodg restore: {key} carries no sha256; refusing to restore what cannot be verified", file=sys.stderr)
+        return 1
+    client = resources["docker"].client
+    container = args.target
+    if not container:
+        spec = state.services[target.service]
+        image, _ = resources["docker"].resolve_image(spec, state, commit, build=False)
+        container = f"prodg-restore-{day.isoformat()}"
+        client.containers.run(image, detach=True, name=container, network_mode="none",
+                              environment={"POSTGRES_PASSWORD": __import__("secrets").token_urlsafe(18)},
+                              labels={SCRATCH_LABEL: "manual"})
+        wait_ready(client.api, container)
+    result = restore_object(store, key, head.sha256, client.api, container, force=args.force)
+    print(f"restored {key} (sha256 verified) into container {container}: {result.sql_bytes} bytes of SQL "
+          f"in {result.duration_s:.1f}s")
+    return 0
+
+
 def cmd_demo_secrets(args: argparse.Namespace) -> int:
     import secrets as pysecrets
 
@@ -140,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--commit", help="commit (or ref) of the config repo to deploy")
     p.add_argument("--select", help="comma-separated asset keys (default: every deploy asset)")
     p.set_defaults(func=cmd_deploy)
+    p = sub.add_parser("restore", help="restore a day's backup (verified by sha256) into a Postgres container")
+    p.add_argument("what", choices=["postgres"])
+    p.add_argument("--date", required=True, help="the backup's day, YYYY-MM-DD (UTC)")
+    p.add_argument("--target", help="an existing Postgres container (default: a new scratch container)")
+    p.add_argument("--force", action="store_true", help="restore even though the target already holds data")
+    p.set_defaults(func=cmd_restore)
     p = sub.add_parser("demo-secrets", help="print a secrets env file with random values for every required key")
     p.add_argument("path", nargs="?")
     p.set_defaults(func=cmd_demo_secrets)

@@ -44,9 +44,17 @@ def run_link(notifier: TelegramNotifier, run_id: str) -> str:
     return f"{notifier.ui_base_url.rstrip('/')}/runs/{run_id}"
 
 
-def deploy_failure_message(run: dg.DagsterRun, reason: str, notifier: TelegramNotifier) -> str:
+def run_assets(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
+    """The assets a run was to materialise: its selection, else what it planned (runs of a whole job)."""
+    keys = set(run.asset_selection or [])
+    if not keys:
+        planned = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
+        keys = {r.dagster_event.asset_key for r in planned if r.dagster_event and r.dagster_event.asset_key}
+    return ", ".join(sorted(k.to_user_string() for k in keys)) or run.job_name
+
+
+def deploy_failure_message(run: dg.DagsterRun, reason: str, notifier: TelegramNotifier, assets: str) -> str:
     commit = run.tags.get(COMMIT_TAG, "")
-    assets = ", ".join(sorted(k.to_user_string() for k in run.asset_selection or [])) or run.job_name
     return (f"❌ prodg deploy failed\ncommit: {commit[:12] or 'working tree'}\nassets: {assets}\n"
             f"reason: {reason[:500]}\n{run_link(notifier, run.run_id)}")
 
@@ -64,4 +72,37 @@ def deploy_failure_notifier(context: dg.RunFailureSensorContext, telegram: Teleg
     if steps:
         reason = "; ".join(f"{e.step_key}: {e.event_specific_data.error.message.strip().splitlines()[0]}"
                            for e in steps if e.event_specific_data and e.event_specific_data.error)
-    telegram.send(deploy_failure_message(run, redact(reason, secrets.values()), telegram), secrets, context.log)
+    telegram.send(deploy_failure_message(run, redact(reason, secrets.values()), telegram,
+                                         run_assets(context.instance, run)), secrets, context.log)
+
+
+def backup_message(run: dg.DagsterRun, ok: bool, notifier: TelegramNotifier, assets: str, reason: str = "") -> str:
+    day = run.tags.get("dagster/partition", "?")
+    head = f"✅ backup of {day} succeeded" if ok else f"❌ backup of {day} failed"
+    tail = f"\nreason: {reason[:500]}" if reason else ""
+    return f"{head}\nassets: {assets}\ncommit: {run.tags.get(COMMIT_TAG, '')[:12]}{tail}\n{run_link(notifier, run.run_id)}"
+
+
+@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, name="backup_success_notifier",
+                      default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=15)
+def backup_success_notifier(context: dg.RunStatusSensorContext, telegram: TelegramNotifier,
+                            secrets: SecretSource) -> None:
+    """Tells Telegram when a backup run succeeds (the seed's behaviour): the day, the targets, a link."""
+    run = context.dagster_run
+    if run.tags.get("prodg/kind") == "backup" and "backup_success" in telegram.events:
+        telegram.send(backup_message(run, True, telegram, run_assets(context.instance, run)), secrets, context.log)
+
+
+@dg.run_failure_sensor(name="backup_failure_notifier", default_status=dg.DefaultSensorStatus.RUNNING,
+                       minimum_interval_seconds=15)
+def backup_failure_notifier(context: dg.RunFailureSensorContext, telegram: TelegramNotifier,
+                            secrets: SecretSource) -> None:
+    """Tells Telegram when a backup run fails: the day, the targets, the reason, a link."""
+    run = context.dagster_run
+    if run.tags.get("prodg/kind") != "backup" or "backup_failure" not in telegram.events:
+        return
+    reason = "; ".join(f"{e.step_key}: {e.event_specific_data.error.message.strip().splitlines()[0]}"
+                       for e in context.get_step_failure_events()
+                       if e.event_specific_data and e.event_specific_data.error) or (context.failure_event.message or "")
+    telegram.send(backup_message(run, False, telegram, run_assets(context.instance, run),
+                                 redact(reason, secrets.values())), secrets, context.log)

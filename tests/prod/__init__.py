@@ -1,0 +1,1 @@
+"""The production shape: docker/prod on the real Engine."""
