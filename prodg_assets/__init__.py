@@ -46,8 +46,8 @@ def settings_from_env(env: Mapping[str, str]) -> dict[str, str]:
         "PRODG_HOST_ROOT": env.get("PRODG_HOST_ROOT", "/"),
         "PRODG_TLS_CA_FILE": env.get("PRODG_TLS_CA_FILE", ""),
         "PRODG_TLS_CONNECT": env.get("PRODG_TLS_CONNECT", ""),
-        "DOCKER_HOST": env.get("DOCKER_HOST", ""),
         "PRODG_SENSOR_INTERVAL_S": env.get("PRODG_SENSOR_INTERVAL_S", "30"),
+        "PRODG_PROBE_NETWORK": env.get("PRODG_PROBE_NETWORK", ""),
     }
 
 
@@ -64,7 +64,8 @@ def build_resources(state: DesiredState, settings: Mapping[str, str]) -> dict:
     telegram = state.settings.notifications.get("telegram") or {}
     headscale = state.settings.integrations.get("headscale") or {}
     return {
-        "docker": DockerEngine(base_url=settings["DOCKER_HOST"]),
+        # empty base_url: docker.from_env(), which honours DOCKER_HOST and DOCKER_TLS_VERIFY/DOCKER_CERT_PATH
+        "docker": DockerEngine(probe_network=settings["PRODG_PROBE_NETWORK"]),
         "repo": config_repo(settings),
         "secrets": SecretSource(source=secrets.get("source", "env_file"), env_file=secrets.get("env_file", ""),
                                 infisical_url=infisical.get("api_base_url", ""),

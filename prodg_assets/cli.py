@@ -150,7 +150,7 @@ def cmd_offline_report(args: argparse.Namespace) -> int:
     from .engine.docker_engine import DockerEngine
 
     state = load_desired_state(DirTree(_config_path(args.path)), os.environ)
-    docker = DockerEngine(base_url=os.environ.get("DOCKER_HOST", ""))
+    docker = DockerEngine()  # docker.from_env(): DOCKER_HOST and its TLS settings
     local = state.settings.images.get("local") or {}
     missing = []
     for name, spec in sorted(state.services.items()):

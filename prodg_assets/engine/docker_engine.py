@@ -61,6 +61,9 @@ class DockerEngine(dg.ConfigurableResource):
 
     base_url: str = ""
     api_timeout_s: int = 120
+    # Where checks reach services: "" = their publications on the host (prodg runs on the host); a network name =
+    # the containers' addresses on that network (prodg's runs are containers attached to it).
+    probe_network: str = ""
 
     @property
     def client(self) -> docker.DockerClient:

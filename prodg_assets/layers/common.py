@@ -36,8 +36,9 @@ def state_for_run(context, repo: ConfigRepo, materialise: bool = False) -> tuple
 def endpoint(docker: DockerEngine, spec: ServiceSpec, container_port: int, protocol: str = "tcp") \
         -> Optional[tuple[str, int]]:
     """(host, port) where `container_port` of the service answers from here: its publication on the host when it
-    has one (wildcard publications are reached on loopback), else the container's address on its network."""
-    for p in spec.ports:
+    has one (wildcard publications are reached on loopback), else — or always, when the engine's `probe_network` is
+    set because prodg itself runs in a container — the container's address on its network."""
+    for p in () if docker.probe_network else spec.ports:
         if p.container_port == container_port and p.protocol == protocol:
             host = "127.0.0.1" if p.host_ip in ("0.0.0.0", "127.0.0.1") else "::1" if p.host_ip == "::" \
                 else p.host_ip
@@ -47,6 +48,6 @@ def endpoint(docker: DockerEngine, spec: ServiceSpec, container_port: int, proto
     except Exception:
         return None
     for name, net in (attrs.get("NetworkSettings") or {}).get("Networks", {}).items():
-        if net.get("IPAddress"):
+        if net.get("IPAddress") and docker.probe_network in ("", name):
             return net["IPAddress"], container_port
     return None
