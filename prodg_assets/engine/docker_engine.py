@@ -165,6 +165,8 @@ class DockerEngine(dg.ConfigurableResource):
         match = [n for n in found if n.name == net.name]
         if match:
             return "unchanged", match[0].id
+        if net.external:
+            raise ApplyFailed(net.key, f"external network {net.name} does not exist (it is created outside prodg)")
         ipam = None
         if net.subnet:
             ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=net.subnet)])

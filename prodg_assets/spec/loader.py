@@ -778,7 +778,8 @@ def _load(tree: ConfigTree, env: Mapping[str, str], host_root: str | None) -> tu
                                                  f"must be a network in CIDR form, got {subnet!r}"))
                     subnet = None
         name = ctx.interpolate(cdoc, np_ + ("name",), str(n.get("name", f"{project}_{key}")))
-        networks[str(key)] = NetworkSpec(str(key), name, str(n.get("driver", "bridge")), subnet)
+        networks[str(key)] = NetworkSpec(str(key), name, str(n.get("driver", "bridge")), subnet,
+                                         n.get("external") is True)
     volumes: dict[str, str] = {}
     raw_vols = data.get("volumes", {}) or {}
     if not isinstance(raw_vols, dict):

@@ -113,6 +113,7 @@ class NetworkSpec:
     name: str  # the Docker network's name
     driver: str = "bridge"
     subnet: Optional[str] = None
+    external: bool = False  # created outside prodg (never created or changed here; must exist)
 
 
 @dataclass(frozen=True)

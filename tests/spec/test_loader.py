@@ -46,6 +46,7 @@ REQUIRED_SECRETS = {
     "POSTGRES_PASSWORD", "REDIS_PASSWORD", "INFISICAL_ENCRYPTION_KEY", "INFISICAL_AUTH_SECRET",
     "VAULTWARDEN_ADMIN_TOKEN", "MINIO_ROOT_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "TELEGRAM_BOT_TOKEN",
     "HERMES_API_TOKEN", "B2_KEY_SECRET",
+    "DAGSTER_POSTGRES_PASSWORD",  # not in the seed: prodg's own Dagster storage
 }
 
 
@@ -62,8 +63,12 @@ def test_bundled_config_validates_with_no_errors(monkeypatch):
 
 
 def test_bundled_config_has_the_seed_services_images_and_layers(state):
-    assert {name: (s.image, s.layer) for name, s in state.services.items()} == \
+    assert {name: (s.image, s.layer) for name, s in state.services.items() if name in SEED} == \
         {name: (image, layer) for name, (image, layer, _) in SEED.items()}
+    # beyond the seed: prodg's own Dagster deployment, as an observability layer of T1 (Docker socket) services
+    extra = {name: (s.layer, s.trust_tier) for name, s in state.services.items() if name not in SEED}
+    assert extra == {n: ("observability", "T1") for n in ("dagster-code", "dagster-webserver", "dagster-daemon")}
+    assert {str(p) for p in state.services["dagster-webserver"].ports} == {"127.0.0.1:3300->3000/tcp"}
 
 
 @pytest.mark.parametrize("service", sorted(SEED))
@@ -80,7 +85,7 @@ def test_asset_keys_replace_dashes_with_underscores(state):
     assets = {s.asset for s in state.services.values()}
     assert {"node_exporter", "hermes_api"} <= assets
     assert not any("-" in a for a in assets)
-    assert len(assets) == len(state.services) == 14
+    assert len(assets) == len(state.services) == 17
     assert state.service_for_asset("hermes_api").name == "hermes-api"
 
 
@@ -111,7 +116,7 @@ def test_backup_targets_and_retention(state):
 def test_only_trust_tier_t1_mounts_the_docker_socket(state):
     socket_users = {name for name, s in state.services.items()
                     for m in s.volumes if m.source.endswith("docker.sock")}
-    assert socket_users == {"cadvisor"}
+    assert socket_users == {"cadvisor", "dagster-code", "dagster-webserver", "dagster-daemon"}
     assert state.services["cadvisor"].trust_tier == "T1"
 
 
@@ -316,8 +321,8 @@ CASES = [
     Case("secret-used-by-unknown-service", P, "used_by: [grafana], purpose: Grafana login",
          "used_by: [grafna], purpose: Grafana login", "secrets.required.GRAFANA_ADMIN_PASSWORD.used_by[0]",
          "names service 'grafna'", ("used_by: [grafna]",)),
-    Case("variable-shadows-a-secret", P, "  DAGSTER_UI_URL: http://127.0.0.1:3000\n",
-         "  DAGSTER_UI_URL: http://127.0.0.1:3000\n  HERMES_API_TOKEN: oops\n", "variables.HERMES_API_TOKEN",
+    Case("variable-shadows-a-secret", P, "  DAGSTER_UI_URL: http://127.0.0.1:3300\n",
+         "  DAGSTER_UI_URL: http://127.0.0.1:3300\n  HERMES_API_TOKEN: oops\n", "variables.HERMES_API_TOKEN",
          "is also declared as a secret", ("HERMES_API_TOKEN: oops",)),
     Case("variable-breaks-compose-value", P, "PRODG_NETWORK_SUBNET: 172.19.0.0/16",
          "PRODG_NETWORK_SUBNET: 172.19.0.0/33",
@@ -584,7 +589,7 @@ def test_spec_hash_is_stable_across_loads_and_tree_locations(config_copy: Path):
     assert hashes(CONFIG) == first
     assert hashes(config_copy) == first  # same content elsewhere on disk: nothing to recreate
     assert all(re.fullmatch(r"[0-9a-f]{32}", h) for h in first.values())
-    assert len(set(first.values())) == len(first) == 14
+    assert len(set(first.values())) == len(first) == 17
 
 
 def test_spec_hash_ignores_comments_layout_and_environment_form(config_copy: Path):
