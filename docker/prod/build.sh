@@ -137,13 +137,17 @@ code_image=$(build_image code prodg/dagster-code)
 # Older builds: the newest PRODG_KEEP_IMAGES (default 3) of each image stay, for rolling back; an image a container
 # still uses is kept by the Engine anyway.
 prune_old() { # IMAGE CURRENT_TAG
-  docker image ls "$1" --format '{{.CreatedAt}}\t{{.Repository}}:{{.Tag}}' | sort -r | cut -f2 | grep -vx "$2" |
+  docker image ls "$1" --format '{{.CreatedAt}}\t{{.Repository}}:{{.Tag}}' | sort -r | cut -f2 |
+    { grep -vx -e "$2" -e "$1:latest" || true; } |
     tail -n +"${PRODG_KEEP_IMAGES:-3}" | while read -r old; do
       docker image rm "$old" >/dev/null 2>&1 && log "image $old: removed (older build)" || true
     done
 }
 prune_old prodg/dagster "$dagster_image"
 prune_old prodg/dagster-code "$code_image"
+# `latest` follows the newest build: config/ (the mainframe's own Dagster layer) names these tags by default.
+docker tag "$dagster_image" prodg/dagster:latest
+docker tag "$code_image" prodg/dagster-code:latest
 
 # Record the tags for docker compose, keeping whatever else the operator keeps in .env (mode 600: it may also hold
 # DAGSTER_POSTGRES_PASSWORD).

@@ -9,6 +9,7 @@ becomes an object. Producers here: `pg_dumpall` run inside the Postgres containe
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import socket
 import struct
@@ -60,23 +61,52 @@ def compress(chunks: Iterable[bytes], method: str = "zstd", level: Optional[int]
         yield tail
 
 
+class _ChunkReader(io.RawIOBase):
+    """A readable file over an iterator of byte chunks (what zstandard's stream_reader reads from)."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self._chunks, self._buf = iter(chunks), b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:
+        while not self._buf:
+            try:
+                self._buf = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(target), len(self._buf))
+        target[:n], self._buf = self._buf[:n], self._buf[n:]
+        return n
+
+
+DECOMPRESSED_BLOCK = 1 << 20
+
+
 def decompress(chunks: Iterable[bytes], method: str) -> Iterator[bytes]:
+    """Decompressed blocks of at most 1 MiB each, whatever the compression ratio (a highly compressible dump must not
+    become one huge bytes object)."""
     if method == "zstd":
-        decompressor = zstandard.ZstdDecompressor().decompressobj()
-    elif method == "gzip":
-        decompressor = zlib.decompressobj(31)
-    else:
+        with zstandard.ZstdDecompressor().stream_reader(_ChunkReader(chunks), read_across_frames=True) as reader:
+            while block := reader.read(DECOMPRESSED_BLOCK):
+                yield block
+        return
+    if method != "gzip":
         raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {method!r}")
+    decompressor = zlib.decompressobj(31)
     for chunk in chunks:
-        out = decompressor.decompress(chunk)
-        if out:
-            yield out
-    if method == "gzip":
-        tail = decompressor.flush()
-        if tail:
-            yield tail
-        if not decompressor.eof:
-            raise ValueError("the gzip stream is truncated")
+        pending = chunk
+        while pending:
+            out = decompressor.decompress(pending, DECOMPRESSED_BLOCK)
+            if out:
+                yield out
+            pending = decompressor.unconsumed_tail
+    tail = decompressor.flush()
+    if tail:
+        yield tail
+    if not decompressor.eof:
+        raise ValueError("the gzip stream is truncated")
 
 
 def compression_of(key: str) -> str:

@@ -149,7 +149,7 @@ class _ErrorCollector:
 
 
 def restore_sql(api: docker.APIClient, container: str, sql_chunks: Iterable[bytes], db_user: str = "postgres",
-                force: bool = False, key: str = "", idle_timeout_s: float = 600) -> RestoreResult:
+                force: bool = False, key: str = "", idle_timeout_s: float = 6 * 3600) -> RestoreResult:
     """Feed a pg_dumpall script to `psql` in `container`. Refuses a target that holds databases or tables unless
     `force`, which drops them first."""
     started = time.monotonic()
@@ -190,7 +190,8 @@ def restore_sql(api: docker.APIClient, container: str, sql_chunks: Iterable[byte
 
 def restore_object(store: BackupStore, key: str, expected_sha256: str, api: docker.APIClient, container: str,
                    db_user: str = "postgres", force: bool = False, verify_first: bool = True) -> RestoreResult:
-    """Restore the dump `key` into the Postgres running in `container`."""
+    """Restore the dump `key` into the Postgres running in `container`. psql is silent while it works and stops
+    reading stdin during a long statement (an index build), so the idle limit is hours, not minutes."""
     if verify_first:
         verify_object(store, key, expected_sha256)
     chunks = decompress(verified_download(store, key, expected_sha256), compression_of(key))
