@@ -109,7 +109,7 @@ def sensor_5000(tmp: str) -> float:
     for i in range(5000):
         msg = f"note {i}"
         data = f"{i}\n"
-        importer += [f"commit refs/heads/main", "committer b <b@prodg.test> 1700000000 +0000",
+        importer += ["commit refs/heads/main", "committer b <b@prodg.test> 1700000000 +0000",
                      f"data {len(msg)}", msg, *([f"from {parent}"] if i == 0 else []),
                      "M 100644 inline notes.txt", f"data {len(data)}", data.rstrip("\n"), ""]
     importer.append("done")

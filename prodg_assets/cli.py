@@ -98,8 +98,6 @@ def cmd_restore(args: argparse.Namespace) -> int:
     is left running for the operator (its name is printed)."""
     import datetime
 
-    import docker
-
     from .backups.restore import SCRATCH_LABEL, restore_object, wait_ready
 
     if args.what != "postgres":

@@ -3,7 +3,6 @@
 import os
 import subprocess
 
-import dagster as dg
 
 import prodg_assets
 from prodg_assets.spec import LAYERS

@@ -17,12 +17,11 @@ from .facts import (
     LABEL_PROJECT,
     LABEL_SERVICE,
     LABEL_SPEC_HASH,
-    Facts,
     desired_facts,
     observed_facts,
     resolve_env,
 )
-from .plan import CREATE, RECREATE, UNCHANGED, Action, Desired, Live, Plan, plan, plan_service
+from .plan import CREATE, UNCHANGED, Desired, Live, Plan, plan, plan_service
 from .secrets import parse_env_file, redact
 
 _CLIENTS: dict[str, docker.DockerClient] = {}
@@ -376,4 +375,4 @@ def _restart_policy(restart: str) -> dict:
     return policy
 
 
-__all__ = ["ApplyFailed", "ApplyResult", "DockerEngine", "ImageUnavailable", "Action", "Plan", "Facts", "RECREATE"]
+__all__ = ["ApplyFailed", "ApplyResult", "DockerEngine", "ImageUnavailable"]

@@ -15,7 +15,6 @@ from typing import Any, Callable, Mapping
 from .errors import ConfigInvalid, SpecError
 from .model import (
     LAYERS,
-    SECRET_REF,
     TRUST_TIERS,
     BackupTarget,
     Build,
