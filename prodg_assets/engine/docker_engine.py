@@ -136,7 +136,7 @@ class DockerEngine(dg.ConfigurableResource):
                 try:
                     image, _ = self.client.images.build(path=context, dockerfile=spec.build.dockerfile,
                                                         tag=source_tag, buildargs=dict(spec.build.args) or None,
-                                                        rm=True, labels={LABEL_SERVICE: spec.name})
+                                                        rm=True, forcerm=True, labels={LABEL_SERVICE: spec.name})
                 except (docker.errors.BuildError, APIError) as exc:
                     raise ApplyFailed(spec.name, f"image build from {spec.build.context} failed: {exc}") from None
                 existing = image.id
