@@ -73,11 +73,14 @@ class DockerEngine(dg.ConfigurableResource):
         return _CLIENTS[key]
 
     # -- facts ---------------------------------------------------------------------------------------------------
-    def live(self, project: str, declared_env: Mapping[str, set[str]] | None = None) -> dict[str, Live]:
-        """Managed containers of `project`, by service (one list call; each container's inspect data)."""
+    def live(self, project: str, declared_env: Mapping[str, set[str]] | None = None,
+             service: str | None = None) -> dict[str, Live]:
+        """Managed containers of `project` (or of its one `service`), by service: one list call, filtered by label,
+        with each container's inspect data."""
         out: dict[str, Live] = {}
         image_env: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
-        for c in self.client.containers.list(all=True, filters={"label": f"{LABEL_PROJECT}={project}"}):
+        labels_wanted = [f"{LABEL_PROJECT}={project}"] + ([f"{LABEL_SERVICE}={service}"] if service else [])
+        for c in self.client.containers.list(all=True, filters={"label": labels_wanted}):
             labels = c.labels
             service = labels.get(LABEL_SERVICE)
             if not service or "-prodg-previous-" in c.name or c.name.endswith("-prodg-candidate"):
@@ -213,7 +216,8 @@ class DockerEngine(dg.ConfigurableResource):
         files = self.file_env(spec, strict=True)
         want_hash = spec.spec_hash(secrets, files)
         desired = Desired(service, want_hash, desired_facts(spec, secrets, image_id, files))
-        live = self.live(state.project, {service: {k for k, _ in spec.environment} | set(files)}).get(service)
+        live = self.live(state.project, {service: {k for k, _ in spec.environment} | set(files)},
+                         service=service).get(service)
         action = plan_service(desired, live)
         if action.kind == UNCHANGED:
             return ApplyResult(service, "unchanged", live.container_id, image_id, image, action.markdown(), want_hash)
