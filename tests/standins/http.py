@@ -18,7 +18,13 @@ class JsonStandIn:
             def _handle(self, method: str):
                 url = urlparse(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"null") if length else None
+                raw = self.rfile.read(length) if length else b""
+                if not raw:
+                    body = None
+                elif "json" in (self.headers.get("Content-Type") or ""):
+                    body = json.loads(raw)
+                else:  # form-encoded, as some APIs (Telegram's) also accept
+                    body = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
                 stand_in.calls.append((method, url.path))
                 status, payload = stand_in.route(method, url.path, {k: v[0] for k, v in parse_qs(url.query).items()},
                                                  body, self.headers)
