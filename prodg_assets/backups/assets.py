@@ -107,9 +107,36 @@ def _secret_name(spec: Optional[ServiceSpec], name: str) -> tuple[str, str]:
     return ("", ref.group(1)) if ref else (value, "")
 
 
-def build_backup_resources(state: DesiredState) -> dict:
-    """`backup_store` (the off-site bucket; keys from the environment variables prodg.yaml names) and
-    `minio_source` (MinIO's S3 API where the minio service publishes port 9000, with its root credentials)."""
+# The backup store's client, tunable from the environment (read when the definitions are built): name → (type,
+# default, lowest allowed). A stalled store fails a call after about max_attempts × read timeout, never hangs.
+STORE_SETTINGS = {
+    "PRODG_BACKUP_CONNECT_TIMEOUT_S": ("connect_timeout_s", float, 10.0, 0.1),
+    "PRODG_BACKUP_READ_TIMEOUT_S": ("read_timeout_s", float, 120.0, 0.1),
+    "PRODG_BACKUP_MAX_ATTEMPTS": ("max_attempts", int, 5, 1),
+    "PRODG_BACKUP_PART_SIZE_MB": ("part_size_mb", int, 16, 5),
+}
+
+
+def store_settings(environ: Mapping[str, str] | None = None) -> dict:
+    """The BackupStore fields set by STORE_SETTINGS' environment variables (their defaults when unset)."""
+    environ = os.environ if environ is None else environ
+    out = {}
+    for name, (fld, kind, default, lowest) in STORE_SETTINGS.items():
+        raw = (environ.get(name) or "").strip()
+        try:
+            value = kind(raw) if raw else default
+        except ValueError:
+            raise ValueError(f"{name} must be a number, got {raw!r}") from None
+        if value < lowest:
+            raise ValueError(f"{name} must be at least {lowest}, got {raw!r}")
+        out[fld] = value
+    return out
+
+
+def build_backup_resources(state: DesiredState, environ: Mapping[str, str] | None = None) -> dict:
+    """`backup_store` (the off-site bucket; keys from the environment variables prodg.yaml names; timeouts,
+    attempts and part size from STORE_SETTINGS) and `minio_source` (MinIO's S3 API where the minio service publishes
+    port 9000, with its root credentials)."""
     b = state.settings.backups or {}
     resources: dict = {
         "backup_store": BackupStore(endpoint_url=str(b.get("endpoint_url", "")),
@@ -117,7 +144,8 @@ def build_backup_resources(state: DesiredState) -> dict:
                                     bucket=str(b.get("bucket", "")),
                                     access_key_id=dg.EnvVar(str(b.get("access_key_id_env", "B2_KEY_ID"))),
                                     secret_access_key=dg.EnvVar(str(b.get("secret_access_key_env",
-                                                                          "B2_KEY_SECRET")))),
+                                                                          "B2_KEY_SECRET"))),
+                                    **store_settings(environ)),
     }
     target = next((t for t in state.settings.backup_targets if t.method == "s3_mirror"), None)
     spec = state.services.get(target.service) if target and target.service else None
@@ -218,6 +246,23 @@ def _scrubber(store: BackupStore, values: Mapping[str, str]) -> Callable[[str], 
     return lambda text: store.scrub(redact(text, values))
 
 
+def _described(exc: BaseException) -> str:
+    """The exception's message and its notes (what the clean-up after it could not do), one line each."""
+    return "\n".join([str(exc), *(str(n) for n in getattr(exc, "__notes__", None) or [])])
+
+
+def clean_partition(store: BackupStore, prefix: str, day: str, log) -> int:
+    """Before a partition is backed up: abort every upload left under its own prefix (a failed run that could not
+    abort it, because the store was down), and the target's uploads older than STALE_UPLOAD_AGE. Returns how many
+    of the partition's own were aborted."""
+    mine = store.abort_uploads(f"{prefix}{day}/")
+    if mine:
+        log.warning(f"aborted {len(mine)} unfinished uploads a failed backup of {day} left behind: "
+                    f"{', '.join(mine[:5])}")
+    store.abort_stale_uploads(prefix, STALE_UPLOAD_AGE)
+    return len(mine)
+
+
 # -- the backup assets -----------------------------------------------------------------------------------------------
 class PostgresBackupConfig(dg.Config):
     lock_wait_timeout_s: int = 300  # a table locked longer than this fails the dump instead of stalling it
@@ -245,27 +290,36 @@ def build_postgres_backup(state: DesiredState, settings: BackupSettings, partiti
         container = spec.container_name
         source, image_id, running = container_source(docker, container)
         if not running:
-            raise dg.Failure(description=f"postgres backup of {day}: container {container} is not running")
+            condition = "does not exist" if not image_id else "is not running"
+            raise dg.Failure(description=f"postgres backup of {day}: the {target.service} service's container "
+                                         f"{container} {condition}; nothing was dumped or uploaded (start it, then "
+                                         f"re-run this partition)",
+                             metadata={"commit": commit, "source": source, "container": container})
         db_user = env_value(spec, "POSTGRES_USER", values) or "postgres"
         key = postgres_key(prefix, day, now, settings.compression)
         api = docker.client.api
+        dump = None
         try:
-            backup_store.abort_stale_uploads(prefix, STALE_UPLOAD_AGE)
+            aborted = clean_partition(backup_store, prefix, day, context.log)
             counts = census(api, container, db_user, lock_timeout_s=config.census_lock_timeout_s)
             dump = pg_dumpall_chunks(api, container, password=env_value(spec, "POSTGRES_PASSWORD", values),
                                      db_user=db_user, lock_wait_timeout_s=config.lock_wait_timeout_s)
             result = stream_backup(backup_store, key, dump, settings.compression,
                                    {"partition": day, "source": container, "commit": commit})
         except (ProducerFailed, StoreError) as exc:
-            raise dg.Failure(description=f"postgres backup of {day} failed; nothing was kept: {scrub(str(exc))}",
+            raise dg.Failure(description=f"postgres backup of {day} failed; nothing was kept: "
+                                         f"{scrub(_described(exc))}",
                              metadata={"commit": commit, "source": source, "object_key": key}) from None
+        finally:
+            if dump is not None:
+                dump.close()  # a failed upload ends pg_dumpall now (SIGPIPE), not when the traceback is collected
         pruned = prune(backup_store, target, _today(), {key}, context.log)
         context.log.info(f"{key}: {result.raw_bytes} bytes dumped, {result.bytes} stored")
         return dg.MaterializeResult(metadata=backup_metadata(
             commit, source, key, result.raw_bytes, result.bytes, result.sha256, result.etag, result.duration_s,
             result.throughput_mb_s, pruned, source_image_id=image_id, compression=result.compression,
             databases=", ".join(counts.databases), tables=len(counts.rows), rows=sum(counts.rows.values()),
-            uncounted_databases=", ".join(counts.uncounted) or "none",
+            uncounted_databases=", ".join(counts.uncounted) or "none", aborted_uploads=aborted,
             row_counts=dg.MetadataValue.json(counts.as_json())))
 
     return postgres_backup
@@ -299,11 +353,11 @@ def build_minio_backup(state: DesiredState, settings: BackupSettings, partitions
         source, image_id, _ = container_source(docker, container_name) if container_name else ("", "", False)
         source = f"{source}, S3 API {minio_source.endpoint_url}" if image_id else f"S3 API {minio_source.endpoint_url}"
         try:
-            backup_store.abort_stale_uploads(prefix, STALE_UPLOAD_AGE)
+            aborted = clean_partition(backup_store, prefix, day, context.log)
             result = mirror_s3(source_api, backup_store, prefix, day)
         except (ProducerFailed, StoreError) as exc:
             raise dg.Failure(description=f"minio backup of {day} failed; no manifest was written: "
-                                         f"{scrub(str(exc))}", metadata={"commit": commit, "source": source}) \
+                                         f"{scrub(_described(exc))}", metadata={"commit": commit, "source": source}) \
                 from None
         pruned = prune(backup_store, target, _today(), {result.manifest_key}, context.log)
         context.log.info(f"{result.manifest_key}: {result.objects} objects, {result.bytes} bytes")
@@ -311,7 +365,7 @@ def build_minio_backup(state: DesiredState, settings: BackupSettings, partitions
             commit, source, result.manifest_key, result.bytes, result.bytes, result.manifest_sha256,
             result.manifest_etag, result.duration_s, result.throughput_mb_s, pruned, source_image_id=image_id,
             object_count=result.objects, manifest_bytes=result.manifest_bytes, buckets=", ".join(result.buckets),
-            stale_deleted=result.stale_deleted))
+            stale_deleted=result.stale_deleted, aborted_uploads=aborted))
 
     return minio_backup
 
@@ -333,16 +387,16 @@ def build_config_backup(settings: BackupSettings, partitions: dg.PartitionsDefin
         key = config_key(prefix, day, commit, settings.compression)
         source = f"{repo.path}:{repo.config_subdir}/ @ {commit}"
         try:
-            backup_store.abort_stale_uploads(prefix, STALE_UPLOAD_AGE)
+            aborted = clean_partition(backup_store, prefix, day, context.log)
             result = stream_backup(backup_store, key, git_archive_chunks(repo.path, commit, repo.config_subdir),
                                    settings.compression, {"partition": day, "commit": commit})
         except (ProducerFailed, StoreError) as exc:
             raise dg.Failure(description=f"config backup of {day} failed; nothing was kept: "
-                                         f"{backup_store.scrub(str(exc))}") from None
+                                         f"{backup_store.scrub(_described(exc))}") from None
         pruned = prune(backup_store, target, _today(), {key}, context.log)
         return dg.MaterializeResult(metadata=backup_metadata(
             commit, source, key, result.raw_bytes, result.bytes, result.sha256, result.etag, result.duration_s,
-            result.throughput_mb_s, pruned, compression=result.compression))
+            result.throughput_mb_s, pruned, compression=result.compression, aborted_uploads=aborted))
 
     return config_backup
 

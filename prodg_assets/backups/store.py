@@ -18,7 +18,8 @@ import boto3
 import botocore
 import dagster as dg
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, HTTPClientError, ReadTimeoutError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 from pydantic import PrivateAttr
 
 from ..gitops.repo import without_credentials
@@ -89,7 +90,7 @@ class S3Endpoint(dg.ConfigurableResource):
     addressing_style: str = "path"  # path-style works on B2, MinIO and moto alike
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 120.0
-    max_attempts: int = 5
+    max_attempts: int = 5  # attempts per API call, the first included (standard retry mode: exponential backoff)
     list_page_size: int = 1000  # ListObjectsV2 MaxKeys (1000 is S3's maximum)
 
     _client: object = PrivateAttr(default=None)
@@ -104,7 +105,9 @@ class S3Endpoint(dg.ConfigurableResource):
         if self._client is None:
             key, secret = self._credentials()
             config = BotoConfig(s3={"addressing_style": self.addressing_style},
-                                retries={"max_attempts": self.max_attempts, "mode": "standard"},
+                                # total attempts, the first one included (botocore's own `max_attempts` key
+                                # counts only the retries)
+                                retries={"total_max_attempts": self.max_attempts, "mode": "standard"},
                                 connect_timeout=self.connect_timeout_s, read_timeout=self.read_timeout_s,
                                 signature_version="s3v4" if key and secret else botocore.UNSIGNED)
             client = boto3.session.Session().client(
@@ -137,12 +140,24 @@ class S3Endpoint(dg.ConfigurableResource):
     def _error(self, action: str, exc: BaseException) -> StoreError:
         if isinstance(exc, ClientError):
             err = exc.response.get("Error") or {}
-            status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode", "?")
+            meta = exc.response.get("ResponseMetadata") or {}
+            status = meta.get("HTTPStatusCode", "?")
             text = f"{action}: {err.get('Code', 'error')} (HTTP {status}) {err.get('Message', '')}".rstrip()
+            if meta.get("RetryAttempts"):
+                text += f" (after {int(meta['RetryAttempts']) + 1} attempts)"
+        elif isinstance(exc, (ReadTimeoutError, ConnectTimeoutError)):
+            text = (f"{action}: the store did not answer within {self._timeout_of(exc):g} s "
+                    f"({type(exc).__name__}, {self.max_attempts} attempts): {exc}")
+        elif isinstance(exc, (BotoConnectionError, HTTPClientError)):
+            text = (f"{action}: the store could not be reached ({type(exc).__name__}, {self.max_attempts} "
+                    f"attempts): {exc}")
         else:
             text = f"{action}: {type(exc).__name__}: {exc}"
         where = f" at {self.endpoint_url}" if self.endpoint_url else ""
         return StoreError(self.scrub(text + where))
+
+    def _timeout_of(self, exc: BaseException) -> float:
+        return self.connect_timeout_s if isinstance(exc, ConnectTimeoutError) else self.read_timeout_s
 
     def _call(self, action: str, fn, **kwargs):
         try:
@@ -204,14 +219,15 @@ class BackupStore(S3Endpoint):
                       content_type: str = "application/octet-stream") -> UploadResult:
         """Upload what `chunks` yields as one object, holding at most one part in memory; sha256 and size are
         computed on the way. A stream that fits one part becomes a single PUT. If the producer raises (its way of
-        saying the data is incomplete) or any call fails, the multipart upload is aborted — or the completed object
-        deleted — so no object remains, and the exception propagates."""
+        saying the data is incomplete) or any call fails, the producer is closed and the multipart upload aborted —
+        or the completed object deleted — so no object remains, and the exception propagates. A lost answer to
+        CompleteMultipartUpload is recognised by the object being there with our size."""
         started = time.monotonic()
         user_meta = {str(k): str(v) for k, v in (metadata or {}).items()}
         digest, total, buf = hashlib.sha256(), 0, bytearray()
         upload_id: Optional[str] = None
         parts: list[dict] = []
-        completed = False
+        completed = orphans = False
         try:
             for chunk in chunks:
                 if not chunk:
@@ -221,9 +237,12 @@ class BackupStore(S3Endpoint):
                 buf += chunk
                 while len(buf) >= self.part_bytes:
                     if upload_id is None:
-                        upload_id = self._call(f"starting the upload of s3://{self.bucket}/{key}",
-                                               self.client.create_multipart_upload, Bucket=self.bucket, Key=key,
-                                               Metadata=user_meta, ContentType=content_type)["UploadId"]
+                        created = self._call(f"starting the upload of s3://{self.bucket}/{key}",
+                                             self.client.create_multipart_upload, Bucket=self.bucket, Key=key,
+                                             Metadata=user_meta, ContentType=content_type)
+                        upload_id = created["UploadId"]
+                        # retried: an earlier attempt may have started an upload whose answer was lost
+                        orphans = bool((created.get("ResponseMetadata") or {}).get("RetryAttempts"))
                     with memoryview(buf) as view:
                         body = bytes(view[:self.part_bytes])
                     del buf[:self.part_bytes]
@@ -238,19 +257,30 @@ class BackupStore(S3Endpoint):
                 if buf:
                     parts.append(self._upload_part(key, upload_id, len(parts) + 1, bytes(buf)))
                 buf = bytearray()
-                self._call(f"completing the upload of s3://{self.bucket}/{key}",
-                           self.client.complete_multipart_upload, Bucket=self.bucket, Key=key, UploadId=upload_id,
-                           MultipartUpload={"Parts": parts})
+                try:
+                    self._call(f"completing the upload of s3://{self.bucket}/{key}",
+                               self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
+                               UploadId=upload_id, MultipartUpload={"Parts": parts})
+                except StoreError:
+                    # The answer may be what was lost (the store completed it, the connection dropped): then the
+                    # object is there with our size, and it is finished below like any other.
+                    if not self._exists_with_size(key, total):
+                        raise
                 completed = True
                 # The sha256 is known only now; S3 metadata is set at creation, so the object is copied onto itself
                 # (server-side) with the final metadata.
                 etag = self._replace_metadata(key, total, final_meta, content_type)
         except BaseException as exc:
+            self._close_producer(chunks)
             if upload_id is not None and not completed:
                 self._abort(key, upload_id, exc)
             elif completed:
                 self._delete_quietly(key, exc)
+            if orphans:
+                self._abort_orphans(key, upload_id)
             raise
+        if orphans:
+            self._abort_orphans(key, upload_id)
         return UploadResult(key, total, sha256, etag, len(parts) or 1, time.monotonic() - started)
 
     def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None,
@@ -286,12 +316,46 @@ class BackupStore(S3Endpoint):
             self._abort(key, upload_id, exc)
             raise
 
+    @staticmethod
+    def _close_producer(chunks: Iterable[bytes]) -> None:
+        """A generator producer is closed at once when the upload fails, so the process behind it (pg_dumpall, git
+        archive) ends now rather than when the garbage collector gets to it — the traceback keeps it alive."""
+        close = getattr(chunks, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:  # the producer's own error on the way out; the upload's error is what we report
+                pass
+
+    def _abort_orphans(self, key: str, upload_id: Optional[str]) -> int:
+        """Abort the other uploads of exactly `key` (each backup writes its own key): those a CreateMultipartUpload
+        started when its answer was lost and the call was retried. Best effort: a partition's next backup aborts
+        whatever is left under its prefix anyway."""
+        aborted = 0
+        try:
+            for upload in self.multipart_uploads(key):
+                if upload.key == key and upload.upload_id != upload_id:
+                    self._call(f"aborting an orphaned upload of s3://{self.bucket}/{key}",
+                               self.client.abort_multipart_upload, Bucket=self.bucket, Key=key,
+                               UploadId=upload.upload_id)
+                    aborted += 1
+        except StoreError:
+            pass
+        return aborted
+
+    def _exists_with_size(self, key: str, size: int) -> bool:
+        try:
+            head = self._head(self.bucket, key)
+        except StoreError:
+            return False
+        return head is not None and head.size == size
+
     def _abort(self, key: str, upload_id: str, cause: BaseException) -> None:
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
         except (ClientError, BotoCoreError) as exc:
             cause.add_note(str(self._error(f"aborting the upload of s3://{self.bucket}/{key} (it stays until the "
-                                           f"bucket's lifecycle or the next backup run aborts it)", exc)))
+                                           f"next backup of this partition or the bucket's lifecycle aborts it)", exc)))
 
     def _delete_quietly(self, key: str, cause: BaseException) -> None:
         try:
@@ -350,6 +414,18 @@ class BackupStore(S3Endpoint):
             if not page.get("IsTruncated"):
                 return out
             kwargs.update(KeyMarker=page.get("NextKeyMarker", ""), UploadIdMarker=page.get("NextUploadIdMarker", ""))
+
+    def abort_uploads(self, prefix: str) -> list[str]:
+        """Abort every multipart upload under `prefix`, whatever its age; returns the keys they were for. For a
+        partition's own prefix before it is backed up again: a backup of one partition runs once at a time, so an
+        upload found there is one that a failed run could not abort (the store was down)."""
+        aborted = []
+        for upload in self.multipart_uploads(prefix):
+            self._call(f"aborting the unfinished upload of s3://{self.bucket}/{upload.key}",
+                       self.client.abort_multipart_upload, Bucket=self.bucket, Key=upload.key,
+                       UploadId=upload.upload_id)
+            aborted.append(upload.key)
+        return aborted
 
     def abort_stale_uploads(self, prefix: str, older_than: datetime.timedelta,
                             now: Optional[datetime.datetime] = None) -> int:

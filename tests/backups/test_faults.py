@@ -1,0 +1,344 @@
+"""Real faults on the backup path (issue #8), none of them mocked: the off-site store (moto_server) is reached through
+a fault-injecting proxy (tests/standins/faultproxy.py) that the product finds at its configured endpoint URL
+(`backups.endpoint_url` of the test config, loaded like prodg loads it), and the Postgres container is really stopped.
+
+Each fault is shown four ways: the failure says what happened (operation, key, endpoint, attempts — or the
+container), nothing is left half-changed (no object, no manifest, no multipart upload once the endpoint is back), no
+data is lost (the retry's object has the sha256 of its bytes and restores, or its check passes) and a retry of the
+same partition succeeds. Neither the failure nor the run's event log ever holds the store's secret key or the
+Postgres password.
+"""
+
+import datetime
+import os
+import time
+from urllib.parse import urlsplit
+
+import dagster as dg
+import pytest
+from dagster._serdes import serialize_value
+
+from prodg_assets.backups.assets import (
+    POSTGRES_BACKUP,
+    RESTORE_DRILL,
+    build_backup_assets,
+    build_backup_resources,
+    store_settings,
+)
+from prodg_assets.backups.pipeline import exec_run
+from prodg_assets.backups.restore import wait_ready
+from prodg_assets.backups.store import BackupStore
+from prodg_assets.spec import DirTree, load_desired_state
+from tests.backups.conftest import SECRETS, START, STORE_KEY_ID, STORE_SECRET, psql, wait_for, write_config
+from tests.standins.faultproxy import FaultProxy, is_complete, is_upload_part
+
+
+SECRET_VALUES = [*SECRETS.values(), STORE_SECRET]
+# ~13 MB of incompressible bytes (hex in the dump, compressed back to about their size): three 5 MiB parts.
+BULK_SQL = """
+create database faultbulk;
+\\connect faultbulk
+create table blob as select i, decode(md5(random()::text) || md5(random()::text), 'hex') as b
+  from generate_series(1, 400000) i;
+"""
+PG_DUMP_RUNNING = ["sh", "-c", 'for p in /proc/[0-9]*; do [ "$(cat "$p/comm" 2>/dev/null)" = pg_dump ] && '
+                               'echo "${p#/proc/}"; done; true']
+
+
+def day(n: int) -> str:
+    return (START + datetime.timedelta(days=n)).isoformat()
+
+
+# -- the bed: the product pointed at the proxy ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def proxy(store_server):
+    with FaultProxy(store_server.url) as p:
+        yield p
+
+
+@pytest.fixture()
+def fault_proxy(proxy):
+    yield proxy.reset()
+    proxy.reset()
+
+
+@pytest.fixture(scope="module")
+def state(bed, proxy, tmp_path_factory):
+    """The test bed's config with `backups.endpoint_url` = the proxy, loaded as prodg loads it."""
+    root = str(tmp_path_factory.mktemp("faults"))
+    write_config(root, proxy.url, urlsplit(bed.minio_url).port, bed.secrets_file)
+    return load_desired_state(DirTree(os.path.join(root, "config")), {})
+
+
+@pytest.fixture(autouse=True)
+def store_credentials(monkeypatch):
+    """The store's keys, in the environment variables the config names (as on the host)."""
+    monkeypatch.setenv("PRODG_TEST_STORE_KEY_ID", STORE_KEY_ID)
+    monkeypatch.setenv("PRODG_TEST_STORE_SECRET", STORE_SECRET)
+
+
+@pytest.fixture(scope="module")
+def bulk(bed):
+    """A database big enough for a three-part multipart upload."""
+    psql(bed.client.api, bed.pg, BULK_SQL)
+    yield
+    psql(bed.client.api, bed.pg, "drop database if exists faultbulk with (force);")
+
+
+@pytest.fixture()
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def product_store(state, **settings: str):
+    """The backup_store resource exactly as the product builds it from the config, with 5 MiB parts and any of
+    its PRODG_BACKUP_* settings."""
+    return build_backup_resources(state, environ={"PRODG_BACKUP_PART_SIZE_MB": "5", **settings})["backup_store"]
+
+
+def materialize(bed, state, selection: list[str], partition: str, instance, store) -> dg.ExecuteInProcessResult:
+    assets, checks, _, _ = build_backup_assets(state)
+    return dg.materialize([*assets, *checks], resources={**bed.resources(), "backup_store": store},
+                          partition_key=partition, instance=instance,
+                          tags={"prodg/kind": "backup", "prodg/commit": bed.commit},
+                          selection=dg.AssetSelection.assets(*selection), raise_on_error=False)
+
+
+def failure_text(result) -> str:
+    return "\n".join(str(e.event_specific_data.error) for e in result.all_events if e.is_step_failure)
+
+
+def assert_no_secrets(instance, *results, texts: tuple[str, ...] = ()):
+    """No secret value in the failure texts nor anywhere in the runs' event logs (messages, metadata, errors)."""
+    blobs = list(texts)
+    for result in results:
+        blobs += [serialize_value(record) for record in instance.all_logs(result.run_id)]
+        blobs.append(failure_text(result))
+    assert len(blobs) > 10
+    for secret in SECRET_VALUES:
+        assert not any(secret in blob for blob in blobs), "a secret value reached the event log"
+
+
+def metadata_of(result) -> dict:
+    (event,) = result.get_asset_materialization_events()
+    return {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
+
+
+def assert_nothing_half_changed(store, prefix: str):
+    """Seen directly on moto: no object (so no manifest either) and no multipart upload under the prefix."""
+    assert [o.key for o in store.list(prefix)] == []
+    assert store.multipart_uploads(prefix) == []
+
+
+def assert_intact(store, result, prefix: str, bulk: bool = True) -> dict:
+    """The retry's one object under `prefix`: its bytes hash to the sha256 recorded in the materialisation and in
+    the object's own metadata; no upload left in progress; its object_intact check passed."""
+    meta = metadata_of(result)
+    assert [o.key for o in store.list(prefix)] == [meta["object_key"]]
+    sha256, size = store.sha256_of(meta["object_key"])
+    assert sha256 == meta["sha256"] == store.head(meta["object_key"]).sha256
+    assert size == meta["bytes"]
+    assert meta["raw_bytes"] > 15 * 1024 * 1024 or not bulk  # the bulk database was in it
+    assert store.multipart_uploads(prefix) == []
+    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks.get("object_intact") is True
+    return meta
+
+
+def assert_no_dump_left_running(bed):
+    wait_for(lambda: exec_run(bed.client.api, bed.pg, PG_DUMP_RUNNING)[1].strip() == b"", timeout_s=20,
+             what="pg_dump to end after the failed upload")
+
+
+# -- settings --------------------------------------------------------------------------------------------------------
+def test_store_settings_have_bounded_defaults_and_refuse_nonsense():
+    assert store_settings({}) == {"connect_timeout_s": 10.0, "read_timeout_s": 120.0, "max_attempts": 5,
+                                  "part_size_mb": 16}
+    assert store_settings({"PRODG_BACKUP_READ_TIMEOUT_S": "2.5", "PRODG_BACKUP_MAX_ATTEMPTS": "2"})[
+        "read_timeout_s"] == 2.5
+    with pytest.raises(ValueError, match="PRODG_BACKUP_MAX_ATTEMPTS must be at least 1"):
+        store_settings({"PRODG_BACKUP_MAX_ATTEMPTS": "0"})
+    with pytest.raises(ValueError, match="PRODG_BACKUP_READ_TIMEOUT_S must be a number"):
+        store_settings({"PRODG_BACKUP_READ_TIMEOUT_S": "soon"})
+    with pytest.raises(ValueError, match="PRODG_BACKUP_PART_SIZE_MB must be at least 5"):
+        store_settings({"PRODG_BACKUP_PART_SIZE_MB": "1"})
+
+
+# -- (d) Postgres is stopped before the backup ------------------------------------------------------------------------------
+@pytest.mark.fault
+@pytest.mark.docker
+def test_postgres_stopped_fails_naming_the_container_uploads_nothing_and_the_retry_succeeds(
+        bed, state, fault_proxy, clean_store, instance):
+    """First in this file: the bulk database is not made yet, so the restore drill stays quick."""
+    partition = day(7)
+    prefix = f"postgres/{partition}/"
+    store = product_store(state)
+    before = sorted(o.key for o in clean_store.list())
+    container = bed.client.containers.get(bed.pg)
+    container.stop(timeout=30)
+    try:
+        failed = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, store)
+    finally:
+        container.start()
+        wait_ready(bed.client.api, bed.pg)
+    assert not failed.success and not failed.get_asset_materialization_events()
+    text = failure_text(failed)
+    assert f"postgres backup of {partition}: the postgres service's container {bed.pg} is not running; " \
+           f"nothing was dumped or uploaded" in text
+    assert fault_proxy.requests == []  # not one request reached the store
+    assert sorted(o.key for o in clean_store.list()) == before
+    assert_nothing_half_changed(clean_store, prefix)
+
+    retry = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, store)
+    assert retry.success, failure_text(retry)
+    meta = assert_intact(clean_store, retry, prefix, bulk=False)
+    drill = materialize(bed, state, [RESTORE_DRILL], partition, instance, store)
+    assert drill.success, failure_text(drill)
+    assert metadata_of(drill)["sha256"] == meta["sha256"]
+    assert_no_secrets(instance, failed, retry, drill)
+
+
+# -- (a) the store stops mid-upload ----------------------------------------------------------------------------------
+@pytest.mark.fault
+@pytest.mark.docker
+def test_store_stopped_mid_upload_fails_clearly_and_the_retry_cleans_up_and_succeeds(
+        bed, state, bulk, fault_proxy, clean_store, instance):
+    partition = day(2)
+    prefix = f"postgres/{partition}/"
+    store = product_store(state, PRODG_BACKUP_MAX_ATTEMPTS="3")
+    fault_proxy.stop_after(1, is_upload_part)  # part 1 stored, then the endpoint is gone
+
+    started = time.monotonic()
+    failed = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, store)
+    elapsed = time.monotonic() - started
+
+    assert not failed.success and not failed.get_asset_materialization_events()
+    assert not fault_proxy.listening and fault_proxy.count("forwarded", "UploadPart") == 1
+    assert elapsed < 60
+    text = failure_text(failed)
+    assert f"postgres backup of {partition} failed; nothing was kept" in text
+    assert f"uploading part 2 of s3://{clean_store.bucket}/{prefix}pg_dumpall-" in text
+    assert "the store could not be reached (EndpointConnectionError, 3 attempts)" in text
+    assert fault_proxy.url in text
+    # it also says what it could not clean up, and who will
+    assert "aborting the upload" in text and "until the next backup of this partition" in text
+    assert_no_dump_left_running(bed)
+
+    fault_proxy.start()  # the endpoint is back
+    assert [o.key for o in clean_store.list(prefix)] == []  # no object: nothing a restore could mistake for a backup
+    left = clean_store.multipart_uploads(prefix)
+    assert len(left) == 1  # what the failed run said it could not abort
+    # …and it is young: the 6-hour stale-upload rule alone would leave it (the proxy shows real start times)
+    shown = BackupStore(endpoint_url=fault_proxy.url, bucket=clean_store.bucket, access_key_id=STORE_KEY_ID,
+                        secret_access_key=STORE_SECRET).multipart_uploads(prefix)
+    assert datetime.datetime.now(datetime.timezone.utc) - shown[0].initiated < datetime.timedelta(minutes=5)
+
+    retry = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, store)
+    assert retry.success
+    meta = assert_intact(clean_store, retry, prefix)
+    assert meta["aborted_uploads"] == 1
+    assert_no_secrets(instance, failed, retry)
+
+
+# -- (b) the store answers errors on some requests ------------------------------------------------------------------------
+FLAKY = {
+    "503 SlowDown every 3rd request": lambda p: p.fail_every(3, 503),
+    "500 InternalError every 4th request": lambda p: p.fail_every(4, 500),
+    "connection dropped unanswered every 4th request": lambda p: p.drop_every(4),
+    "answer lost after the store applied it, every 3rd request": lambda p: p.drop_every(3, after=True),
+}
+
+
+@pytest.mark.fault
+@pytest.mark.docker
+@pytest.mark.parametrize("fault", sorted(FLAKY))
+def test_store_errors_on_some_requests_are_retried_through(bed, state, bulk, fault_proxy, clean_store, instance,
+                                                           fault):
+    partition = day(3)
+    prefix = f"postgres/{partition}/"
+    FLAKY[fault](fault_proxy)
+    result = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, product_store(state))
+    assert result.success, failure_text(result)
+    injected = [r for r in fault_proxy.requests if r.outcome in ("failed", "dropped")]
+    hit = {r.request.operation for r in injected}
+    assert len(injected) >= 3 and {"UploadPart", "CompleteMultipartUpload"} <= hit, hit
+    fault_proxy.passthrough()
+    assert_intact(clean_store, result, prefix)
+    assert_no_secrets(instance, result)
+
+
+@pytest.mark.fault
+@pytest.mark.docker
+def test_store_errors_beyond_the_retries_fail_clearly_and_keep_nothing(bed, state, bulk, fault_proxy, clean_store,
+                                                                       instance):
+    partition = day(4)
+    prefix = f"postgres/{partition}/"
+    store = product_store(state, PRODG_BACKUP_MAX_ATTEMPTS="3")
+    fault_proxy.fail_every(1, 500, match=is_complete)  # every CompleteMultipartUpload, every attempt
+    failed = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, store)
+    assert not failed.success and not failed.get_asset_materialization_events()
+    text = failure_text(failed)
+    assert f"postgres backup of {partition} failed; nothing was kept: completing the upload of " \
+           f"s3://{clean_store.bucket}/{prefix}pg_dumpall-" in text
+    assert "InternalError (HTTP 500) We encountered an internal error. Please try again. (after 3 attempts)" in text
+    assert fault_proxy.count("failed", "CompleteMultipartUpload") == 3
+    assert fault_proxy.count("forwarded", "AbortMultipartUpload") == 1  # the product aborted its upload itself
+    assert_nothing_half_changed(clean_store, prefix)
+    assert_no_dump_left_running(bed)
+
+    fault_proxy.passthrough()
+    retry = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, store)
+    assert retry.success
+    assert metadata_of(retry)["aborted_uploads"] == 0
+    assert_intact(clean_store, retry, prefix)
+    assert_no_secrets(instance, failed, retry)
+
+
+# -- (c) the store is slow, or stalls --------------------------------------------------------------------------------------
+@pytest.mark.fault
+@pytest.mark.docker
+def test_a_slow_store_still_gets_a_correct_backup_in_bounded_time(bed, state, bulk, fault_proxy, clean_store,
+                                                                 instance):
+    partition = day(5)
+    fault_proxy.delay([0.2, 0.5, 1.0])  # every request, in turn
+    started = time.monotonic()
+    result = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, product_store(state))
+    elapsed = time.monotonic() - started
+    assert result.success, failure_text(result)
+    delayed = fault_proxy.requests
+    assert len(delayed) >= 8 and min(r.seconds for r in delayed) >= 0.2
+    assert elapsed < 5 + 1.0 * len(delayed) + 20
+    fault_proxy.passthrough()
+    assert_intact(clean_store, result, f"postgres/{partition}/")
+    assert_no_secrets(instance, result)
+
+
+@pytest.mark.fault
+@pytest.mark.docker
+def test_a_store_that_stalls_fails_within_the_read_timeout_bound_and_keeps_nothing(
+        bed, state, bulk, fault_proxy, clean_store, instance):
+    partition = day(6)
+    prefix = f"postgres/{partition}/"
+    read_timeout, attempts, stall = 2, 2, 120  # the stall outlasts every attempt: only the timeout can end it
+    store = product_store(state, PRODG_BACKUP_READ_TIMEOUT_S=str(read_timeout),
+                          PRODG_BACKUP_MAX_ATTEMPTS=str(attempts))
+    fault_proxy.stall(stall, match=is_upload_part)
+    started = time.monotonic()
+    failed = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, store)
+    elapsed = time.monotonic() - started
+    assert not failed.success
+    # attempts × read timeout, at most 1 s of backoff, and the dump before it: far below the stall
+    assert elapsed < attempts * read_timeout + 1 + 25, elapsed
+    assert fault_proxy.count("stalled", "UploadPart") == attempts
+    text = failure_text(failed)
+    assert f"uploading part 1 of s3://{clean_store.bucket}/{prefix}pg_dumpall-" in text
+    assert f"the store did not answer within {read_timeout} s (ReadTimeoutError, {attempts} attempts)" in text
+    fault_proxy.passthrough()  # releases the stalled requests
+    assert_nothing_half_changed(clean_store, prefix)
+    assert_no_dump_left_running(bed)
+
+    retry = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, store)
+    assert retry.success
+    assert_intact(clean_store, retry, prefix)
+    assert_no_secrets(instance, failed, retry)
