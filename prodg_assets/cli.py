@@ -69,6 +69,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     from . import build_defs
     from .layers.common import COMMIT_TAG
+    from .layers.services import FORCE_TAG
 
     defs = build_defs()
     repo = defs.resources["repo"]
@@ -87,7 +88,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         selection = wanted
     with dg.DagsterInstance.get() as instance:
         result = job.get_subset(asset_selection=selection).execute_in_process(
-            instance=instance, tags={COMMIT_TAG: commit, "prodg/kind": "manual_deploy"}, raise_on_error=False)
+            instance=instance, tags={COMMIT_TAG: commit, "prodg/kind": "manual_deploy",
+                                     **({FORCE_TAG: "true"} if args.commit else {})}, raise_on_error=False)
     print(f"run {result.run_id}: {'succeeded' if result.success else 'FAILED'} deploying {commit[:12]}")
     return 0 if result.success else 1
 

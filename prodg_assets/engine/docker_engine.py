@@ -9,7 +9,8 @@ from typing import Callable, Mapping, Optional
 
 import dagster as dg
 import docker
-from docker.errors import APIError, ImageNotFound, NotFound
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from ..spec.model import DesiredState, NetworkSpec, ServiceSpec
 from .facts import (
@@ -50,6 +51,14 @@ class ApplyResult:
     spec_hash: str
 
 
+def engine_unreachable(exc: BaseException) -> bool:
+    """The Engine did not answer at all (socket gone, daemon down, connection cut or timed out) — as opposed to
+    answering with an error."""
+    return isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)) or (
+        isinstance(exc, DockerException) and not isinstance(exc, APIError)
+        and "Error while fetching server API version" in str(exc))
+
+
 def _ns(seconds: float) -> int:
     return int(seconds * 1_000_000_000)
 
@@ -71,6 +80,19 @@ class DockerEngine(dg.ConfigurableResource):
             _CLIENTS[key] = (docker.DockerClient(base_url=self.base_url, timeout=self.api_timeout_s)
                              if self.base_url else docker.from_env(timeout=self.api_timeout_s))
         return _CLIENTS[key]
+
+    @property
+    def address(self) -> str:
+        return self.base_url or os.environ.get("DOCKER_HOST", "") or "unix:///var/run/docker.sock"
+
+    def unreachable(self, exc: BaseException) -> str:
+        """A one-line account of an unanswered Engine call (no request dump, no environment)."""
+        kind = "timed out" if isinstance(exc, requests.exceptions.Timeout) else "cannot be reached"
+        root: BaseException = exc
+        while root.__context__ is not None and root.__context__ is not root:
+            root = root.__context__
+        detail = f"{type(root).__name__}: {root}" if root is not exc else type(exc).__name__
+        return f"the Docker Engine at {self.address} {kind} ({detail[:200]})"
 
     # -- facts ---------------------------------------------------------------------------------------------------
     def live(self, project: str, declared_env: Mapping[str, set[str]] | None = None,
@@ -209,9 +231,22 @@ class DockerEngine(dg.ConfigurableResource):
         """Bring one service to its desired state. A recreate keeps the previous container (stopped and renamed)
         until the new one is healthy; if the new one fails, it is removed, the previous one restored, and
         ApplyFailed is raised with the reason and the new container's last log lines."""
+        try:
+            return self._apply_service(state, service, secrets, commit, build_root, log)
+        except ApplyFailed:
+            raise
+        except Exception as exc:
+            if engine_unreachable(exc):
+                raise ApplyFailed(service, f"{self.unreachable(exc)}; nothing is removed while it cannot be "
+                                           f"reached, and a retry finishes or undoes what was begun") from None
+            raise
+
+    def _apply_service(self, state: DesiredState, service: str, secrets: Mapping[str, str], commit: str,
+                       build_root: str | None, log: Callable[[str], None]) -> ApplyResult:
         spec = state.services[service]
         deploy = state.settings.deploy
         health_timeout = float(deploy.get("health_timeout_s", 120))
+        self._recover_interrupted(spec, state.project, secrets, health_timeout, log)
         image, image_id = self.resolve_image(spec, state, commit, build_root)
         files = self.file_env(spec, strict=True)
         want_hash = spec.spec_hash(secrets, files)
@@ -247,14 +282,27 @@ class DockerEngine(dg.ConfigurableResource):
             log(f"{service}: started {new_id[:12]} from {image}; waiting for health (up to {health_timeout:.0f}s)")
             self._wait_healthy(spec, new_id, health_timeout, secrets)
         except Exception as exc:
-            reason = exc.reason if isinstance(exc, ApplyFailed) else redact(str(exc), secrets)
-            logs = exc.logs if isinstance(exc, ApplyFailed) else ""
-            if new_id:
-                logs = logs or self._tail(new_id, secrets)
-                self.client.api.remove_container(new_id, force=True)
-            if previous is not None:
-                self._restore(previous, spec, live, deploy)
-                reason += f"; rolled back to the previous container {previous.short_id}"
+            if isinstance(exc, ApplyFailed):
+                reason, logs = exc.reason, exc.logs
+            elif engine_unreachable(exc):
+                reason, logs = f"{self.unreachable(exc)} while the new container was being started", ""
+            else:
+                reason, logs = redact(str(exc), secrets), ""
+            try:
+                if new_id:
+                    logs = logs or self._tail(new_id, secrets)
+                    self.client.api.remove_container(new_id, force=True)
+                if previous is not None:
+                    self._restore(previous, spec, live, deploy)
+                    reason += f"; rolled back to the previous container {previous.short_id}"
+            except Exception as cleanup:
+                if not engine_unreachable(cleanup):
+                    raise
+                kept = (f"the previous container {previous.short_id} is kept, stopped, as "
+                        f"{spec.container_name}-prodg-previous-{previous.short_id}" if previous is not None
+                        else "nothing was running before")
+                reason += (f"; the rollback could not finish because {self.unreachable(cleanup)}: {kept}, and the "
+                           f"next apply of {service} restores or replaces it")
             raise ApplyFailed(service, reason, logs) from None
         if previous is not None:
             previous.remove(force=True)
@@ -271,11 +319,68 @@ class DockerEngine(dg.ConfigurableResource):
             log(f"{spec.name}: trial container {cid[:12]} started beside the serving one; waiting for health")
             self._wait_healthy(spec, cid, timeout, secrets)
         except Exception as exc:
-            reason = exc.reason if isinstance(exc, ApplyFailed) else redact(str(exc), secrets)
-            raise ApplyFailed(spec.name, reason + "; the previous container kept serving throughout",
-                              getattr(exc, "logs", "") or self._tail(cid, secrets)) from None
+            if isinstance(exc, ApplyFailed):
+                reason, logs = exc.reason, exc.logs
+            elif engine_unreachable(exc):
+                reason, logs = (f"{self.unreachable(exc)} while the trial container was proving itself (it is "
+                                f"removed by the next apply)"), ""
+            else:
+                reason, logs = redact(str(exc), secrets), ""
+            try:
+                logs = logs or self._tail(cid, secrets)
+            except Exception:  # the Engine is gone: there is no log to fetch
+                pass
+            raise ApplyFailed(spec.name, reason + "; the previous container kept serving throughout", logs) from None
         finally:
-            self.client.api.remove_container(cid, force=True)
+            try:
+                self.client.api.remove_container(cid, force=True)
+            except Exception as exc:
+                if not engine_unreachable(exc):
+                    raise
+
+    def _recover_interrupted(self, spec: ServiceSpec, project: str, secrets: Mapping[str, str],
+                             health_timeout: float, log: Callable[[str], None]) -> None:
+        """Finish what an interrupted apply (Engine gone, prodg killed) left behind, before planning: a stray trial
+        container is removed; a kept previous container is removed when the service's current container is
+        healthy, else it is put back in service (and the half-started new one removed)."""
+        leftovers = [c for c in self.client.containers.list(all=True, filters={"label": [
+            f"{LABEL_PROJECT}={project}", f"{LABEL_SERVICE}={spec.name}"]}) if c.name != spec.container_name]
+        if not leftovers:
+            return
+        previous = sorted((c for c in leftovers if "-prodg-previous-" in c.name),
+                          key=lambda c: c.attrs.get("Created", ""), reverse=True)
+        for c in leftovers:
+            if c.name.endswith("-prodg-candidate"):
+                log(f"{spec.name}: removing trial container {c.short_id} left by an interrupted apply")
+                c.remove(force=True)
+        if not previous:
+            return
+        try:
+            current = self.client.containers.get(spec.container_name)
+        except NotFound:
+            current = None
+        healthy = False
+        if current is not None:
+            try:
+                self._wait_healthy(spec, current.id, health_timeout, secrets)
+                healthy = True
+            except ApplyFailed:
+                healthy = False
+        if healthy:
+            log(f"{spec.name}: an interrupted apply left the previous container {previous[0].short_id}; the current "
+                f"one {current.short_id} is healthy, so the previous one is removed")
+            for c in previous:
+                c.remove(force=True)
+            return
+        keep, older = previous[0], previous[1:]
+        log(f"{spec.name}: an interrupted apply left the previous container {keep.short_id} stopped and "
+            f"{'no current container' if current is None else f'an unhealthy current one {current.short_id}'}; "
+            f"putting the previous one back in service")
+        if current is not None:
+            current.remove(force=True)
+        self._restore(keep, spec, None, {"health_timeout_s": health_timeout})
+        for c in older:
+            c.remove(force=True)
 
     def _restore(self, previous, spec: ServiceSpec, live: Live, deploy: Mapping) -> None:
         previous.rename(spec.container_name)

@@ -31,6 +31,22 @@ def _describe(spec: ServiceSpec) -> str:
             f"container fails its healthcheck. Ports: {ports}. Public domains: {public}. Trust tier {spec.trust_tier}.")
 
 
+FORCE_TAG = "prodg/force"  # set by `prodg deploy --commit`: deploy exactly that commit, even an older one
+
+
+def newer_live_commit(context, docker: DockerEngine, repo: ConfigRepo, state: DesiredState, spec: ServiceSpec,
+                      commit: str) -> str:
+    """The commit of the service's live container when it is a strict descendant of `commit` — i.e. a newer deploy
+    already applied this service and this (older) run must not undo it; "" otherwise, and always for a forced run
+    (the break-glass rollback)."""
+    if not commit or (context.run and context.run.tags.get(FORCE_TAG) == "true") or not repo.is_git():
+        return ""
+    live = docker.live(state.project, service=spec.name).get(spec.name)
+    if live is None or not live.commit or live.commit == commit:
+        return ""
+    return live.commit if repo.is_ancestor(commit, live.commit) else ""
+
+
 def build_service_asset(state: DesiredState, spec: ServiceSpec) -> dg.AssetsDefinition:
     @dg.asset(
         name=spec.asset,
@@ -58,6 +74,15 @@ def build_service_asset(state: DesiredState, spec: ServiceSpec) -> dg.AssetsDefi
                 "commit": commit, "dry_run": True, "action": f"planned:{action.kind}",
                 "spec_hash": desired.spec_hash,
                 "plan": dg.MetadataValue.md(action.markdown()),
+            })
+        newer = newer_live_commit(context, docker, repo, current, spec, commit)
+        if newer:
+            context.log.warning(f"{spec.name}: superseded — commit {newer[:12]} is live, and {commit[:12]} is one "
+                                f"of its ancestors; nothing applied (`prodg deploy --commit` forces an older one)")
+            return dg.MaterializeResult(metadata={
+                "commit": commit, "action": "superseded", "live_commit": newer,
+                "commits_covered": context.run.tags.get("prodg/covers", commit[:12]),
+                "diff": dg.MetadataValue.md(f"superseded by the live commit `{newer[:12]}`"),
             })
         try:
             result = docker.apply_service(current, spec.name, values, commit, build_root=repo.config_root(commit),
@@ -93,6 +118,9 @@ def build_in_sync_check(spec: ServiceSpec) -> dg.AssetChecksDefinition:
         """The live container matches the desired state (no drift): same spec hash, image, command, environment,
         ports, mounts, networks, restart policy, user, healthcheck, and running. Fails with the fields that differ."""
         current, commit = state_for_run(context, repo)
+        newer = newer_live_commit(context, docker, repo, current, spec, commit)
+        if newer:  # this run was superseded: what must match is the newer commit that is live
+            current, commit = repo.desired_state(newer), newer
         action = docker.plan(current, secrets.values(), commit).for_service(spec.name)
         return dg.AssetCheckResult(passed=action.kind == UNCHANGED, metadata={
             "action_needed": action.kind,

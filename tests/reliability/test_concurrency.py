@@ -1,0 +1,177 @@
+"""Two deploy runs — an older and a newer commit, tagged the way the git sensor tags them — and a Postgres backup,
+started at once in three processes on one Dagster instance with the shipped pools (docker/dev/dagster.yaml): applies
+to one service never interleave, the final live state equals the newest commit (an older run that comes second is
+superseded, not applied), and the backup partition is intact (its sha256 matches, its dump holds the rows)."""
+
+import datetime
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import boto3
+import dagster as dg
+import pytest
+import zstandard
+
+from prodg_assets.engine.docker_engine import DockerEngine
+from prodg_assets.engine.secrets import parse_env_file
+from prodg_assets.gitops.repo import ConfigRepo
+from tests.conftest import ROOT, make_testbed
+from tests.standins.moto import MotoServer
+
+pytestmark = pytest.mark.docker
+
+BUCKET = "prodg-concurrency"
+# daily partitions end with the last complete day
+TODAY = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=1)).isoformat()
+# What the git sensor's run request executes, in its own process (as the daemon would launch it).
+RUNNER = r"""
+import json, sys
+import dagster as dg
+import prodg_assets
+selection, tags, partition = sys.argv[1].split(","), json.loads(sys.argv[2]), sys.argv[3] or None
+job = prodg_assets.build_defs().resolve_implicit_global_asset_job_def().get_subset(
+    asset_selection={dg.AssetKey(s) for s in selection})
+with dg.DagsterInstance.get() as instance:
+    result = job.execute_in_process(instance=instance, tags=tags, partition_key=partition, raise_on_error=False)
+print("run", result.run_id, "succeeded" if result.success else "FAILED")
+sys.exit(0 if result.success else 1)
+"""
+
+
+def launch(env: dict, selection: str, tags: dict, partition: str = "") -> subprocess.Popen:
+    return subprocess.Popen([f"{ROOT}/.venv/bin/python", "-c", RUNNER, selection, json.dumps(tags), partition],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def run_id_of(output: str) -> str:
+    return re.search(r"^run (\S+) (?:succeeded|FAILED)$", output, re.M).group(1)
+
+
+def step_window(instance, run_id: str, step: str) -> tuple[float, float]:
+    logs = [r for r in instance.all_logs(run_id) if r.dagster_event and r.dagster_event.step_key == step]
+    start = next(r.timestamp for r in logs if r.dagster_event.event_type_value == "STEP_START")
+    end = next(r.timestamp for r in logs if r.dagster_event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"))
+    return start, end
+
+
+def action_of(instance, run_id: str, asset: str) -> str:
+    for r in instance.all_logs(run_id):
+        event = r.dagster_event
+        if event and event.event_type_value == "ASSET_MATERIALIZATION" and event.asset_key == dg.AssetKey(asset):
+            return event.materialization.metadata["action"].value
+    return ""
+
+
+@pytest.mark.fault
+def test_two_deploys_and_a_backup_at_once_end_at_the_newest_commit_with_an_intact_backup(tmp_path, docker_client):
+    bed = make_testbed(str(tmp_path / "bed"), docker_client, f"prodgc{os.getpid() % 10000}")
+    with MotoServer() as s3:
+        client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1", aws_access_key_id="testing",
+                              aws_secret_access_key="testing")
+        client.create_bucket(Bucket=BUCKET)
+        home = tmp_path / "home"
+        home.mkdir()
+        shutil.copy(f"{ROOT}/docker/dev/dagster.yaml", home / "dagster.yaml")
+        env = {**bed.env, "DAGSTER_HOME": str(home), "PRODG_TEST_STORE_KEY_ID": "AKIDCONCURRENCY",
+               "PRODG_TEST_STORE_SECRET": "concurrency-store-secret"}
+        old_env = dict(os.environ)
+        os.environ.update(env)
+        bed.cleanup()
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            assert bed.materialize(instance=instance).success  # the test stack, before backups are configured
+        with open(os.path.join(bed.repo, "config", "prodg.yaml"), "a") as fh:
+            fh.write(f"""
+backups:
+  bucket: {BUCKET}
+  endpoint_url: {s3.url}
+  region: us-east-1
+  access_key_id_env: PRODG_TEST_STORE_KEY_ID
+  secret_access_key_env: PRODG_TEST_STORE_SECRET
+  start_date: "{TODAY}"
+  targets:
+    postgres: {{method: pg_dumpall, service: postgres, prefix: postgres/, retention_days: 30}}
+""")
+        bed.commit("backups of the test stack's Postgres")
+        try:
+            pg = bed.containers()["postgres"]
+            code, out = pg.exec_run(["psql", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-c",
+                                     "create table concurrency_rows as select g as id, md5(g::text) as v "
+                                     "from generate_series(1, 5000) g"], user="postgres")
+            assert code == 0, out
+
+            for anchor in ("      POSTGRES_PASSWORD: ${POSTGRES_PASSWORD}\n", "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n"):
+                bed.edit("compose/docker-compose.yml", anchor, f'{anchor}      CONC_ROUND: "1"\n')
+            shas = [bed.commit("postgres + redis: round 1")]
+            with open(bed.compose) as fh:
+                text = fh.read()
+            with open(bed.compose, "w") as fh:
+                fh.write(text.replace('CONC_ROUND: "1"', 'CONC_ROUND: "2"'))
+            shas.append(bed.commit("postgres + redis: round 2"))
+            older, newer = shas
+            assert open(bed.compose).read().count('CONC_ROUND: "2"') == 2
+
+            with dg.DagsterInstance.from_config(str(home)) as instance:
+                instance.get_runs()  # storage exists before three processes open it
+            procs = {
+                "older": launch(env, "postgres,redis", {"prodg/commit": older, "prodg/reason": "push"}),
+                "newer": launch(env, "postgres,redis", {"prodg/commit": newer, "prodg/reason": "push"}),
+                "backup": launch(env, "postgres_backup", {"prodg/commit": newer, "prodg/kind": "backup"}, TODAY),
+            }
+            outputs = {k: p.communicate(timeout=420)[0] for k, p in procs.items()}
+            assert all(p.returncode == 0 for p in procs.values()), {k: o[-2500:] for k, o in outputs.items()}
+            run_ids = {k: run_id_of(o) for k, o in outputs.items()}
+
+            with dg.DagsterInstance.from_config(str(home)) as instance:
+                # applies to one service never interleave (the backup holds Postgres's pool too)
+                for service, runs in (("postgres", ("older", "newer", "backup")), ("redis", ("older", "newer"))):
+                    windows = sorted(step_window(instance, run_ids[r], "postgres_backup" if r == "backup"
+                                                 else service) for r in runs)
+                    for (_, end), (start, _) in zip(windows, windows[1:]):
+                        assert end <= start, f"{service}: steps overlapped: {windows}"
+                actions = {(r, s): action_of(instance, run_ids[r], s) for r in ("older", "newer")
+                           for s in ("postgres", "redis")}
+
+            # the final live state is the newest commit's
+            live = bed.containers()
+            for service in ("postgres", "redis"):
+                assert 'CONC_ROUND=2' in live[service].attrs["Config"]["Env"], (service, actions)
+            repo = ConfigRepo(repo_path=bed.repo, config_subdir="config", branch="main")
+            with open(bed.env["PRODG_SECRETS_FILE"]) as fh:
+                secrets = parse_env_file(fh.read())
+            plan = DockerEngine().plan(repo.desired_state(newer), secrets, newer)
+            assert {s: plan.for_service(s).kind for s in ("postgres", "redis")} == {"postgres": "unchanged",
+                                                                                    "redis": "unchanged"}
+            for service in ("postgres", "redis"):
+                # an older run that came second was superseded, never applied over the newer one
+                assert actions[("older", service)] in ("recreated", "superseded"), actions
+                assert actions[("newer", service)] == "recreated", actions
+
+            # the backup partition is intact
+            objects = client.list_objects_v2(Bucket=BUCKET, Prefix=f"postgres/{TODAY}/").get("Contents", [])
+            dumps = [o["Key"] for o in objects if o["Key"].endswith(".sql.zst")]
+            assert len(dumps) == 1, objects
+            body = client.get_object(Bucket=BUCKET, Key=dumps[0])
+            data = body["Body"].read()
+            assert body["Metadata"]["sha256"] == hashlib.sha256(data).hexdigest()
+            sql = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+            assert b"CREATE TABLE public.concurrency_rows" in sql
+            copy = sql.split(b"COPY public.concurrency_rows", 1)[1].split(b"\n\\.\n", 1)[0]
+            assert copy.count(b"\n") == 5000
+
+            # the older commit, launched again the way the sensor would, changes nothing now
+            before = {s: c.id for s, c in bed.containers().items()}
+            again = launch(env, "postgres,redis", {"prodg/commit": older, "prodg/reason": "push"})
+            out = again.communicate(timeout=300)[0]
+            assert again.returncode == 0, out[-2500:]
+            with dg.DagsterInstance.from_config(str(home)) as instance:
+                run_id = run_id_of(out)
+                assert {action_of(instance, run_id, s) for s in ("postgres", "redis")} == {"superseded"}
+            assert {s: c.id for s, c in bed.containers().items()} == before
+        finally:
+            bed.cleanup()
+            os.environ.clear()
+            os.environ.update(old_env)
