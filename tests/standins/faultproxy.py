@@ -10,7 +10,8 @@ every request to `upstream` and can be switched at run time to
 - `drop_every(n, after=False)` — close the connection of every n-th matching request without answering: before the
   request reaches the upstream, or (`after=True`) after the upstream applied it (the answer is lost);
 - `stop()` / `start()` — stop listening entirely (connections refused; open connections are cut) / listen again on
-  the same port; `stop_after(n, match)` stops once the n-th matching request has been answered.
+  the same port; `stop_after(n, match)` stops as the n-th matching request (forwarded) is answered: that answer
+  is the last one the client gets.
 
 `match` is a predicate over `Request` (method, path, query): `is_upload_part`, `is_complete` and friends name the S3
 operations. Every request is recorded in `requests` with what was done to it (`forwarded`, `failed`, `dropped`,
@@ -190,12 +191,13 @@ class FaultProxy:
         self.stopped_at = None
         return self
 
-    def stop(self) -> "FaultProxy":
-        """Stop listening: new connections are refused, open ones are cut, held requests released (unanswered)."""
+    def stop(self, keep: Optional[socket.socket] = None) -> "FaultProxy":
+        """Stop listening: new connections are refused, open ones (but `keep`) are cut, held requests released
+        (unanswered)."""
         with self._lock:
             server, self._server = self._server, None
             self._release.set()
-            conns = list(self._connections)
+            conns = [c for c in self._connections if c is not keep]
         if server is None:
             return self
         server.shutdown()
@@ -233,13 +235,18 @@ class FaultProxy:
     def _record(self, record: Record) -> None:
         with self._lock:
             self.requests.append(record)
+
+    def _stop_now(self, req: Request) -> bool:
+        """Whether `req`, forwarded and about to be answered, is the one `stop_after` waits for."""
+        with self._lock:
             trigger = self._stop_after
-            if trigger and record.outcome == "forwarded" and trigger[1](record.request):
-                self._stop_seen += 1
-                if self._stop_seen >= trigger[0]:
-                    self._stop_after = None
-                    # not from this handler thread's own stack: stop() cuts this very connection too
-                    threading.Thread(target=self.stop, daemon=True).start()
+            if not trigger or not trigger[1](req):
+                return False
+            self._stop_seen += 1
+            if self._stop_seen < trigger[0]:
+                return False
+            self._stop_after = None
+            return True
 
     def _true_initiated(self, req: Request, status: int, data: bytes) -> bytes:
         """moto reports every multipart upload as initiated on 2010-11-10: remember when each really started and
@@ -358,6 +365,10 @@ class FaultProxy:
                     resp = upstream.getresponse()
                     data = resp.read()
                     data = proxy._true_initiated(req, resp.status, data)
+                    if action[0] == "pass" and proxy._stop_now(req):
+                        # stopped before this answer goes out: the client's next request finds nobody listening
+                        proxy.stop(keep=self.connection)
+                        self.close_connection = True
                     if action[0] == "drop":  # after: the upstream applied it, the answer is lost
                         self.close_connection = True
                         self.connection.shutdown(socket.SHUT_RDWR)
@@ -369,6 +380,8 @@ class FaultProxy:
                             self.send_header(k, v)
                     length = resp.getheader("Content-Length") if self.command == "HEAD" else None
                     self.send_header("Content-Length", length or str(len(data)))
+                    if self.close_connection:
+                        self.send_header("Connection", "close")
                     self.end_headers()
                     if self.command != "HEAD":
                         self.wfile.write(data)
