@@ -49,7 +49,7 @@ def day(n: int) -> str:
     return (START + datetime.timedelta(days=n)).isoformat()
 
 
-# -- the bed: the product pointed at the proxy ---------------------------------------------------------------------------
+# -- the bed: the product pointed at the proxy -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def proxy(store_server):
     with FaultProxy(store_server.url) as p:
@@ -165,7 +165,7 @@ def test_store_settings_have_bounded_defaults_and_refuse_nonsense():
         store_settings({"PRODG_BACKUP_PART_SIZE_MB": "1"})
 
 
-# -- (d) Postgres is stopped before the backup ------------------------------------------------------------------------------
+# -- (d) Postgres is stopped before the backup -------------------------------------------------------------------------
 @pytest.mark.fault
 @pytest.mark.docker
 def test_postgres_stopped_fails_naming_the_container_uploads_nothing_and_the_retry_succeeds(
@@ -241,7 +241,7 @@ def test_store_stopped_mid_upload_fails_clearly_and_the_retry_cleans_up_and_succ
     assert_no_secrets(instance, failed, retry)
 
 
-# -- (b) the store answers errors on some requests ------------------------------------------------------------------------
+# -- (b) the store answers errors on some requests ---------------------------------------------------------------------
 UPLOAD = {"UploadPart", "CompleteMultipartUpload"}
 FLAKY = {  # fault: (switch, operations it must have hit)
     "503 SlowDown every 3rd request": (lambda p: p.fail_every(3, 503), UPLOAD),
@@ -305,7 +305,7 @@ def test_store_errors_beyond_the_retries_fail_clearly_and_keep_nothing(bed, stat
     assert_no_secrets(instance, failed, retry)
 
 
-# -- (c) the store is slow, or stalls --------------------------------------------------------------------------------------
+# -- (c) the store is slow, or stalls ----------------------------------------------------------------------------------
 @pytest.mark.fault
 @pytest.mark.docker
 def test_a_slow_store_still_gets_a_correct_backup_in_bounded_time(bed, state, bulk, fault_proxy, clean_store,
