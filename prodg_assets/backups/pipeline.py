@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import queue
 import socket
 import struct
 import subprocess
@@ -26,8 +27,10 @@ import zstandard
 from .store import MIB, BackupStore, S3Source
 
 COMPRESSIONS = {"zstd": ".zst", "gzip": ".gz"}
+ZSTD_LEVEL = 3  # the lowest level whose output stays at or below gzip -6's size on SQL dumps (bench/RESULTS.md)
 STDOUT, STDERR = 1, 2
 MANIFEST_NAME = "manifest.json"
+READ_BYTES = 1 << 20  # one read of an exec's output socket, at most
 
 
 class ProducerFailed(Exception):
@@ -42,10 +45,10 @@ class ByteCount:
 
 def compress(chunks: Iterable[bytes], method: str = "zstd", level: Optional[int] = None,
              raw: Optional[ByteCount] = None) -> Iterator[bytes]:
-    """Compressed `chunks`, streamed. zstd runs in the calling thread (threads=0): the host has two cores and the
-    producer needs one. `raw` counts the uncompressed bytes."""
+    """Compressed `chunks`, streamed, in the calling thread (zstd and zlib release the GIL while they work).
+    `raw` counts the uncompressed bytes."""
     if method == "zstd":
-        compressor = zstandard.ZstdCompressor(level=level or 3, threads=0).compressobj()
+        compressor = zstandard.ZstdCompressor(level=level or ZSTD_LEVEL, threads=0).compressobj()
     elif method == "gzip":
         compressor = zlib.compressobj(level or 6, zlib.DEFLATED, 31)
     else:
@@ -196,6 +199,45 @@ class ContainerExec:
                     raise ProducerFailed(f"{self.what} in {self.container}: output ended inside a frame")
                 yield stream, data
 
+    def output(self) -> Iterator[tuple[bytes, bytes]]:
+        """(stdout, stderr) demultiplexed from each read of the socket (up to READ_BYTES), until the process closes
+        its output: the frames that one read completed, joined — one bytes object per stream and read instead of
+        one per frame (the Engine frames every write of the process, often 4–32 KiB). Same failures as frames()."""
+        pending = bytearray()
+        while True:
+            data = self._recv(READ_BYTES)
+            if not data:
+                if pending:
+                    raise ProducerFailed(f"{self.what} in {self.container}: output ended inside a frame")
+                return
+            pending += data
+            out: list = []
+            err: list = []
+            pos, end = 0, len(pending)
+            with memoryview(pending) as view:
+                while end - pos >= 8:
+                    stream, size = struct.unpack_from(">BxxxL", view, pos)
+                    if end - pos - 8 < size:
+                        break
+                    if size:
+                        (err if stream == STDERR else out).append(view[pos + 8:pos + 8 + size])
+                    pos += 8 + size
+                stdout, stderr = b"".join(out), b"".join(err)
+                out.clear()
+                err.clear()
+            del pending[:pos]
+            if stdout or stderr:
+                yield stdout, stderr
+
+    def _recv(self, n: int) -> bytes:
+        try:
+            return self._raw.recv(n)
+        except socket.timeout:
+            raise ProducerFailed(f"{self.what} in {self.container}: no output for "
+                                 f"{self.idle_timeout_s:.0f}s") from None
+        except OSError as exc:
+            raise ProducerFailed(f"{self.what} in {self.container}: output stream broke off ({exc})") from None
+
     def _read_exactly(self, n: int) -> Optional[bytes]:
         """n bytes, or None at a clean end of stream."""
         buf = bytearray()
@@ -228,6 +270,10 @@ class ContainerExec:
     def close(self) -> None:
         if self._sock is None:
             return
+        try:  # wakes a thread blocked reading the socket (close alone would not)
+            self._raw.shutdown(socket.SHUT_RDWR)
+        except Exception:  # already broken or closed: nothing to wake
+            pass
         for obj in (self._raw, self._sock, getattr(self._sock, "_response", None)):
             try:
                 if obj is not None:
@@ -253,24 +299,64 @@ class TailBuffer:
         return redact("\n".join(tail))
 
 
+READ_AHEAD = 24  # reads (≤ READ_BYTES each) an exec_chunks producer holds ahead of its consumer
+
+
 def exec_chunks(api: docker.APIClient, container: str, cmd: Sequence[str], *, user: str = "",
                 environment: Optional[Mapping[str, str]] = None, what: str = "",
-                redact: Callable[[str], str] = lambda s: s, idle_timeout_s: float = 600.0) -> Iterator[bytes]:
+                redact: Callable[[str], str] = lambda s: s, idle_timeout_s: float = 600.0,
+                read_ahead: int = READ_AHEAD) -> Iterator[bytes]:
     """The stdout of `cmd` run in `container`, streamed; raises ProducerFailed after the last chunk when the exit
-    status is non-zero or unknown (stderr's tail, redacted, in the message)."""
+    status is non-zero or unknown (stderr's tail, redacted, in the message).
+
+    A thread reads the exec socket up to `read_ahead` reads ahead of the consumer, so the process keeps writing
+    while the consumer compresses or uploads. The generator itself stays in the consumer's thread: closing it
+    (or an error) shuts the socket down there and then, which ends the process by SIGPIPE and the reader with it."""
     proc = ContainerExec(api, container, cmd, user=user, environment=environment, what=what,
                          idle_timeout_s=idle_timeout_s).start()
     stderr = TailBuffer()
+    ahead: queue.Queue = queue.Queue(max(1, read_ahead))
+    stop = threading.Event()
+    end = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for out, err in proc.output():
+                if err:
+                    stderr.write(err)
+                if out and not put(out):
+                    return
+            put(end)
+        except BaseException as exc:  # handed to the consumer (or dropped once it has gone)
+            put(exc)
+
+    reader = threading.Thread(target=read, name=f"exec-reader-{proc.what}", daemon=True)
     try:
         proc.close_stdin()
-        for stream, data in proc.frames():
-            if stream == STDOUT:
-                yield data
-            elif stream == STDERR:
-                stderr.write(data)
+        reader.start()
+        while True:
+            item = ahead.get()
+            if item is end:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+        reader.join()
         code = proc.exit_code()
     finally:
+        stop.set()
         proc.close()
+        if reader.ident is not None:
+            reader.join(timeout=10)
     if code != 0:
         status = "did not report an exit status" if code is None else f"exited with status {code}"
         detail = stderr.text(redact)
@@ -360,11 +446,28 @@ def census(api: docker.APIClient, container: str, db_user: str = "postgres",
     return Census(tuple(databases), rows, tuple(uncounted))
 
 
+# `"$@"` with its stdout re-blocked into 1 MiB writes by dd, in any POSIX sh (dash, busybox ash: no pipefail). The
+# Engine frames every write the process makes and copies each through containerd-shim and dockerd: pg_dumpall
+# writes through stdio (4 KiB buffers with glibc, 1 KiB with musl), and those small writes cost more CPU in the
+# Engine and in our reader than the dump itself (bench/RESULTS.md). Exits with the first non-zero status of the
+# command and dd (a dd that died would otherwise truncate a dump whose command succeeded).
+REBLOCK = ('exec 4>&1; set -- $( { { "$@"; echo "$?" >&3; } | '
+           '{ dd bs=1048576 iflag=fullblock 2>/dev/null >&4; echo "$?" >&3; }; } 3>&1 ); '
+           '[ "$#" = 2 ] || exit 1; [ "$1" = 0 ] || exit "$1"; exit "$2"')
+
+
+def reblocked(cmd: Sequence[str]) -> list[str]:
+    """`cmd` with its stdout written in 1 MiB blocks (REBLOCK); needs only sh and dd (busybox has both)."""
+    return ["sh", "-c", REBLOCK, "sh", *cmd]
+
+
 def pg_dumpall_chunks(api: docker.APIClient, container: str, *, password: str = "", db_user: str = "postgres",
                       lock_wait_timeout_s: float = 300, idle_timeout_s: float = 600) -> Iterator[bytes]:
-    """`pg_dumpall` of the whole cluster, run inside `container` as the OS user postgres, its stdout streamed.
-    A table locked longer than `lock_wait_timeout_s` fails the dump instead of stalling it."""
-    cmd = ["pg_dumpall", "-U", db_user, "--no-password", f"--lock-wait-timeout={int(lock_wait_timeout_s * 1000)}"]
+    """`pg_dumpall` of the whole cluster, run inside `container` as the OS user postgres, its stdout streamed in
+    1 MiB writes (`reblocked`). A table locked longer than `lock_wait_timeout_s` fails the dump instead of
+    stalling it."""
+    cmd = reblocked(["pg_dumpall", "-U", db_user, "--no-password",
+                     f"--lock-wait-timeout={int(lock_wait_timeout_s * 1000)}"])
     env = {"PGPASSWORD": password} if password else {}
     redact = (lambda s: s.replace(password, "<POSTGRES_PASSWORD>")) if password else (lambda s: s)
     return exec_chunks(api, container, cmd, user="postgres", environment=env, what="pg_dumpall", redact=redact,
@@ -416,7 +519,9 @@ class BackupResult:
 
 def stream_backup(store: BackupStore, key: str, chunks: Iterable[bytes], compression: str = "zstd",
                   metadata: Optional[Mapping[str, str]] = None) -> BackupResult:
-    """Compress `chunks` into the object `key`. Raises (and leaves no object) if the producer or the store fails."""
+    """Compress `chunks` into the object `key`. Raises (and leaves no object) if the producer or the store fails.
+    (A producer from exec_chunks reads ahead in a thread of its own, so the process keeps writing while this
+    thread compresses, hashes and uploads a part.)"""
     started = time.monotonic()
     raw = ByteCount()
     up = store.upload_stream(key, compress(chunks, compression, raw=raw),

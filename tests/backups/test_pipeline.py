@@ -12,6 +12,8 @@ import pytest
 import zstandard
 
 from prodg_assets.backups.pipeline import (
+    READ_BYTES,
+    REBLOCK,
     ByteCount,
     ContainerExec,
     ProducerFailed,
@@ -24,6 +26,7 @@ from prodg_assets.backups.pipeline import (
     manifest_key,
     pg_dumpall_chunks,
     postgres_key,
+    reblocked,
     stream_backup,
 )
 from tests.backups.conftest import NAME, SECRETS
@@ -72,7 +75,6 @@ def test_git_archive_streams_the_config_tree_at_a_commit(bed):
 def test_pg_dumpall_streams_the_cluster_from_inside_the_container(bed):
     chunks = list(pg_dumpall_chunks(bed.client.api, bed.pg, password=SECRETS["POSTGRES_PASSWORD"]))
     dump = b"".join(chunks)
-    assert len(chunks) > 1
     assert dump.startswith(b"--\n-- PostgreSQL database cluster dump\n--")
     assert b"COPY public.events (id, note) FROM stdin;" in dump and b"\\connect infisical" in dump
     assert dump.rstrip().endswith(b"-- PostgreSQL database cluster dump complete\n--")
@@ -88,6 +90,22 @@ def test_a_failing_command_raises_after_its_output_with_its_stderr_redacted(bed)
             out.append(chunk)
     assert b"".join(out) == b"partial\n"
     assert str(err.value) == f"producer in container {bed.pg} exited with status 3: bad <POSTGRES_PASSWORD>"
+
+
+@pytest.mark.docker
+def test_reblocked_output_arrives_whole_in_large_reads_and_either_status_fails_it(bed):
+    api = bed.client.api
+    # 3 MiB written 100 bytes at a time: re-blocked by dd, read back in reads of at most READ_BYTES
+    cmd = ["sh", "-c", "i=0; while [ $i -lt 31458 ]; do printf '%0100d' $i; i=$((i+1)); done; printf tail"]
+    chunks = list(exec_chunks(api, bed.pg, reblocked(cmd), what="writer"))
+    data = b"".join(chunks)
+    assert len(data) == 31458 * 100 + 4 and data.endswith(b"%0100d" % 31457 + b"tail")
+    assert max(map(len, chunks)) <= READ_BYTES and len(chunks) < 31458 // 10
+    with pytest.raises(ProducerFailed, match=r"writer in container .* exited with status 7: bad"):
+        list(exec_chunks(api, bed.pg, reblocked(["sh", "-c", "echo partial; echo bad >&2; exit 7"]), what="writer"))
+    with pytest.raises(ProducerFailed, match="exited with status 127"):  # no dd: the dump must not pass as whole
+        list(exec_chunks(api, bed.pg, ["sh", "-c", REBLOCK.replace("dd ", "no-such-dd "), "sh", "echo", "hi"],
+                         what="writer"))
 
 
 @pytest.mark.docker
