@@ -88,7 +88,8 @@ PROBES: dict[str, tuple[str, int, Probe, str]] = {
 def build_service_check(spec: ServiceSpec) -> dg.AssetChecksDefinition:
     name, port, probe, doc = PROBES[spec.name]
 
-    @dg.asset_check(asset=spec.asset, name=name, description=doc, blocking=True)
+    @dg.asset_check(asset=spec.asset, name=name, description=doc, blocking=True,
+                    pool=f"prodg_service_{spec.asset}")  # never probes while another run swaps it
     def _check(context: dg.AssetCheckExecutionContext, docker: DockerEngine, repo: ConfigRepo,
                secrets: SecretSource) -> dg.AssetCheckResult:
         state, commit = state_for_run(context, repo)

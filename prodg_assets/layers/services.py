@@ -112,7 +112,7 @@ IN_SYNC = "in_sync"
 
 
 def build_in_sync_check(spec: ServiceSpec) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=spec.asset, name=IN_SYNC, blocking=False)
+    @dg.asset_check(asset=spec.asset, name=IN_SYNC, blocking=False, pool=f"prodg_service_{spec.asset}")
     def _in_sync(context: dg.AssetCheckExecutionContext, docker: DockerEngine, repo: ConfigRepo,
                  secrets: SecretSource) -> dg.AssetCheckResult:
         """The live container matches the desired state (no drift): same spec hash, image, command, environment,

@@ -103,6 +103,7 @@ def failure_text(result) -> str:
     return "\n".join(str(e.event_specific_data.error) for e in result.all_events if e.is_step_failure)
 
 
+@pytest.mark.fault
 def test_a_dump_that_fails_midway_fails_the_partition_and_leaves_no_object(bed, clean_store, locked_cluster,
                                                                            instance):
     prefix = f"postgres/{DAY}/"
@@ -119,6 +120,7 @@ def test_a_dump_that_fails_midway_fails_the_partition_and_leaves_no_object(bed, 
     assert not result.get_asset_materialization_events()
 
 
+@pytest.mark.fault
 def test_a_dump_killed_midway_fails_the_partition_and_leaves_no_object(bed, clean_store, locked_cluster, instance):
     prefix = f"postgres/{DAY}/"
 
@@ -143,6 +145,7 @@ def test_a_config_archive_of_an_unknown_commit_keeps_nothing(bed, clean_store, i
     assert_nothing_kept(clean_store, f"configs/{DAY}/")
 
 
+@pytest.mark.fault
 def test_a_mirror_that_fails_halfway_removes_what_it_copied(bed, clean_store, instance):
     source = S3Source(endpoint_url=bed.minio_url, access_key_id="minio-admin",
                       secret_access_key_secret="MINIO_ROOT_PASSWORD", buckets=["media", "no-such-bucket"])

@@ -154,6 +154,7 @@ def test_several_commits_deploy_the_newest_once_and_list_what_they_cover(remote)
         assert "postgres" in keys(req) and "redis" not in keys(req)
 
 
+@pytest.mark.fault
 def test_force_push_triggers_a_full_reconcile(remote):
     bed = remote.bed
     with dg.instance_for_test() as instance:
@@ -172,6 +173,7 @@ def test_force_push_triggers_a_full_reconcile(remote):
         assert not again.run_requests
 
 
+@pytest.mark.fault
 def test_unreachable_remote_is_a_clear_sensor_error_and_keeps_the_cursor(remote, tmp_path):
     bed = remote.bed
     with dg.instance_for_test() as instance:
@@ -187,3 +189,37 @@ def test_unreachable_remote_is_a_clear_sensor_error_and_keeps_the_cursor(remote,
                 sensor.evaluate_tick(ctx)
             assert ctx.cursor == cursor
         assert "config repo unreadable" in str(err.value) and "nowhere.git" in str(err.value)
+
+
+@pytest.mark.fault
+def test_a_huge_unrelated_file_deploys_nothing_and_is_never_read_into_memory(remote):
+    """A 160 MB file committed beside the config (and a 40 MB one inside it that no service references): the tick
+    fetches it, deploys nothing for it, moves the cursor, and prodg's memory does not grow by the file's size."""
+    import resource
+
+    bed = remote.bed
+    with dg.instance_for_test() as instance:
+        cursor = git(remote.clone, "rev-parse", "HEAD")
+        for rel, mib in (("footage/raw-take-01.bin", 160), ("config/archive/old-slides.bin", 40)):
+            path = os.path.join(remote.clone, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as fh:
+                for _ in range(mib):
+                    fh.write(os.urandom(1 << 20))
+        git(remote.clone, "add", "-A")
+        huge = remote.push("raw footage and old slides, committed by mistake")
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        result, cursor_after = evaluate(bed, instance, cursor)
+        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024 - before
+        assert not result.run_requests, [keys(r) for r in result.run_requests]
+        assert "nothing to deploy" in result.skip_message or "no asset" in result.skip_message, result.skip_message
+        assert cursor_after == huge
+        assert grown < 80, f"peak RSS grew by {grown} MB evaluating a commit with a 200 MB blob"
+        remote.edit("compose/docker-compose.yml", "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n",
+                    "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n      AFTER_HUGE: \"1\"\n")
+        sha = remote.push("redis: a real change after the big commit")
+        result, cursor_after = evaluate(bed, instance, cursor_after)
+        (req,) = result.run_requests
+        assert req.run_key == sha and "redis" in keys(req)
+        assert launch(bed, instance, req).success
+        assert bed.containers()["redis"].labels["prodg.commit"] == sha

@@ -128,6 +128,7 @@ def test_changing_one_services_environment_recreates_only_that_container(deploye
     assert "REDIS_MAXCLIENTS=500" in env
 
 
+@pytest.mark.fault
 def test_failing_healthcheck_rolls_back_and_service_keeps_answering(deployed):
     bed, _ = deployed
     old = bed.containers()["hermes-api"]
@@ -257,6 +258,7 @@ def test_a_service_that_left_the_spec_is_reported_then_pruned_when_opted_in(depl
     assert "node-exporter" not in bed.containers()
 
 
+@pytest.mark.fault
 def test_an_image_that_does_not_build_fails_the_asset_and_changes_nothing(deployed):
     bed, _ = deployed
     before = bed.containers()["hermes-api"]
@@ -273,6 +275,7 @@ def test_an_image_that_does_not_build_fails_the_asset_and_changes_nothing(deploy
     assert bed.materialize(selection="hermes_api").success  # a retry after the fix converges
 
 
+@pytest.mark.fault
 def test_a_new_container_killed_during_its_health_wait_rolls_back(deployed):
     bed, _ = deployed
     old = bed.containers()["redis"]

@@ -1,22 +1,67 @@
-"""Secrets hunted after a real session: deploy, a failing deploy rolled back, a Telegram notification — then every
-byte prodg wrote (the Dagster instance's storage and compute logs, container labels, metadata, its own output,
-Telegram's messages) is searched for every secret value of the test secrets file. Zero hits."""
+"""Secrets hunted after a real session: deploy, a failing deploy rolled back, a Telegram notification, a secret
+rotated, a Postgres backup to an S3 API (moto), its restore drill and `prodg restore` from the command line — then every byte prodg wrote (the Dagster instance's storage and compute
+logs, container labels, metadata, run tags, its own output, Telegram's messages) is searched for every secret value
+of the test secrets file and the store's secret key. Zero hits."""
 
+import datetime
 import json
 import os
+import re
+import subprocess
 
+import boto3
 import dagster as dg
 import pytest
 
-from tests.conftest import TEST_SECRETS, make_testbed
+from tests.conftest import ROOT, TEST_SECRETS, make_testbed
 from tests.gitops.test_drift_and_notify import notify
+from tests.standins.moto import MotoServer
 from tests.standins.telegram import TelegramStandIn
 
 pytestmark = pytest.mark.docker
 
 
+STORE_SECRET = "store-Secret-Key-hunted-4e5f6a"
+HUNTED = {**TEST_SECRETS, "PRODG_TEST_STORE_SECRET": STORE_SECRET}
+# daily partitions end with the last complete day
+TODAY = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=1)).isoformat()
+
+
 def hits_in_bytes(data: bytes) -> list[str]:
-    return [k for k, v in TEST_SECRETS.items() if v.encode() in data]
+    return [k for k, v in HUNTED.items() if v.encode() in data]
+
+
+def backup_and_restore(bed, instance, s3_url: str, restore_out: list[str]) -> None:
+    """A backup of the test stack's Postgres, its restore drill, and `prodg restore` into a scratch container."""
+    boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", aws_access_key_id="x",
+                 aws_secret_access_key="x").create_bucket(Bucket="prodg-hunt")
+    with open(os.path.join(bed.repo, "config", "prodg.yaml"), "a") as fh:
+        fh.write(f"""
+backups:
+  bucket: prodg-hunt
+  endpoint_url: {s3_url}
+  region: us-east-1
+  access_key_id_env: PRODG_TEST_STORE_KEY_ID
+  secret_access_key_env: PRODG_TEST_STORE_SECRET
+  start_date: "{TODAY}"
+  targets:
+    postgres: {{method: pg_dumpall, service: postgres, prefix: postgres/, retention_days: 30}}
+""")
+    sha = bed.commit("backups")
+    os.environ.update({"PRODG_TEST_STORE_KEY_ID": "AKIDHUNT", "PRODG_TEST_STORE_SECRET": STORE_SECRET})
+    job = bed.defs().resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection={dg.AssetKey("postgres_backup"), dg.AssetKey("postgres_restore_drill")})
+    result = job.execute_in_process(instance=instance, tags={"prodg/commit": sha, "prodg/kind": "backup"},
+                                    partition_key=TODAY, raise_on_error=False)
+    assert result.success
+    env = {**os.environ, "DAGSTER_HOME": str(instance.root_directory)}
+    proc = subprocess.run([f"{ROOT}/.venv/bin/prodg", "restore", "postgres", "--date", TODAY], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    restore_out.append(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    scratch = re.search(r"into container (\S+):", proc.stdout)
+    assert scratch, proc.stdout
+    bed.client.containers.get(scratch.group(1)).remove(force=True, v=True)
 
 
 def test_no_secret_value_anywhere_prodg_writes(tmp_path, docker_client, capfd):
@@ -41,6 +86,9 @@ def test_no_secret_value_anywhere_prodg_writes(tmp_path, docker_client, capfd):
             with open(bed.env["PRODG_SECRETS_FILE"], "a") as fh:
                 fh.write(f"REDIS_PASSWORD={TEST_SECRETS['REDIS_PASSWORD']}-rotated\n")
             assert bed.materialize(selection="redis", instance=instance).success
+            restore_out: list[str] = []
+            with MotoServer() as s3:
+                backup_and_restore(bed, instance, s3.url, restore_out)
 
             found: dict[str, list[str]] = {}
             for dirpath, _, files in os.walk(home):
@@ -64,6 +112,8 @@ def test_no_secret_value_anywhere_prodg_writes(tmp_path, docker_client, capfd):
                 if hits := hits_in_bytes(message["text"].encode()):
                     found["telegram"] = hits
             out, err = capfd.readouterr()
+            if hits := hits_in_bytes("".join(restore_out).encode()):
+                found["prodg restore output"] = hits
             if hits := hits_in_bytes((out + err).encode()):
                 found["stdout/stderr"] = hits
             scanned = sum(len(f) for _, _, f in os.walk(home))
