@@ -425,6 +425,7 @@ def test_push_to_config_repo_is_deployed_by_the_daemons_sensor_tick(deployment: 
     assert tags["docker/container_id"]  # it too ran in a container of its own
 
 
+@pytest.mark.fault
 def test_a_run_whose_container_dies_is_marked_failed(deployment: Deployment):
     """Run monitoring: the run's container is killed while the run is STARTED; the daemon notices that the container
     is gone and marks the run failed (it would otherwise stay STARTED for ever)."""
@@ -456,6 +457,37 @@ def test_a_run_whose_container_dies_is_marked_failed(deployment: Deployment):
                    and r, 120, interval=2, diagnose=dep.diagnose)
     assert run["status"] == "FAILURE", run
     assert "Detected run worker status" in dep.run_messages(run_id)
+
+
+@pytest.mark.fault
+def test_daemon_restarted_during_a_sensor_launched_run_loses_nothing(deployment: Deployment):
+    """The daemon is killed and started again while a run its sensor launched is under way: the run ends (resumed by
+    its own container, or marked failed by run monitoring) — it never stays STARTED or QUEUED — and the restarted
+    daemon's next tick launches exactly one run for the next commit and none again for the first."""
+    dep, bed = deployment, deployment.bed
+    daemon = dep.containers["dagster-daemon"]
+    bed.edit("prodg.yaml", "stop_timeout_s: 6", "stop_timeout_s: 7")
+    first = bed.commit("deploy: stop grace 7 s (daemon restarted during its run)")
+    runs = wait_for(f"the sensor to launch a run for {first[:12]}",
+                    lambda: [r for r in dep.runs_tagged("prodg/commit", first)
+                             if r["status"] in ("QUEUED", "STARTING", "STARTED")], 120, interval=0.3,
+                    diagnose=dep.diagnose)
+    run_id = runs[0]["runId"]
+    status_at_kill = dep.run(run_id)["status"]
+    daemon.kill()
+    daemon.start()
+    run = wait_for(f"run {run_id} to end after the daemon restart", lambda: (r := dep.run(run_id))["status"]
+                   in TERMINAL and r, 240, interval=2, diagnose=dep.diagnose)
+    assert run["status"] in ("SUCCESS", "FAILURE"), run
+    if run["status"] == "FAILURE":  # only run monitoring may fail it, and it says why
+        assert "Detected run worker status" in dep.run_messages(run_id) or "daemon" in dep.run_messages(run_id)
+    bed.edit("prodg.yaml", "stop_timeout_s: 7", "stop_timeout_s: 8")
+    second = bed.commit("deploy: stop grace 8 s (after the restart)")
+    runs = wait_for(f"the restarted daemon's sensor to launch a run for {second[:12]}",
+                    lambda: dep.runs_tagged("prodg/commit", second), 180, interval=2, diagnose=dep.diagnose)
+    assert len(runs) == 1, runs
+    dep.wait_run(runs[0]["runId"])
+    assert len(dep.runs_tagged("prodg/commit", first)) == 1, f"the first commit was launched again ({status_at_kill})"
 
 
 def test_upgrade_and_backup_commands_of_the_docs_work(deployment: Deployment):
