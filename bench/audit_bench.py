@@ -120,7 +120,6 @@ def main() -> None:
     from prodg_assets.backups.assets import MARKER_OF_METHOD, recorded_partitions
     from prodg_assets.backups.audit import OK, AuditTarget, audit_store, check_object
     from prodg_assets.backups.store import BackupStore, S3Source
-    from prodg_assets.gitops.repo import ConfigRepo  # noqa: F401 — the product's import cost, paid before timing
     from tests.standins.moto import MotoServer
 
     started = time.perf_counter()
