@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import os
 import queue
 import socket
 import struct
@@ -140,8 +141,10 @@ def manifest_key(prefix: str, date: str) -> str:
 class ContainerExec:
     """One process in a container through the Engine's exec API, on the hijacked exec socket.
 
-    The socket (rather than `exec_start(stream=True)`) lets us write stdin, half-close it, and close the stream when
-    the consumer gives up — which makes the process die of SIGPIPE instead of blocking forever. The command is
+    The socket (rather than `exec_start(stream=True)`) lets us write stdin and half-close it. Closing the stream
+    does not end the process (the Engine drains its output to nowhere), so a process still running when the
+    consumer gives up is killed: the exec carries a random token in its environment, inherited by its children
+    (pg_dumpall's pg_dump), and a second exec as root sends TERM to every process holding it. The command is
     gated behind one line on stdin (`read`): the SDK parses the HTTP upgrade response through a buffered reader and
     then reads the raw socket, so output the process wrote before the headers were parsed could be lost; the gate
     makes the process wait until we are reading."""
@@ -156,12 +159,13 @@ class ContainerExec:
         self.idle_timeout_s = idle_timeout_s
         self.exec_id = ""
         self._sock = None
+        self.token = os.urandom(8).hex()
 
     def start(self) -> "ContainerExec":
         try:
             self.exec_id = self.api.exec_create(
                 self.container, ["sh", "-c", self.GATE, "sh", *self.cmd], stdin=True, stdout=True, stderr=True,
-                tty=False, user=self.user, environment=self.environment or None)["Id"]
+                tty=False, user=self.user, environment={**self.environment, "PRODG_EXEC_TOKEN": self.token})["Id"]
             self._sock = self.api.exec_start(self.exec_id, socket=True)
         except docker.errors.APIError as exc:
             raise ProducerFailed(f"{self.what}: cannot run in container {self.container}: "
@@ -267,9 +271,29 @@ class ContainerExec:
                 return None
             time.sleep(0.05)
 
+    KILL = ('for p in /proc/[0-9]*; do grep -q "PRODG_EXEC_TOKEN=$1" "$p/environ" 2>/dev/null && '
+            'kill -TERM "${p#/proc/}" 2>/dev/null; done; true')
+
+    def kill_if_running(self) -> None:
+        """TERM every process of this exec (and its children) still running in the container; best effort."""
+        if not self.exec_id:
+            return
+        try:
+            if not self.api.exec_inspect(self.exec_id).get("Running"):
+                return
+            killer = self.api.exec_create(self.container, ["sh", "-c", self.KILL, "sh", self.token], user="0",
+                                          stdout=False, stderr=False)["Id"]
+            self.api.exec_start(killer, detach=True)
+            deadline = time.monotonic() + 10
+            while self.api.exec_inspect(killer).get("Running") and time.monotonic() < deadline:
+                time.sleep(0.05)
+        except Exception:  # the container or the Engine is gone: nothing left to kill from here
+            pass
+
     def close(self) -> None:
         if self._sock is None:
             return
+        self.kill_if_running()
         try:  # wakes a thread blocked reading the socket (close alone would not)
             self._raw.shutdown(socket.SHUT_RDWR)
         except Exception:  # already broken or closed: nothing to wake

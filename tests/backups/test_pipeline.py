@@ -22,6 +22,7 @@ from prodg_assets.backups.pipeline import (
     config_key,
     decompress,
     exec_chunks,
+    exec_run,
     git_archive_chunks,
     manifest_key,
     pg_dumpall_chunks,
@@ -106,6 +107,20 @@ def test_reblocked_output_arrives_whole_in_large_reads_and_either_status_fails_i
     with pytest.raises(ProducerFailed, match="exited with status 127"):  # no dd: the dump must not pass as whole
         list(exec_chunks(api, bed.pg, ["sh", "-c", REBLOCK.replace("dd ", "no-such-dd "), "sh", "echo", "hi"],
                          what="writer"))
+
+
+@pytest.mark.docker
+def test_a_consumer_that_gives_up_ends_the_process_and_its_children_in_the_container(bed):
+    """Closing the exec stream alone leaves the process running (the Engine drains its output): pg_dumpall would
+    keep its locks until the dump ends. Giving up kills it, children included, and nothing else."""
+    api = bed.client.api
+    running = ["sh", "-c", "for p in /proc/[0-9]*; do cat $p/cmdline 2>/dev/null | tr '\\0' ' '; echo; done"]
+    chunks = exec_chunks(api, bed.pg, ["sh", "-c", "yes prodg-endless | cat"], what="endless")
+    assert next(chunks).startswith(b"prodg-endless")
+    assert b"yes prodg-endless" in exec_run(api, bed.pg, running)[1]
+    chunks.close()
+    assert b"prodg-endless" not in exec_run(api, bed.pg, running)[1]
+    assert b"postgres" in exec_run(api, bed.pg, running)[1]  # the server itself untouched
 
 
 @pytest.mark.docker
