@@ -332,7 +332,10 @@ def build_minio_backup(state: DesiredState, settings: BackupSettings, partitions
     container_name = spec.container_name if spec else ""
     prefix = target.prefix
 
+    # One run at a time per target (each run cleans its partition's unfinished uploads first), and never while MinIO
+    # itself is being deployed.
     @dg.asset(name=MINIO_BACKUP, group_name=BACKUP_GROUP, partitions_def=partitions, deps=deps,
+              pool=f"prodg_service_{spec.asset}" if spec else "prodg_backup_minio",
               kinds={"s3"}, tags={"prodg/target": target.name})
     def minio_backup(context: dg.AssetExecutionContext, docker: DockerEngine, repo: ConfigRepo,
                      secrets: SecretSource, backup_store: BackupStore, minio_source: S3Source) \
@@ -375,7 +378,7 @@ def build_config_backup(settings: BackupSettings, partitions: dg.PartitionsDefin
     prefix = target.prefix
 
     @dg.asset(name=CONFIG_BACKUP, group_name=BACKUP_GROUP, partitions_def=partitions, kinds={"git"},
-              tags={"prodg/target": target.name})
+              pool="prodg_backup_configs", tags={"prodg/target": target.name})
     def config_backup(context: dg.AssetExecutionContext, repo: ConfigRepo,
                       backup_store: BackupStore) -> dg.MaterializeResult:
         """The config tree as deployed — `git archive` of the config folder at the deployed commit (the run's
