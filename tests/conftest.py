@@ -62,6 +62,23 @@ class Testbed:
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(text.replace(old, new, 1))
 
+    def add_postgres_backups(self, bucket: str, endpoint_url: str, start_date: str) -> str:
+        """Appends a `backups:` section (the test stack's Postgres to `bucket` at `endpoint_url`, keys from
+        PRODG_TEST_STORE_KEY_ID / PRODG_TEST_STORE_SECRET) to prodg.yaml and commits it."""
+        with open(os.path.join(self.repo, "config", "prodg.yaml"), "a") as fh:
+            fh.write(f"""
+backups:
+  bucket: {bucket}
+  endpoint_url: {endpoint_url}
+  region: us-east-1
+  access_key_id_env: PRODG_TEST_STORE_KEY_ID
+  secret_access_key_env: PRODG_TEST_STORE_SECRET
+  start_date: "{start_date}"
+  targets:
+    postgres: {{method: pg_dumpall, service: postgres, prefix: postgres/, retention_days: 30}}
+""")
+        return self.commit("backups of the test stack's Postgres")
+
     def defs(self) -> dg.Definitions:
         return prodg_assets.build_defs(self.env)
 

@@ -83,19 +83,7 @@ def test_two_deploys_and_a_backup_at_once_end_at_the_newest_commit_with_an_intac
         bed.cleanup()
         with dg.DagsterInstance.from_config(str(home)) as instance:
             assert bed.materialize(instance=instance).success  # the test stack, before backups are configured
-        with open(os.path.join(bed.repo, "config", "prodg.yaml"), "a") as fh:
-            fh.write(f"""
-backups:
-  bucket: {BUCKET}
-  endpoint_url: {s3.url}
-  region: us-east-1
-  access_key_id_env: PRODG_TEST_STORE_KEY_ID
-  secret_access_key_env: PRODG_TEST_STORE_SECRET
-  start_date: "{TODAY}"
-  targets:
-    postgres: {{method: pg_dumpall, service: postgres, prefix: postgres/, retention_days: 30}}
-""")
-        bed.commit("backups of the test stack's Postgres")
+        bed.add_postgres_backups(BUCKET, s3.url, TODAY)
         try:
             pg = bed.containers()["postgres"]
             code, out = pg.exec_run(["psql", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-c",

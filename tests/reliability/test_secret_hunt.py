@@ -35,19 +35,7 @@ def backup_and_restore(bed, instance, s3_url: str, restore_out: list[str]) -> No
     """A backup of the test stack's Postgres, its restore drill, and `prodg restore` into a scratch container."""
     boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", aws_access_key_id="x",
                  aws_secret_access_key="x").create_bucket(Bucket="prodg-hunt")
-    with open(os.path.join(bed.repo, "config", "prodg.yaml"), "a") as fh:
-        fh.write(f"""
-backups:
-  bucket: prodg-hunt
-  endpoint_url: {s3_url}
-  region: us-east-1
-  access_key_id_env: PRODG_TEST_STORE_KEY_ID
-  secret_access_key_env: PRODG_TEST_STORE_SECRET
-  start_date: "{TODAY}"
-  targets:
-    postgres: {{method: pg_dumpall, service: postgres, prefix: postgres/, retention_days: 30}}
-""")
-    sha = bed.commit("backups")
+    sha = bed.add_postgres_backups("prodg-hunt", s3_url, TODAY)
     os.environ.update({"PRODG_TEST_STORE_KEY_ID": "AKIDHUNT", "PRODG_TEST_STORE_SECRET": STORE_SECRET})
     job = bed.defs().resolve_implicit_global_asset_job_def().get_subset(
         asset_selection={dg.AssetKey("postgres_backup"), dg.AssetKey("postgres_restore_drill")})
