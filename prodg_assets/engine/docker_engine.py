@@ -116,6 +116,14 @@ class DockerEngine(dg.ConfigurableResource):
                                 facts)
         return out
 
+    def live_commit(self, project: str, spec: ServiceSpec) -> str:
+        """The commit that created the service's current container ("" when there is none): one inspect, no facts."""
+        try:
+            labels = self.client.api.inspect_container(spec.container_name)["Config"].get("Labels") or {}
+        except NotFound:
+            return ""
+        return labels.get(LABEL_COMMIT, "") if labels.get(LABEL_PROJECT) == project else ""
+
     def _image_env(self, image_id: str) -> tuple[dict[str, str], dict[str, str]]:
         """(env, labels) the image itself sets."""
         try:
@@ -293,7 +301,7 @@ class DockerEngine(dg.ConfigurableResource):
                     logs = logs or self._tail(new_id, secrets)
                     self.client.api.remove_container(new_id, force=True)
                 if previous is not None:
-                    self._restore(previous, spec, live, deploy)
+                    self._restore(previous, spec, deploy)
                     reason += f"; rolled back to the previous container {previous.short_id}"
             except Exception as cleanup:
                 if not engine_unreachable(cleanup):
@@ -378,11 +386,11 @@ class DockerEngine(dg.ConfigurableResource):
             f"putting the previous one back in service")
         if current is not None:
             current.remove(force=True)
-        self._restore(keep, spec, None, {"health_timeout_s": health_timeout})
+        self._restore(keep, spec, {"health_timeout_s": health_timeout})
         for c in older:
             c.remove(force=True)
 
-    def _restore(self, previous, spec: ServiceSpec, live: Live, deploy: Mapping) -> None:
+    def _restore(self, previous, spec: ServiceSpec, deploy: Mapping) -> None:
         previous.rename(spec.container_name)
         self.client.api.update_container(previous.id, restart_policy=_restart_policy(spec.restart))
         previous.start()

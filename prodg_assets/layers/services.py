@@ -41,10 +41,10 @@ def newer_live_commit(context, docker: DockerEngine, repo: ConfigRepo, state: De
     (the break-glass rollback)."""
     if not commit or (context.run and context.run.tags.get(FORCE_TAG) == "true") or not repo.is_git():
         return ""
-    live = docker.live(state.project, service=spec.name).get(spec.name)
-    if live is None or not live.commit or live.commit == commit:
+    live = docker.live_commit(state.project, spec)
+    if not live or live == commit:
         return ""
-    return live.commit if repo.is_ancestor(commit, live.commit) else ""
+    return live if repo.is_ancestor(commit, live) else ""
 
 
 def build_service_asset(state: DesiredState, spec: ServiceSpec) -> dg.AssetsDefinition:
