@@ -19,7 +19,7 @@ import dagster as dg  # noqa: E402
 import docker  # noqa: E402
 
 from bench.common import append_result, machine  # noqa: E402
-from tests.conftest import git, make_testbed  # noqa: E402
+from tests.conftest import git, init_repo, make_testbed  # noqa: E402
 
 
 def wall(cmd: list[str], runs: int = 5) -> float:
@@ -98,11 +98,7 @@ def sensor_5000(tmp: str) -> float:
 
     repo = os.path.join(tmp, "history")
     shutil.copytree(os.path.join(ROOT, "config"), os.path.join(repo, "config"))
-    subprocess.run(["git", "init", "-q", "-b", "main", repo], check=True)
-    git(repo, "config", "user.email", "b@prodg.test")
-    git(repo, "config", "user.name", "bench")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "base")
+    init_repo(repo, "base")
     # 5,000 commits touching a notes file, through fast-import (seconds, not minutes)
     importer = ["feature done"]
     parent = git(repo, "rev-parse", "HEAD")

@@ -31,6 +31,16 @@ def git(repo: str, *args: str) -> str:
     return subprocess.run(["git", "-C", repo, *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
+def init_repo(repo: str, message: str) -> str:
+    """`repo` (already holding its files) made a git repo on branch main with one commit of everything; its SHA."""
+    subprocess.run(["git", "init", "-q", "-b", "main", repo], check=True)
+    git(repo, "config", "user.email", "ops@prodg.test")
+    git(repo, "config", "user.name", "prodg tests")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
+
+
 @dataclass
 class Testbed:
     """A config repo (real git) for the test stack, the environment that points prodg at it, and helpers."""
@@ -155,9 +165,7 @@ def make_testbed(tmp: str, client: docker.DockerClient, name: str) -> Testbed:
     repo = os.path.join(tmp, "repo")
     shutil.copytree(STACK_CONFIG, os.path.join(repo, "config"))
     shutil.copytree(os.path.join(ROOT, "config", "hermes-api"), os.path.join(repo, "config", "hermes-api"))
-    subprocess.run(["git", "init", "-q", "-b", "main", repo], check=True)
-    git(repo, "config", "user.email", "ops@prodg.test")
-    git(repo, "config", "user.name", "prodg tests")
+    first = init_repo(repo, "test stack")
     secrets_file = os.path.join(tmp, "secrets.env")
     with open(secrets_file, "w") as fh:
         fh.write("".join(f"{k}={v}\n" for k, v in TEST_SECRETS.items()))
@@ -174,9 +182,7 @@ def make_testbed(tmp: str, client: docker.DockerClient, name: str) -> Testbed:
         "PRODG_TEST_SUBNET": f"10.231.{zlib.crc32(name.encode()) % 250}.0/24",
         "PRODG_TLS_CA_FILE": make_caddy_root(os.path.join(tmp, "data")),
     }
-    bed = Testbed(repo, env, name, client)
-    bed.commit("test stack")
-    return bed
+    return Testbed(repo, env, name, client, commits=[first])
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from prodg_assets.engine.docker_engine import DockerEngine
 from prodg_assets.engine.secrets import SecretSource
 from prodg_assets.gitops.repo import ConfigRepo
 from prodg_assets.spec import DirTree, load_desired_state
+from tests.conftest import init_repo
 from tests.standins.moto import MotoServer
 
 PID = os.getpid()
@@ -225,13 +226,9 @@ def bed(tmp_path_factory, docker_client, pg_container, store_server, minio_serve
         fh.write("".join(f"{k}={v}\n" for k, v in SECRETS.items()))
     os.chmod(secrets_file, 0o600)
     write_config(repo, store_server.url, minio_server.port, secrets_file)
-    subprocess.run(["git", "init", "-q", "-b", "main", repo], check=True)
-    git(repo, "config", "user.email", "ops@prodg.test")
-    git(repo, "config", "user.name", "prodg tests")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "backup test bed")
+    commit = init_repo(repo, "backup test bed")
     state = load_desired_state(DirTree(os.path.join(repo, "config")), {})
-    return BackupBed(repo, state, git(repo, "rev-parse", "HEAD"), pg_container, store_server.url, minio_server.url,
+    return BackupBed(repo, state, commit, pg_container, store_server.url, minio_server.url,
                      docker_client, secrets_file)
 
 

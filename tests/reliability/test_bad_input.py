@@ -17,7 +17,7 @@ import yaml
 import prodg_assets
 from prodg_assets.cli import main as prodg_main
 from prodg_assets.sensors import SENSOR_NAME
-from tests.conftest import ROOT, git
+from tests.conftest import ROOT, git, init_repo
 from tests.spec.test_loader import CASES
 
 COMPOSE = "compose/docker-compose.yml"
@@ -96,11 +96,7 @@ def test_the_corpus_is_large_enough():
 def config_repo(tmp_path_factory):
     repo = str(tmp_path_factory.mktemp("badinput") / "repo")
     shutil.copytree(os.path.join(ROOT, "config"), os.path.join(repo, "config"))
-    subprocess.run(["git", "init", "-q", "-b", "main", repo], check=True)
-    git(repo, "config", "user.email", "t@prodg.test")
-    git(repo, "config", "user.name", "t")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "valid")
+    init_repo(repo, "valid")
     return repo
 
 

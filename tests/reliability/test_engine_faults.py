@@ -20,15 +20,20 @@ CONTAINER_START = rb"^POST /v[\d.]+/containers/[0-9a-f]{12,64}/start "
 
 
 def redis_cmd(*args: str) -> str:
-    """The raw reply to one command sent to the test bed's Redis on loopback, after AUTH (RESP, no client library)."""
+    """The raw reply to one command sent to the test bed's Redis on loopback, after AUTH (RESP, no client library):
+    a status/error/integer line, or a bulk string's header line and body."""
     def enc(parts):
         return b"".join([f"*{len(parts)}\r\n".encode()] + [f"${len(p.encode())}\r\n{p}\r\n".encode() for p in parts])
+
     with socket.create_connection(("127.0.0.1", 26379), timeout=5) as s:
+        reader = s.makefile("rb")
         s.sendall(enc(["AUTH", TEST_SECRETS["REDIS_PASSWORD"]]))
-        assert s.recv(64).startswith(b"+OK")
+        assert reader.readline().startswith(b"+OK")
         s.sendall(enc(list(args)))
-        time.sleep(0.2)
-        return s.recv(4096).decode()
+        line = reader.readline()
+        if line.startswith(b"$") and not line.startswith(b"$-1"):
+            line += reader.read(int(line[1:]) + 2)
+        return line.decode()
 
 
 def managed(bed, service: str) -> list:
