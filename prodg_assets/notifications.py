@@ -4,7 +4,6 @@ A notifier that cannot reach Telegram logs a warning and gives up: it never fail
 """
 
 import dagster as dg
-import requests
 
 from .engine.secrets import SecretSource, redact
 from .layers.common import COMMIT_TAG
@@ -22,6 +21,8 @@ class TelegramNotifier(dg.ConfigurableResource):
     timeout_s: float = 5.0
 
     def send(self, text: str, secrets: SecretSource, log=None) -> bool:
+        import requests  # imported on first call: loading the code location does not pay for it
+
         values = {}
         try:
             values = secrets.values()

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
 import dagster as dg
-from docker.errors import NotFound
 
 from ..engine.docker_engine import DockerEngine
+from ..engine.docker_engine import errors as docker_errors
 from ..engine.secrets import SecretSource, redact
 from ..gitops.repo import ConfigRepo
 from ..layers.common import run_commit
@@ -209,7 +209,7 @@ def container_source(docker: DockerEngine, container: str) -> tuple[str, str, bo
     """(source description, image id, running) of a data store's container, from docker inspect."""
     try:
         attrs = docker.client.api.inspect_container(container)
-    except NotFound:
+    except docker_errors.NotFound:
         return f"{container} (no such container)", "", False
     image_id = attrs.get("Image", "")
     return f"{container} @ {image_id}", image_id, bool((attrs.get("State") or {}).get("Running"))

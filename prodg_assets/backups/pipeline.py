@@ -20,12 +20,14 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
-import docker
-import zstandard
+from ..engine.docker_engine import errors as docker_errors
 
 from .store import MIB, BackupStore, S3Source
+
+if TYPE_CHECKING:
+    import docker
 
 COMPRESSIONS = {"zstd": ".zst", "gzip": ".gz"}
 ZSTD_LEVEL = 3  # the lowest level whose output stays at or below gzip -6's size on SQL dumps (bench/RESULTS.md)
@@ -49,6 +51,8 @@ def compress(chunks: Iterable[bytes], method: str = "zstd", level: Optional[int]
     """Compressed `chunks`, streamed, in the calling thread (zstd and zlib release the GIL while they work).
     `raw` counts the uncompressed bytes."""
     if method == "zstd":
+        import zstandard
+
         compressor = zstandard.ZstdCompressor(level=level or ZSTD_LEVEL, threads=0).compressobj()
     elif method == "gzip":
         compressor = zlib.compressobj(level or 6, zlib.DEFLATED, 31)
@@ -92,6 +96,8 @@ def decompress(chunks: Iterable[bytes], method: str) -> Iterator[bytes]:
     """Decompressed blocks of at most 1 MiB each, whatever the compression ratio (a highly compressible dump must not
     become one huge bytes object)."""
     if method == "zstd":
+        import zstandard
+
         with zstandard.ZstdDecompressor().stream_reader(_ChunkReader(chunks), read_across_frames=True) as reader:
             while block := reader.read(DECOMPRESSED_BLOCK):
                 yield block
@@ -167,7 +173,7 @@ class ContainerExec:
                 self.container, ["sh", "-c", self.GATE, "sh", *self.cmd], stdin=True, stdout=True, stderr=True,
                 tty=False, user=self.user, environment={**self.environment, "PRODG_EXEC_TOKEN": self.token})["Id"]
             self._sock = self.api.exec_start(self.exec_id, socket=True)
-        except docker.errors.APIError as exc:
+        except docker_errors.APIError as exc:
             raise ProducerFailed(f"{self.what}: cannot run in container {self.container}: "
                                  f"{exc.explanation or exc}") from None
         self._raw.settimeout(self.idle_timeout_s)

@@ -17,12 +17,15 @@ import secrets as pysecrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional
 
-import docker
+from ..engine.docker_engine import errors as docker_errors
 
 from .pipeline import STDERR, Census, ContainerExec, ProducerFailed, census, compression_of, decompress, exec_run
 from .store import BackupStore
+
+if TYPE_CHECKING:
+    import docker
 
 SYSTEM_DATABASES = ("postgres", "template0", "template1")
 DEFAULT_SCRATCH_IMAGE = "prodg/postgres:bookworm"
@@ -256,7 +259,7 @@ def scratch_postgres(client: docker.DockerClient, image: str, name: str, db_user
     finally:
         try:
             container.remove(force=True, v=True)
-        except docker.errors.NotFound:
+        except docker_errors.NotFound:
             pass
 
 

@@ -14,12 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping, Optional
 
-import boto3
-import botocore
 import dagster as dg
-from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, HTTPClientError, ReadTimeoutError
-from botocore.exceptions import ConnectionError as BotoConnectionError
 from pydantic import PrivateAttr
 
 from ..gitops.repo import without_credentials
@@ -75,6 +70,18 @@ class MultipartInProgress:
     initiated: Optional[datetime.datetime]
 
 
+def _boto():
+    """botocore's exceptions, imported on first use with boto3 itself: loading the code location does not pay for
+    them. (Except clauses evaluate `_boto()` only when an exception reaches them, after a client was made.)"""
+    import botocore.exceptions
+
+    return botocore.exceptions
+
+
+def _call_errors() -> tuple:
+    return _boto().ClientError, _boto().BotoCoreError
+
+
 def _etag(value: str) -> str:
     return (value or "").strip('"')
 
@@ -103,6 +110,10 @@ class S3Endpoint(dg.ConfigurableResource):
     @property
     def client(self):
         if self._client is None:
+            import boto3
+            import botocore
+            from botocore.config import Config as BotoConfig
+
             key, secret = self._credentials()
             config = BotoConfig(s3={"addressing_style": self.addressing_style},
                                 # total attempts, the first one included (botocore's own `max_attempts` key
@@ -138,17 +149,18 @@ class S3Endpoint(dg.ConfigurableResource):
         return without_credentials(text)
 
     def _error(self, action: str, exc: BaseException) -> StoreError:
-        if isinstance(exc, ClientError):
+        errors = _boto()
+        if isinstance(exc, errors.ClientError):
             err = exc.response.get("Error") or {}
             meta = exc.response.get("ResponseMetadata") or {}
             status = meta.get("HTTPStatusCode", "?")
             text = f"{action}: {err.get('Code', 'error')} (HTTP {status}) {err.get('Message', '')}".rstrip()
             if meta.get("RetryAttempts"):
                 text += f" (after {int(meta['RetryAttempts']) + 1} attempts)"
-        elif isinstance(exc, (ReadTimeoutError, ConnectTimeoutError)):
+        elif isinstance(exc, (errors.ReadTimeoutError, errors.ConnectTimeoutError)):
             text = (f"{action}: the store did not answer within {self._timeout_of(exc):g} s "
                     f"({type(exc).__name__}, {self.max_attempts} attempts): {exc}")
-        elif isinstance(exc, (BotoConnectionError, HTTPClientError)):
+        elif isinstance(exc, (errors.ConnectionError, errors.HTTPClientError)):
             text = (f"{action}: the store could not be reached ({type(exc).__name__}, {self.max_attempts} "
                     f"attempts): {exc}")
         else:
@@ -157,12 +169,12 @@ class S3Endpoint(dg.ConfigurableResource):
         return StoreError(self.scrub(text + where))
 
     def _timeout_of(self, exc: BaseException) -> float:
-        return self.connect_timeout_s if isinstance(exc, ConnectTimeoutError) else self.read_timeout_s
+        return self.connect_timeout_s if isinstance(exc, _boto().ConnectTimeoutError) else self.read_timeout_s
 
     def _call(self, action: str, fn, **kwargs):
         try:
             return fn(**kwargs)
-        except (ClientError, BotoCoreError) as exc:
+        except _call_errors() as exc:
             raise self._error(action, exc) from None
 
     # -- reads shared by the store and the source -----------------------------------------------------------------
@@ -181,11 +193,11 @@ class S3Endpoint(dg.ConfigurableResource):
     def _head(self, bucket: str, key: str) -> Optional[ObjectHead]:
         try:
             resp = self.client.head_object(Bucket=bucket, Key=key)
-        except ClientError as exc:
+        except _boto().ClientError as exc:
             if str((exc.response.get("Error") or {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise self._error(f"reading s3://{bucket}/{key}", exc) from None
-        except BotoCoreError as exc:
+        except _boto().BotoCoreError as exc:
             raise self._error(f"reading s3://{bucket}/{key}", exc) from None
         return ObjectHead(key, int(resp["ContentLength"]), _etag(resp.get("ETag", "")), resp["LastModified"],
                           dict(resp.get("Metadata") or {}))
@@ -196,7 +208,7 @@ class S3Endpoint(dg.ConfigurableResource):
         try:
             for chunk in body.iter_chunks(chunk_size):
                 yield chunk
-        except (ClientError, BotoCoreError) as exc:
+        except _call_errors() as exc:
             raise self._error(f"downloading s3://{bucket}/{key}", exc) from None
         finally:
             body.close()
@@ -353,14 +365,14 @@ class BackupStore(S3Endpoint):
     def _abort(self, key: str, upload_id: str, cause: BaseException) -> None:
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-        except (ClientError, BotoCoreError) as exc:
+        except _call_errors() as exc:
             cause.add_note(str(self._error(f"aborting the upload of s3://{self.bucket}/{key} (it stays until the "
                                            f"next backup of this partition or the bucket's lifecycle aborts it)", exc)))
 
     def _delete_quietly(self, key: str, cause: BaseException) -> None:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=key)
-        except (ClientError, BotoCoreError) as exc:
+        except _call_errors() as exc:
             cause.add_note(str(self._error(f"deleting the incomplete object s3://{self.bucket}/{key}", exc)))
 
     # -- reads -----------------------------------------------------------------------------------------------------

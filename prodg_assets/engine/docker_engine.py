@@ -7,10 +7,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
-import docker
-import requests
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from ..spec.model import DesiredState, NetworkSpec, ServiceSpec
 from .facts import (
@@ -25,7 +24,29 @@ from .facts import (
 from .plan import CREATE, UNCHANGED, Desired, Live, Plan, plan, plan_service
 from .secrets import parse_env_file, redact
 
-_CLIENTS: dict[str, docker.DockerClient] = {}
+if TYPE_CHECKING:
+    import docker
+
+_CLIENTS: dict[str, "docker.DockerClient"] = {}
+
+
+def sdk():
+    """The Docker SDK, imported on first use: loading the code location does not pay for it (and for requests)."""
+    import docker
+    import docker.errors
+    import docker.types
+
+    return docker
+
+
+class _Errors:
+    """`docker.errors`, resolved when an except clause is evaluated (an Engine call has imported the SDK by then)."""
+
+    def __getattr__(self, name: str):
+        return getattr(sdk().errors, name)
+
+
+errors = _Errors()
 
 
 class ApplyFailed(Exception):
@@ -54,8 +75,10 @@ class ApplyResult:
 def engine_unreachable(exc: BaseException) -> bool:
     """The Engine did not answer at all (socket gone, daemon down, connection cut or timed out) — as opposed to
     answering with an error."""
+    import requests
+
     return isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)) or (
-        isinstance(exc, DockerException) and not isinstance(exc, APIError)
+        isinstance(exc, errors.DockerException) and not isinstance(exc, errors.APIError)
         and "Error while fetching server API version" in str(exc))
 
 
@@ -77,6 +100,7 @@ class DockerEngine(dg.ConfigurableResource):
     def client(self) -> docker.DockerClient:
         key = self.base_url or os.environ.get("DOCKER_HOST", "")
         if key not in _CLIENTS:
+            docker = sdk()
             _CLIENTS[key] = (docker.DockerClient(base_url=self.base_url, timeout=self.api_timeout_s)
                              if self.base_url else docker.from_env(timeout=self.api_timeout_s))
         return _CLIENTS[key]
@@ -87,6 +111,8 @@ class DockerEngine(dg.ConfigurableResource):
 
     def unreachable(self, exc: BaseException) -> str:
         """A one-line account of an unanswered Engine call (no request dump, no environment)."""
+        import requests
+
         kind = "timed out" if isinstance(exc, requests.exceptions.Timeout) else "cannot be reached"
         root: BaseException = exc
         while root.__context__ is not None and root.__context__ is not root:
@@ -120,7 +146,7 @@ class DockerEngine(dg.ConfigurableResource):
         """The commit that created the service's current container ("" when there is none): one inspect, no facts."""
         try:
             labels = self.client.api.inspect_container(spec.container_name)["Config"].get("Labels") or {}
-        except NotFound:
+        except errors.NotFound:
             return ""
         return labels.get(LABEL_COMMIT, "") if labels.get(LABEL_PROJECT) == project else ""
 
@@ -128,7 +154,7 @@ class DockerEngine(dg.ConfigurableResource):
         """(env, labels) the image itself sets."""
         try:
             config = self.client.api.inspect_image(image_id).get("Config") or {}
-        except NotFound:
+        except errors.NotFound:
             return {}, {}
         return dict(item.partition("=")[::2] for item in config.get("Env") or []), dict(config.get("Labels") or {})
 
@@ -151,7 +177,7 @@ class DockerEngine(dg.ConfigurableResource):
     def image_id(self, ref: str) -> Optional[str]:
         try:
             return self.client.api.inspect_image(ref)["Id"]
-        except (ImageNotFound, NotFound):
+        except (errors.ImageNotFound, errors.NotFound):
             return None
 
     def resolve_image(self, spec: ServiceSpec, state: DesiredState, commit: str, build_root: str | None = None,
@@ -170,7 +196,7 @@ class DockerEngine(dg.ConfigurableResource):
                     image, _ = self.client.images.build(path=context, dockerfile=spec.build.dockerfile,
                                                         tag=source_tag, buildargs=dict(spec.build.args) or None,
                                                         rm=True, forcerm=True, labels={LABEL_SERVICE: spec.name})
-                except (docker.errors.BuildError, APIError) as exc:
+                except (errors.BuildError, errors.APIError) as exc:
                     raise ApplyFailed(spec.name, f"image build from {spec.build.context} failed: {exc}") from None
                 existing = image.id
             if not existing:
@@ -201,7 +227,7 @@ class DockerEngine(dg.ConfigurableResource):
             raise ApplyFailed(net.key, f"external network {net.name} does not exist (it is created outside prodg)")
         ipam = None
         if net.subnet:
-            ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=net.subnet)])
+            ipam = sdk().types.IPAMConfig(pool_configs=[sdk().types.IPAMPool(subnet=net.subnet)])
         created = self.client.networks.create(net.name, driver=net.driver, ipam=ipam,
                                               labels={LABEL_PROJECT: project, "prodg.network": net.key})
         return "created", created.id
@@ -209,7 +235,7 @@ class DockerEngine(dg.ConfigurableResource):
     def network_facts(self, name: str) -> Optional[dict]:
         try:
             return self.client.api.inspect_network(name)
-        except NotFound:
+        except errors.NotFound:
             return None
 
     # -- plan ----------------------------------------------------------------------------------------------------
@@ -365,7 +391,7 @@ class DockerEngine(dg.ConfigurableResource):
             return
         try:
             current = self.client.containers.get(spec.container_name)
-        except NotFound:
+        except errors.NotFound:
             current = None
         healthy = False
         if current is not None:
@@ -402,7 +428,7 @@ class DockerEngine(dg.ConfigurableResource):
     def _remove_stray(self, name: str) -> None:
         try:
             self.client.api.remove_container(name, force=True)
-        except NotFound:
+        except errors.NotFound:
             pass
 
     def _create(self, spec: ServiceSpec, state: DesiredState, image: str, secrets: Mapping[str, str],
@@ -472,7 +498,7 @@ class DockerEngine(dg.ConfigurableResource):
     def _tail(self, cid: str, secrets: Mapping[str, str], lines: int = 20) -> str:
         try:
             text = self.client.api.logs(cid, tail=lines).decode("utf-8", "replace")
-        except (NotFound, APIError):
+        except (errors.NotFound, errors.APIError):
             return ""
         return redact(text, secrets)
 

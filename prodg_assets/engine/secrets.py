@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import dagster as dg
-import requests
 
 
 @dataclass(frozen=True)
@@ -65,6 +64,8 @@ class SecretSource(dg.ConfigurableResource):
         return EnvFileFacts(self.env_file, True, stat.S_IMODE(st.st_mode), st.st_uid)
 
     def _infisical(self) -> dict[str, str]:
+        import requests  # imported on first call: loading the code location does not pay for it
+
         resp = requests.get(
             f"{self.infisical_url.rstrip('/')}/api/v3/secrets/raw",
             params={"workspaceId": self.infisical_project_id, "environment": self.infisical_environment},

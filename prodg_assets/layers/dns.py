@@ -3,7 +3,6 @@
 from typing import Optional
 
 import dagster as dg
-import requests
 
 from ..engine.secrets import SecretSource
 from ..gitops.repo import ConfigRepo
@@ -22,6 +21,8 @@ class CloudflareDns(dg.ConfigurableResource):
     timeout_s: float = 10.0
 
     def _call(self, secrets: SecretSource, method: str, path: str, **kw) -> dict:
+        import requests  # imported on first call: loading the code location does not pay for it
+
         token = secrets.values().get(self.token_secret, "")
         try:
             resp = requests.request(method, f"{self.api_base_url.rstrip('/')}{path}", timeout=self.timeout_s,

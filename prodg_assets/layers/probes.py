@@ -9,9 +9,10 @@ import socket
 import ssl
 import time
 from datetime import datetime, timezone
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import requests
+if TYPE_CHECKING:
+    import requests
 
 Addr = tuple[str, int]
 
@@ -71,6 +72,8 @@ def s3_list_buckets(url: str, access_key: str, secret_key: str) -> list[str]:
 
 
 def http_get(url: str, expect: int = 200, **kw) -> tuple[list[str], Optional[requests.Response]]:
+    import requests  # imported on first probe: loading the code location does not pay for it
+
     try:
         resp = requests.get(url, timeout=5, **kw)
     except requests.RequestException as exc:

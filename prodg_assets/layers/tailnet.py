@@ -1,7 +1,6 @@
 """The tailnet as Headscale sees it: its control plane answers, and its API lists the nodes with their last-seen."""
 
 import dagster as dg
-import requests
 
 from ..engine.secrets import SecretSource
 from ..gitops.repo import ConfigRepo
@@ -19,6 +18,8 @@ class HeadscaleApi(dg.ConfigurableResource):
     timeout_s: float = 5.0
 
     def health(self) -> tuple[bool, str]:
+        import requests  # imported on first call: loading the code location does not pay for it
+
         try:
             resp = requests.get(f"{self.api_base_url.rstrip('/')}/health", timeout=self.timeout_s)
         except requests.RequestException as exc:
@@ -26,6 +27,8 @@ class HeadscaleApi(dg.ConfigurableResource):
         return resp.status_code == 200, f"/health answered {resp.status_code}"
 
     def nodes(self, secrets: SecretSource) -> list[dict]:
+        import requests  # imported on first call: loading the code location does not pay for it
+
         key = secrets.values().get(self.api_key_secret, "")
         try:
             resp = requests.get(f"{self.api_base_url.rstrip('/')}/api/v1/node", timeout=self.timeout_s,
