@@ -598,7 +598,7 @@ def measure_size(size_gib: float, full: bool, args, client, moto, src: str, src_
         out.notes.append(f"backup {label}: peak RSS {rss:.0f} MB exceeds {RSS_TARGET_MB} MB "
                          f"({res['rss_ready_mb']:.0f} MB of it is the interpreter with boto3, docker and zstandard "
                          f"loaded; the part buffer is {args.part_size_mb} MiB).")
-    if not full:
+    if not full or args.restore_repeats < 1:
         store.delete_objects([p[2] for p in pipe])
         return out, built.docs_rows
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import queue
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -84,6 +86,53 @@ def _call_errors() -> tuple:
 
 def _etag(value: str) -> str:
     return (value or "").strip('"')
+
+
+class _PartUploader:
+    """UploadPart calls in a thread of their own, at most one part queued behind the one in flight, so the caller
+    goes on compressing and hashing (and its producer producing) while the store receives a part. The first failure
+    is kept and raised to the caller at its next `submit` or at `finish`; later parts are then dropped unsent."""
+
+    def __init__(self, store: "BackupStore", key: str, upload_id: str):
+        self.store, self.key, self.upload_id = store, key, upload_id
+        self.parts: list[dict] = []
+        self.error: Optional[BaseException] = None
+        self.cancelled = False
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._thread = threading.Thread(target=self._run, name=f"upload-parts-{key[-40:]}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self.error is not None or self.cancelled:
+                continue  # drain, so a caller blocked in submit() is released
+            number, body = item
+            try:
+                self.parts.append(self.store._upload_part(self.key, self.upload_id, number, body))
+            except BaseException as exc:  # raised in the caller's thread
+                self.error = exc
+
+    def submit(self, number: int, body: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self._queue.put((number, body))
+
+    def finish(self) -> list[dict]:
+        """Every part uploaded, in order; raises the first failure."""
+        self._queue.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return sorted(self.parts, key=lambda part: part["PartNumber"])
+
+    def cancel(self) -> None:
+        """Drop the parts not sent yet and wait for the one in flight (an abort must not race a part)."""
+        self.cancelled = True
+        self._queue.put(None)
+        self._thread.join()
 
 
 class S3Endpoint(dg.ConfigurableResource):
@@ -229,7 +278,8 @@ class BackupStore(S3Endpoint):
 
     def upload_stream(self, key: str, chunks: Iterable[bytes], metadata: Mapping[str, str] | None = None,
                       content_type: str = "application/octet-stream") -> UploadResult:
-        """Upload what `chunks` yields as one object, holding at most one part in memory; sha256 and size are
+        """Upload what `chunks` yields as one object, holding at most three parts in memory (the one filling, one
+        queued, one in flight: parts go up in a thread of their own while the next is filled); sha256 and size are
         computed on the way. A stream that fits one part becomes a single PUT. If the producer raises (its way of
         saying the data is incomplete) or any call fails, the producer is closed and the multipart upload aborted —
         or the completed object deleted — so no object remains, and the exception propagates. A lost answer to
@@ -238,7 +288,8 @@ class BackupStore(S3Endpoint):
         user_meta = {str(k): str(v) for k, v in (metadata or {}).items()}
         digest, total, buf = hashlib.sha256(), 0, bytearray()
         upload_id: Optional[str] = None
-        parts: list[dict] = []
+        uploader: Optional[_PartUploader] = None
+        parts_sent = 0
         completed = orphans = False
         try:
             for chunk in chunks:
@@ -255,10 +306,13 @@ class BackupStore(S3Endpoint):
                         upload_id = created["UploadId"]
                         # retried: an earlier attempt may have started an upload whose answer was lost
                         orphans = bool((created.get("ResponseMetadata") or {}).get("RetryAttempts"))
+                        uploader = _PartUploader(self, key, upload_id)
                     with memoryview(buf) as view:
                         body = bytes(view[:self.part_bytes])
                     del buf[:self.part_bytes]
-                    parts.append(self._upload_part(key, upload_id, len(parts) + 1, body))
+                    parts_sent += 1
+                    uploader.submit(parts_sent, body)
+                    del body
             sha256 = digest.hexdigest()
             final_meta = {**user_meta, SHA256_KEY: sha256}
             if upload_id is None:
@@ -267,8 +321,10 @@ class BackupStore(S3Endpoint):
                 etag = _etag(resp.get("ETag", ""))
             else:
                 if buf:
-                    parts.append(self._upload_part(key, upload_id, len(parts) + 1, bytes(buf)))
+                    parts_sent += 1
+                    uploader.submit(parts_sent, bytes(buf))
                 buf = bytearray()
+                parts = uploader.finish()
                 try:
                     self._call(f"completing the upload of s3://{self.bucket}/{key}",
                                self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
@@ -284,6 +340,8 @@ class BackupStore(S3Endpoint):
                 etag = self._replace_metadata(key, total, final_meta, content_type)
         except BaseException as exc:
             self._close_producer(chunks)
+            if uploader is not None:
+                uploader.cancel()
             if upload_id is not None and not completed:
                 self._abort(key, upload_id, exc)
             elif completed:
@@ -293,7 +351,7 @@ class BackupStore(S3Endpoint):
             raise
         if orphans:
             self._abort_orphans(key, upload_id)
-        return UploadResult(key, total, sha256, etag, len(parts) or 1, time.monotonic() - started)
+        return UploadResult(key, total, sha256, etag, parts_sent or 1, time.monotonic() - started)
 
     def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None,
                   content_type: str = "application/octet-stream") -> UploadResult:

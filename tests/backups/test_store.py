@@ -44,12 +44,13 @@ def test_a_producer_that_fails_midway_leaves_no_object_and_no_upload(bed, clean_
 
     def dying():
         yield os.urandom(6 * MIB)
-        yield os.urandom(5 * MIB)  # two parts are uploaded by now
+        yield os.urandom(5 * MIB)  # two parts handed to the uploader by now
         raise RuntimeError("pg_dumpall died")
 
     with pytest.raises(RuntimeError, match="pg_dumpall died"):
         store.upload_stream("t/dump.sql.zst", dying())
-    assert store.request_counts()["UploadPart"] == 2 and store.request_counts()["AbortMultipartUpload"] == 1
+    # the first part went up (or was in flight); a part still queued when the producer failed is dropped unsent
+    assert 1 <= store.request_counts()["UploadPart"] <= 2 and store.request_counts()["AbortMultipartUpload"] == 1
     assert list(store.list("t/")) == [] and store.multipart_uploads("t/") == []
 
 
