@@ -164,7 +164,16 @@ class S3Endpoint(dg.ConfigurableResource):
             from botocore.config import Config as BotoConfig
 
             key, secret = self._credentials()
-            config = BotoConfig(s3={"addressing_style": self.addressing_style},
+            config = BotoConfig(s3={"addressing_style": self.addressing_style,
+                                    # every request's body hashed into its SigV4 signature (x-amz-content-sha256),
+                                    # over https too: the store verifies each part's integrity
+                                    "payload_signing_enabled": True},
+                                # no flexible-checksum headers where S3 does not require them: boto3 ≥ 1.36 adds
+                                # them to every upload by default and Backblaze B2 refused them (400
+                                # InvalidArgument "Unsupported header 'x-amz-sdk-checksum-algorithm'"); the signed
+                                # payload hash above does their job, and the sha256 of the whole object is ours
+                                request_checksum_calculation="when_required",
+                                response_checksum_validation="when_required",
                                 # total attempts, the first one included (botocore's own `max_attempts` key
                                 # counts only the retries)
                                 retries={"total_max_attempts": self.max_attempts, "mode": "standard"},

@@ -353,3 +353,27 @@ def test_a_store_that_stalls_fails_within_the_read_timeout_bound_and_keeps_nothi
     assert retry.success
     assert_intact(clean_store, retry, prefix)
     assert_no_secrets(instance, failed, retry)
+
+
+# -- a store as strict as Backblaze B2 about headers -----------------------------------------------------------------
+@pytest.mark.docker
+def test_a_store_that_refuses_the_sdks_checksum_headers_as_b2_did_still_gets_a_whole_backup(
+        bed, state, bulk, fault_proxy, clean_store, instance):
+    """boto3 ≥ 1.36 adds flexible-checksum headers to every upload by default, and B2 refused them (400
+    InvalidArgument "Unsupported header 'x-amz-sdk-checksum-algorithm'…"). The product sends checksums only where S3
+    requires them; each part's integrity rides in its signed payload hash (x-amz-content-sha256), which every
+    SigV4 store verifies."""
+    partition = day(8)
+    prefix = f"postgres/{partition}/"
+    uploads = ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload")
+    fault_proxy.reject_header("x-amz-sdk-checksum-algorithm", match=lambda r: r.operation in uploads)
+    result = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, product_store(state))
+    assert result.success, failure_text(result)
+    assert fault_proxy.count("failed") == 0
+    parts = [r.request for r in fault_proxy.requests if r.request.operation == "UploadPart"]
+    assert len(parts) >= 3
+    for part in parts:
+        signed = dict(part.headers).get("x-amz-content-sha256", "")
+        assert len(signed) == 64 and int(signed, 16) >= 0, signed  # a sha256 of the body, not UNSIGNED-PAYLOAD
+    fault_proxy.passthrough()
+    assert_intact(clean_store, result, prefix)

@@ -9,6 +9,10 @@ every request to `upstream` and can be switched at run time to
   read timeout: the client gives up first); `passthrough()` or `stop()` releases the held requests at once;
 - `drop_every(n, after=False)` — close the connection of every n-th matching request without answering: before the
   request reaches the upstream, or (`after=True`) after the upstream applied it (the answer is lost);
+- `reject_header(prefix)` — answer every matching request that carries a header starting with `prefix` with 400
+  InvalidArgument "Unsupported header '<name>' received for this API call." — what Backblaze B2 answered to the
+  flexible-checksum headers boto3 sends by default since 1.36 (`x-amz-sdk-checksum-algorithm`; django-storages#1498
+  quotes it);
 - `stop()` / `start()` — stop listening entirely (connections refused; open connections are cut) / listen again on
   the same port; `stop_after(n, match)` stops as the n-th matching request (forwarded) is answered: that answer
   is the last one the client gets.
@@ -46,6 +50,7 @@ class Request:
     method: str
     path: str
     query: dict
+    headers: tuple = ()  # (lower-case name, value) pairs, in the order sent
 
     @property
     def operation(self) -> str:
@@ -137,6 +142,9 @@ class FaultProxy:
             -> "FaultProxy":
         cycle = itertools.cycle([seconds] if isinstance(seconds, (int, float)) else list(seconds))
         return self._set(("delay", cycle), match)
+
+    def reject_header(self, prefix: str, match: Callable[[Request], bool] = any_request) -> "FaultProxy":
+        return self._set(("reject", prefix.lower()), match)
 
     def stall(self, seconds: float, match: Callable[[Request], bool] = any_request) -> "FaultProxy":
         return self._set(("stall", seconds), match)
@@ -230,6 +238,12 @@ class FaultProxy:
                 return (("drop", mode[2]) if seen % mode[1] == 0 else ("pass",)), release
             if mode[0] == "delay":
                 return ("delay", next(mode[1])), release
+            if mode[0] == "reject":
+                found = [name for name, _ in req.headers if name.startswith(mode[1])]
+                if not found:
+                    return ("pass",), release
+                return ("fail", 400, "InvalidArgument",
+                        f"Unsupported header '{found[0]}' received for this API call."), release
             return mode, release  # stall
 
     def _record(self, record: Record) -> None:
@@ -303,7 +317,8 @@ class FaultProxy:
             def _request(self) -> Request:
                 parts = urlsplit(self.path)
                 return Request(self.command, parts.path, {k: v[0] if v else "" for k, v in
-                                                          parse_qs(parts.query, keep_blank_values=True).items()})
+                                                          parse_qs(parts.query, keep_blank_values=True).items()},
+                               tuple((k.lower(), v) for k, v in self.headers.items()))
 
             def _read_body(self) -> bytes:
                 if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
