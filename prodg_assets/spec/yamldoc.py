@@ -52,14 +52,23 @@ class _TooBig(Exception):
         self.line, self.message = line, message
 
 
+def line_of(text: str, mark: yaml.Mark) -> int:
+    """The line of `mark` as an editor numbers it: counting "\n" only. (YAML also breaks lines at a lone "\r" and
+    at NEL, LS and PS, so its own `mark.line` can point past the end of the file an operator opens.)"""
+    return text.count("\n", 0, mark.index) + 1
+
+
 class _Builder:
-    def __init__(self, doc: Doc, errors: list[SpecError]):
-        self.doc, self.errors, self.nodes = doc, errors, 0
+    def __init__(self, doc: Doc, errors: list[SpecError], text: str):
+        self.doc, self.errors, self.nodes, self.text = doc, errors, 0, text
         self.constructor = yaml.constructor.SafeConstructor()
+
+    def _line(self, node: yaml.Node) -> int:
+        return line_of(self.text, node.start_mark)
 
     def build(self, node: yaml.Node, path: Path, depth: int) -> Any:
         self.nodes += 1
-        line = node.start_mark.line + 1
+        line = self._line(node)
         if self.nodes > MAX_NODES:
             raise _TooBig(line, f"more than {MAX_NODES} values after expanding aliases (a YAML bomb?)")
         if depth > MAX_DEPTH:
@@ -86,15 +95,15 @@ class _Builder:
                 merged.update(self._merge(value_node, path, depth))
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
-                self.errors.append(SpecError(self.doc.file, key_node.start_mark.line + 1, field_name(path),
+                self.errors.append(SpecError(self.doc.file, self._line(key_node), field_name(path),
                                              "mapping keys must be plain strings"))
                 continue
             key = str(key_node.value)
             if key in out:
-                self.errors.append(SpecError(self.doc.file, key_node.start_mark.line + 1, field_name(path + (key,)),
+                self.errors.append(SpecError(self.doc.file, self._line(key_node), field_name(path + (key,)),
                                              "duplicate key"))
                 continue
-            self.doc.lines[path + (key,)] = key_node.start_mark.line + 1
+            self.doc.lines[path + (key,)] = self._line(key_node)
             out[key] = self.build(value_node, path + (key,), depth + 1)
         return {**merged, **out}
 
@@ -104,7 +113,7 @@ class _Builder:
         for source in sources:
             value = self.build(source, path, depth + 1)
             if not isinstance(value, dict):
-                self.errors.append(SpecError(self.doc.file, source.start_mark.line + 1, field_name(path),
+                self.errors.append(SpecError(self.doc.file, self._line(source), field_name(path),
                                              "'<<' merges mappings only"))
                 continue
             merged = {**value, **merged}
@@ -133,7 +142,7 @@ def load_yaml(file: str, raw: bytes) -> tuple[Doc | None, list[SpecError]]:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
+        line = line_of(text, mark) if mark else 1
         return None, [SpecError(file, line, "(document)", f"invalid YAML: {_one_line(exc)}")]
     except yaml.reader.ReaderError as exc:
         line = text[: max(exc.position, 0)].count("\n") + 1
@@ -148,7 +157,7 @@ def load_yaml(file: str, raw: bytes) -> tuple[Doc | None, list[SpecError]]:
         doc.data = {}
         return doc, errors
     try:
-        doc.data = _Builder(doc, errors).build(node, (), 0)
+        doc.data = _Builder(doc, errors, text).build(node, (), 0)
     except _TooBig as exc:
         return None, [SpecError(file, exc.line, "(document)", exc.message)]
     except RecursionError:

@@ -99,6 +99,22 @@ def test_syntax_errors_name_the_line(text, line, fragment):
     assert fragment in errors[0].message
 
 
+@pytest.mark.parametrize("text, line", [
+    (b"\ra: 1\nb: 2\nb: 3\n", 3),  # a lone CR: a line break to YAML, not to an editor
+    (b"a: 1\r\nb: 2\r\nb: 3\r\n", 3),  # CRLF
+    ('a: "x\u2028y"\nb: 2\nb: 3\n'.encode(), 3),  # LINE SEPARATOR inside a quoted value
+    ('a: "x\x85y"\nb: 2\nb: 3\n'.encode(), 3),  # NEL
+])
+def test_lines_are_counted_as_an_editor_counts_them(text, line):
+    _, errors = load(text)
+    assert [(e.line, e.field, e.message) for e in errors] == [(line, "b", "duplicate key")]
+
+
+def test_a_document_that_is_a_lone_cr_and_a_word_is_located_on_its_only_line():
+    _, errors = load(b"\ra: [")
+    assert [e.line for e in errors] == [1]  # YAML's own count says 2: past the end of a one-line file
+
+
 def test_unknown_tags_are_located_errors_with_a_one_line_message():
     doc, errors = load("a: 1\nb: !vault secret-name\n")
     assert len(errors) == 1
