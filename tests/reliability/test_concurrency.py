@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 
 import boto3
 import dagster as dg
@@ -104,11 +105,19 @@ def test_two_deploys_and_a_backup_at_once_end_at_the_newest_commit_with_an_intac
 
             with dg.DagsterInstance.from_config(str(home)) as instance:
                 instance.get_runs()  # storage exists before three processes open it
-            procs = {
-                "older": launch(env, "postgres,redis", {"prodg/commit": older, "prodg/reason": "push"}),
-                "newer": launch(env, "postgres,redis", {"prodg/commit": newer, "prodg/reason": "push"}),
-                "backup": launch(env, "postgres_backup", {"prodg/commit": newer, "prodg/kind": "backup"}, TODAY),
-            }
+            # Launched 0.5 s apart (each run then spends seconds on its first steps, so all three still contend for
+            # the pools): on the embedded SQLite storage Dagster's slot claim is not atomic, and two steps claiming
+            # one pool within milliseconds can both get its single slot (sql_event_log.claim_concurrency_slot reads
+            # the free slots before it assigns, and SELECT … FOR UPDATE SKIP LOCKED is a no-op in SQLite; seen once
+            # in a full run, 6 ms apart). Postgres storage — the production deployment's — claims exactly.
+            # The newer commit first: the older one then comes second, and must be superseded.
+            procs = {}
+            for name, selection, tags, partition in (
+                    ("newer", "postgres,redis", {"prodg/commit": newer, "prodg/reason": "push"}, ""),
+                    ("older", "postgres,redis", {"prodg/commit": older, "prodg/reason": "push"}, ""),
+                    ("backup", "postgres_backup", {"prodg/commit": newer, "prodg/kind": "backup"}, TODAY)):
+                procs[name] = launch(env, selection, tags, partition)
+                time.sleep(0.5)
             outputs = {k: p.communicate(timeout=420)[0] for k, p in procs.items()}
             assert all(p.returncode == 0 for p in procs.values()), {k: o[-2500:] for k, o in outputs.items()}
             run_ids = {k: run_id_of(o) for k, o in outputs.items()}
