@@ -20,6 +20,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from ..gitops.repo import without_credentials
+from ..lazy import LazyModule
 
 MIB = 1024 * 1024
 MIN_PART_BYTES = 5 * MIB  # S3's minimum for every part but the last
@@ -72,16 +73,7 @@ class MultipartInProgress:
     initiated: Optional[datetime.datetime]
 
 
-def _boto():
-    """botocore's exceptions, imported on first use with boto3 itself: loading the code location does not pay for
-    them. (Except clauses evaluate `_boto()` only when an exception reaches them, after a client was made.)"""
-    import botocore.exceptions
-
-    return botocore.exceptions
-
-
-def _call_errors() -> tuple:
-    return _boto().ClientError, _boto().BotoCoreError
+boto_errors = LazyModule("botocore.exceptions")  # imported with boto3 by the first client, not at load
 
 
 def _etag(value: str) -> str:
@@ -207,18 +199,17 @@ class S3Endpoint(dg.ConfigurableResource):
         return without_credentials(text)
 
     def _error(self, action: str, exc: BaseException) -> StoreError:
-        errors = _boto()
-        if isinstance(exc, errors.ClientError):
+        if isinstance(exc, boto_errors.ClientError):
             err = exc.response.get("Error") or {}
             meta = exc.response.get("ResponseMetadata") or {}
             status = meta.get("HTTPStatusCode", "?")
             text = f"{action}: {err.get('Code', 'error')} (HTTP {status}) {err.get('Message', '')}".rstrip()
             if meta.get("RetryAttempts"):
                 text += f" (after {int(meta['RetryAttempts']) + 1} attempts)"
-        elif isinstance(exc, (errors.ReadTimeoutError, errors.ConnectTimeoutError)):
+        elif isinstance(exc, (boto_errors.ReadTimeoutError, boto_errors.ConnectTimeoutError)):
             text = (f"{action}: the store did not answer within {self._timeout_of(exc):g} s "
                     f"({type(exc).__name__}, {self.max_attempts} attempts): {exc}")
-        elif isinstance(exc, (errors.ConnectionError, errors.HTTPClientError)):
+        elif isinstance(exc, (boto_errors.ConnectionError, boto_errors.HTTPClientError)):
             text = (f"{action}: the store could not be reached ({type(exc).__name__}, {self.max_attempts} "
                     f"attempts): {exc}")
         else:
@@ -227,12 +218,12 @@ class S3Endpoint(dg.ConfigurableResource):
         return StoreError(self.scrub(text + where))
 
     def _timeout_of(self, exc: BaseException) -> float:
-        return self.connect_timeout_s if isinstance(exc, _boto().ConnectTimeoutError) else self.read_timeout_s
+        return self.connect_timeout_s if isinstance(exc, boto_errors.ConnectTimeoutError) else self.read_timeout_s
 
     def _call(self, action: str, fn, **kwargs):
         try:
             return fn(**kwargs)
-        except _call_errors() as exc:
+        except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
             raise self._error(action, exc) from None
 
     # -- reads shared by the store and the source -----------------------------------------------------------------
@@ -251,11 +242,11 @@ class S3Endpoint(dg.ConfigurableResource):
     def _head(self, bucket: str, key: str) -> Optional[ObjectHead]:
         try:
             resp = self.client.head_object(Bucket=bucket, Key=key)
-        except _boto().ClientError as exc:
+        except boto_errors.ClientError as exc:
             if str((exc.response.get("Error") or {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise self._error(f"reading s3://{bucket}/{key}", exc) from None
-        except _boto().BotoCoreError as exc:
+        except boto_errors.BotoCoreError as exc:
             raise self._error(f"reading s3://{bucket}/{key}", exc) from None
         return ObjectHead(key, int(resp["ContentLength"]), _etag(resp.get("ETag", "")), resp["LastModified"],
                           dict(resp.get("Metadata") or {}))
@@ -266,7 +257,7 @@ class S3Endpoint(dg.ConfigurableResource):
         try:
             for chunk in body.iter_chunks(chunk_size):
                 yield chunk
-        except _call_errors() as exc:
+        except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
             raise self._error(f"downloading s3://{bucket}/{key}", exc) from None
         finally:
             body.close()
@@ -432,14 +423,14 @@ class BackupStore(S3Endpoint):
     def _abort(self, key: str, upload_id: str, cause: BaseException) -> None:
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-        except _call_errors() as exc:
+        except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
             cause.add_note(str(self._error(f"aborting the upload of s3://{self.bucket}/{key} (it stays until the "
                                            f"next backup of this partition or the bucket's lifecycle aborts it)", exc)))
 
     def _delete_quietly(self, key: str, cause: BaseException) -> None:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=key)
-        except _call_errors() as exc:
+        except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
             cause.add_note(str(self._error(f"deleting the incomplete object s3://{self.bucket}/{key}", exc)))
 
     # -- reads -----------------------------------------------------------------------------------------------------

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Mapping, Optional
 
 import dagster as dg
 
+from ..lazy import LazyModule
 from ..spec.model import DesiredState, NetworkSpec, ServiceSpec
 from .facts import (
     LABEL_COMMIT,
@@ -39,14 +38,7 @@ def sdk():
     return docker
 
 
-class _Errors:
-    """`docker.errors`, resolved when an except clause is evaluated (an Engine call has imported the SDK by then)."""
-
-    def __getattr__(self, name: str):
-        return getattr(sdk().errors, name)
-
-
-errors = _Errors()
+errors = LazyModule("docker.errors")
 
 
 class ApplyFailed(Exception):
@@ -227,7 +219,8 @@ class DockerEngine(dg.ConfigurableResource):
             raise ApplyFailed(net.key, f"external network {net.name} does not exist (it is created outside prodg)")
         ipam = None
         if net.subnet:
-            ipam = sdk().types.IPAMConfig(pool_configs=[sdk().types.IPAMPool(subnet=net.subnet)])
+            types = sdk().types
+            ipam = types.IPAMConfig(pool_configs=[types.IPAMPool(subnet=net.subnet)])
         created = self.client.networks.create(net.name, driver=net.driver, ipam=ipam,
                                               labels={LABEL_PROJECT: project, "prodg.network": net.key})
         return "created", created.id
