@@ -55,13 +55,10 @@ def fill(store, source, days: list[datetime.date], commit: str, workers: int) ->
     """Back up every day of `days` with the product's writers; returns {asset: {partition: metadata}} as the
     backup assets would record it."""
     from prodg_assets.backups.assets import backup_metadata
-    from prodg_assets.backups.pipeline import (
-        config_key,
-        git_archive_chunks,
-        mirror_s3,
-        postgres_key,
-        stream_backup,
-    )
+    from prodg_assets.backups.keys import config_key, postgres_key
+    from prodg_assets.backups.mirror import mirror_s3
+    from prodg_assets.backups.stream import stream_backup
+    from prodg_assets.gitops.repo import git_archive_chunks
 
     def one(day: datetime.date) -> tuple[str, dict]:
         d = day.isoformat()
@@ -117,7 +114,8 @@ def main() -> None:
     import dagster as dg
 
     from bench.common import append_result, machine
-    from prodg_assets.backups.assets import MARKER_OF_METHOD, recorded_partitions
+    from prodg_assets.backups.records import recorded_partitions
+    from prodg_assets.backups.retention import MARKER_OF_METHOD
     from prodg_assets.backups.audit import OK, AuditTarget, audit_store, check_object
     from prodg_assets.backups.store import BackupStore, S3Source
     from tests.standins.moto import MotoServer

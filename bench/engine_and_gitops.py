@@ -32,7 +32,8 @@ def wall(cmd: list[str], runs: int = 5) -> float:
 
 
 def noop_reconcile(tmp: str) -> tuple[float, int]:
-    from prodg_assets import build_resources, settings_from_env
+    from prodg_assets import build_resources
+    from prodg_assets.settings import EnvSettings
     from prodg_assets.gitops.repo import ConfigRepo
 
     client = docker.from_env()
@@ -44,7 +45,7 @@ def noop_reconcile(tmp: str) -> tuple[float, int]:
         sha = bed.commits[-1]
         repo = ConfigRepo(repo_path=bed.repo, deploy_root=bed.env["PRODG_DEPLOY_ROOT"])
         state = repo.desired_state(sha, materialise=True)
-        resources = build_resources(state, settings_from_env(os.environ))
+        resources = build_resources(state, EnvSettings.from_env(os.environ))
         engine, secrets = resources["docker"], resources["secrets"].values()
         before = {s: c.id for s, c in bed.containers().items()}
         t0 = time.perf_counter()
@@ -60,7 +61,7 @@ def noop_reconcile(tmp: str) -> tuple[float, int]:
 def plan_100() -> tuple[float, float]:
     from prodg_assets.engine.facts import desired_facts
     from prodg_assets.engine.plan import Desired, Live, plan
-    from prodg_assets.spec import DirTree, load_desired_state
+    from prodg_assets.desired import DirTree, load_desired_state
 
     tmp = tempfile.mkdtemp()
     try:
@@ -94,7 +95,7 @@ def plan_100() -> tuple[float, float]:
 
 def sensor_5000(tmp: str) -> float:
     import prodg_assets
-    from prodg_assets.sensors import SENSOR_NAME
+    from prodg_assets.contract import SENSOR_NAME
 
     repo = os.path.join(tmp, "history")
     shutil.copytree(os.path.join(ROOT, "config"), os.path.join(repo, "config"))

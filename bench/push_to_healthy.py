@@ -69,12 +69,13 @@ def main() -> None:
     try:
         bed.cleanup()
         # Baseline first: the same one-service change applied straight through prodg's engine (no Dagster).
-        from prodg_assets import build_resources, settings_from_env
+        from prodg_assets import build_resources
+        from prodg_assets.settings import EnvSettings
         from prodg_assets.gitops.repo import ConfigRepo
 
         assert bed.materialize().success
         resources = build_resources(ConfigRepo(repo_path=bed.repo).desired_state(git(bed.repo, "rev-parse", "HEAD")),
-                                    settings_from_env(os.environ))
+                                    EnvSettings.from_env(os.environ))
         engine, secrets = resources["docker"], resources["secrets"].values()
         baseline = []
         for i in range(args.pushes):

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from .spec import ConfigInvalid, DirTree, load_desired_state, validate
+from .desired import ConfigInvalid, DirTree, load_desired_state, validate
 
 
 def _config_path(arg: str | None) -> str:
@@ -36,15 +36,15 @@ def git_rev(repo: str, rev: str) -> str:
 
 def _state(args: argparse.Namespace):
     """(desired state, commit, resources) for the config folder, or for --commit of the config repo."""
-    from . import build_resources, settings_from_env
+    from . import build_resources
+    from .settings import EnvSettings
 
-    settings = settings_from_env(os.environ)
+    env = EnvSettings.from_env(os.environ)
     if getattr(args, "path", None):
         state = load_desired_state(DirTree(args.path), os.environ)
-        return state, "", build_resources(state, settings)
-    config_dir = os.path.join(settings["PRODG_REPO"], settings["PRODG_CONFIG_SUBDIR"])
-    state = load_desired_state(DirTree(config_dir), os.environ)
-    resources = build_resources(state, settings)
+        return state, "", build_resources(state, env)
+    state = load_desired_state(DirTree(os.path.join(env.repo, env.config_subdir)), os.environ)
+    resources = build_resources(state, env)
     repo = resources["repo"]
     commit = ""
     if repo.is_git():  # what a deploy of that commit (default: the tracked branch's head) would do
@@ -68,8 +68,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from . import build_defs
-    from .layers.common import COMMIT_TAG
-    from .layers.services import FORCE_TAG
+    from .contract import BACKUP_GROUP, COMMIT_TAG, FORCE_TAG, KIND_TAG, MANUAL_DEPLOY_KIND
 
     defs = build_defs()
     repo = defs.resources["repo"]
@@ -78,7 +77,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     job = defs.resolve_implicit_global_asset_job_def()
     keys = {k for k in defs.resolve_asset_graph().get_all_asset_keys()}
     graph = defs.resolve_asset_graph()
-    selection = {k for k in keys if graph.get(k).group_name != "backups"}
+    selection = {k for k in keys if graph.get(k).group_name != BACKUP_GROUP}
     if args.select:
         wanted = {dg.AssetKey(s.strip()) for s in args.select.split(",")}
         unknown = wanted - keys
@@ -88,7 +87,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         selection = wanted
     with dg.DagsterInstance.get() as instance:
         result = job.get_subset(asset_selection=selection).execute_in_process(
-            instance=instance, tags={COMMIT_TAG: commit, "prodg/kind": "manual_deploy",
+            instance=instance, tags={COMMIT_TAG: commit, KIND_TAG: MANUAL_DEPLOY_KIND,
                                      **({FORCE_TAG: "true"} if args.commit else {})}, raise_on_error=False)
     print(f"run {result.run_id}: {'succeeded' if result.success else 'FAILED'} deploying {commit[:12]}")
     return 0 if result.success else 1
@@ -100,7 +99,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
     is left running for the operator (its name is printed)."""
     import datetime
 
-    from .backups.restore import SCRATCH_LABEL, restore_object, wait_ready
+    from .backups.postgres import wait_ready
+    from .backups.restore import restore_object
+    from .contract import LABEL_SCRATCH
 
     if args.what != "postgres":
         print("prodg restore: only `postgres` restores from the command line; MinIO restores run as the drill",
@@ -128,7 +129,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         container = f"prodg-restore-{day.isoformat()}"
         client.containers.run(image, detach=True, name=container, network_mode="none",
                               environment={"POSTGRES_PASSWORD": __import__("secrets").token_urlsafe(18)},
-                              labels={SCRATCH_LABEL: "manual"})
+                              labels={LABEL_SCRATCH: "manual"})
         wait_ready(client.api, container)
     result = restore_object(store, key, head.sha256, client.api, container, force=args.force)
     print(f"restored {key} (sha256 verified) into container {container}: {result.sql_bytes} bytes of SQL "
@@ -147,11 +148,11 @@ def cmd_demo_secrets(args: argparse.Namespace) -> int:
 
 def cmd_offline_report(args: argparse.Namespace) -> int:
     """Which services this Engine can run: the seed's image, its local stand-in, a build, or nothing offline."""
-    from .engine.docker_engine import DockerEngine
+    from .engine.client import DockerEngine
 
     state = load_desired_state(DirTree(_config_path(args.path)), os.environ)
     docker = DockerEngine()  # docker.from_env(): DOCKER_HOST and its TLS settings
-    local = state.settings.images.get("local") or {}
+    local = state.settings.images.local
     missing = []
     for name, spec in sorted(state.services.items()):
         if spec.build:

@@ -5,7 +5,7 @@ import subprocess
 
 
 import prodg_assets
-from prodg_assets.spec import LAYERS
+from prodg_assets.desired import LAYERS
 from tests.conftest import ROOT
 
 

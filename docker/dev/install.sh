@@ -11,18 +11,48 @@ if ! docker info >/dev/null 2>&1; then
   exit 1
 fi
 
+# Debian packages, each only when what it provides is missing (a bare Debian 12 has none of these):
+#   debootstrap      the base image's rootfs (docker/images/build.sh; it pulls in wget, its downloader)
+#   ca-certificates  TLS for https mirrors (debootstrap's wget) and https git remotes (PRODG_REPO_URL)
+#   git, zstd        the config repo; backup compression
+#   psql, initdb     PostgreSQL 15's client and server
+# What else docker/images/build.sh and docker/prod/build.sh run (mount, chroot, tar, awk, find, sha256sum) is in
+# every Debian (Priority: required); the Docker CLI and Engine are a precondition (checked above); chromium is
+# installed by docker/prod/install-chromium.sh, which .ci/run calls.
 need=()
-for cmd_pkg in debootstrap:debootstrap git:git zstd:zstd psql:postgresql-client /usr/lib/postgresql/15/bin/initdb:postgresql-15; do
+for cmd_pkg in debootstrap:debootstrap git:git zstd:zstd psql:postgresql-client \
+    /usr/lib/postgresql/15/bin/initdb:postgresql-15 /etc/ssl/certs/ca-certificates.crt:ca-certificates; do
   cmd=${cmd_pkg%%:*}; pkg=${cmd_pkg#*:}
-  if [[ $cmd == /* ]]; then [ -x "$cmd" ] || need+=("$pkg"); else command -v "$cmd" >/dev/null || need+=("$pkg"); fi
+  if [[ $cmd == /* ]]; then [ -e "$cmd" ] || need+=("$pkg"); else command -v "$cmd" >/dev/null || need+=("$pkg"); fi
 done
+
+# The interpreter for .venv: PRODG_PYTHON (e.g. a pyenv Python, which brings venv + ensurepip) or Debian's python3.
+# Debian ships `ensurepip` only in python3.X-venv, and without it `python3 -m venv` fails; so the test is whether
+# the chosen interpreter can import both, and apt is asked only for Debian's own interpreter.
+python=${PRODG_PYTHON:-python3}
+can_venv() { "$python" -c 'import venv, ensurepip' >/dev/null 2>&1; }
+if ! command -v "$python" >/dev/null; then
+  if [ -n "${PRODG_PYTHON:-}" ]; then echo "prodg: PRODG_PYTHON=$PRODG_PYTHON is not an executable" >&2; exit 1; fi
+  need+=(python3 python3-venv)
+elif ! can_venv; then
+  py_real=$(readlink -f "$("$python" -c 'import sys; print(sys.executable)')")
+  case $py_real in
+    /usr/bin/python3*)
+      if [ "$py_real" = "$(readlink -f /usr/bin/python3 2>/dev/null)" ]; then need+=(python3-venv)
+      else need+=("$(basename "$py_real")-venv"); fi ;;
+    *) echo "prodg: $python ($py_real) cannot create a venv (no venv/ensurepip module) and is not Debian's;" \
+         "install its venv support or set PRODG_PYTHON to another interpreter" >&2
+       exit 1 ;;
+  esac
+fi
+
 if [ ${#need[@]} -gt 0 ]; then
   echo "prodg: installing ${need[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+can_venv || { echo "prodg: $python still cannot create a venv (import venv, ensurepip failed)" >&2; exit 1; }
 
-python=${PRODG_PYTHON:-python3}
 stamp=.venv/.prodg-installed
 want=$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then

@@ -1,4 +1,5 @@
-"""Retention arithmetic, pure: which objects of one target's prefix to delete.
+"""Retention: where it is decided (`plan_retention`, pure: which objects of one target's prefix to delete) and
+applied (`prune`, the only caller of the store's delete for retention).
 
 Only keys under the target's prefix are ever considered (retention by prefix, never by bucket); a key's date is the
 partition date it carries (`<prefix>YYYY-MM-DD/...`), not its upload time, so a backfill ages like the day it
@@ -9,28 +10,19 @@ when it is older than the window (a host that stopped backing up must not lose i
 from __future__ import annotations
 
 import datetime
-import re
 from dataclasses import dataclass
 from typing import Iterable, Optional, Protocol
 
-_DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})/")
+from ..settings import BackupTarget
+from .keys import MANIFEST_NAME, key_date
+from .store import BackupStore, StoreError
+
+# a partition is complete once this object is written (method → marker); others once any object is
+MARKER_OF_METHOD = {"s3_mirror": MANIFEST_NAME}
 
 
 class Listed(Protocol):
     key: str
-
-
-def key_date(key: str, prefix: str) -> Optional[datetime.date]:
-    """The partition date of `key` under `prefix`, or None when the key is not `<prefix>YYYY-MM-DD/...`."""
-    if not key.startswith(prefix):
-        return None
-    match = _DATE.match(key[len(prefix):])
-    if not match:
-        return None
-    try:
-        return datetime.date.fromisoformat(match.group(1))
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -75,3 +67,23 @@ def plan_retention(prefix: str, retention_days: int, today: datetime.date, objec
 def keys_to_delete(prefix: str, retention_days: int, today: datetime.date, objects: Iterable[Listed],
                    complete_marker: Optional[str] = None, keep: Iterable[str] = ()) -> list[str]:
     return list(plan_retention(prefix, retention_days, today, objects, complete_marker, keep).delete)
+
+
+def prune(store: BackupStore, target: BackupTarget, today: datetime.date, keep: set[str], log) -> int:
+    """Apply the target's retention to its prefix (never the newest successful backup, never `keep`). A store
+    error here is logged, not raised: the backup that was just made stands; the next run prunes again."""
+    try:
+        plan = plan_retention(target.prefix, target.retention_days, today, store.list(target.prefix),
+                              MARKER_OF_METHOD.get(target.method), keep)
+        if plan.delete:
+            dates = sorted({k[len(target.prefix):len(target.prefix) + 10] for k in plan.delete})
+            log.info(f"retention {target.retention_days} days: deleting {len(plan.delete)} objects of "
+                     f"{', '.join(dates)} under {target.prefix}")
+            store.delete_objects(plan.delete)
+    except StoreError as exc:
+        log.error(f"retention of {target.prefix} failed (the backup itself is kept): {exc}")
+        return -1
+    if plan.undated:
+        log.warning(f"{len(plan.undated)} objects under {target.prefix} carry no partition date and are kept: "
+                    f"{', '.join(plan.undated[:5])}")
+    return len(plan.delete)

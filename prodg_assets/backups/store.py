@@ -19,8 +19,8 @@ from typing import Iterable, Iterator, Mapping, Optional
 import dagster as dg
 from pydantic import PrivateAttr
 
-from ..gitops.repo import without_credentials
-from ..lazy import LazyModule
+from ..engine.secrets import redact
+from ..lazy import boto_errors
 
 MIB = 1024 * 1024
 MIN_PART_BYTES = 5 * MIB  # S3's minimum for every part but the last
@@ -71,9 +71,6 @@ class MultipartInProgress:
     key: str
     upload_id: str
     initiated: Optional[datetime.datetime]
-
-
-boto_errors = LazyModule("botocore.exceptions")  # imported with boto3 by the first client, not at load
 
 
 def _etag(value: str) -> str:
@@ -193,10 +190,8 @@ class S3Endpoint(dg.ConfigurableResource):
 
     def scrub(self, text: str) -> str:
         """`text` without this endpoint's credentials (nor any user:password@ in a URL)."""
-        for value in self._credentials():
-            if value and len(value) >= 4:
-                text = text.replace(value, "***")
-        return without_credentials(text)
+        key, secret = self._credentials()
+        return redact(text, {"access_key_id": key, "secret_access_key": secret}, mask="***")
 
     def _error(self, action: str, exc: BaseException) -> StoreError:
         if isinstance(exc, boto_errors.ClientError):

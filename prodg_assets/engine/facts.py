@@ -1,20 +1,26 @@
-"""Facts: what a container looks like, as comparable data — read from `docker inspect`, or derived from a spec.
+"""Facts: every read of the Docker Engine, and what a container looks like as comparable data — read from
+`docker inspect`, or derived from a spec.
 
 Both sides reduce to the same shape, so a plan is a field-by-field comparison. Environment values enter only as
-hashes: facts are safe to log and to put in metadata.
+hashes: facts are safe to log and to put in metadata. Nothing outside this module reads the Engine's state
+(apply changes it; exec runs processes in it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
-from ..spec.model import SECRET_REF, ServiceSpec, sha256_hex
+from ..contract import LABEL_COMMIT, LABEL_PROJECT, LABEL_SERVICE, LABEL_SPEC_HASH
+from ..desired.interpolate import resolve_env
+from ..desired.model import DesiredState, ServiceSpec, sha256_hex
+from ..lazy import docker_errors as errors
+from .failures import ApplyFailed
+from .plan import Live
+from .secrets import parse_env_file
 
-LABEL_PROJECT = "prodg.project"
-LABEL_SERVICE = "prodg.service"
-LABEL_SPEC_HASH = "prodg.spec-hash"
-LABEL_COMMIT = "prodg.commit"
+if TYPE_CHECKING:
+    import docker
 
 
 @dataclass(frozen=True)
@@ -52,14 +58,6 @@ def _show(value: Any) -> str:
     if isinstance(value, tuple):
         return ", ".join(" ".join(v) if isinstance(v, tuple) else str(v) for v in value) or "(none)"
     return str(value)
-
-
-def resolve_env(spec: ServiceSpec, secrets: Mapping[str, str]) -> dict[str, str]:
-    """The container's environment with `${SECRET}` references replaced by their values (`$$` → `$`)."""
-    out = {}
-    for key, value in spec.environment:
-        out[key] = SECRET_REF.sub(lambda m: secrets.get(m.group(1), ""), value.replace("$$", "\0")).replace("\0", "$")
-    return out
 
 
 ENGINE_LABEL_PREFIXES = ("prodg.", "com.docker.", "org.opencontainers.")
@@ -137,3 +135,119 @@ def _anonymous(mount: Mapping[str, Any]) -> bool:
     # Anonymous volumes (an image's VOLUME) have 64-hex names; they are the image's business, not drift.
     name = mount.get("Name") or ""
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
+# -- reads of the Engine -------------------------------------------------------------------------------------------------
+def live_containers(client: docker.DockerClient, project: str, declared_env: Mapping[str, set[str]] | None = None,
+                    service: str | None = None) -> dict[str, Live]:
+    """Managed containers of `project` (or of its one `service`), by service: one list call, filtered by label,
+    with each container's inspect data."""
+    out: dict[str, Live] = {}
+    image_envs: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
+    labels_wanted = [f"{LABEL_PROJECT}={project}"] + ([f"{LABEL_SERVICE}={service}"] if service else [])
+    for c in client.containers.list(all=True, filters={"label": labels_wanted}):
+        labels = c.labels
+        name = labels.get(LABEL_SERVICE)
+        if not name or "-prodg-previous-" in c.name or c.name.endswith("-prodg-candidate"):
+            continue
+        image = c.attrs.get("Image", "")
+        if image not in image_envs:
+            image_envs[image] = image_env(client, image)
+        env, labels_of_image = image_envs[image]
+        facts = observed_facts(c.attrs, (declared_env or {}).get(name, set()), env, labels_of_image)
+        out[name] = Live(name, c.id, c.name, labels.get(LABEL_SPEC_HASH, ""), labels.get(LABEL_COMMIT, ""), facts)
+    return out
+
+
+def live_commit(client: docker.DockerClient, project: str, spec: ServiceSpec) -> str:
+    """The commit that created the service's current container ("" when there is none): one inspect, no facts."""
+    try:
+        labels = client.api.inspect_container(spec.container_name)["Config"].get("Labels") or {}
+    except errors.NotFound:
+        return ""
+    return labels.get(LABEL_COMMIT, "") if labels.get(LABEL_PROJECT) == project else ""
+
+
+def image_env(client: docker.DockerClient, image: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(env, labels) the image itself sets."""
+    try:
+        config = client.api.inspect_image(image).get("Config") or {}
+    except errors.NotFound:
+        return {}, {}
+    return dict(item.partition("=")[::2] for item in config.get("Env") or []), dict(config.get("Labels") or {})
+
+
+def image_id(client: docker.DockerClient, ref: str) -> Optional[str]:
+    try:
+        return client.api.inspect_image(ref)["Id"]
+    except (errors.ImageNotFound, errors.NotFound):
+        return None
+
+
+def network_facts(client: docker.DockerClient, name: str) -> Optional[dict]:
+    try:
+        return client.api.inspect_network(name)
+    except errors.NotFound:
+        return None
+
+
+def container_source(client: docker.DockerClient, container: str) -> tuple[str, str, bool]:
+    """(source description, image id, running) of a data store's container, from docker inspect."""
+    try:
+        attrs = client.api.inspect_container(container)
+    except errors.NotFound:
+        return f"{container} (no such container)", "", False
+    image = attrs.get("Image", "")
+    return f"{container} @ {image}", image, bool((attrs.get("State") or {}).get("Running"))
+
+
+def exposed_ports(client: docker.DockerClient, project: str) -> list[tuple[str, str, str]]:
+    """(container, "port/proto", host ip) of every publication on a wildcard address, for managed containers."""
+    out = []
+    for c in client.containers.list(filters={"label": f"{LABEL_PROJECT}={project}"}):
+        for container_port, bindings in (c.attrs.get("HostConfig", {}).get("PortBindings") or {}).items():
+            for b in bindings or []:
+                ip = b.get("HostIp") or "0.0.0.0"
+                if ip in ("0.0.0.0", "::"):
+                    proto = container_port.partition("/")[2] or "tcp"
+                    out.append((c.name, f"{b.get('HostPort')}/{proto}", ip))
+    return sorted(out)
+
+
+def endpoint(client: docker.DockerClient, probe_network: str, spec: ServiceSpec, container_port: int,
+             protocol: str = "tcp") -> Optional[tuple[str, int]]:
+    """(host, port) where `container_port` of the service answers from here: its publication on the host when it
+    has one (wildcard publications are reached on loopback), else — or always, when `probe_network` is set because
+    prodg itself runs in a container — the container's address on its network."""
+    for p in () if probe_network else spec.ports:
+        if p.container_port == container_port and p.protocol == protocol:
+            host = "127.0.0.1" if p.host_ip in ("0.0.0.0", "127.0.0.1") else "::1" if p.host_ip == "::" \
+                else p.host_ip
+            return host, p.host_port
+    try:
+        attrs = client.api.inspect_container(spec.container_name)
+    except Exception:
+        return None
+    for name, net in (attrs.get("NetworkSettings") or {}).get("Networks", {}).items():
+        if net.get("IPAddress") and probe_network in ("", name):
+            return net["IPAddress"], container_port
+    return None
+
+
+# -- what the host's env files hold ---------------------------------------------------------------------------------------
+def file_env(spec: ServiceSpec, strict: bool = False) -> dict[str, str]:
+    """What the service's env_files hold (later files win). A missing file is an error when applying."""
+    env: dict[str, str] = {}
+    for path in spec.env_files:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                env.update(parse_env_file(fh.read()))
+        except FileNotFoundError:
+            if strict:
+                raise ApplyFailed(spec.name, f"env_file {path} does not exist") from None
+    return env
+
+
+def declared_env(state: DesiredState) -> dict[str, set[str]]:
+    """The environment keys each service declares (its `environment` and its env files)."""
+    return {n: {k for k, _ in s.environment} | set(file_env(s)) for n, s in state.services.items()}

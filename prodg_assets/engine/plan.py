@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import TYPE_CHECKING, Mapping, Optional
 
-from .facts import Facts
+if TYPE_CHECKING:
+    from .facts import Facts
 
 CREATE, RECREATE, UNCHANGED, REMOVE, ORPHAN = "create", "recreate", "unchanged", "remove", "orphan"
 

@@ -1,8 +1,10 @@
-"""The secrets source: the env file on the host today, Infisical's API once prodg.yaml says so — one resource."""
+"""Secrets: the source (the env file on the host today, Infisical's API once prodg.yaml says so — one resource),
+the env-file parser, and the one redactor every log line, exception and metadata value passes through."""
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass
 from typing import Mapping
@@ -78,9 +80,13 @@ class SecretSource(dg.ConfigurableResource):
         return {s["secretKey"]: s["secretValue"] for s in resp.json().get("secrets", [])}
 
 
-def redact(text: str, secrets: Mapping[str, str]) -> str:
-    """`text` with every secret value (of 4+ characters) replaced by its name."""
+URL_CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
+
+
+def redact(text: str, secrets: Mapping[str, str], mask: str | None = None) -> str:
+    """`text` with every secret value (of 4+ characters) replaced by `<NAME>` (or by `mask`), and the credentials of
+    every URL (`scheme://user:password@`) by `***` — git and boto echo URLs in their errors."""
     for name, value in sorted(secrets.items(), key=lambda kv: -len(kv[1] or "")):
         if value and len(value) >= 4:
-            text = text.replace(value, f"<{name}>")
-    return text
+            text = text.replace(value, mask if mask is not None else f"<{name}>")
+    return URL_CREDENTIALS.sub(r"\1***@", text)

@@ -5,18 +5,21 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Optional
 
-from ..spec import DesiredState
+from ..contract import (
+    DNS_ASSET, HOST_ASSET, NETWORK_ASSET, RETIRED_ASSET, SECRETS_ASSET, TAILNET_ASSET, TLS_ASSET,
+)
+from ..desired import DesiredState
 
 # prodg.yaml section → the layer assets that read it
 SECTION_ASSETS = {
-    "host": ("host_baseline",),
-    "dns": ("dns_records",),
-    "tls": ("tls_certificates",),
-    "secrets": ("secrets_env",),
-    "deploy": ("retired_services",),
+    "host": (HOST_ASSET,),
+    "dns": (DNS_ASSET,),
+    "tls": (TLS_ASSET,),
+    "secrets": (SECRETS_ASSET,),
+    "deploy": (RETIRED_ASSET,),
     "backups": (),  # backups run on their own daily schedule
     "notifications": (),
-    "integrations": ("tailnet",),
+    "integrations": (TAILNET_ASSET,),
 }
 
 
@@ -25,8 +28,8 @@ def impacted_assets(old: Optional[DesiredState], new: DesiredState) -> tuple[set
     their Compose block, the variables it uses, and the content of config files they bind-mount or build from
     (those enter the spec as digests). `old` None means: everything (first deploy, or history was rewritten)."""
     if old is None:
-        return {s.asset for s in new.services.values()} | {"host_baseline", "docker_network", "secrets_env",
-                                                          "retired_services"}, ["full reconcile"]
+        return {s.asset for s in new.services.values()} | {HOST_ASSET, NETWORK_ASSET, SECRETS_ASSET,
+                                                          RETIRED_ASSET}, ["full reconcile"]
     assets: set[str] = set()
     reasons: list[str] = []
     for name, spec in sorted(new.services.items()):
@@ -40,17 +43,17 @@ def impacted_assets(old: Optional[DesiredState], new: DesiredState) -> tuple[set
             reasons.append(f"{name}: {', '.join(fields)} changed")
     gone = sorted(set(old.services) - set(new.services))
     if gone:
-        assets.add("retired_services")
+        assets.add(RETIRED_ASSET)
         reasons.append(f"left the spec: {', '.join(gone)}")
     if old.networks != new.networks:
-        assets.add("docker_network")
+        assets.add(NETWORK_ASSET)
         reasons.append("networks changed")
     for section, layer_assets in SECTION_ASSETS.items():
         if getattr(old.settings, section) != getattr(new.settings, section) and layer_assets:
             assets.update(layer_assets)
             reasons.append(f"prodg.yaml {section} changed")
     if old.settings.required_secrets != new.settings.required_secrets:
-        assets.add("secrets_env")
+        assets.add(SECRETS_ASSET)
     if old.settings.images != new.settings.images:
         for spec in new.services.values():
             if not spec.build:

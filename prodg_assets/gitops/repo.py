@@ -1,17 +1,22 @@
-"""The config repo: the real `git` binary, reading config trees at commits and laying the deployed one on disk."""
+"""The config repo: the real `git` binary, reading config trees at commits (GitTree), streaming them (`git archive`,
+the one archive the deployed tree and the config backup share) and laying the deployed one on disk."""
 
 from __future__ import annotations
 
 import io
 import os
-import re
 import subprocess
 import tarfile
+import threading
 from typing import Iterator
 
 import dagster as dg
 
-from ..spec import DesiredState, DirTree, load_desired_state
+from ..desired import DesiredState, DirTree, load_desired_state
+from ..engine.exec import ProducerFailed, TailBuffer
+from ..engine.secrets import redact
+
+MIB = 1024 * 1024
 
 
 class GitError(Exception):
@@ -27,13 +32,33 @@ def git(repo: str, *args: str, input: bytes | None = None, timeout: float = 60) 
         lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
         fatal = [ln for ln in lines if ln.startswith(("fatal:", "error:"))] or lines[-1:]
         msg = " ".join(fatal) or f"exit {proc.returncode}"
-        raise GitError(without_credentials(f"git {args[0]} in {repo}: {msg}"))
+        raise GitError(redact(f"git {args[0]} in {repo}: {msg}", {}))
     return proc.stdout
 
 
-def without_credentials(text: str) -> str:
-    """URLs with user:password@ lose their credentials (git echoes remote URLs in its errors)."""
-    return re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
+def git_archive_chunks(repo_path: str, commit: str, subdir: str, chunk_size: int = MIB,
+                       timeout_s: float = 600) -> Iterator[bytes]:
+    """`git archive --format=tar <commit> -- <subdir>`, streamed."""
+    proc = subprocess.Popen(["git", "-C", repo_path, "archive", "--format=tar", commit, "--", subdir],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stderr = TailBuffer(16 * 1024)
+    drain = threading.Thread(target=lambda: [stderr.write(b) for b in iter(lambda: proc.stderr.read(4096), b"")],
+                             daemon=True)
+    drain.start()
+    try:
+        while True:
+            chunk = proc.stdout.read1(chunk_size)
+            if not chunk:
+                break
+            yield chunk
+        code = proc.wait(timeout=timeout_s)
+        drain.join(timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if code != 0:
+        raise ProducerFailed(f"git archive of {subdir} at {commit[:12]} exited with status {code}: {stderr.text()}")
 
 
 class GitTree:
@@ -92,7 +117,7 @@ class ConfigRepo(dg.ConfigurableResource):
         try:
             git(self.path, "fetch", "-q", "--prune", self.remote_url, "+refs/heads/*:refs/heads/*", timeout=120)
         except GitError as exc:
-            raise GitError(f"fetching {without_credentials(self.remote_url)}: {exc}") from None
+            raise GitError(f"fetching {redact(self.remote_url, {})}: {exc}") from None
 
     def is_ancestor(self, older: str, newer: str) -> bool:
         try:
@@ -152,7 +177,7 @@ class ConfigRepo(dg.ConfigurableResource):
     def lay_out(self, commit: str, root: str) -> None:
         """Write the config tree at `commit` into `root`, rewriting only files whose bytes changed (a file a
         running container bind-mounts keeps its inode unless its content changes)."""
-        data = git(self.path, "archive", "--format=tar", commit, "--", self.config_subdir)
+        data = b"".join(git_archive_chunks(self.path, commit, self.config_subdir))
         wanted: set[str] = set()
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             for member in tar.getmembers():

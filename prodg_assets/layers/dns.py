@@ -6,10 +6,9 @@ import dagster as dg
 
 from ..engine.secrets import SecretSource
 from ..gitops.repo import ConfigRepo
-from ..spec.model import DnsRecord
-from .common import state_for_run
-
-DNS_ASSET = "dns_records"
+from ..contract import DNS_ASSET, HOST_ASSET
+from ..gitops.run import state_for_run
+from ..settings import DnsRecord
 
 
 class CloudflareDns(dg.ConfigurableResource):
@@ -79,14 +78,14 @@ def record_problems(wanted: tuple[DnsRecord, ...], live: list[dict]) -> list[str
     return problems
 
 
-@dg.asset(name=DNS_ASSET, group_name="network", deps=["host_baseline"], kinds={"cloudflare"})
+@dg.asset(name=DNS_ASSET, group_name="network", deps=[HOST_ASSET], kinds={"cloudflare"})
 def dns_records(context: dg.AssetExecutionContext, cloudflare: CloudflareDns, secrets: SecretSource,
                 repo: ConfigRepo) -> dg.MaterializeResult:
     """The Cloudflare records of prodg.yaml `dns.records` (the public domains → the host's IP), converged: a missing
     record is created, one pointing elsewhere or proxied is corrected to DNS-only. Records not in the spec are left
     alone."""
     state, commit = state_for_run(context, repo)
-    zone = cloudflare.zone_id(secrets, str(state.settings.dns.get("zone", "")))
+    zone = cloudflare.zone_id(secrets, state.settings.dns.zone)
     live = cloudflare.records(secrets, zone)
     actions = []
     for rec in state.settings.dns_records:
@@ -112,7 +111,7 @@ def dns_only_and_pointing_at_host(context: dg.AssetCheckExecutionContext, cloudf
     """Every declared record exists, points at the host, and is DNS-only (not proxied)."""
     state, _ = state_for_run(context, repo)
     try:
-        zone = cloudflare.zone_id(secrets, str(state.settings.dns.get("zone", "")))
+        zone = cloudflare.zone_id(secrets, state.settings.dns.zone)
         problems = record_problems(state.settings.dns_records, cloudflare.records(secrets, zone))
     except RuntimeError as exc:
         problems = [str(exc)]

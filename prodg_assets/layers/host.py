@@ -8,12 +8,11 @@ import subprocess
 
 import dagster as dg
 
-from ..engine.docker_engine import DockerEngine
-from ..engine.facts import LABEL_PROJECT
+from ..contract import EXPOSURE, HOST_ASSET, HOST_CONFORMS
+from ..engine.client import DockerEngine
+from ..engine.facts import exposed_ports
 from ..gitops.repo import ConfigRepo
-from .common import state_for_run
-
-HOST_ASSET = "host_baseline"
+from ..gitops.run import state_for_run
 
 
 class HostShell(dg.ConfigurableResource):
@@ -69,7 +68,7 @@ def host_baseline(context: dg.AssetExecutionContext, host: HostShell, docker: Do
     })
 
 
-@dg.asset_check(asset=HOST_ASSET, name="host_conforms", blocking=True)
+@dg.asset_check(asset=HOST_ASSET, name=HOST_CONFORMS, blocking=True)
 def host_conforms(context: dg.AssetCheckExecutionContext, host: HostShell, repo: ConfigRepo) -> dg.AssetCheckResult:
     """OS, kernel, free disk and UFW match prodg.yaml `host:`. When `host.ufw` is declared and the host has no ufw,
     the check says so and fails, instead of passing."""
@@ -77,15 +76,15 @@ def host_conforms(context: dg.AssetCheckExecutionContext, host: HostShell, repo:
     want = state.settings.host
     problems = []
     pretty = host.os_release().get("PRETTY_NAME", "")
-    if want.get("os") and str(want["os"]) not in pretty:
-        problems.append(f"OS is {pretty!r}, expected {want['os']!r}")
+    if want.os and want.os not in pretty:
+        problems.append(f"OS is {pretty!r}, expected {want.os!r}")
     kernel = platform.release()
-    if want.get("kernel") and not kernel.startswith(str(want["kernel"])):
-        problems.append(f"kernel is {kernel}, expected {want['kernel']}*")
+    if want.kernel and not kernel.startswith(want.kernel):
+        problems.append(f"kernel is {kernel}, expected {want.kernel}*")
     free = host.free_disk_gb()
-    if free < float(want.get("min_free_disk_gb", 0)):
-        problems.append(f"free disk {free:.1f} GB is below {want['min_free_disk_gb']} GB")
-    ufw_want = want.get("ufw")
+    if free < want.min_free_disk_gb:
+        problems.append(f"free disk {free:.1f} GB is below {want.min_free_disk_gb:g} GB")
+    ufw_want = want.ufw
     rc, out = host.run("ufw", "status") if ufw_want else (0, "")
     if not ufw_want:
         pass  # prodg.yaml declares no firewall for this host
@@ -93,9 +92,9 @@ def host_conforms(context: dg.AssetCheckExecutionContext, host: HostShell, repo:
         problems.append(f"UFW cannot be read ({out}); the allow-list is unverified")
     else:
         active, rules = parse_ufw(out)
-        if ufw_want.get("active", True) and not active:
+        if ufw_want.active and not active:
             problems.append("UFW is not active")
-        expected = list(ufw_want.get("allow", []))
+        expected = list(ufw_want.allow)
         if sorted(rules) != sorted(expected):
             problems.append(f"UFW allows {', '.join(rules) or 'nothing'}; expected exactly {', '.join(expected)}")
     return dg.AssetCheckResult(passed=not problems, metadata={
@@ -103,26 +102,13 @@ def host_conforms(context: dg.AssetCheckExecutionContext, host: HostShell, repo:
         "os": pretty, "kernel": kernel, "free_disk_gb": round(free, 1)})
 
 
-def exposed_ports(docker: DockerEngine, project: str) -> list[tuple[str, str, str]]:
-    """(container, "port/proto", host ip) of every publication on a wildcard address, for managed containers."""
-    out = []
-    for c in docker.client.containers.list(filters={"label": f"{LABEL_PROJECT}={project}"}):
-        for container_port, bindings in (c.attrs.get("HostConfig", {}).get("PortBindings") or {}).items():
-            for b in bindings or []:
-                ip = b.get("HostIp") or "0.0.0.0"
-                if ip in ("0.0.0.0", "::"):
-                    proto = container_port.partition("/")[2] or "tcp"
-                    out.append((c.name, f"{b.get('HostPort')}/{proto}", ip))
-    return sorted(out)
-
-
-@dg.asset_check(asset=HOST_ASSET, name="exposure", blocking=False)
+@dg.asset_check(asset=HOST_ASSET, name=EXPOSURE, blocking=False)
 def exposure(context: dg.AssetCheckExecutionContext, docker: DockerEngine, repo: ConfigRepo) -> dg.AssetCheckResult:
     """Every port published on 0.0.0.0 or :: is on the public allow-list (`host.public_ports`). Docker-published ports
     bypass UFW, so this — not UFW — is the mainframe's real firewall check."""
     state, _ = state_for_run(context, repo)
     allowed = set(state.settings.public_ports)
-    exposed = exposed_ports(docker, state.project)
+    exposed = exposed_ports(docker.client, state.project)
     bad = [f"{name}: {port} on {ip}" for name, port, ip in exposed if port not in allowed]
     return dg.AssetCheckResult(passed=not bad, metadata={
         "outside_allow_list": dg.MetadataValue.md("\n".join(f"- {b}" for b in bad) or "none"),

@@ -3,12 +3,10 @@
 
 import dagster as dg
 
-from ..engine.docker_engine import DockerEngine
-from ..engine.facts import LABEL_PROJECT, LABEL_SERVICE
+from ..contract import HOST_ASSET, LABEL_PROJECT, LABEL_SERVICE, NETWORK_ASSET, RETIRED_ASSET
+from ..engine.client import DockerEngine
 from ..gitops.repo import ConfigRepo
-from .common import state_for_run
-from .host import HOST_ASSET
-from .services import NETWORK_ASSET
+from ..gitops.run import state_for_run
 
 
 @dg.asset(name=NETWORK_ASSET, group_name="network", deps=[HOST_ASSET], kinds={"docker"})
@@ -57,15 +55,12 @@ def network_matches(context: dg.AssetCheckExecutionContext, docker: DockerEngine
         "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none")})
 
 
-RETIRED_ASSET = "retired_services"
-
-
 @dg.asset(name=RETIRED_ASSET, group_name="network", deps=[NETWORK_ASSET], kinds={"docker"})
 def retired_services(context: dg.AssetExecutionContext, docker: DockerEngine, repo: ConfigRepo) -> dg.MaterializeResult:
     """Managed containers whose service has left the Compose file. With `deploy.prune: true` in prodg.yaml they are
     removed; otherwise they are only reported (and the `no_retired_services` check fails until someone decides)."""
     state, commit = state_for_run(context, repo)
-    prune = bool(state.settings.deploy.get("prune"))
+    prune = state.settings.deploy.prune
     live = docker.live(state.project)
     retired = sorted(set(live) - set(state.services))
     removed = []

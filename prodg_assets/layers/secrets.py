@@ -6,9 +6,9 @@ import dagster as dg
 
 from ..engine.secrets import SecretSource
 from ..gitops.repo import ConfigRepo
-from ..spec import DirTree, sha256_hex
-from .common import state_for_run
-from .services import SECRETS_ASSET
+from ..contract import SECRETS_ASSET
+from ..desired import DirTree, sha256_hex
+from ..gitops.run import state_for_run
 
 
 @dg.asset(name=SECRETS_ASSET, group_name="secrets", kinds={"secrets"})

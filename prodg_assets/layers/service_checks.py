@@ -8,15 +8,14 @@ from typing import Callable
 import dagster as dg
 import yaml
 
-from ..engine.docker_engine import DockerEngine
-from ..engine.facts import resolve_env
+from ..contract import TLS_ASSET, service_pool
+from ..desired import DesiredState, ServiceSpec
+from ..desired.interpolate import resolve_env
+from ..engine.client import DockerEngine
 from ..engine.secrets import SecretSource
 from ..gitops.repo import ConfigRepo
-from ..spec import DesiredState, ServiceSpec
+from ..gitops.run import state_for_run
 from . import probes
-from .common import endpoint, state_for_run
-
-TLS_ASSET = "tls_certificates"
 
 # service name → (check name, container port, probe(spec env, (host, port), state, repo, commit) → problems)
 Probe = Callable[[dict, tuple, DesiredState, ConfigRepo, str], list[str]]
@@ -89,12 +88,12 @@ def build_service_check(spec: ServiceSpec) -> dg.AssetChecksDefinition:
     name, port, probe, doc = PROBES[spec.name]
 
     @dg.asset_check(asset=spec.asset, name=name, description=doc, blocking=True,
-                    pool=f"prodg_service_{spec.asset}")  # never probes while another run swaps it
+                    pool=service_pool(spec.asset))  # never probes while another run swaps it
     def _check(context: dg.AssetCheckExecutionContext, docker: DockerEngine, repo: ConfigRepo,
                secrets: SecretSource) -> dg.AssetCheckResult:
         state, commit = state_for_run(context, repo)
         current = state.services[spec.name]
-        addr = endpoint(docker, current, port)
+        addr = docker.endpoint(current, port)
         if addr is None:
             return dg.AssetCheckResult(passed=False, metadata={"problems": f"{spec.name} has no address: is it "
                                                                            f"running?"})
@@ -118,11 +117,11 @@ class TlsSettings(dg.ConfigurableResource):
 def _tls_report(docker: DockerEngine, tls: TlsSettings, state: DesiredState) -> tuple[list[str], list[dict]]:
     caddy = next((s for s in state.services.values() if s.layer == "tls"), None)
     domains = sorted({d for s in state.services.values() for d in s.public_domains})
-    addr = (tls.connect_host, tls.connect_port) if tls.connect_host else (endpoint(docker, caddy, 443) if caddy
+    addr = (tls.connect_host, tls.connect_port) if tls.connect_host else (docker.endpoint(caddy, 443) if caddy
                                                                          else None)
     if addr is None:
         return ["no TLS terminator (a service of layer `tls` publishing 443) to handshake with"], []
-    warn = int(state.settings.tls.get("expiry_warning_days", 14))
+    warn = state.settings.tls.expiry_warning_days
     problems, infos = [], []
     for domain in domains:
         p, info = probes.tls_certificate(addr, domain, tls.ca_file or None, warn)

@@ -3,15 +3,20 @@
 
 import dagster as dg
 
-from ..engine.docker_engine import ApplyFailed, DockerEngine
+from ..contract import COVERS_TAG, IN_SYNC, NETWORK_ASSET, SECRETS_ASSET, SERVICE_TAG, service_pool
+from ..desired import DesiredState, ServiceSpec, asset_name
+from ..engine.client import DockerEngine
+from ..engine.failures import ApplyFailed
 from ..engine.plan import UNCHANGED
 from ..engine.secrets import SecretSource
 from ..gitops.repo import ConfigRepo
-from ..spec import DesiredState, ServiceSpec, asset_name
-from .common import DeployConfig, state_for_run
+from ..gitops.run import forced, state_for_run
 
-NETWORK_ASSET = "docker_network"
-SECRETS_ASSET = "secrets_env"
+
+class DeployConfig(dg.Config):
+    """Run config of every service asset."""
+
+    dry_run: bool = False  # only record the plan; change nothing live
 
 
 def service_deps(state: DesiredState, spec: ServiceSpec) -> list[dg.AssetKey]:
@@ -31,15 +36,12 @@ def _describe(spec: ServiceSpec) -> str:
             f"container fails its healthcheck. Ports: {ports}. Public domains: {public}. Trust tier {spec.trust_tier}.")
 
 
-FORCE_TAG = "prodg/force"  # set by `prodg deploy --commit`: deploy exactly that commit, even an older one
-
-
 def newer_live_commit(context, docker: DockerEngine, repo: ConfigRepo, state: DesiredState, spec: ServiceSpec,
                       commit: str) -> str:
     """The commit of the service's live container when it is a strict descendant of `commit` — i.e. a newer deploy
     already applied this service and this (older) run must not undo it; "" otherwise, and always for a forced run
     (the break-glass rollback)."""
-    if not commit or (context.run and context.run.tags.get(FORCE_TAG) == "true") or not repo.is_git():
+    if not commit or forced(context) or not repo.is_git():
         return ""
     live = docker.live_commit(state.project, spec)
     if not live or live == commit:
@@ -54,8 +56,8 @@ def build_service_asset(state: DesiredState, spec: ServiceSpec) -> dg.AssetsDefi
         deps=service_deps(state, spec),
         description=_describe(spec),
         kinds={"docker"},
-        pool=f"prodg_service_{spec.asset}",
-        tags={"prodg/service": spec.name},
+        pool=service_pool(spec.asset),
+        tags={SERVICE_TAG: spec.name},
     )
     def _service(context: dg.AssetExecutionContext, config: DeployConfig, docker: DockerEngine,
                  repo: ConfigRepo, secrets: SecretSource) -> dg.MaterializeResult:
@@ -81,7 +83,7 @@ def build_service_asset(state: DesiredState, spec: ServiceSpec) -> dg.AssetsDefi
                                 f"of its ancestors; nothing applied (`prodg deploy --commit` forces an older one)")
             return dg.MaterializeResult(metadata={
                 "commit": commit, "action": "superseded", "live_commit": newer,
-                "commits_covered": context.run.tags.get("prodg/covers", commit[:12]),
+                "commits_covered": context.run.tags.get(COVERS_TAG, commit[:12]),
                 "diff": dg.MetadataValue.md(f"superseded by the live commit `{newer[:12]}`"),
             })
         try:
@@ -96,7 +98,7 @@ def build_service_asset(state: DesiredState, spec: ServiceSpec) -> dg.AssetsDefi
         context.log.info(f"{spec.name}: {result.action} ({result.container_id[:12]})")
         return dg.MaterializeResult(metadata={
             "commit": commit,
-            "commits_covered": context.run.tags.get("prodg/covers", commit[:12]),
+            "commits_covered": context.run.tags.get(COVERS_TAG, commit[:12]),
             "spec_hash": result.spec_hash,
             "action": result.action,
             "container_id": result.container_id,
@@ -108,11 +110,8 @@ def build_service_asset(state: DesiredState, spec: ServiceSpec) -> dg.AssetsDefi
     return _service
 
 
-IN_SYNC = "in_sync"
-
-
 def build_in_sync_check(spec: ServiceSpec) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=spec.asset, name=IN_SYNC, blocking=False, pool=f"prodg_service_{spec.asset}")
+    @dg.asset_check(asset=spec.asset, name=IN_SYNC, blocking=False, pool=service_pool(spec.asset))
     def _in_sync(context: dg.AssetCheckExecutionContext, docker: DockerEngine, repo: ConfigRepo,
                  secrets: SecretSource) -> dg.AssetCheckResult:
         """The live container matches the desired state (no drift): same spec hash, image, command, environment,

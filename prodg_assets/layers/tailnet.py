@@ -4,10 +4,9 @@ import dagster as dg
 
 from ..engine.secrets import SecretSource
 from ..gitops.repo import ConfigRepo
-from ..spec import DesiredState
-from .common import state_for_run
-
-TAILNET_ASSET = "tailnet"
+from ..contract import TAILNET_ASSET
+from ..desired import DesiredState
+from ..gitops.run import state_for_run
 
 
 class HeadscaleApi(dg.ConfigurableResource):

@@ -14,14 +14,14 @@ import dagster as dg
 import docker
 import pytest
 
-from prodg_assets.backups.assets import build_backup_assets, build_backup_resources
-from prodg_assets.backups.pipeline import exec_run
-from prodg_assets.backups.restore import wait_ready
+from prodg_assets.backups.definitions import backup_definitions, build_backup_resources
+from prodg_assets.engine.exec import exec_run
+from prodg_assets.backups.postgres import wait_ready
 from prodg_assets.backups.store import BackupStore
-from prodg_assets.engine.docker_engine import DockerEngine
+from prodg_assets.engine.client import DockerEngine
 from prodg_assets.engine.secrets import SecretSource
 from prodg_assets.gitops.repo import ConfigRepo
-from prodg_assets.spec import DirTree, load_desired_state
+from prodg_assets.desired import DirTree, load_desired_state
 from tests.conftest import init_repo
 from tests.standins.moto import MotoServer
 
@@ -97,13 +97,15 @@ class BackupBed:
             "minio_source": build_backup_resources(self.state)["minio_source"],
         }
 
-    def definitions(self):
-        return build_backup_assets(self.state)
+    def definitions(self) -> tuple[list, list]:
+        """(assets, checks) of the backups' slice."""
+        defs = backup_definitions(self.state)
+        return list(defs.assets or []), list(defs.asset_checks or [])
 
     def materialize(self, selection: list[str], partition: str, instance, run_config: dict | None = None,
                     raise_on_error: bool = True, commit: str | None = None,
                     **resources) -> dg.ExecuteInProcessResult:
-        assets, checks, _, _ = self.definitions()
+        assets, checks = self.definitions()
         return dg.materialize([*assets, *checks], resources={**self.resources(), **resources},
                               partition_key=partition, instance=instance,
                               tags={"prodg/kind": "backup", "prodg/commit": commit or self.commit},
@@ -112,7 +114,7 @@ class BackupBed:
 
     def run_checks(self, asset: str, partition: str, instance) -> dict[str, bool]:
         """The checks of `asset` alone, for one partition (no materialisation): {check name: passed}."""
-        assets, checks, _, _ = self.definitions()
+        assets, checks = self.definitions()
         job = dg.define_asset_job("checks_only", selection=dg.AssetSelection.checks_for_assets(asset))
         defs = dg.Definitions(assets=assets, asset_checks=checks, jobs=[job], resources=self.resources())
         result = defs.resolve_job_def("checks_only").execute_in_process(

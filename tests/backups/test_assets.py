@@ -12,20 +12,8 @@ import dagster as dg
 import pytest
 import zstandard
 
-from prodg_assets.backups.assets import (
-    AUDIT_CLEAN,
-    BACKUP_AUDIT,
-    BACKUP_JOB,
-    BACKUP_SCHEDULE,
-    CONFIG_BACKUP,
-    FRESH,
-    MINIO_BACKUP,
-    NO_MISSING_DAYS,
-    OBJECT_INTACT,
-    POSTGRES_BACKUP,
-    RESTORE_DRILL,
-    build_backup_resources,
-)
+from prodg_assets.backups.definitions import backup_definitions, build_backup_resources
+from prodg_assets.contract import AUDIT_CLEAN, BACKUP_AUDIT, BACKUP_JOB, BACKUP_SCHEDULE, CONFIG_BACKUP, FRESH, MINIO_BACKUP, NO_MISSING_DAYS, OBJECT_INTACT, POSTGRES_BACKUP, RESTORE_DRILL
 from tests.backups.conftest import (
     BUCKET,
     EXPECTED_ROWS,
@@ -148,7 +136,7 @@ def test_restore_drill_restores_the_dump_and_matches_the_census(bed, three_days,
 
 
 def test_the_window_audit_names_missing_days_with_one_listing_per_target(bed, three_days, instance):
-    assets, checks, _, _ = bed.definitions()
+    assets, checks = bed.definitions()
     result = dg.materialize([*assets, *checks], resources=bed.resources(), instance=instance,
                             selection=dg.AssetSelection.assets(BACKUP_AUDIT),
                             run_config={"ops": {BACKUP_AUDIT: {"config": {"days": 365}}}})
@@ -175,7 +163,8 @@ def test_resources_take_secrets_from_the_environment_and_the_secrets_source(bed)
 
 
 def test_schedule_backs_up_the_previous_utc_day_at_03_00(bed, instance):
-    _, _, schedule, jobs = bed.definitions()
+    backups = backup_definitions(bed.state)
+    (schedule,), jobs = backups.schedules, list(backups.jobs)
     assert schedule.name == BACKUP_SCHEDULE
     defs = dg.Definitions(assets=bed.definitions()[0], schedules=[schedule], jobs=jobs,
                           resources=bed.resources())

@@ -18,17 +18,13 @@ import dagster as dg
 import pytest
 from dagster._serdes import serialize_value
 
-from prodg_assets.backups.assets import (
-    POSTGRES_BACKUP,
-    RESTORE_DRILL,
-    build_backup_assets,
-    build_backup_resources,
-    store_settings,
-)
-from prodg_assets.backups.pipeline import exec_run
-from prodg_assets.backups.restore import wait_ready
+from prodg_assets.backups.definitions import backup_definitions, build_backup_resources
+from prodg_assets.contract import POSTGRES_BACKUP, RESTORE_DRILL
+from prodg_assets.settings import store_settings
+from prodg_assets.engine.exec import exec_run
+from prodg_assets.backups.postgres import wait_ready
 from prodg_assets.backups.store import BackupStore
-from prodg_assets.spec import DirTree, load_desired_state
+from prodg_assets.desired import DirTree, load_desired_state
 from tests.backups.conftest import SECRETS, START, STORE_KEY_ID, STORE_SECRET, psql, wait_for, write_config
 from tests.standins.faultproxy import FaultProxy, is_complete, is_upload_part
 
@@ -98,8 +94,8 @@ def product_store(state, **settings: str):
 
 
 def materialize(bed, state, selection: list[str], partition: str, instance, store) -> dg.ExecuteInProcessResult:
-    assets, checks, _, _ = build_backup_assets(state)
-    return dg.materialize([*assets, *checks], resources={**bed.resources(), "backup_store": store},
+    defs = backup_definitions(state)
+    return dg.materialize([*(defs.assets or []), *(defs.asset_checks or [])], resources={**bed.resources(), "backup_store": store},
                           partition_key=partition, instance=instance,
                           tags={"prodg/kind": "backup", "prodg/commit": bed.commit},
                           selection=dg.AssetSelection.assets(*selection), raise_on_error=False)

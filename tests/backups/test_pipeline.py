@@ -11,25 +11,12 @@ import tracemalloc
 import pytest
 import zstandard
 
-from prodg_assets.backups.pipeline import (
-    READ_BYTES,
-    REBLOCK,
-    ByteCount,
-    ContainerExec,
-    ProducerFailed,
-    compress,
-    compression_of,
-    config_key,
-    decompress,
-    exec_chunks,
-    exec_run,
-    git_archive_chunks,
-    manifest_key,
-    pg_dumpall_chunks,
-    postgres_key,
-    reblocked,
-    stream_backup,
-)
+from prodg_assets.backups.codec import ByteCount, compress, compression_of, decompress
+from prodg_assets.backups.keys import config_key, manifest_key, postgres_key
+from prodg_assets.backups.postgres import pg_dumpall_chunks
+from prodg_assets.backups.stream import stream_backup
+from prodg_assets.engine.exec import ContainerExec, ProducerFailed, READ_BYTES, REBLOCK, exec_chunks, exec_run, reblocked
+from prodg_assets.gitops.repo import git_archive_chunks
 from tests.backups.conftest import NAME, SECRETS
 
 MIB = 1024 * 1024

@@ -6,17 +6,11 @@ import datetime
 import docker
 import pytest
 
-from prodg_assets.backups.pipeline import Census, census, pg_dumpall_chunks, stream_backup
-from prodg_assets.backups.restore import (
-    SCRATCH_LABEL,
-    RestoreFailed,
-    RestoreRefused,
-    compare_census,
-    remove_stale_scratch,
-    restore_object,
-    scratch_postgres,
-    target_contents,
-)
+from prodg_assets.backups.postgres import Census, census, pg_dumpall_chunks
+from prodg_assets.backups.stream import stream_backup
+from prodg_assets.backups.drills import SCRATCH_LABEL, compare_census, remove_stale_scratch, scratch_postgres
+from prodg_assets.backups.postgres import RestoreFailed, RestoreRefused, target_contents
+from prodg_assets.backups.restore import restore_object
 from tests.backups.conftest import EXPECTED_ROWS, NAME, PG_IMAGE, SECRETS, psql
 
 pytestmark = pytest.mark.docker

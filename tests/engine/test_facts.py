@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from prodg_assets.engine.facts import Facts, desired_facts, observed_facts, resolve_env
-from prodg_assets.spec.model import sha256_hex
+from prodg_assets.desired.interpolate import resolve_env
+from prodg_assets.engine.facts import Facts, desired_facts, observed_facts
+from prodg_assets.desired.model import sha256_hex
 
 from .test_plan import (
     AS_USER,

@@ -8,7 +8,7 @@ import time
 import dagster as dg
 import pytest
 
-from prodg_assets.schedules import DRIFT_SCHEDULE
+from prodg_assets.contract import DRIFT_SCHEDULE
 from tests.conftest import ROOT, TEST_SECRETS, Testbed, make_testbed
 from tests.standins.telegram import TelegramStandIn
 

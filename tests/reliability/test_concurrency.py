@@ -17,7 +17,7 @@ import dagster as dg
 import pytest
 import zstandard
 
-from prodg_assets.engine.docker_engine import DockerEngine
+from prodg_assets.engine.client import DockerEngine
 from prodg_assets.engine.secrets import parse_env_file
 from prodg_assets.gitops.repo import ConfigRepo
 from tests.conftest import ROOT, make_testbed

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from prodg_assets.engine import docker_engine
+from prodg_assets.engine import client as engine_client
 from tests.conftest import TEST_SECRETS
 from tests.standins.socketproxy import EngineSocketProxy
 
@@ -55,7 +55,7 @@ def proxy(tmp_path):
         try:
             yield p
         finally:
-            docker_engine._CLIENTS.pop(p.url, None)
+            engine_client._CLIENTS.pop(p.url, None)
             if old is None:
                 os.environ.pop("DOCKER_HOST", None)
             else:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from prodg_assets.spec import DirTree, SpecError, validate
+from prodg_assets.desired import DirTree, SpecError, validate
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config"

@@ -16,8 +16,8 @@ import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from prodg_assets.spec import ConfigInvalid, SpecError, load_desired_state, validate
-from prodg_assets.spec.yamldoc import load_yaml
+from prodg_assets.desired import ConfigInvalid, SpecError, load_desired_state, validate
+from prodg_assets.desired.yamldoc import load_yaml
 
 from .conftest import COMPOSE_REL, CONFIG, LABEL, PRODG_REL, copy_config, tree
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from prodg_assets.engine.facts import resolve_env
+from prodg_assets.desired.interpolate import resolve_env
 
-from prodg_assets.spec import ConfigInvalid, DirTree, SpecError, load_desired_state, sha256_hex, validate
+from prodg_assets.desired import ConfigInvalid, DirTree, SpecError, load_desired_state, sha256_hex, validate
 
 from .conftest import COMPOSE_REL, CONFIG, LABEL, PRODG_REL, REPO, edit, find, line_of, tree
 
@@ -91,9 +91,9 @@ def test_asset_keys_replace_dashes_with_underscores(state):
 
 def test_ten_required_secrets_and_each_is_used_where_prodg_yaml_says(state):
     assert set(state.settings.required_secrets) == REQUIRED_SECRETS
-    declared = state.settings.secrets["required"]
+    declared = state.settings.secrets.required
     for name, spec in state.services.items():
-        expected = {secret for secret, decl in declared.items() if name in decl["used_by"]}
+        expected = {secret for secret, decl in declared.items() if name in decl.used_by}
         assert spec.secrets_used == expected, name
 
 
@@ -546,7 +546,7 @@ def test_environment_overrides_a_prodg_yaml_variable(tmp_path: Path):
     state = load_desired_state(tree(CONFIG), env)
     assert f"{data}/postgres" in {m.source for m in state.services["postgres"].volumes}
     assert state.variables["PRODG_DATA"] == str(data)
-    assert state.settings.tls["storage"] == f"{data}/caddy"
+    assert state.settings.tls.storage == f"{data}/caddy"
 
 
 def test_environment_does_not_leak_undeclared_variables(config_copy: Path):

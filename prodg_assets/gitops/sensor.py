@@ -2,13 +2,10 @@
 
 import dagster as dg
 
-from .gitops.impact import impacted_assets
-from .gitops.repo import ConfigRepo, GitError
-from .layers.common import COMMIT_TAG
-from .spec import ConfigInvalid
-
-COVERS_TAG = "prodg/covers"
-SENSOR_NAME = "config_repo_sensor"
+from ..contract import COMMIT_TAG, COVERS_TAG, REASON_TAG, SENSOR_NAME
+from ..desired import ConfigInvalid
+from .impact import impacted_assets
+from .repo import ConfigRepo, GitError
 
 
 def build_git_sensor(target: dg.AssetSelection, interval_s: int = 30) -> dg.SensorDefinition:
@@ -60,7 +57,7 @@ def build_git_sensor(target: dg.AssetSelection, interval_s: int = 30) -> dg.Sens
             run_key=head,
             asset_selection=selected,
             tags={COMMIT_TAG: head, COVERS_TAG: ",".join(c[:12] for c in covers[:50]),
-                  "prodg/reason": "; ".join(reasons)[:1000]},
+                  REASON_TAG: "; ".join(reasons)[:1000]},
         )
 
     return config_repo_sensor

@@ -5,8 +5,11 @@ A notifier that cannot reach Telegram logs a warning and gives up: it never fail
 
 import dagster as dg
 
-from .engine.secrets import SecretSource, redact
-from .layers.common import COMMIT_TAG
+from ..contract import (
+    BACKUP_FAILURE, BACKUP_FAILURE_NOTIFIER, BACKUP_KIND, BACKUP_SUCCESS, BACKUP_SUCCESS_NOTIFIER, COMMIT_TAG,
+    DEPLOY_FAILURE, DEPLOY_FAILURE_NOTIFIER, KIND_TAG, PARTITION_TAG,
+)
+from ..engine.secrets import SecretSource, redact
 
 
 class TelegramNotifier(dg.ConfigurableResource):
@@ -17,7 +20,7 @@ class TelegramNotifier(dg.ConfigurableResource):
     chat_id: str = ""
     token_secret: str = "TELEGRAM_BOT_TOKEN"
     ui_base_url: str = "http://127.0.0.1:3000"
-    events: list[str] = ["deploy_failure", "backup_success", "backup_failure"]
+    events: list[str] = [DEPLOY_FAILURE, BACKUP_SUCCESS, BACKUP_FAILURE]
     timeout_s: float = 5.0
 
     def send(self, text: str, secrets: SecretSource, log=None) -> bool:
@@ -60,13 +63,13 @@ def deploy_failure_message(run: dg.DagsterRun, reason: str, notifier: TelegramNo
             f"reason: {reason[:500]}\n{run_link(notifier, run.run_id)}")
 
 
-@dg.run_failure_sensor(name="deploy_failure_notifier", default_status=dg.DefaultSensorStatus.RUNNING,
+@dg.run_failure_sensor(name=DEPLOY_FAILURE_NOTIFIER, default_status=dg.DefaultSensorStatus.RUNNING,
                        minimum_interval_seconds=15)
 def deploy_failure_notifier(context: dg.RunFailureSensorContext, telegram: TelegramNotifier,
                             secrets: SecretSource) -> None:
     """Sends a Telegram message when a deploy run fails: the commit, the assets, the reason and a link to the run."""
     run = context.dagster_run
-    if "deploy_failure" not in telegram.events or run.tags.get("prodg/kind") == "backup":
+    if DEPLOY_FAILURE not in telegram.events or run.tags.get(KIND_TAG) == BACKUP_KIND:
         return
     reason = context.failure_event.message or "run failed"
     steps = [e for e in context.get_step_failure_events()]
@@ -78,29 +81,29 @@ def deploy_failure_notifier(context: dg.RunFailureSensorContext, telegram: Teleg
 
 
 def backup_message(run: dg.DagsterRun, ok: bool, notifier: TelegramNotifier, assets: str, reason: str = "") -> str:
-    day = run.tags.get("dagster/partition", "?")
+    day = run.tags.get(PARTITION_TAG, "?")
     head = f"✅ backup of {day} succeeded" if ok else f"❌ backup of {day} failed"
     tail = f"\nreason: {reason[:500]}" if reason else ""
     return f"{head}\nassets: {assets}\ncommit: {run.tags.get(COMMIT_TAG, '')[:12]}{tail}\n{run_link(notifier, run.run_id)}"
 
 
-@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, name="backup_success_notifier",
+@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, name=BACKUP_SUCCESS_NOTIFIER,
                       default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=15)
 def backup_success_notifier(context: dg.RunStatusSensorContext, telegram: TelegramNotifier,
                             secrets: SecretSource) -> None:
     """Tells Telegram when a backup run succeeds (the seed's behaviour): the day, the targets, a link."""
     run = context.dagster_run
-    if run.tags.get("prodg/kind") == "backup" and "backup_success" in telegram.events:
+    if run.tags.get(KIND_TAG) == BACKUP_KIND and BACKUP_SUCCESS in telegram.events:
         telegram.send(backup_message(run, True, telegram, run_assets(context.instance, run)), secrets, context.log)
 
 
-@dg.run_failure_sensor(name="backup_failure_notifier", default_status=dg.DefaultSensorStatus.RUNNING,
+@dg.run_failure_sensor(name=BACKUP_FAILURE_NOTIFIER, default_status=dg.DefaultSensorStatus.RUNNING,
                        minimum_interval_seconds=15)
 def backup_failure_notifier(context: dg.RunFailureSensorContext, telegram: TelegramNotifier,
                             secrets: SecretSource) -> None:
     """Tells Telegram when a backup run fails: the day, the targets, the reason, a link."""
     run = context.dagster_run
-    if run.tags.get("prodg/kind") != "backup" or "backup_failure" not in telegram.events:
+    if run.tags.get(KIND_TAG) != BACKUP_KIND or BACKUP_FAILURE not in telegram.events:
         return
     reason = "; ".join(f"{e.step_key}: {e.event_specific_data.error.message.strip().splitlines()[0]}"
                        for e in context.get_step_failure_events()

@@ -1,7 +1,6 @@
-"""Load and validate a config tree (`prodg.yaml` + the Compose file it names) into a DesiredState.
-
-Pure: reads only through the ConfigTree it is given and the environment mapping it is passed. Every problem is
-collected as a located SpecError; `load_desired_state` raises ConfigInvalid with all of them, never a traceback.
+"""The Compose subset the engine implements (image/build, command, environment/env_file, ports, volumes, networks,
+healthcheck, restart, labels, user, depends_on, container_name, `x-prodg`), read into ServiceSpecs and NetworkSpecs.
+Any other key is a located error, never silently ignored. Pure: reads only through the LoadContext's tree.
 """
 
 from __future__ import annotations
@@ -10,217 +9,38 @@ import ipaddress
 import posixpath
 import re
 import shlex
-from typing import Any, Callable, Mapping
+from typing import Any
 
-from .errors import ConfigInvalid, SpecError
-from .model import (
-    LAYERS,
-    TRUST_TIERS,
-    BackupTarget,
-    Build,
-    DesiredState,
-    DnsRecord,
-    Healthcheck,
-    Mount,
-    NetworkSpec,
-    Port,
-    ServiceSpec,
-    Settings,
-    sha256_hex,
-)
-from .tree import ConfigTree
-from .yamldoc import Doc, Path, load_yaml
-
-PRODG_FILE = "prodg.yaml"
-DEFAULT_COMPOSE = "compose/docker-compose.yml"
+from .interpolate import VAR, LoadContext
+from .model import LAYERS, TRUST_TIERS, Build, Healthcheck, Mount, NetworkSpec, Port, ServiceSpec, sha256_hex
+from .schema import kind_of
+from .yamldoc import Doc, Path
 
 SERVICE_KEYS = {
     "image", "build", "command", "environment", "env_file", "ports", "volumes", "networks", "healthcheck",
     "restart", "labels", "user", "depends_on", "container_name", "x-prodg",
 }
+
+
 XPRODG_KEYS = {"layer", "public", "trust_tier", "after", "backup", "internal_ports"}
+
+
 COMPOSE_TOP_KEYS = {"name", "services", "networks", "volumes"}
+
+
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+
+
 SECRETISH_KEY = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|PRIVATE_KEY|API_KEY|ENCRYPTION_KEY)", re.I)
-VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
 DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
+
+
 RESTART = re.compile(r"^(no|always|unless-stopped|on-failure(:\d+)?)$")
 
 
-class _Req:
-    def __init__(self, schema: Any):
-        self.schema = schema
-
-
-class _Map:
-    """A mapping with free-form keys whose values follow `schema`."""
-
-    def __init__(self, schema: Any):
-        self.schema = schema
-
-
-class _OneOf:
-    def __init__(self, *choices: str):
-        self.choices = choices
-
-
-_TYPE_WORDS = {str: "a string", int: "an integer", bool: "true or false", float: "a number", dict: "a mapping",
-               list: "a list"}
-
-# config/prodg.yaml: every field it may carry. Unknown keys are errors, never silently ignored.
-PRODG_SCHEMA = {
-    "compose_file": str,
-    "variables": _Map((str, int, float, bool)),
-    "host": _Req({
-        "hostname": _Req(str), "public_ip": str, "tailscale_ip": str, "os": _Req(str), "kernel": str,
-        "min_free_disk_gb": _Req((int, float)), "public_ports": _Req([str]), "bind_roots": [str],
-        "ufw": {"active": bool, "allow": [str]}, "ssh_keys": [str],
-    }),
-    "dns": {
-        "provider": _OneOf("cloudflare"), "zone": str, "api_base_url": str, "api_token_secret": str,
-        "require_dns_only": bool,
-        "records": [{"name": _Req(str), "type": _Req(_OneOf("A", "AAAA", "CNAME")), "content": _Req(str),
-                     "proxied": bool}],
-    },
-    "tls": {"acme_ca_url": str, "email": str, "expiry_warning_days": int, "storage": str},
-    "secrets": _Req({
-        "source": _Req(_OneOf("env_file", "infisical")), "env_file": str,
-        "infisical": {"api_base_url": str, "project_id": str, "environment": str, "token_env": str},
-        "required": _Req(_Map({"used_by": [str], "purpose": str})),
-    }),
-    "backups": {
-        "bucket": _Req(str), "endpoint_url": str, "region": str, "access_key_id_env": str,
-        "secret_access_key_env": str, "schedule": str, "timezone": str, "start_date": (str, object),
-        "compression": _OneOf("zstd", "gzip"), "freshness_hours": (int, float),
-        "targets": _Req(_Map({"method": _Req(_OneOf("pg_dumpall", "s3_mirror", "config_archive")),
-                              "service": str, "prefix": _Req(str), "retention_days": _Req(int)})),
-    },
-    "notifications": {
-        "telegram": {"api_base_url": str, "bot_token_secret": str, "chat_id": (str, int),
-                     "on": [_OneOf("deploy_failure", "deploy_success", "backup_success", "backup_failure")],
-                     "ui_base_url": str},
-    },
-    "deploy": {
-        "branch": str, "prune": bool, "self_heal": bool, "health_timeout_s": (int, float),
-        "drift_schedule": str, "stop_timeout_s": int,
-    },
-    "images": {"local": _Map(str), "unavailable_offline": [str]},
-    "integrations": {"headscale": {"api_base_url": str, "api_key_secret": str}},
-}
-
-
-class _Ctx:
-    def __init__(self, tree: ConfigTree, env: Mapping[str, str]):
-        self.tree, self.env = tree, env
-        self.errors: list[SpecError] = []
-        self.variables: dict[str, str] = {}
-        self.secrets: set[str] = set()
-
-    def file(self, rel: str) -> str:
-        return posixpath.join(self.tree.label, rel)
-
-    def load(self, rel: str) -> Doc | None:
-        raw = self.tree.read(rel)
-        if raw is None:
-            self.errors.append(SpecError(self.file(rel), 1, "(document)", "file not found"))
-            return None
-        doc, errors = load_yaml(self.file(rel), raw)
-        self.errors.extend(errors)
-        if doc is not None and not isinstance(doc.data, dict):
-            self.errors.append(doc.error((), f"must be a mapping, got {_kind(doc.data)}"))
-            return None
-        return doc
-
-    # -- interpolation -------------------------------------------------------------------------------------------
-    def interpolate(self, doc: Doc, path: Path, value: str, allow_secrets: bool = False) -> str:
-        """Compose-style `${VAR}` / `${VAR:-default}` / `$$`. Declared variables are substituted; declared secrets
-        stay as `${NAME}` references (resolved only when a container is created) and are allowed only where
-        `allow_secrets`; anything else is an error."""
-
-        def sub(m: re.Match) -> str:
-            if m.group(0) == "$$":
-                return "$$"
-            name = m.group(1) or m.group(3)
-            if name in self.secrets:
-                if not allow_secrets:
-                    self.errors.append(doc.error(path, f"secret ${{{name}}} may only be used in `environment`"))
-                return "${" + name + "}"
-            if name in self.variables:
-                return self.variables[name]
-            if m.group(2) is not None:
-                return m.group(2)
-            self.errors.append(doc.error(path, f"references ${{{name}}}, which is neither a variable of "
-                                               f"prodg.yaml nor a declared secret"))
-            return ""
-
-        if "$" not in value:
-            return value
-        out = VAR.sub(sub, value)
-        # In `environment` the `$$` escape stays for the engine, which resolves secret references and `$$` in one
-        # pass when it creates the container; elsewhere it is unescaped here.
-        return out if allow_secrets else out.replace("$$", "$")
-
-
-def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-            float: "a number", type(None): "nothing"}.get(type(value), type(value).__name__)
-
-
-def _check(ctx: _Ctx, doc: Doc, path: Path, value: Any, schema: Any) -> None:
-    """Structural check of `value` against PRODG_SCHEMA-style `schema`."""
-    if isinstance(schema, _Req):
-        schema = schema.schema
-    if isinstance(schema, _OneOf):
-        if value not in schema.choices:
-            ctx.errors.append(doc.error(path, f"must be one of {', '.join(schema.choices)}, got {value!r}"))
-        return
-    if isinstance(schema, dict):
-        if not isinstance(value, dict):
-            ctx.errors.append(doc.error(path, f"must be a mapping, got {_kind(value)}"))
-            return
-        for key in value:
-            if key not in schema:
-                ctx.errors.append(doc.error(path + (key,), f"unknown key (allowed: {', '.join(sorted(schema))})"))
-        for key, sub in schema.items():
-            if key in value:
-                _check(ctx, doc, path + (key,), value[key], sub)
-            elif isinstance(sub, _Req):
-                ctx.errors.append(doc.error(path, f"missing required key '{key}'"))
-        return
-    if isinstance(schema, _Map):
-        if not isinstance(value, dict):
-            ctx.errors.append(doc.error(path, f"must be a mapping, got {_kind(value)}"))
-            return
-        for key, sub in value.items():
-            _check(ctx, doc, path + (key,), sub, schema.schema)
-        return
-    if isinstance(schema, list):
-        if not isinstance(value, list):
-            ctx.errors.append(doc.error(path, f"must be a list, got {_kind(value)}"))
-            return
-        for i, item in enumerate(value):
-            _check(ctx, doc, path + (i,), item, schema[0])
-        return
-    types = schema if isinstance(schema, tuple) else (schema,)
-    if object in types:
-        return
-    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
-    if not ok:
-        words = " or ".join(_TYPE_WORDS.get(t, t.__name__) for t in types)
-        ctx.errors.append(doc.error(path, f"must be {words}, got {_kind(value)}"))
-
-
-def _interpolate_all(ctx: _Ctx, doc: Doc, path: Path, value: Any, allow_secrets: Callable[[Path], bool]) -> Any:
-    if isinstance(value, str):
-        return ctx.interpolate(doc, path, value, allow_secrets(path))
-    if isinstance(value, dict):
-        return {k: _interpolate_all(ctx, doc, path + (k,), v, allow_secrets) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_interpolate_all(ctx, doc, path + (i,), v, allow_secrets) for i, v in enumerate(value)]
-    return value
-
-
-def _duration(ctx: _Ctx, doc: Doc, path: Path, value: Any) -> float:
+def _duration(ctx: LoadContext, doc: Doc, path: Path, value: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     m = DURATION.match(str(value).strip()) if isinstance(value, str) and value.strip() else None
@@ -231,21 +51,21 @@ def _duration(ctx: _Ctx, doc: Doc, path: Path, value: Any) -> float:
     return float(h or 0) * 3600 + float(mi or 0) * 60 + float(s or 0) + float(ms or 0) / 1000
 
 
-def _str_list(ctx: _Ctx, doc: Doc, path: Path, value: Any) -> list[str]:
+def _str_list(ctx: LoadContext, doc: Doc, path: Path, value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool)
                                               for v in value):
-        ctx.errors.append(doc.error(path, f"must be a list of strings, got {_kind(value)}"))
+        ctx.errors.append(doc.error(path, f"must be a list of strings, got {kind_of(value)}"))
         return []
     return [str(v) for v in value]
 
 
-def _kv(ctx: _Ctx, doc: Doc, path: Path, value: Any) -> list[tuple[str, str, Path]]:
+def _kv(ctx: LoadContext, doc: Doc, path: Path, value: Any) -> list[tuple[str, str, Path]]:
     """Compose mapping-or-list form (`KEY: value` or `- KEY=value`) → [(key, value, path)]."""
     out: list[tuple[str, str, Path]] = []
     if isinstance(value, dict):
         for key, item in value.items():
             if isinstance(item, (dict, list)):
-                ctx.errors.append(doc.error(path + (key,), f"must be a string, got {_kind(item)}"))
+                ctx.errors.append(doc.error(path + (key,), f"must be a string, got {kind_of(item)}"))
                 continue
             text = "" if item is None else ("true" if item is True else "false" if item is False else str(item))
             out.append((str(key), text, path + (key,)))
@@ -257,12 +77,12 @@ def _kv(ctx: _Ctx, doc: Doc, path: Path, value: Any) -> list[tuple[str, str, Pat
             key, _, text = item.partition("=")
             out.append((key, text, path + (i,)))
     else:
-        ctx.errors.append(doc.error(path, f"must be a mapping or a list of KEY=value, got {_kind(value)}"))
+        ctx.errors.append(doc.error(path, f"must be a mapping or a list of KEY=value, got {kind_of(value)}"))
     return out
 
 
 class _ComposeReader:
-    def __init__(self, ctx: _Ctx, doc: Doc, compose_rel: str, host_root: str, bind_roots: list[str]):
+    def __init__(self, ctx: LoadContext, doc: Doc, compose_rel: str, host_root: str, bind_roots: list[str]):
         self.ctx, self.doc = ctx, doc
         self.compose_dir = posixpath.dirname(compose_rel)
         self.host_root = host_root.rstrip("/") or "/"
@@ -273,7 +93,7 @@ class _ComposeReader:
 
     def text(self, path: Path, value: Any, allow_secrets: bool = False) -> str | None:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            self.err(path, f"must be a string, got {_kind(value)}")
+            self.err(path, f"must be a string, got {kind_of(value)}")
             return None
         return self.ctx.interpolate(self.doc, path, str(value), allow_secrets)
 
@@ -287,7 +107,7 @@ class _ComposeReader:
 
     def ports(self, path: Path, value: Any) -> list[Port]:
         if not isinstance(value, list):
-            self.err(path, f"must be a list, got {_kind(value)}")
+            self.err(path, f"must be a list, got {kind_of(value)}")
             return []
         out = []
         for i, item in enumerate(value):
@@ -312,7 +132,7 @@ class _ComposeReader:
                 else:
                     host_ip, published, target = m.group(1).strip("[]"), m.group(2), m.group(3)
             else:
-                self.err(p, f"must be a string or a mapping, got {_kind(item)}")
+                self.err(p, f"must be a string or a mapping, got {kind_of(item)}")
                 continue
             try:
                 ipaddress.ip_address(host_ip)
@@ -337,7 +157,7 @@ class _ComposeReader:
 
     def volumes(self, path: Path, value: Any, declared: dict[str, str], tier: str) -> list[Mount]:
         if not isinstance(value, list):
-            self.err(path, f"must be a list, got {_kind(value)}")
+            self.err(path, f"must be a list, got {kind_of(value)}")
             return []
         out = []
         for i, item in enumerate(value):
@@ -412,7 +232,7 @@ def _service(r: _ComposeReader, name: str, body: Any, project: str, networks: di
              volumes: dict[str, str], services: set[str]) -> ServiceSpec | None:
     path: Path = ("services", name)
     if not isinstance(body, dict):
-        r.err(path, f"must be a mapping, got {_kind(body)}")
+        r.err(path, f"must be a mapping, got {kind_of(body)}")
         return None
     for key in body:
         if key not in SERVICE_KEYS:
@@ -451,7 +271,7 @@ def _service(r: _ComposeReader, name: str, body: Any, project: str, networks: di
         if isinstance(b, str):
             b = {"context": b}
         if not isinstance(b, dict):
-            r.err(bp, f"must be a path or a mapping, got {_kind(b)}")
+            r.err(bp, f"must be a path or a mapping, got {kind_of(b)}")
         else:
             for key in set(b) - {"context", "dockerfile", "args"}:
                 r.err(bp + (key,), "unknown key (allowed: args, context, dockerfile)")
@@ -480,7 +300,7 @@ def _service(r: _ComposeReader, name: str, body: Any, project: str, networks: di
         elif isinstance(c, list):
             command = tuple(x for i, v in enumerate(c) if (x := r.text(cp + (i,), v)) is not None)
         else:
-            r.err(cp, f"must be a string or a list, got {_kind(c)}")
+            r.err(cp, f"must be a string or a list, got {kind_of(c)}")
 
     environment = []
     if "environment" in body:
@@ -513,7 +333,7 @@ def _service(r: _ComposeReader, name: str, body: Any, project: str, networks: di
         items = [(k, v) for k, v in n.items()] if isinstance(n, dict) else [(k, None) for k in n] \
             if isinstance(n, list) else None
         if items is None:
-            r.err(npath, f"must be a list or a mapping, got {_kind(n)}")
+            r.err(npath, f"must be a list or a mapping, got {kind_of(n)}")
             items = []
         for key, opts in items:
             if not isinstance(key, str) or key not in networks:
@@ -525,7 +345,7 @@ def _service(r: _ComposeReader, name: str, body: Any, project: str, networks: di
                     r.err(npath + (key, k), "unknown key (allowed: aliases)")
                 aliases = _str_list(r.ctx, r.doc, npath + (key, "aliases"), opts.get("aliases", []))
             elif opts is not None:
-                r.err(npath + (key,), f"must be a mapping, got {_kind(opts)}")
+                r.err(npath + (key,), f"must be a mapping, got {kind_of(opts)}")
             nets.append((networks[key].name, tuple(aliases)))
     elif len(networks) == 1:
         nets.append((next(iter(networks.values())).name, ()))
@@ -536,7 +356,7 @@ def _service(r: _ComposeReader, name: str, body: Any, project: str, networks: di
     if "healthcheck" in body:
         h, hp = body["healthcheck"], path + ("healthcheck",)
         if not isinstance(h, dict):
-            r.err(hp, f"must be a mapping, got {_kind(h)}")
+            r.err(hp, f"must be a mapping, got {kind_of(h)}")
         else:
             for key in set(h) - {"test", "interval", "timeout", "retries", "start_period", "disable"}:
                 r.err(hp + (key,), "unknown key (allowed: disable, interval, retries, start_period, test, timeout)")
@@ -658,107 +478,61 @@ def _port_conflicts(r: _ComposeReader, specs: dict[str, ServiceSpec]) -> None:
             seen.setdefault((port.host_port, port.protocol), []).append((port.host_ip, name))
 
 
-def _map(value: Any) -> dict:
-    """`value` when it is a mapping, else {} (its type error is already reported by the schema check)."""
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list:
-    return value if isinstance(value, list) else []
-
-
-def _settings(ctx: _Ctx, doc: Doc, data: dict, services: Mapping[str, ServiceSpec]) -> Settings:
-    host, dns, backups, sec = (_map(data.get(k)) for k in ("host", "dns", "backups", "secrets"))
-    records = tuple(DnsRecord(str(r.get("name")), str(r.get("type")), str(r.get("content")), r.get("proxied") is True)
-                    for r in _list(dns.get("records")) if isinstance(r, dict))
-    if dns.get("require_dns_only") is True:
-        for i, rec in enumerate(records):
-            if rec.proxied:
-                ctx.errors.append(doc.error(("dns", "records", i, "proxied"),
-                                            "must be false: Caddy needs direct reachability for ACME HTTP-01"))
-    targets = []
-    for name, t in sorted(_map(backups.get("targets")).items()):
-        if not isinstance(t, dict):
-            continue
-        service = t.get("service")
-        if not isinstance(service, (str, type(None))):
-            continue  # reported by the schema check
-        if t.get("method") in ("pg_dumpall", "s3_mirror") and not service:
-            ctx.errors.append(doc.error(("backups", "targets", name), f"method {t.get('method')} needs `service`"))
-        elif service and service not in services:
-            ctx.errors.append(doc.error(("backups", "targets", name, "service"),
-                                        f"names service {service!r}, which the Compose file does not declare"))
-        prefix = str(t.get("prefix", ""))
-        if not prefix.endswith("/") or prefix.startswith("/"):
-            ctx.errors.append(doc.error(("backups", "targets", name, "prefix"),
-                                        f"must be a relative prefix ending in '/', got {prefix!r}"))
-        days = t.get("retention_days", 0)
-        days = days if isinstance(days, int) and not isinstance(days, bool) else 0
-        if days < 1 and "retention_days" in t:
-            ctx.errors.append(doc.error(("backups", "targets", name, "retention_days"), "must be at least 1"))
-        targets.append(BackupTarget(str(name), str(t.get("method")), prefix, days, service))
-    for t in targets:
-        if any(o.prefix != t.prefix and o.prefix.startswith(t.prefix) for o in targets):
-            ctx.errors.append(doc.error(("backups", "targets", t.name, "prefix"),
-                                        "overlaps another target's prefix; retention works per prefix"))
-    public_ports = [str(p) for p in _list(host.get("public_ports"))]
-    for i, port in enumerate(public_ports):
-        if not re.match(r"^\d{1,5}/(tcp|udp)$", port):
-            ctx.errors.append(doc.error(("host", "public_ports", i), f"must look like 443/tcp, got {port!r}"))
-    required = _map(sec.get("required"))
-    for key, decl in required.items():
-        for i, svc_name in enumerate(_list(_map(decl).get("used_by"))):
-            if isinstance(svc_name, str) and svc_name not in services:
-                ctx.errors.append(doc.error(("secrets", "required", key, "used_by", i),
-                                            f"names service {svc_name!r}, which the Compose file does not declare"))
-    return Settings(
-        host=host, dns=dns, tls=_map(data.get("tls")), secrets=sec, backups=backups,
-        notifications=_map(data.get("notifications")), deploy=_map(data.get("deploy")),
-        images=_map(data.get("images")), integrations=_map(data.get("integrations")),
-        dns_records=records, backup_targets=tuple(targets), required_secrets=tuple(sorted(map(str, required))),
-        public_ports=tuple(public_ports),
-    )
-
-
-def _load(tree: ConfigTree, env: Mapping[str, str], host_root: str | None) -> tuple[DesiredState | None, _Ctx]:
-    ctx = _Ctx(tree, env)
-    pdoc = ctx.load(PRODG_FILE)
-    if pdoc is None:
-        return None, ctx
-    _check(ctx, pdoc, (), pdoc.data, PRODG_SCHEMA)
-    raw_vars = pdoc.data.get("variables") if isinstance(pdoc.data.get("variables"), dict) else {}
-    secrets_decl = (pdoc.data.get("secrets") or {}).get("required") if isinstance(pdoc.data.get("secrets"), dict) \
-        else None
-    ctx.secrets = set(secrets_decl) if isinstance(secrets_decl, dict) else set()
-    for name, default in raw_vars.items():
-        if name in ctx.secrets:
-            ctx.errors.append(pdoc.error(("variables", name), "is also declared as a secret"))
-        ctx.variables[name] = str(env.get(name, default))
-    pdata = _interpolate_all(ctx, pdoc, (), {k: v for k, v in pdoc.data.items() if k != "variables"},
-                             lambda p: False)
-    compose_rel = pdata.get("compose_file", DEFAULT_COMPOSE)
-    if not isinstance(compose_rel, str) or compose_rel.startswith("/") or any(p == ".." for p in compose_rel.split("/")):
-        ctx.errors.append(pdoc.error(("compose_file",), "must be a path inside the config tree"))
-        return None, ctx
-    cdoc = ctx.load(compose_rel)
-    if cdoc is None:
-        return None, ctx
+def read_compose(ctx: LoadContext, cdoc: Doc, compose_rel: str, host_root: str,
+                 bind_roots: list[str]) -> tuple[str, dict[str, ServiceSpec], dict[str, NetworkSpec],
+                                                 dict[str, str]] | None:
+    """(project, services, networks, volumes) of the Compose file `cdoc`; None when it has no services at all.
+    `host_root` is where the tree's files are on the Docker host; `bind_roots` the allowed absolute bind sources."""
     data = cdoc.data
     for key in data:
         if key not in COMPOSE_TOP_KEYS and not str(key).startswith("x-"):
             ctx.errors.append(cdoc.error((key,), f"unknown top-level Compose key (allowed: "
                                                  f"{', '.join(sorted(COMPOSE_TOP_KEYS))}, x-*)"))
     project = ctx.interpolate(cdoc, ("name",), str(data.get("name", "prodg")))
+    networks = _networks(ctx, cdoc, project)
+    volumes: dict[str, str] = {}
+    raw_vols = data.get("volumes", {}) or {}
+    if not isinstance(raw_vols, dict):
+        ctx.errors.append(cdoc.error(("volumes",), f"must be a mapping, got {kind_of(raw_vols)}"))
+        raw_vols = {}
+    for key, v in raw_vols.items():
+        volumes[str(key)] = str((v or {}).get("name", f"{project}_{key}")) if isinstance(v, dict) or v is None \
+            else f"{project}_{key}"
+    raw_services = data.get("services")
+    if not isinstance(raw_services, dict) or not raw_services:
+        ctx.errors.append(cdoc.error(("services",), "must be a mapping of at least one service"))
+        return None
+    reader = _ComposeReader(ctx, cdoc, compose_rel, host_root, bind_roots)
+    names = {str(k) for k in raw_services}
+    specs: dict[str, ServiceSpec] = {}
+    for name, body in raw_services.items():
+        if not re.match(r"^[a-z0-9][a-z0-9_-]*$", str(name)):
+            reader.err(("services", name), "service names are lower-case letters, digits, '-' and '_'")
+            continue
+        spec = _service(reader, str(name), body, project, networks, volumes, names)
+        if spec:
+            specs[spec.name] = spec
+    assets: dict[str, str] = {}
+    for name in specs:
+        other = assets.setdefault(specs[name].asset, name)
+        if other != name:
+            reader.err(("services", name), f"asset key {specs[name].asset!r} collides with service {other!r}")
+    _cycles(reader, specs)
+    _port_conflicts(reader, specs)
+    return project, specs, networks, volumes
+
+
+def _networks(ctx: LoadContext, cdoc: Doc, project: str) -> dict[str, NetworkSpec]:
     networks: dict[str, NetworkSpec] = {}
-    raw_nets = data.get("networks", {}) or {}
+    raw_nets = cdoc.data.get("networks", {}) or {}
     if not isinstance(raw_nets, dict):
-        ctx.errors.append(cdoc.error(("networks",), f"must be a mapping, got {_kind(raw_nets)}"))
+        ctx.errors.append(cdoc.error(("networks",), f"must be a mapping, got {kind_of(raw_nets)}"))
         raw_nets = {}
     for key, n in raw_nets.items():
         n = n or {}
         np_: Path = ("networks", key)
         if not isinstance(n, dict):
-            ctx.errors.append(cdoc.error(np_, f"must be a mapping, got {_kind(n)}"))
+            ctx.errors.append(cdoc.error(np_, f"must be a mapping, got {kind_of(n)}"))
             continue
         for k in set(n) - {"name", "driver", "ipam", "external"}:
             ctx.errors.append(cdoc.error(np_ + (k,), "unknown key (allowed: driver, external, ipam, name)"))
@@ -779,56 +553,4 @@ def _load(tree: ConfigTree, env: Mapping[str, str], host_root: str | None) -> tu
         name = ctx.interpolate(cdoc, np_ + ("name",), str(n.get("name", f"{project}_{key}")))
         networks[str(key)] = NetworkSpec(str(key), name, str(n.get("driver", "bridge")), subnet,
                                          n.get("external") is True)
-    volumes: dict[str, str] = {}
-    raw_vols = data.get("volumes", {}) or {}
-    if not isinstance(raw_vols, dict):
-        ctx.errors.append(cdoc.error(("volumes",), f"must be a mapping, got {_kind(raw_vols)}"))
-        raw_vols = {}
-    for key, v in raw_vols.items():
-        volumes[str(key)] = str((v or {}).get("name", f"{project}_{key}")) if isinstance(v, dict) or v is None \
-            else f"{project}_{key}"
-    raw_services = data.get("services")
-    if not isinstance(raw_services, dict) or not raw_services:
-        ctx.errors.append(cdoc.error(("services",), "must be a mapping of at least one service"))
-        return None, ctx
-    host = pdata.get("host") if isinstance(pdata.get("host"), dict) else {}
-    roots = host.get("bind_roots", []) if isinstance(host.get("bind_roots"), list) else []
-    tree_root = host_root or getattr(tree, "root", None) or "/opt/prodg/config"
-    reader = _ComposeReader(ctx, cdoc, compose_rel, tree_root,
-                            [posixpath.normpath(str(r)) for r in roots if str(r).startswith("/")])
-    names = {str(k) for k in raw_services}
-    specs: dict[str, ServiceSpec] = {}
-    for name, body in raw_services.items():
-        if not re.match(r"^[a-z0-9][a-z0-9_-]*$", str(name)):
-            reader.err(("services", name), "service names are lower-case letters, digits, '-' and '_'")
-            continue
-        spec = _service(reader, str(name), body, project, networks, volumes, names)
-        if spec:
-            specs[spec.name] = spec
-    assets: dict[str, str] = {}
-    for name in specs:
-        other = assets.setdefault(specs[name].asset, name)
-        if other != name:
-            reader.err(("services", name), f"asset key {specs[name].asset!r} collides with service {other!r}")
-    _cycles(reader, specs)
-    _port_conflicts(reader, specs)
-    settings = _settings(ctx, pdoc, pdata, specs)
-    state = DesiredState(project, specs, networks, tuple(sorted(volumes.values())), settings, compose_rel,
-                         dict(ctx.variables))
-    return state, ctx
-
-
-def validate(tree: ConfigTree, env: Mapping[str, str] | None = None) -> list[SpecError]:
-    """Every problem in the config tree, located; an empty list means it is valid."""
-    _, ctx = _load(tree, env or {}, None)
-    return sorted(set(ctx.errors))
-
-
-def load_desired_state(tree: ConfigTree, env: Mapping[str, str] | None = None,
-                       host_root: str | None = None) -> DesiredState:
-    """The desired state of `tree`; raises ConfigInvalid listing every error. `host_root` is where the tree's
-    files are on the Docker host (for bind mounts), by default the tree's own folder."""
-    state, ctx = _load(tree, env or {}, host_root)
-    if ctx.errors or state is None:
-        raise ConfigInvalid(ctx.errors or [SpecError(tree.label, 1, "(document)", "could not be loaded")])
-    return state
+    return networks

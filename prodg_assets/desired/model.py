@@ -1,16 +1,17 @@
-"""Desired state of the mainframe as pure, hashable data. Built by `spec.loader`; read by everything else."""
+"""Desired state of the mainframe as pure, hashable data. Built by `desired.loader`; read by everything else."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Mapping, Optional
 
+from ..settings import Settings
+from .interpolate import secret_names
+
 LAYERS = ("host_baseline", "network", "tls", "data_stores", "secrets", "observability", "hermes", "backups")
 TRUST_TIERS = ("T1", "T2", "T3")
-SECRET_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def asset_name(service: str) -> str:
@@ -95,7 +96,7 @@ class ServiceSpec:
 
     @property
     def secrets_used(self) -> frozenset[str]:
-        return frozenset(m for _, value in self.environment for m in SECRET_REF.findall(value.replace("$$", "")))
+        return frozenset(m for _, value in self.environment for m in secret_names(value))
 
     def spec_hash(self, secret_values: Mapping[str, str] | None = None,
                   file_env: Mapping[str, str] | None = None) -> str:
@@ -114,42 +115,6 @@ class NetworkSpec:
     driver: str = "bridge"
     subnet: Optional[str] = None
     external: bool = False  # created outside prodg (never created or changed here; must exist)
-
-
-@dataclass(frozen=True)
-class DnsRecord:
-    name: str
-    type: str
-    content: str
-    proxied: bool = False
-
-
-@dataclass(frozen=True)
-class BackupTarget:
-    name: str  # postgres | minio | configs
-    method: str  # pg_dumpall | s3_mirror | config_archive
-    prefix: str
-    retention_days: int
-    service: Optional[str] = None
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What Compose cannot say: config/prodg.yaml, typed."""
-
-    host: Mapping = field(default_factory=dict)
-    dns: Mapping = field(default_factory=dict)
-    tls: Mapping = field(default_factory=dict)
-    secrets: Mapping = field(default_factory=dict)
-    backups: Mapping = field(default_factory=dict)
-    notifications: Mapping = field(default_factory=dict)
-    deploy: Mapping = field(default_factory=dict)
-    images: Mapping = field(default_factory=dict)
-    integrations: Mapping = field(default_factory=dict)
-    dns_records: tuple[DnsRecord, ...] = ()
-    backup_targets: tuple[BackupTarget, ...] = ()
-    required_secrets: tuple[str, ...] = ()
-    public_ports: tuple[str, ...] = ()  # "80/tcp" style: what may be published on 0.0.0.0 / ::
 
 
 @dataclass(frozen=True)

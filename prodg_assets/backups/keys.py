@@ -1,0 +1,42 @@
+"""Object keys of the backups: every key starts with `<prefix><partition date>/`, so a key says its target and its
+day, and retention and the audit read the day back from the key alone."""
+
+from __future__ import annotations
+
+import datetime
+import re
+from typing import Optional
+
+from .codec import COMPRESSIONS
+
+MANIFEST_NAME = "manifest.json"
+_DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})/")
+
+
+def postgres_key(prefix: str, date: str, at: datetime.datetime, compression: str) -> str:
+    return f"{prefix}{date}/pg_dumpall-{at:%H%M%S}.sql{COMPRESSIONS[compression]}"
+
+
+def config_key(prefix: str, date: str, commit: str, compression: str) -> str:
+    return f"{prefix}{date}/config-{(commit or 'worktree')[:12]}.tar{COMPRESSIONS[compression]}"
+
+
+def mirror_base(prefix: str, date: str) -> str:
+    return f"{prefix}{date}/"
+
+
+def manifest_key(prefix: str, date: str) -> str:
+    return f"{mirror_base(prefix, date)}{MANIFEST_NAME}"
+
+
+def key_date(key: str, prefix: str) -> Optional[datetime.date]:
+    """The partition date of `key` under `prefix`, or None when the key is not `<prefix>YYYY-MM-DD/...`."""
+    if not key.startswith(prefix):
+        return None
+    match = _DATE.match(key[len(prefix):])
+    if not match:
+        return None
+    try:
+        return datetime.date.fromisoformat(match.group(1))
+    except ValueError:
+        return None

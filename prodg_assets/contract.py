@@ -1,0 +1,82 @@
+"""The names more than one module (and the operators' tooling) rely on: run tags, container labels, asset keys,
+groups, check names, job/schedule/sensor names, pools and shared metadata keys. Values are stable contracts
+(`../DESIGN.md`); change one only with every reader of it.
+"""
+
+# -- run tags ----------------------------------------------------------------------------------------------------------
+COMMIT_TAG = "prodg/commit"  # the commit a run deploys (set by the git sensor, the schedules and `prodg deploy`)
+FORCE_TAG = "prodg/force"  # "true": deploy exactly that commit, even an older one (the break-glass rollback)
+COVERS_TAG = "prodg/covers"  # the commits (12 hex) a sensor run covers, newest first
+REASON_TAG = "prodg/reason"  # why the sensor selected what it did
+KIND_TAG = "prodg/kind"  # what launched a run (values below)
+SERVICE_TAG = "prodg/service"  # asset tag: the Compose service an asset deploys
+TARGET_TAG = "prodg/target"  # asset tag: the backup target an asset backs up
+PARTITION_TAG = "dagster/partition"  # Dagster's own: a partitioned run's day
+
+BACKUP_KIND = "backup"
+DRIFT_KIND = "drift"
+SELF_HEAL_KIND = "self_heal"
+MANUAL_DEPLOY_KIND = "manual_deploy"
+
+# -- container labels ---------------------------------------------------------------------------------------------------
+LABEL_PROJECT = "prodg.project"
+LABEL_SERVICE = "prodg.service"
+LABEL_SPEC_HASH = "prodg.spec-hash"
+LABEL_COMMIT = "prodg.commit"
+LABEL_NETWORK = "prodg.network"
+LABEL_SCRATCH = "prodg.scratch"  # scratch containers of restores ("restore": a drill's, "manual": `prodg restore`)
+
+# -- asset keys and groups -----------------------------------------------------------------------------------------------
+HOST_ASSET = "host_baseline"
+NETWORK_ASSET = "docker_network"
+RETIRED_ASSET = "retired_services"
+SECRETS_ASSET = "secrets_env"
+DNS_ASSET = "dns_records"
+TLS_ASSET = "tls_certificates"
+TAILNET_ASSET = "tailnet"
+POSTGRES_BACKUP = "postgres_backup"
+MINIO_BACKUP = "minio_backup"
+CONFIG_BACKUP = "config_backup"
+RESTORE_DRILL = "postgres_restore_drill"
+BACKUP_AUDIT = "backup_audit"
+BACKUP_GROUP = "backups"
+# backup method (prodg.yaml backups.targets.*.method) → its asset
+ASSET_OF_METHOD = {"pg_dumpall": POSTGRES_BACKUP, "s3_mirror": MINIO_BACKUP, "config_archive": CONFIG_BACKUP}
+
+# -- asset checks ------------------------------------------------------------------------------------------------------
+IN_SYNC = "in_sync"
+HOST_CONFORMS = "host_conforms"
+EXPOSURE = "exposure"
+OBJECT_INTACT = "object_intact"
+NO_MISSING_DAYS = "no_missing_days"
+FRESH = "fresh"
+AUDIT_CLEAN = "audit_clean"
+
+# -- jobs, schedules, sensors ------------------------------------------------------------------------------------------
+BACKUP_JOB = "backup_job"
+AUDIT_JOB = "backup_audit_job"
+BACKUP_SCHEDULE = "backup_schedule"
+DRIFT_SCHEDULE = "drift_schedule"
+SENSOR_NAME = "config_repo_sensor"
+DEPLOY_FAILURE_NOTIFIER = "deploy_failure_notifier"
+BACKUP_SUCCESS_NOTIFIER = "backup_success_notifier"
+BACKUP_FAILURE_NOTIFIER = "backup_failure_notifier"
+
+# -- notification events (prodg.yaml notifications.telegram.on) -------------------------------------------------------------
+DEPLOY_FAILURE = "deploy_failure"
+BACKUP_SUCCESS = "backup_success"
+BACKUP_FAILURE = "backup_failure"
+
+# -- metadata keys read by more than one module ----------------------------------------------------------------------------
+META_COMMIT = "commit"
+META_ACTION = "action"
+META_OBJECT_KEY = "object_key"
+META_SHA256 = "sha256"
+META_BYTES = "bytes"
+META_ROW_COUNTS = "row_counts"
+META_COMMITS_COVERED = "commits_covered"
+
+
+def service_pool(asset: str) -> str:
+    """The concurrency pool of a service's asset: deploys, checks and backups of one service never overlap."""
+    return f"prodg_service_{asset}"

@@ -1,0 +1,212 @@
+"""Load and validate a config tree (`prodg.yaml` + the Compose file it names) into a DesiredState: the one entry
+point, orchestrating the schema check (schema), interpolation (interpolate), the Compose reader (compose) and the
+cross-checks between prodg.yaml and the services.
+
+Pure: reads only through the ConfigTree it is given and the environment mapping it is passed. Every problem is
+collected as a located SpecError; `load_desired_state` raises ConfigInvalid with all of them, never a traceback.
+Whatever building the definitions would reject is rejected here, so a config that validates always loads.
+"""
+
+from __future__ import annotations
+
+import datetime
+import posixpath
+import re
+from typing import Any, Mapping
+
+from ..settings import BackupTarget, DnsRecord, Settings, settings_from_yaml
+from .compose import read_compose
+from .errors import ConfigInvalid, SpecError
+from .interpolate import LoadContext
+from .model import DesiredState, ServiceSpec
+from .schema import PRODG_SCHEMA, check_schema, kind_of
+from .tree import ConfigTree
+from .yamldoc import Doc, load_yaml
+
+PRODG_FILE = "prodg.yaml"
+DEFAULT_COMPOSE = "compose/docker-compose.yml"
+DAILY_CRON = re.compile(r"\s*(\d{1,2})\s+(\d{1,2})\s+\*\s+\*\s+\*\s*")
+CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
+CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+
+
+def daily_at(cron: str) -> tuple[int, int] | None:
+    """(hour, minute) of a daily cron expression `M H * * *`, or None when it is not one."""
+    match = DAILY_CRON.fullmatch(cron)
+    if not match or int(match.group(1)) > 59 or int(match.group(2)) > 23:
+        return None
+    return int(match.group(2)), int(match.group(1))
+
+
+def cron_problem(cron: str) -> str:
+    """Why `cron` is not a five-field cron expression Dagster's scheduler accepts ("" when it is one)."""
+    fields = cron.split()
+    if len(fields) != 5:
+        return f"must be a cron expression of five fields (minute hour day month weekday), got {cron!r}"
+    for text, (low, high), name in zip(fields, CRON_RANGES, ("minute", "hour", "day", "month", "weekday")):
+        if not CRON_FIELD.match(text):
+            return f"{name} field {text!r} is not a number, range, list, step or *"
+        for number in re.findall(r"\d+", re.sub(r"/\d+", "", text)):
+            if not low <= int(number) <= high:
+                return f"{name} field {text!r} is outside {low}-{high}"
+        for step in re.findall(r"/(\d+)", text):
+            if int(step) == 0:
+                return f"{name} field {text!r} steps by 0"
+    return ""
+
+
+def _load_doc(ctx: LoadContext, rel: str) -> Doc | None:
+    raw = ctx.tree.read(rel)
+    if raw is None:
+        ctx.errors.append(SpecError(ctx.file(rel), 1, "(document)", "file not found"))
+        return None
+    doc, errors = load_yaml(ctx.file(rel), raw)
+    ctx.errors.extend(errors)
+    if doc is not None and not isinstance(doc.data, dict):
+        ctx.errors.append(doc.error((), f"must be a mapping, got {kind_of(doc.data)}"))
+        return None
+    return doc
+
+
+def _map(value: Any) -> dict:
+    """`value` when it is a mapping, else {} (its type error is already reported by the schema check)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _dns_records(ctx: LoadContext, doc: Doc, dns: dict) -> tuple[DnsRecord, ...]:
+    records = tuple(DnsRecord(str(r.get("name")), str(r.get("type")), str(r.get("content")), r.get("proxied") is True)
+                    for r in _list(dns.get("records")) if isinstance(r, dict))
+    if dns.get("require_dns_only") is True:
+        for i, rec in enumerate(records):
+            if rec.proxied:
+                ctx.errors.append(doc.error(("dns", "records", i, "proxied"),
+                                            "must be false: Caddy needs direct reachability for ACME HTTP-01"))
+    return records
+
+
+def _backup_targets(ctx: LoadContext, doc: Doc, backups: dict,
+                    services: Mapping[str, ServiceSpec]) -> tuple[BackupTarget, ...]:
+    targets = []
+    for name, t in sorted(_map(backups.get("targets")).items()):
+        if not isinstance(t, dict):
+            continue
+        service = t.get("service")
+        if not isinstance(service, (str, type(None))):
+            continue  # reported by the schema check
+        if t.get("method") in ("pg_dumpall", "s3_mirror") and not service:
+            ctx.errors.append(doc.error(("backups", "targets", name), f"method {t.get('method')} needs `service`"))
+        elif service and service not in services:
+            ctx.errors.append(doc.error(("backups", "targets", name, "service"),
+                                        f"names service {service!r}, which the Compose file does not declare"))
+        prefix = str(t.get("prefix", ""))
+        if not prefix.endswith("/") or prefix.startswith("/"):
+            ctx.errors.append(doc.error(("backups", "targets", name, "prefix"),
+                                        f"must be a relative prefix ending in '/', got {prefix!r}"))
+        days = t.get("retention_days", 0)
+        days = days if isinstance(days, int) and not isinstance(days, bool) else 0
+        if days < 1 and "retention_days" in t:
+            ctx.errors.append(doc.error(("backups", "targets", name, "retention_days"), "must be at least 1"))
+        targets.append(BackupTarget(str(name), str(t.get("method")), prefix, days, service))
+    for t in targets:
+        if any(o.prefix != t.prefix and o.prefix.startswith(t.prefix) for o in targets):
+            ctx.errors.append(doc.error(("backups", "targets", t.name, "prefix"),
+                                        "overlaps another target's prefix; retention works per prefix"))
+    methods = [t.method for t in targets]
+    for t in targets:
+        if methods.count(t.method) > 1:
+            ctx.errors.append(doc.error(("backups", "targets", t.name, "method"),
+                                        f"only one target may use {t.method} (its asset is named after the method)"))
+    return tuple(targets)
+
+
+def _schedules(ctx: LoadContext, doc: Doc, data: dict) -> None:
+    """What the scheduler would refuse when the definitions are built: reported here, located."""
+    backups, deploy = _map(data.get("backups")), _map(data.get("deploy"))
+    if "timezone" in backups and backups["timezone"] != "UTC":
+        ctx.errors.append(doc.error(("backups", "timezone"),
+                                    f"the backup partitions are UTC days; must be UTC, got {backups['timezone']!r}"))
+    if isinstance(backups.get("schedule"), str) and daily_at(backups["schedule"]) is None:
+        ctx.errors.append(doc.error(("backups", "schedule"),
+                                    f"must be a daily cron 'M H * * *' (UTC), got {backups['schedule']!r}"))
+    start = backups.get("start_date")
+    if start is not None and not isinstance(start, datetime.date):
+        try:
+            datetime.date.fromisoformat(str(start)[:10])
+        except ValueError:
+            ctx.errors.append(doc.error(("backups", "start_date"), f"must be a date YYYY-MM-DD, got {start!r}"))
+    drift = deploy.get("drift_schedule")
+    if isinstance(drift, str) and cron_problem(drift):
+        ctx.errors.append(doc.error(("deploy", "drift_schedule"), cron_problem(drift)))
+
+
+def _settings(ctx: LoadContext, doc: Doc, data: dict, services: Mapping[str, ServiceSpec]) -> Settings:
+    host, sec = _map(data.get("host")), _map(data.get("secrets"))
+    records = _dns_records(ctx, doc, _map(data.get("dns")))
+    targets = _backup_targets(ctx, doc, _map(data.get("backups")), services)
+    _schedules(ctx, doc, data)
+    for i, port in enumerate(_list(host.get("public_ports"))):
+        if not re.match(r"^\d{1,5}/(tcp|udp)$", str(port)):
+            ctx.errors.append(doc.error(("host", "public_ports", i), f"must look like 443/tcp, got {str(port)!r}"))
+    for key, decl in _map(sec.get("required")).items():
+        for i, svc_name in enumerate(_list(_map(decl).get("used_by"))):
+            if isinstance(svc_name, str) and svc_name not in services:
+                ctx.errors.append(doc.error(("secrets", "required", key, "used_by", i),
+                                            f"names service {svc_name!r}, which the Compose file does not declare"))
+    return settings_from_yaml(data, records, targets)
+
+
+def _load(tree: ConfigTree, env: Mapping[str, str], host_root: str | None) \
+        -> tuple[DesiredState | None, LoadContext]:
+    ctx = LoadContext(tree, env)
+    pdoc = _load_doc(ctx, PRODG_FILE)
+    if pdoc is None:
+        return None, ctx
+    check_schema(ctx.errors, pdoc, (), pdoc.data, PRODG_SCHEMA)
+    raw_vars = pdoc.data.get("variables") if isinstance(pdoc.data.get("variables"), dict) else {}
+    secrets_decl = (pdoc.data.get("secrets") or {}).get("required") if isinstance(pdoc.data.get("secrets"), dict) \
+        else None
+    ctx.secrets = set(secrets_decl) if isinstance(secrets_decl, dict) else set()
+    for name, default in raw_vars.items():
+        if name in ctx.secrets:
+            ctx.errors.append(pdoc.error(("variables", name), "is also declared as a secret"))
+        ctx.variables[name] = str(env.get(name, default))
+    pdata = ctx.interpolate_all(pdoc, (), {k: v for k, v in pdoc.data.items() if k != "variables"}, lambda p: False)
+    compose_rel = pdata.get("compose_file", DEFAULT_COMPOSE)
+    if not isinstance(compose_rel, str) or compose_rel.startswith("/") or any(p == ".." for p in compose_rel.split("/")):
+        ctx.errors.append(pdoc.error(("compose_file",), "must be a path inside the config tree"))
+        return None, ctx
+    cdoc = _load_doc(ctx, compose_rel)
+    if cdoc is None:
+        return None, ctx
+    host = _map(pdata.get("host"))
+    roots = _list(host.get("bind_roots"))
+    tree_root = host_root or getattr(tree, "root", None) or "/opt/prodg/config"
+    compose = read_compose(ctx, cdoc, compose_rel, (tree_root.rstrip("/") or "/"),
+                           [posixpath.normpath(str(r)) for r in roots if str(r).startswith("/")])
+    if compose is None:
+        return None, ctx
+    project, specs, networks, volumes = compose
+    settings = _settings(ctx, pdoc, pdata, specs)
+    state = DesiredState(project, specs, networks, tuple(sorted(volumes.values())), settings, compose_rel,
+                         dict(ctx.variables))
+    return state, ctx
+
+
+def validate(tree: ConfigTree, env: Mapping[str, str] | None = None) -> list[SpecError]:
+    """Every problem in the config tree, located; an empty list means it is valid."""
+    _, ctx = _load(tree, env or {}, None)
+    return sorted(set(ctx.errors))
+
+
+def load_desired_state(tree: ConfigTree, env: Mapping[str, str] | None = None,
+                       host_root: str | None = None) -> DesiredState:
+    """The desired state of `tree`; raises ConfigInvalid listing every error. `host_root` is where the tree's
+    files are on the Docker host (for bind mounts), by default the tree's own folder."""
+    state, ctx = _load(tree, env or {}, host_root)
+    if ctx.errors or state is None:
+        raise ConfigInvalid(ctx.errors or [SpecError(tree.label, 1, "(document)", "could not be loaded")])
+    return state

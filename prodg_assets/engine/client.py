@@ -1,0 +1,121 @@
+"""The Docker Engine resource: one client per Engine address, and the operations the assets call — each a thin
+method over facts (reads), images, plan (pure) and apply (changes). The SDK is imported on first use."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Callable, Mapping, Optional
+
+import dagster as dg
+
+from ..desired.model import DesiredState, NetworkSpec, ServiceSpec
+from ..lazy import docker_sdk
+from . import apply, facts, images
+from .failures import ImageUnavailable
+from .plan import Desired, Live, Plan, plan
+
+if TYPE_CHECKING:
+    import docker
+
+    from .apply import ApplyResult
+
+_CLIENTS: dict[str, "docker.DockerClient"] = {}
+
+
+class DockerEngine(dg.ConfigurableResource):
+    """The Docker Engine the mainframe runs on. `base_url` is a DOCKER_HOST-style address (unix://, tcp://, ssh://);
+    empty means the environment's DOCKER_HOST or the local socket."""
+
+    base_url: str = ""
+    api_timeout_s: int = 120
+    # Where checks reach services: "" = their publications on the host (prodg runs on the host); a network name =
+    # the containers' addresses on that network (prodg's runs are containers attached to it).
+    probe_network: str = ""
+
+    @property
+    def client(self) -> docker.DockerClient:
+        key = self.base_url or os.environ.get("DOCKER_HOST", "")
+        if key not in _CLIENTS:
+            docker = docker_sdk()
+            _CLIENTS[key] = (docker.DockerClient(base_url=self.base_url, timeout=self.api_timeout_s)
+                             if self.base_url else docker.from_env(timeout=self.api_timeout_s))
+        return _CLIENTS[key]
+
+    @property
+    def address(self) -> str:
+        return self.base_url or os.environ.get("DOCKER_HOST", "") or "unix:///var/run/docker.sock"
+
+    def unreachable(self, exc: BaseException) -> str:
+        """A one-line account of an unanswered Engine call (no request dump, no environment)."""
+        import requests
+
+        kind = "timed out" if isinstance(exc, requests.exceptions.Timeout) else "cannot be reached"
+        root: BaseException = exc
+        while root.__context__ is not None and root.__context__ is not root:
+            root = root.__context__
+        detail = f"{type(root).__name__}: {root}" if root is not exc else type(exc).__name__
+        return f"the Docker Engine at {self.address} {kind} ({detail[:200]})"
+
+    # -- reads (facts) ---------------------------------------------------------------------------------------------
+    def live(self, project: str, declared_env: Mapping[str, set[str]] | None = None,
+             service: str | None = None) -> dict[str, Live]:
+
+        return facts.live_containers(self.client, project, declared_env, service)
+
+    def live_commit(self, project: str, spec: ServiceSpec) -> str:
+
+        return facts.live_commit(self.client, project, spec)
+
+    def image_id(self, ref: str) -> Optional[str]:
+
+        return facts.image_id(self.client, ref)
+
+    def network_facts(self, name: str) -> Optional[dict]:
+
+        return facts.network_facts(self.client, name)
+
+    def endpoint(self, spec: ServiceSpec, container_port: int, protocol: str = "tcp") -> Optional[tuple[str, int]]:
+
+        return facts.endpoint(self.client, self.probe_network, spec, container_port, protocol)
+
+    def resolve_image(self, spec: ServiceSpec, state: DesiredState, commit: str, build_root: str | None = None,
+                      build: bool = True) -> tuple[str, str]:
+
+        return images.resolve_image(self.client, spec, state, commit, build_root, build)
+
+    # -- plan ------------------------------------------------------------------------------------------------------
+    def desired(self, state: DesiredState, secrets: Mapping[str, str], commit: str,
+                services: list[str] | None = None, build_root: str | None = None) -> dict[str, Desired]:
+        """What each service's container should look like (images are never built for this)."""
+
+        out = {}
+        for name in services or sorted(state.services):
+            spec = state.services[name]
+            try:
+                _, image = self.resolve_image(spec, state, commit, build_root, build=False)
+            except ImageUnavailable:
+                image = "(not built)" if spec.build else "(unavailable)"
+            files = facts.file_env(spec)
+            out[name] = Desired(name, spec.spec_hash(secrets, files), facts.desired_facts(spec, secrets, image, files))
+        return out
+
+    def plan(self, state: DesiredState, secrets: Mapping[str, str], commit: str = "",
+             prune: bool | None = None) -> Plan:
+        """Desired vs live for every service; changes nothing."""
+
+        prune = state.settings.deploy.prune if prune is None else prune
+        return plan(self.desired(state, secrets, commit), self.live(state.project, facts.declared_env(state)), prune)
+
+    # -- changes (apply) -------------------------------------------------------------------------------------------
+    def apply_service(self, state: DesiredState, service: str, secrets: Mapping[str, str], commit: str,
+                      build_root: str | None = None, log: Callable[[str], None] = lambda _: None) -> ApplyResult:
+
+        return apply.apply_service(self, state, service, secrets, commit, build_root, log)
+
+    def ensure_network(self, net: NetworkSpec, project: str) -> tuple[str, str]:
+
+        return apply.ensure_network(self, net, project)
+
+    def remove_service(self, project: str, service: str) -> Optional[str]:
+
+        return apply.remove_service(self, project, service)

@@ -1,0 +1,35 @@
+"""The layers' slice of definitions: the host, network, secrets, DNS, tailnet and TLS layer assets with their checks,
+and one asset plus its checks per Compose service, grouped by layer."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from ..desired import DesiredState
+from .dns import dns_only_and_pointing_at_host, dns_records
+from .host import exposure, host_baseline, host_conforms
+from .network import docker_network, network_matches, no_retired_services, retired_services
+from .secrets import secrets_complete_and_private, secrets_env
+from .service_checks import PROBES, build_service_check, build_tls_asset
+from .services import build_in_sync_check, build_service_asset
+from .tailnet import build_tailnet
+
+
+def layer_definitions(state: DesiredState) -> dg.Definitions:
+    assets: list = [host_baseline, docker_network, secrets_env, retired_services]
+    checks: list = [host_conforms, exposure, network_matches, secrets_complete_and_private, no_retired_services]
+    assets += [build_service_asset(state, spec) for spec in state.services.values()]
+    checks += [build_service_check(spec) for spec in state.services.values() if spec.name in PROBES]
+    checks += [build_in_sync_check(spec) for spec in state.services.values()]
+    if state.settings.dns_records:
+        assets.append(dns_records)
+        checks.append(dns_only_and_pointing_at_host)
+    if state.settings.integrations.headscale is not None:
+        tailnet_asset, tailnet_check = build_tailnet(state)
+        assets.append(tailnet_asset)
+        checks.append(tailnet_check)
+    if any(s.layer == "tls" for s in state.services.values()):
+        tls_asset, tls_check = build_tls_asset(state)
+        assets.append(tls_asset)
+        checks.append(tls_check)
+    return dg.Definitions(assets=assets, asset_checks=checks)

@@ -1,0 +1,317 @@
+"""Every setting prodg reads, typed once, with its default in one place.
+
+`EnvSettings` is the environment (read when the definitions are built, never at import). `Settings` is
+`config/prodg.yaml`: one frozen view per section, built from the validated YAML by `settings_from_yaml`. Consumers
+read fields; nothing else in the package defaults a setting. The README's settings tables list the same names.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# -- the environment --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EnvSettings:
+    """The environment variables that shape the code location (see the README's settings table)."""
+
+    repo: str = REPO_ROOT  # PRODG_REPO
+    repo_url: str = ""  # PRODG_REPO_URL
+    config_subdir: str = "config"  # PRODG_CONFIG_SUBDIR
+    branch: str = "main"  # PRODG_BRANCH
+    deploy_root: str = ""  # PRODG_DEPLOY_ROOT ("" = $PRODG_REPO/.prodg/deployed)
+    host_root: str = "/"  # PRODG_HOST_ROOT
+    tls_ca_file: str = ""  # PRODG_TLS_CA_FILE
+    tls_connect: str = ""  # PRODG_TLS_CONNECT (host:port)
+    sensor_interval_s: int = 30  # PRODG_SENSOR_INTERVAL_S
+    probe_network: str = ""  # PRODG_PROBE_NETWORK
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "EnvSettings":
+        raw_interval = (env.get("PRODG_SENSOR_INTERVAL_S") or "").strip()
+        try:
+            interval = int(raw_interval) if raw_interval else cls.sensor_interval_s
+        except ValueError:
+            raise ValueError(f"PRODG_SENSOR_INTERVAL_S must be a whole number of seconds, got {raw_interval!r}") \
+                from None
+        return cls(
+            repo=env.get("PRODG_REPO") or REPO_ROOT,
+            repo_url=env.get("PRODG_REPO_URL", ""),
+            config_subdir=env.get("PRODG_CONFIG_SUBDIR") or "config",
+            branch=env.get("PRODG_BRANCH") or "main",
+            deploy_root=env.get("PRODG_DEPLOY_ROOT", ""),
+            host_root=env.get("PRODG_HOST_ROOT") or "/",
+            tls_ca_file=env.get("PRODG_TLS_CA_FILE", ""),
+            tls_connect=env.get("PRODG_TLS_CONNECT", ""),
+            sensor_interval_s=max(1, interval),
+            probe_network=env.get("PRODG_PROBE_NETWORK", ""),
+        )
+
+    @property
+    def tls_connect_host_port(self) -> tuple[str, int]:
+        host, _, port = self.tls_connect.rpartition(":")
+        return host, int(port) if port.isdigit() else 0
+
+
+# The backup store's client, tunable from the environment: variable → (field, type, default, lowest allowed). A
+# stalled store fails a call after about max_attempts × read timeout, never hangs.
+STORE_SETTINGS = {
+    "PRODG_BACKUP_CONNECT_TIMEOUT_S": ("connect_timeout_s", float, 10.0, 0.1),
+    "PRODG_BACKUP_READ_TIMEOUT_S": ("read_timeout_s", float, 120.0, 0.1),
+    "PRODG_BACKUP_MAX_ATTEMPTS": ("max_attempts", int, 5, 1),
+    "PRODG_BACKUP_PART_SIZE_MB": ("part_size_mb", int, 16, 5),
+}
+
+
+def store_settings(environ: Mapping[str, str] | None = None) -> dict:
+    """The BackupStore fields set by STORE_SETTINGS' environment variables (their defaults when unset)."""
+    environ = os.environ if environ is None else environ
+    out = {}
+    for name, (fld, kind, default, lowest) in STORE_SETTINGS.items():
+        raw = (environ.get(name) or "").strip()
+        try:
+            value = kind(raw) if raw else default
+        except ValueError:
+            raise ValueError(f"{name} must be a number, got {raw!r}") from None
+        if value < lowest:
+            raise ValueError(f"{name} must be at least {lowest}, got {raw!r}")
+        out[fld] = value
+    return out
+
+
+# -- prodg.yaml ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class UfwSettings:
+    active: bool = True
+    allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    hostname: str = ""
+    public_ip: str = ""
+    tailscale_ip: str = ""
+    os: str = ""
+    kernel: str = ""
+    min_free_disk_gb: float = 0.0
+    public_ports: tuple[str, ...] = ()  # "80/tcp" style: what may be published on 0.0.0.0 / ::
+    bind_roots: tuple[str, ...] = ()
+    ufw: Optional[UfwSettings] = None  # None: no firewall declared for this host (not checked)
+    ssh_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DnsRecord:
+    name: str
+    type: str
+    content: str
+    proxied: bool = False
+
+
+@dataclass(frozen=True)
+class DnsSettings:
+    provider: str = "cloudflare"
+    zone: str = ""
+    api_base_url: str = "https://api.cloudflare.com/client/v4"
+    api_token_secret: str = "CLOUDFLARE_API_TOKEN"
+    require_dns_only: bool = False
+    records: tuple[DnsRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    acme_ca_url: str = ""
+    email: str = ""
+    expiry_warning_days: int = 14
+    storage: str = ""
+
+
+@dataclass(frozen=True)
+class InfisicalSettings:
+    api_base_url: str = ""
+    project_id: str = ""
+    environment: str = "prod"
+    token_env: str = "INFISICAL_TOKEN"
+
+
+@dataclass(frozen=True)
+class RequiredSecret:
+    used_by: tuple[str, ...] = ()
+    purpose: str = ""
+
+
+@dataclass(frozen=True)
+class SecretsSettings:
+    source: str = "env_file"
+    env_file: str = ""
+    infisical: InfisicalSettings = field(default_factory=InfisicalSettings)
+    required: Mapping[str, RequiredSecret] = field(default_factory=dict)
+
+    @property
+    def required_names(self) -> tuple[str, ...]:
+        return tuple(sorted(self.required))
+
+
+@dataclass(frozen=True)
+class BackupTarget:
+    name: str  # postgres | minio | configs
+    method: str  # pg_dumpall | s3_mirror | config_archive
+    prefix: str
+    retention_days: int
+    service: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    bucket: str = ""
+    endpoint_url: str = ""
+    region: str = "us-east-1"
+    access_key_id_env: str = "B2_KEY_ID"
+    secret_access_key_env: str = "B2_KEY_SECRET"
+    schedule: str = "0 3 * * *"  # daily, UTC
+    timezone: str = "UTC"
+    start_date: str = ""  # "" = the day the definitions are built
+    compression: str = "zstd"
+    freshness_hours: float = 26.0
+    targets: tuple[BackupTarget, ...] = ()
+
+    @property
+    def first_day(self) -> datetime.date:
+        return datetime.date.fromisoformat(self.start_date) if self.start_date else \
+            datetime.datetime.now(datetime.timezone.utc).date()
+
+
+@dataclass(frozen=True)
+class TelegramSettings:
+    api_base_url: str = "https://api.telegram.org"
+    bot_token_secret: str = "TELEGRAM_BOT_TOKEN"
+    chat_id: str = ""
+    on: tuple[str, ...] = ("deploy_failure", "backup_success", "backup_failure")
+    ui_base_url: str = "http://127.0.0.1:3000"
+
+
+@dataclass(frozen=True)
+class NotificationSettings:
+    telegram: TelegramSettings = field(default_factory=TelegramSettings)
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    branch: str = ""
+    prune: bool = False
+    self_heal: bool = False
+    health_timeout_s: float = 120.0
+    drift_schedule: str = "*/15 * * * *"
+    stop_timeout_s: int = 20
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    local: Mapping[str, str] = field(default_factory=dict)  # seed image → local stand-in
+    unavailable_offline: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HeadscaleSettings:
+    api_base_url: str = "http://127.0.0.1:8080"
+    api_key_secret: str = "HEADSCALE_API_KEY"
+
+
+@dataclass(frozen=True)
+class IntegrationSettings:
+    headscale: Optional[HeadscaleSettings] = None  # None: no tailnet asset
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What Compose cannot say: config/prodg.yaml, one typed view per section."""
+
+    host: HostSettings = field(default_factory=HostSettings)
+    dns: DnsSettings = field(default_factory=DnsSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    secrets: SecretsSettings = field(default_factory=SecretsSettings)
+    backups: BackupSettings = field(default_factory=BackupSettings)
+    notifications: NotificationSettings = field(default_factory=NotificationSettings)
+    deploy: DeploySettings = field(default_factory=DeploySettings)
+    images: ImageSettings = field(default_factory=ImageSettings)
+    integrations: IntegrationSettings = field(default_factory=IntegrationSettings)
+
+    # the names several consumers use
+    @property
+    def dns_records(self) -> tuple[DnsRecord, ...]:
+        return self.dns.records
+
+    @property
+    def backup_targets(self) -> tuple[BackupTarget, ...]:
+        return self.backups.targets
+
+    @property
+    def required_secrets(self) -> tuple[str, ...]:
+        return self.secrets.required_names
+
+    @property
+    def public_ports(self) -> tuple[str, ...]:
+        return self.host.public_ports
+
+
+def _m(value: Any) -> dict:
+    """`value` when it is a mapping, else {} (its type error is reported by the schema check)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _strs(value: Any) -> tuple[str, ...]:
+    return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+
+def _num(value: Any, default: float) -> float:
+    """A number from the YAML, or `default` (a wrong type is reported by the schema check, never raised here)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
+def _pick(cls, raw: Mapping, **converted):
+    """`cls` from the keys of `raw` it declares (defaults for the rest); `converted` overrides."""
+    names = cls.__dataclass_fields__
+    kwargs = {k: v for k, v in raw.items() if k in names and v is not None}
+    kwargs.update(converted)
+    return cls(**kwargs)
+
+
+def settings_from_yaml(data: Mapping, records: tuple[DnsRecord, ...] = (),
+                       targets: tuple[BackupTarget, ...] = ()) -> Settings:
+    """The typed view of prodg.yaml's (interpolated, schema-checked) data. `records` and `targets` are built by the
+    loader, which validates them against the Compose file."""
+    host, dns, tls = _m(data.get("host")), _m(data.get("dns")), _m(data.get("tls"))
+    sec, backups, deploy = _m(data.get("secrets")), _m(data.get("backups")), _m(data.get("deploy"))
+    telegram = _m(_m(data.get("notifications")).get("telegram"))
+    images, integrations = _m(data.get("images")), _m(data.get("integrations"))
+    ufw = host.get("ufw")
+    headscale = integrations.get("headscale")
+    return Settings(
+        host=_pick(HostSettings, host, public_ports=_strs(host.get("public_ports")),
+                   bind_roots=_strs(host.get("bind_roots")), ssh_keys=_strs(host.get("ssh_keys")),
+                   min_free_disk_gb=_num(host.get("min_free_disk_gb"), 0.0),
+                   ufw=UfwSettings(bool(ufw.get("active", True)), _strs(ufw.get("allow")))
+                   if isinstance(ufw, dict) else None),
+        dns=_pick(DnsSettings, dns, require_dns_only=dns.get("require_dns_only") is True, records=records),
+        tls=_pick(TlsSettings, tls),
+        secrets=_pick(SecretsSettings, sec, infisical=_pick(InfisicalSettings, _m(sec.get("infisical"))),
+                      required={str(k): RequiredSecret(_strs(_m(v).get("used_by")), str(_m(v).get("purpose", "")))
+                                for k, v in _m(sec.get("required")).items()}),
+        backups=_pick(BackupSettings, backups, targets=targets,
+                      start_date=str(backups.get("start_date") or "")[:10],
+                      schedule=str(backups.get("schedule") or BackupSettings.schedule),
+                      region=str(backups.get("region") or BackupSettings.region),
+                      freshness_hours=_num(backups.get("freshness_hours"), BackupSettings.freshness_hours)),
+        notifications=NotificationSettings(_pick(TelegramSettings, telegram, chat_id=str(telegram.get("chat_id", "")),
+                                                 on=_strs(telegram["on"]) if "on" in telegram else TelegramSettings.on)),
+        deploy=_pick(DeploySettings, deploy,
+                     health_timeout_s=_num(deploy.get("health_timeout_s"), DeploySettings.health_timeout_s)),
+        images=ImageSettings(dict(_m(images.get("local"))), _strs(images.get("unavailable_offline"))),
+        integrations=IntegrationSettings(_pick(HeadscaleSettings, headscale) if isinstance(headscale, dict)
+                                         else None),
+    )
