@@ -1,0 +1,85 @@
+"""Property: every config the validator accepts builds Definitions without raising — whatever `build_defs` would
+reject (a backup timezone other than UTC, a cron that is not daily, a malformed drift schedule, …) is a located
+validation error instead. The sections that shape definitions are varied with values an operator might write."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import prodg_assets
+from prodg_assets.desired import validate
+
+from .conftest import CONFIG, PRODG_REL, tree
+
+# (values the validator accepts, values it must refuse) per varied field
+FIELDS = {
+    "timezone": (["UTC"], ["Europe/Kyiv", "utc", ""]),
+    "schedule": (["0 3 * * *", "30 1 * * *", "59 23 * * *"], ["*/15 * * * *", "0 3 * * 1", "61 3 * * *", "0 24 * * *",
+                                                              "0 3 * *", "@daily", "x"]),
+    "start_date": (["2026-11-01", "1999-01-01"], ["2026-02-30", "yesterday", ""]),
+    "drift_schedule": (["*/15 * * * *", "0,30 2 * * *", "1-5 * * * 0", "*/5 1-3 * 1,6 *"],
+                       ["*/0 * * * *", "0 3 32 * *", "@hourly", "* * * *", "a b c d e"]),
+    "freshness_hours": ([26, 0.5], ["26"]),
+    "retention_days": ([30, 1], [0, -5]),
+    "compression": (["zstd", "gzip"], ["xz"]),
+    "methods": ([("pg_dumpall", "s3_mirror", "config_archive"), ("pg_dumpall",), ("config_archive",)],
+                [("config_archive", "config_archive")]),
+}
+
+
+@st.composite
+def sections(draw) -> dict:
+    """Every field valid but at most one (about one example in eight is valid throughout)."""
+    broken = draw(st.sampled_from([*FIELDS, None]))
+    return {name: draw(st.sampled_from(bad if name == broken else good)) for name, (good, bad) in FIELDS.items()}
+
+
+def _write(root: Path, s: dict) -> None:
+    path = root / PRODG_REL
+    data = yaml.safe_load(path.read_text())
+    b = data["backups"]
+    b.update(timezone=s["timezone"], schedule=s["schedule"], start_date=s["start_date"], compression=s["compression"],
+             freshness_hours=s["freshness_hours"])
+    services = {"pg_dumpall": "postgres", "s3_mirror": "minio", "config_archive": None}
+    b["targets"] = {f"t{i}": {k: v for k, v in {"method": m, "service": services[m], "prefix": f"t{i}/",
+                                                "retention_days": s["retention_days"]}.items() if v is not None}
+                    for i, m in enumerate(s["methods"])}
+    data.setdefault("deploy", {})["drift_schedule"] = s["drift_schedule"]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sections())
+def test_a_config_the_validator_accepts_builds_definitions(chosen: dict) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "config"
+        shutil.copytree(CONFIG, root)
+        _write(root, chosen)
+        errors = validate(tree(root), {})
+        if errors:
+            assert all(e.file and e.line >= 1 and e.field for e in errors)  # located, never a traceback
+            return
+        defs = prodg_assets.build_defs({"PRODG_REPO": tmp})  # must not raise
+        defs.resolve_asset_graph()
+        for schedule in defs.schedules or []:
+            defs.resolve_schedule_def(schedule.name)
+
+
+def test_what_build_defs_would_reject_is_a_located_error(tmp_path: Path) -> None:
+    root = tmp_path / "config"
+    shutil.copytree(CONFIG, root)
+    _write(root, {"timezone": "Europe/Kyiv", "schedule": "0 3 * * 1", "start_date": "yesterday",
+                  "drift_schedule": "*/0 * * * *", "freshness_hours": 26, "retention_days": 30,
+                  "compression": "zstd", "methods": ("config_archive", "config_archive")})
+    fields = {e.field: e.message for e in validate(tree(root), {})}
+    assert "must be UTC" in fields["backups.timezone"]
+    assert "daily cron" in fields["backups.schedule"]
+    assert "must be a date" in fields["backups.start_date"]
+    assert "steps by 0" in fields["deploy.drift_schedule"]
+    assert "only one target may use config_archive" in fields["backups.targets.t1.method"]
