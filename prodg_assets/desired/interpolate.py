@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 from .errors import SpecError
 from .tree import ConfigTree
 from .yamldoc import Doc, Path
 
-if TYPE_CHECKING:
-    from .model import ServiceSpec
-
 VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 SECRET_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class HasEnvironment(Protocol):
+    """What the resolver needs of a service (model.ServiceSpec): its resolved `environment` pairs."""
+
+    environment: tuple[tuple[str, str], ...]
 
 
 class LoadContext:
@@ -85,17 +88,17 @@ def resolve_value(value: str, secrets: Mapping[str, str]) -> str:
     return SECRET_REF.sub(lambda m: secrets.get(m.group(1), ""), value.replace("$$", "\0")).replace("\0", "$")
 
 
-def resolve_env(spec: ServiceSpec, secrets: Mapping[str, str]) -> dict[str, str]:
+def resolve_env(spec: HasEnvironment, secrets: Mapping[str, str]) -> dict[str, str]:
     """The container's environment with `${SECRET}` references replaced by their values (`$$` → `$`)."""
     return {key: resolve_value(value, secrets) for key, value in spec.environment}
 
 
-def env_value(spec: ServiceSpec, name: str, secrets: Mapping[str, str]) -> str:
+def env_value(spec: HasEnvironment, name: str, secrets: Mapping[str, str]) -> str:
     """The service's environment variable `name` as its container gets it ("" when it has none)."""
     return resolve_value(dict(spec.environment).get(name, ""), secrets)
 
 
-def secret_reference(spec: ServiceSpec | None, name: str) -> tuple[str, str]:
+def secret_reference(spec: HasEnvironment | None, name: str) -> tuple[str, str]:
     """(literal value, secret name) of the environment variable `name`: one of the two is empty."""
     value = dict(spec.environment).get(name, "") if spec else ""
     ref = SECRET_REF.fullmatch(value)
