@@ -45,7 +45,8 @@ ASSET_OF_METHOD = {"pg_dumpall": POSTGRES_BACKUP, "s3_mirror": MINIO_BACKUP, "co
 
 # -- asset checks ------------------------------------------------------------------------------------------------------
 IN_SYNC = "in_sync"
-HOST_CONFORMS = "host_conforms"
+HOST_CONFORMS = "host_conforms"  # OS, kernel, UFW: reported, never blocking
+HOST_SAFE_TO_DEPLOY = "host_safe_to_deploy"  # free disk: the one host condition that blocks deploys
 EXPOSURE = "exposure"
 OBJECT_INTACT = "object_intact"
 NO_MISSING_DAYS = "no_missing_days"

@@ -7,7 +7,7 @@ import dagster as dg
 
 from ..desired import DesiredState
 from .dns import dns_only_and_pointing_at_host, dns_records
-from .host import exposure, host_baseline, host_conforms
+from .host import exposure, host_baseline, host_conforms, host_safe_to_deploy
 from .network import docker_network, network_matches, no_retired_services, retired_services
 from .secrets import secrets_complete_and_private, secrets_env
 from .service_checks import PROBES, build_service_check, build_tls_asset
@@ -17,7 +17,7 @@ from .tailnet import build_tailnet
 
 def layer_definitions(state: DesiredState) -> dg.Definitions:
     assets: list = [host_baseline, docker_network, secrets_env, retired_services]
-    checks: list = [host_conforms, exposure, network_matches, secrets_complete_and_private, no_retired_services]
+    checks: list = [host_conforms, host_safe_to_deploy, exposure, network_matches, secrets_complete_and_private, no_retired_services]
     assets += [build_service_asset(state, spec) for spec in state.services.values()]
     checks += [build_service_check(spec) for spec in state.services.values() if spec.name in PROBES]
     checks += [build_in_sync_check(spec) for spec in state.services.values()]

@@ -8,7 +8,7 @@ import subprocess
 
 import dagster as dg
 
-from ..contract import EXPOSURE, HOST_ASSET, HOST_CONFORMS
+from ..contract import EXPOSURE, HOST_ASSET, HOST_CONFORMS, HOST_SAFE_TO_DEPLOY
 from ..engine.client import DockerEngine
 from ..engine.facts import exposed_ports
 from ..gitops.repo import ConfigRepo
@@ -68,22 +68,20 @@ def host_baseline(context: dg.AssetExecutionContext, host: HostShell, docker: Do
     })
 
 
-@dg.asset_check(asset=HOST_ASSET, name=HOST_CONFORMS, blocking=True)
+@dg.asset_check(asset=HOST_ASSET, name=HOST_CONFORMS, blocking=False)
 def host_conforms(context: dg.AssetCheckExecutionContext, host: HostShell, repo: ConfigRepo) -> dg.AssetCheckResult:
-    """OS, kernel, free disk and UFW match prodg.yaml `host:`. When `host.ufw` is declared and the host has no ufw,
-    the check says so and fails, instead of passing."""
+    """OS, kernel and UFW match prodg.yaml `host:`. Reported red, never blocking: a host that drifted from its
+    description must still take deploys and the break-glass rollback (only `host_safe_to_deploy` blocks). When
+    `host.ufw` is declared and the host has no ufw, the check says so and fails, instead of passing."""
     state, _ = state_for_run(context, repo)
     want = state.settings.host
     problems = []
     pretty = host.os_release().get("PRETTY_NAME", "")
     if want.os and want.os not in pretty:
-        problems.append(f"OS is {pretty!r}, expected {want.os!r}")
+        problems.append(f"OS is {pretty!r}, expected {want.os!r} (prodg.yaml host.os)")
     kernel = platform.release()
     if want.kernel and not kernel.startswith(want.kernel):
-        problems.append(f"kernel is {kernel}, expected {want.kernel}*")
-    free = host.free_disk_gb()
-    if free < want.min_free_disk_gb:
-        problems.append(f"free disk {free:.1f} GB is below {want.min_free_disk_gb:g} GB")
+        problems.append(f"kernel is {kernel}, expected {want.kernel}* (prodg.yaml host.kernel)")
     ufw_want = want.ufw
     rc, out = host.run("ufw", "status") if ufw_want else (0, "")
     if not ufw_want:
@@ -99,7 +97,22 @@ def host_conforms(context: dg.AssetCheckExecutionContext, host: HostShell, repo:
             problems.append(f"UFW allows {', '.join(rules) or 'nothing'}; expected exactly {', '.join(expected)}")
     return dg.AssetCheckResult(passed=not problems, metadata={
         "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
-        "os": pretty, "kernel": kernel, "free_disk_gb": round(free, 1)})
+        "os": pretty, "kernel": kernel, "blocks_deploys": False})
+
+
+@dg.asset_check(asset=HOST_ASSET, name=HOST_SAFE_TO_DEPLOY, blocking=True)
+def host_safe_to_deploy(context: dg.AssetCheckExecutionContext, host: HostShell,
+                        repo: ConfigRepo) -> dg.AssetCheckResult:
+    """Blocks the deploy while the host's free disk is below prodg.yaml `host.min_free_disk_gb`: images, data and
+    logs written onto a full disk corrupt services mid-deploy. The only host condition that stops deploys."""
+    state, _ = state_for_run(context, repo)
+    want = state.settings.host.min_free_disk_gb
+    free = host.free_disk_gb()
+    problems = [f"free disk {free:.1f} GB is below {f"{want:,.1f}".removesuffix(".0")} GB (prodg.yaml host.min_free_disk_gb)"] if free < want \
+        else []
+    return dg.AssetCheckResult(passed=not problems, metadata={
+        "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
+        "free_disk_gb": round(free, 1), "min_free_disk_gb": float(want)})
 
 
 @dg.asset_check(asset=HOST_ASSET, name=EXPOSURE, blocking=False)
