@@ -108,8 +108,9 @@ def host_safe_to_deploy(context: dg.AssetCheckExecutionContext, host: HostShell,
     state, _ = state_for_run(context, repo)
     want = state.settings.host.min_free_disk_gb
     free = host.free_disk_gb()
-    problems = [f"free disk {free:.1f} GB is below {f"{want:,.1f}".removesuffix(".0")} GB (prodg.yaml host.min_free_disk_gb)"] if free < want \
-        else []
+    minimum = f"{want:,.1f}".removesuffix(".0")
+    problems = [f"free disk {free:.1f} GB is below {minimum} GB (prodg.yaml host.min_free_disk_gb)"] \
+        if free < want else []
     return dg.AssetCheckResult(passed=not problems, metadata={
         "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
         "free_disk_gb": round(free, 1), "min_free_disk_gb": float(want)})
