@@ -35,22 +35,24 @@ def git_rev(repo: str, rev: str) -> str:
 
 
 def _state(args: argparse.Namespace):
-    """(desired state, commit, resources) for the config folder, or for --commit of the config repo."""
-    from . import build_resources
+    """(desired state, commit, resources) for the config folder, or for --commit (default: the tracked branch's
+    head) of the config repo — a work tree, or the local mirror of PRODG_REPO_URL (fetched first), which has none."""
+    from . import build_resources, config_repo
     from .settings import EnvSettings
 
     env = EnvSettings.from_env(os.environ)
     if getattr(args, "path", None):
         state = load_desired_state(DirTree(args.path), os.environ)
         return state, "", build_resources(state, env)
-    state = load_desired_state(DirTree(os.path.join(env.repo, env.config_subdir)), os.environ)
-    resources = build_resources(state, env)
-    repo = resources["repo"]
+    repo = config_repo(env)
+    repo.fetch()  # a no-op without PRODG_REPO_URL
     commit = ""
-    if repo.is_git():  # what a deploy of that commit (default: the tracked branch's head) would do
-        commit = git_rev(repo.path, args.commit) if args.commit else repo.head()
+    if repo.is_git():  # what a deploy of that commit would do
+        commit = git_rev(repo.path, args.commit) if getattr(args, "commit", None) else repo.head()
         state = repo.desired_state(commit)
-    return state, commit, resources
+    else:
+        state = load_desired_state(DirTree(os.path.join(env.repo, env.config_subdir)), os.environ)
+    return state, commit, build_resources(state, env)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -98,6 +100,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     container: --target (refused when it holds data, unless --force), or by default a fresh scratch container that
     is left running for the operator (its name is printed)."""
     import datetime
+    import secrets as pysecrets
 
     from .backups.postgres import wait_ready
     from .backups.restore import restore_object
@@ -126,9 +129,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if not container:
         spec = state.services[target.service]
         image, _ = resources["docker"].resolve_image(spec, state, commit, build=False)
-        container = f"prodg-restore-{day.isoformat()}"
+        container = f"prodg-restore-{day.isoformat()}-{pysecrets.token_hex(3)}"  # unique on a shared Engine
         client.containers.run(image, detach=True, name=container, network_mode="none",
-                              environment={"POSTGRES_PASSWORD": __import__("secrets").token_urlsafe(18)},
+                              environment={"POSTGRES_PASSWORD": pysecrets.token_urlsafe(18)},
                               labels={LABEL_SCRATCH: "manual"})
         wait_ready(client.api, container)
     result = restore_object(store, key, head.sha256, client.api, container, force=args.force)
