@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import subprocess
-import zlib
+import sys
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -16,6 +17,8 @@ import prodg_assets
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+# the `prodg` command line, run by the interpreter running the tests (no path into a particular virtualenv)
+PRODG_CLI = [sys.executable, "-m", "prodg_assets.cli"]
 STACK_CONFIG = os.path.join(HERE, "stack", "config")
 TEST_SECRETS = {
     "POSTGRES_PASSWORD": "pg-Test-Secret-7f3a9c",
@@ -103,6 +106,16 @@ backups:
         return job.execute_in_process(instance=instance, tags=tags, run_config=run_config or {},
                                       raise_on_error=raise_on_error)
 
+    def published_port(self, service: str, container_port: int, protocol: str = "tcp") -> int:
+        """The host port `container_port` of the service's running container is published on — the one the Engine
+        picked for a `127.0.0.1::PORT` publication (read back as prodg reads it)."""
+        from prodg_assets.engine.facts import published_port
+
+        attrs = self.client.api.inspect_container(f"{self.project}-{service}")
+        port = published_port(attrs, container_port, protocol)
+        assert port, f"{service}: {container_port}/{protocol} is not published ({attrs['NetworkSettings']['Ports']})"
+        return port
+
     def containers(self) -> dict[str, docker.models.containers.Container]:
         return {c.labels["prodg.service"]: c for c in
                 self.client.containers.list(all=True, filters={"label": f"prodg.project={self.project}"})}
@@ -112,9 +125,13 @@ backups:
             c.remove(force=True)
         for n in self.client.networks.list(filters={"label": f"prodg.project={self.project}"}):
             n.remove()
+        # this bed's commit tags; a source-digest tag (shared by every bed built from the same hermes-api) only when
+        # no container on the Engine runs that image — another run's bed may be using it right now
+        in_use = {c.attrs.get("Image") for c in self.client.containers.list(all=True, ignore_removed=True)}
         for image in self.client.images.list(name="prodg/hermes-api"):
             for tag in image.tags:
-                if tag.split(":")[1][:12] in {c[:12] for c in self.commits} or tag.split(":")[1].startswith("src-"):
+                if tag.split(":")[1][:12] in {c[:12] for c in self.commits} or \
+                        tag.split(":")[1].startswith("src-") and image.id not in in_use:
                     try:
                         self.client.images.remove(tag, force=True)
                     except docker.errors.ImageNotFound:
@@ -161,6 +178,34 @@ def make_caddy_root(data: str) -> str:
     return os.path.join(folder, "root.crt")
 
 
+_SUBNETS_GIVEN: set[ipaddress.IPv4Network] = set()  # handed out by this process, networks maybe not created yet
+
+
+def engine_subnets(client: docker.DockerClient) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Every subnet the Engine's networks hold (their IPAM config)."""
+    out = []
+    for net in client.networks.list():
+        for config in (net.attrs.get("IPAM") or {}).get("Config") or []:
+            try:
+                out.append(ipaddress.ip_network(config.get("Subnet") or "", strict=False))
+            except ValueError:
+                pass
+    return out
+
+
+def free_subnet(client: docker.DockerClient, pool: str = "10.231.0.0/16", prefix: int = 24) -> str:
+    """A /24 of `pool` that overlaps no network on the Engine (nor one this process handed out already), tried
+    from an offset derived from the pid, so two test runs on one Engine start apart and skip what the other took."""
+    taken = [*engine_subnets(client), *_SUBNETS_GIVEN]
+    candidates = list(ipaddress.ip_network(pool).subnets(new_prefix=prefix))
+    start = os.getpid() % len(candidates)
+    for candidate in candidates[start:] + candidates[:start]:
+        if not any(candidate.overlaps(t) for t in taken if t.version == candidate.version):
+            _SUBNETS_GIVEN.add(candidate)
+            return str(candidate)
+    raise RuntimeError(f"no free /{prefix} left in {pool} on this Engine")
+
+
 def make_testbed(tmp: str, client: docker.DockerClient, name: str) -> Testbed:
     repo = os.path.join(tmp, "repo")
     shutil.copytree(STACK_CONFIG, os.path.join(repo, "config"))
@@ -178,8 +223,8 @@ def make_testbed(tmp: str, client: docker.DockerClient, name: str) -> Testbed:
         "PRODG_DATA": os.path.join(tmp, "data"),
         "PRODG_SECRETS_FILE": secrets_file,
         "PRODG_TEST_NAME": name,
-        # each test bed its own subnet, so beds of concurrent runs never overlap
-        "PRODG_TEST_SUBNET": f"10.231.{zlib.crc32(name.encode()) % 250}.0/24",
+        # each test bed its own subnet, free on this Engine, so beds of concurrent runs never overlap
+        "PRODG_TEST_SUBNET": free_subnet(client),
         "PRODG_TLS_CA_FILE": make_caddy_root(os.path.join(tmp, "data")),
     }
     return Testbed(repo, env, name, client, commits=[first])
@@ -200,3 +245,8 @@ def testbed(tmp_path_factory, docker_client) -> Testbed:
         bed.cleanup()
         os.environ.clear()
         os.environ.update(old_env)
+
+
+# docs/RELIABILITY.md is made from what the tests measured: the `measured` fixture and the session hooks that record
+# outcomes and render (or check) the doc at the end of the session (tests/reliability/recorder.py).
+from tests.reliability.recorder import *  # noqa: E402,F401,F403

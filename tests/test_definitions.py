@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import sys
 
 
 import prodg_assets
@@ -12,7 +13,7 @@ from tests.conftest import ROOT
 def test_dagster_definitions_validate_accepts_the_code_location():
     env = {**os.environ, "DAGSTER_HOME": ""}
     env.pop("DAGSTER_HOME")
-    proc = subprocess.run([f"{ROOT}/.venv/bin/dagster", "definitions", "validate", "-f", "definitions.py"],
+    proc = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-f", "definitions.py"],
                           cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Validation successful" in proc.stdout + proc.stderr

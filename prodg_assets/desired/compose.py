@@ -1,6 +1,7 @@
 """The Compose subset the engine implements (image/build, command, environment/env_file, ports, volumes, networks,
 healthcheck, restart, labels, user, depends_on, container_name, `x-prodg`), read into ServiceSpecs and NetworkSpecs.
 Any other key is a located error, never silently ignored. Pure: reads only through the LoadContext's tree.
+Over 300 lines because each field's rules sit beside the field: one reader, top to bottom in the order of a service.
 """
 
 from __future__ import annotations
@@ -129,6 +130,10 @@ class _ComposeReader:
                     continue
                 if m.group(2) is None:  # "HOST:CONTAINER"
                     host_ip, published, target = "0.0.0.0", m.group(1), m.group(3)
+                    if published == "":  # ":CONTAINER": an Engine-picked port is asked for with its address
+                        self.err(p, f"publish as [HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL] (or "
+                                    f"HOST_IP::CONTAINER_PORT for a port the Engine picks), got {text!r}")
+                        continue
                 else:
                     host_ip, published, target = m.group(1).strip("[]"), m.group(2), m.group(3)
             else:
@@ -144,6 +149,9 @@ class _ComposeReader:
                 continue
             nums = []
             for label, num in (("host port", published), ("container port", target)):
+                if label == "host port" and num == "":
+                    nums.append(0)  # "HOST_IP::CONTAINER_PORT": the Engine picks a free host port
+                    continue
                 try:
                     n = int(str(num))
                     if not 1 <= n <= 65535:
@@ -468,6 +476,8 @@ def _port_conflicts(r: _ComposeReader, specs: dict[str, ServiceSpec]) -> None:
     seen: dict[tuple[int, str], list[tuple[str, str]]] = {}
     for name, spec in sorted(specs.items()):
         for i, port in enumerate(spec.ports):
+            if port.engine_picked:
+                continue  # each gets its own free port from the Engine: nothing to clash with
             for other_ip, other in seen.get((port.host_port, port.protocol), []):
                 wildcard = {"0.0.0.0", "::"}
                 if port.host_ip == other_ip or port.host_ip in wildcard or other_ip in wildcard:

@@ -25,6 +25,10 @@ def sha256_hex(data: bytes | str) -> str:
 
 @dataclass(frozen=True)
 class Port:
+    """A publication. `host_port` 0 is Compose's `HOST_IP::CONTAINER_PORT`: the Engine picks a free host port when
+    the container is started (read it back from the container: `engine.facts.endpoint`). Shown as
+    `127.0.0.1:0->5432/tcp`, the port number the Engine's API takes for "pick one"."""
+
     host_ip: str
     host_port: int
     container_port: int
@@ -33,6 +37,10 @@ class Port:
     @property
     def public(self) -> bool:
         return self.host_ip in ("0.0.0.0", "::")
+
+    @property
+    def engine_picked(self) -> bool:
+        return self.host_port == 0
 
     def __str__(self) -> str:
         host = f"[{self.host_ip}]" if ":" in self.host_ip else self.host_ip

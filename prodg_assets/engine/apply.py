@@ -227,7 +227,9 @@ def _create(engine: DockerEngine, spec: ServiceSpec, state: DesiredState, image:
     env = {**file_env(spec, strict=True), **resolve_env(spec, secrets)}
     port_bindings: dict[str, list] = {}
     for p in () if trial else spec.ports:
-        port_bindings.setdefault(f"{p.container_port}/{p.protocol}", []).append((p.host_ip, p.host_port))
+        # host port 0: HostPort "" — the Engine picks a free port when the container starts
+        port_bindings.setdefault(f"{p.container_port}/{p.protocol}", []).append(
+            (p.host_ip, None if p.engine_picked else p.host_port))
     binds = [f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in spec.volumes]
     networks = list(spec.networks)
     first = networks[0] if networks else None

@@ -100,7 +100,8 @@ def observed_facts(attrs: Mapping[str, Any], declared_env: set[str], image_env: 
         for b in bindings or []:
             host_ip = b.get("HostIp") or "0.0.0.0"
             shown = f"[{host_ip}]" if ":" in host_ip else host_ip
-            ports.append(f"{shown}:{b.get('HostPort')}->{port}/{proto or 'tcp'}")
+            # the *requested* binding: "" (or "0") asks the Engine to pick the host port, as a spec's port 0 does
+            ports.append(f"{shown}:{_requested_host_port(b)}->{port}/{proto or 'tcp'}")
     mounts = []
     for m in attrs.get("Mounts") or []:
         if m.get("Type") == "bind":
@@ -201,31 +202,65 @@ def container_source(client: docker.DockerClient, container: str) -> tuple[str, 
     return f"{container} @ {image}", image, bool((attrs.get("State") or {}).get("Running"))
 
 
+def _requested_host_port(binding: Mapping[str, Any]) -> str:
+    """A PortBindings entry's host port as asked for: "0" when the Engine picks it ("" or "0" in the Engine)."""
+    return str(binding.get("HostPort") or "0").strip() or "0"
+
+
+def published_port(attrs: Mapping[str, Any], container_port: int, protocol: str = "tcp",
+                   host_ip: str = "") -> Optional[int]:
+    """The host port the Engine actually published `container_port/protocol` on (NetworkSettings.Ports: set while
+    the container runs) — the one an Engine-picked publication got; of the binding on `host_ip` when given."""
+    bindings = ((attrs.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{container_port}/{protocol}") or []
+    for b in bindings:
+        ip = b.get("HostIp") or "0.0.0.0"
+        if host_ip and ip != host_ip and not (host_ip in ("0.0.0.0", "::") and ip in ("0.0.0.0", "::")):
+            continue
+        if str(b.get("HostPort") or "").isdigit() and int(b["HostPort"]) > 0:
+            return int(b["HostPort"])
+    return None
+
+
 def exposed_ports(client: docker.DockerClient, project: str) -> list[tuple[str, str, str]]:
-    """(container, "port/proto", host ip) of every publication on a wildcard address, for managed containers."""
+    """(container, "port/proto", host ip) of every publication on a wildcard address, for managed containers (an
+    Engine-picked host port as published, or "0/proto" while it is not)."""
     out = []
     for c in client.containers.list(filters={"label": f"{LABEL_PROJECT}={project}"}):
         for container_port, bindings in (c.attrs.get("HostConfig", {}).get("PortBindings") or {}).items():
             for b in bindings or []:
                 ip = b.get("HostIp") or "0.0.0.0"
                 if ip in ("0.0.0.0", "::"):
-                    proto = container_port.partition("/")[2] or "tcp"
-                    out.append((c.name, f"{b.get('HostPort')}/{proto}", ip))
+                    port, _, proto = container_port.partition("/")
+                    host_port = _requested_host_port(b)
+                    if host_port == "0" and port.isdigit():
+                        host_port = str(published_port(c.attrs, int(port), proto or "tcp", ip) or 0)
+                    out.append((c.name, f"{host_port}/{proto or 'tcp'}", ip))
     return sorted(out)
 
 
 def endpoint(client: docker.DockerClient, probe_network: str, spec: ServiceSpec, container_port: int,
              protocol: str = "tcp") -> Optional[tuple[str, int]]:
     """(host, port) where `container_port` of the service answers from here: its publication on the host when it
-    has one (wildcard publications are reached on loopback), else — or always, when `probe_network` is set because
-    prodg itself runs in a container — the container's address on its network."""
+    has one (wildcard publications are reached on loopback; an Engine-picked host port is read back from the
+    running container), else — or always, when `probe_network` is set because prodg itself runs in a container —
+    the container's address on its network."""
+    attrs: Optional[Mapping[str, Any]] = None
     for p in () if probe_network else spec.ports:
         if p.container_port == container_port and p.protocol == protocol:
             host = "127.0.0.1" if p.host_ip in ("0.0.0.0", "127.0.0.1") else "::1" if p.host_ip == "::" \
                 else p.host_ip
-            return host, p.host_port
+            if not p.engine_picked:
+                return host, p.host_port
+            try:
+                attrs = client.api.inspect_container(spec.container_name)
+            except Exception:
+                return None
+            picked = published_port(attrs, container_port, protocol, p.host_ip)
+            if picked:
+                return host, picked
+            break  # not published (the container is not running): its network address, as below
     try:
-        attrs = client.api.inspect_container(spec.container_name)
+        attrs = attrs or client.api.inspect_container(spec.container_name)
     except Exception:
         return None
     for name, net in (attrs.get("NetworkSettings") or {}).get("Networks", {}).items():

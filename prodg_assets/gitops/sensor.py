@@ -8,21 +8,29 @@ from .impact import impacted_assets
 from .repo import ConfigRepo, GitError
 
 
+def read_cursor(cursor: str | None) -> tuple[str, int]:
+    """(last requested commit, deploy decisions so far) from the sensor's cursor `<sha>:<n>` (or a bare `<sha>`)."""
+    commit, _, count = (cursor or "").partition(":")
+    return commit, int(count) if count.isdigit() else 0
+
+
 def build_git_sensor(target: dg.AssetSelection, interval_s: int = 30) -> dg.SensorDefinition:
     @dg.sensor(name=SENSOR_NAME, target=target, minimum_interval_seconds=interval_s,
                default_status=dg.DefaultSensorStatus.RUNNING)
     def config_repo_sensor(context: dg.SensorEvaluationContext, repo: ConfigRepo):
         """Watches the config repo's tracked branch. For a new head commit it validates the config (an invalid commit
         is skipped with its located errors and deploys nothing), diffs it against the last deployed commit, and
-        requests one run of the affected assets and everything downstream of them, with run_key and tag
-        `prodg/commit` = the commit. A rewritten history (the deployed commit is no longer an ancestor) triggers a
-        full reconcile. The cursor (last requested commit) moves only when a run is requested."""
+        requests one run of the affected assets and everything downstream of them, tagged `prodg/commit` = the
+        commit. Its run_key is unique per decision (`<sha>:<n>`), not the SHA alone: a branch reset to a commit that
+        was deployed before deploys it again. A rewritten history (the deployed commit is no longer an ancestor)
+        triggers a full reconcile. The cursor (`<last requested commit>:<decisions>`) moves only when a decision is
+        taken."""
         try:
             repo.fetch()
             head = repo.head()
         except GitError as exc:
             raise dg.Failure(f"config repo unreadable: {exc}") from None  # the cursor stays where it was
-        last = context.cursor or ""
+        last, decisions = read_cursor(context.cursor)
         if head == last:
             return dg.SkipReason(f"no new commit on {repo.branch} (deployed: {head[:12]})")
         try:
@@ -44,7 +52,7 @@ def build_git_sensor(target: dg.AssetSelection, interval_s: int = 30) -> dg.Sens
         if why:
             reasons.insert(0, why)
         if not assets:
-            context.update_cursor(head)
+            context.update_cursor(f"{head}:{decisions}")
             return dg.SkipReason(f"commit {head[:12]} changes no asset ({len(covers)} commit(s))")
         graph = context.repository_def.asset_graph
         known = {k for k in graph.get_all_asset_keys()}
@@ -52,9 +60,9 @@ def build_git_sensor(target: dg.AssetSelection, interval_s: int = 30) -> dg.Sens
         selection = dg.AssetSelection.assets(*keys).downstream() & target
         selected = sorted(selection.resolve(graph), key=lambda k: k.to_user_string())
         context.log.info(f"{head[:12]}: {'; '.join(reasons)} -> {', '.join(k.to_user_string() for k in selected)}")
-        context.update_cursor(head)
+        context.update_cursor(f"{head}:{decisions + 1}")
         return dg.RunRequest(
-            run_key=head,
+            run_key=f"{head}:{decisions + 1}",
             asset_selection=selected,
             tags={COMMIT_TAG: head, COVERS_TAG: ",".join(c[:12] for c in covers[:50]),
                   REASON_TAG: "; ".join(reasons)[:1000]},

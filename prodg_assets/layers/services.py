@@ -38,15 +38,16 @@ def _describe(spec: ServiceSpec) -> str:
 
 def newer_live_commit(context, docker: DockerEngine, repo: ConfigRepo, state: DesiredState, spec: ServiceSpec,
                       commit: str) -> str:
-    """The commit of the service's live container when it is a strict descendant of `commit` — i.e. a newer deploy
-    already applied this service and this (older) run must not undo it; "" otherwise, and always for a forced run
-    (the break-glass rollback)."""
+    """The commit of the service's live container when it is a strict descendant of `commit` that the tracked
+    branch still contains — i.e. a newer deploy already applied this service and this (older) run must not undo it;
+    "" otherwise: always for a forced run (the break-glass rollback), and when the branch was reset to before the
+    live commit (the GitOps rollback: the branch is the truth)."""
     if not commit or forced(context) or not repo.is_git():
         return ""
     live = docker.live_commit(state.project, spec)
-    if not live or live == commit:
+    if not live or live == commit or not repo.is_ancestor(commit, live):
         return ""
-    return live if repo.is_ancestor(commit, live) else ""
+    return live if repo.is_ancestor(live, repo.head()) else ""
 
 
 def build_service_asset(state: DesiredState, spec: ServiceSpec) -> dg.AssetsDefinition:

@@ -1,18 +1,25 @@
 """Failed backups keep nothing: a pg_dumpall that fails midway (a table it cannot lock) or is killed midway, a
 `git archive` of a commit that does not exist, a MinIO bucket that cannot be listed. Each fails its partition and
-leaves no object under the day's prefix and no multipart upload in progress — after the upload had started."""
+leaves no object under the day's prefix and no multipart upload in progress — after the upload had started. Each
+fault test then removes the fault (the lock released, the bucket there) and backs up the same partition again: the
+retry succeeds, and nothing is lost — every row the cluster holds is in the retry's dump, every object of the mirrored
+buckets is in the retry's copy with its sha256 (what each compared is recorded for docs/RELIABILITY.md)."""
 
 import datetime
+import hashlib
+import io
+import json
+import re
 import threading
 import time
 
 import dagster as dg
 import pytest
 
-from prodg_assets.backups.assets import CONFIG_BACKUP, MINIO_BACKUP, POSTGRES_BACKUP
-from prodg_assets.backups.pipeline import exec_run
+from prodg_assets.contract import CONFIG_BACKUP, MINIO_BACKUP, POSTGRES_BACKUP
+from prodg_assets.engine.exec import exec_run
 from prodg_assets.backups.store import S3Source
-from tests.backups.conftest import SECRETS, START, STORE_SECRET, psql, wait_for
+from tests.backups.conftest import MINIO_OBJECTS, SECRETS, START, STORE_SECRET, psql, s3, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -103,13 +110,78 @@ def failure_text(result) -> str:
     return "\n".join(str(e.event_specific_data.error) for e in result.all_events if e.is_step_failure)
 
 
+def metadata_of(result) -> dict:
+    (event,) = result.get_asset_materialization_events()
+    return {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
+
+
+def release_the_lock(bed):
+    """The fault removed: the session holding `held` in ACCESS EXCLUSIVE mode is ended."""
+    api = bed.client.api
+    psql(api, bed.pg, "select pg_terminate_backend(pid) from pg_stat_activity "
+                      "where datname = 'zzz_locked' and pid <> pg_backend_pid();")
+    wait_for(lambda: psql(api, bed.pg, "select count(*) from pg_locks l join pg_class c on c.oid = l.relation "
+                                       "where c.relname = 'held'", db="zzz_locked") == "0", what="the lock to go")
+
+
+def rows_in_the_cluster(bed) -> dict[str, int]:
+    """Every table of every database of the live cluster with its row count ("db/schema.table"), by count(*)."""
+    api = bed.client.api
+    rows = {}
+    for db in psql(api, bed.pg, "select datname from pg_database where datallowconn and not datistemplate").split():
+        tables = psql(api, bed.pg, "select quote_ident(schemaname) || '.' || quote_ident(relname) "
+                                   "from pg_stat_user_tables", db=db).split()
+        for table in tables:
+            rows[f"{db}/{table}"] = int(psql(api, bed.pg, f"select count(*) from {table}", db=db))
+    return rows
+
+
+CONNECT = re.compile(r"^\\connect (?:-reuse-previous=on )?(?:\"dbname='(?P<a>[^']+)'\"|\"?(?P<b>[^\"\s]+)\"?)\s*$")
+COPY = re.compile(r"^COPY (?P<table>\S+) .*FROM stdin;$")
+
+
+def rows_in_the_dump(store, key: str) -> dict[str, int]:
+    """The rows of every table in the stored pg_dumpall (downloaded, decompressed, its COPY blocks counted)."""
+    import zstandard
+
+    assert key.endswith(".sql.zst"), key
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(store.read_bytes(key)))
+    rows, db, table = {}, None, None
+    for line in io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8", errors="replace"):
+        line = line.rstrip("\n")
+        if table is not None:
+            if line == "\\.":
+                table = None
+            else:
+                rows[table] += 1
+        elif m := CONNECT.match(line):
+            db = m["a"] or m["b"]
+        elif m := COPY.match(line):
+            table = f"{db}/{m['table']}"
+            rows[table] = 0
+    return rows
+
+
+def assert_the_retry_lost_no_row(bed, store, retry, prefix: str, measured):
+    """The retry's one object is intact (its bytes hash to the recorded sha256) and its dump holds every row of every
+    table the cluster holds."""
+    meta = metadata_of(retry)
+    assert [o.key for o in store.list(prefix)] == [meta["object_key"]]
+    assert store.sha256_of(meta["object_key"]) == (meta["sha256"], meta["bytes"])
+    assert store.multipart_uploads(prefix) == []
+    live = rows_in_the_cluster(bed)
+    assert live.get("bulk/public.blob") == 400000, live
+    dumped = rows_in_the_dump(store, meta["object_key"])
+    assert measured.compare("rows", expected=live, actual=dumped) == 0, (live, dumped)
+
+
 @pytest.mark.fault
 def test_a_dump_that_fails_midway_fails_the_partition_and_leaves_no_object(bed, clean_store, locked_cluster,
-                                                                           instance):
+                                                                           instance, measured):
     prefix = f"postgres/{DAY}/"
+    run_config = {"ops": {POSTGRES_BACKUP: {"config": {"lock_wait_timeout_s": 2, "census_lock_timeout_s": 1}}}}
     with UploadWatcher(bed.store(), prefix) as watcher:
-        result = bed.materialize([POSTGRES_BACKUP], DAY, instance, raise_on_error=False, run_config={
-            "ops": {POSTGRES_BACKUP: {"config": {"lock_wait_timeout_s": 2, "census_lock_timeout_s": 1}}}})
+        result = bed.materialize([POSTGRES_BACKUP], DAY, instance, raise_on_error=False, run_config=run_config)
     assert not result.success
     assert watcher.seen, "the failure came before the multipart upload started"
     text = failure_text(result)
@@ -119,23 +191,35 @@ def test_a_dump_that_fails_midway_fails_the_partition_and_leaves_no_object(bed, 
     assert_nothing_kept(clean_store, prefix)
     assert not result.get_asset_materialization_events()
 
+    release_the_lock(bed)
+    retry = bed.materialize([POSTGRES_BACKUP], DAY, instance, raise_on_error=False, run_config=run_config)
+    assert measured.retried(converged=retry.success), failure_text(retry)
+    assert_the_retry_lost_no_row(bed, clean_store, retry, prefix, measured)
+
 
 @pytest.mark.fault
-def test_a_dump_killed_midway_fails_the_partition_and_leaves_no_object(bed, clean_store, locked_cluster, instance):
+def test_a_dump_killed_midway_fails_the_partition_and_leaves_no_object(bed, clean_store, locked_cluster, instance,
+                                                                       measured):
     prefix = f"postgres/{DAY}/"
+    run_config = {"ops": {POSTGRES_BACKUP: {"config": {"lock_wait_timeout_s": 120, "census_lock_timeout_s": 1}}}}
 
     def kill_the_dump():
         exec_run(bed.client.api, bed.pg, KILL_PG_DUMP)
 
     with UploadWatcher(bed.store(), prefix, on_upload=kill_the_dump) as watcher:
-        result = bed.materialize([POSTGRES_BACKUP], DAY, instance, raise_on_error=False, run_config={
-            "ops": {POSTGRES_BACKUP: {"config": {"lock_wait_timeout_s": 120, "census_lock_timeout_s": 1}}}})
+        result = bed.materialize([POSTGRES_BACKUP], DAY, instance, raise_on_error=False, run_config=run_config)
     assert watcher.seen
     assert not result.success
     text = failure_text(result)
     assert "pg_dumpall in container" in text and "exited with status 1" in text
     assert "pg_dump failed on database" in text
     assert_nothing_kept(clean_store, prefix)
+
+    # the fault removed: nothing kills the dump now, and the lock that held it at `zzz_locked` is gone
+    release_the_lock(bed)
+    retry = bed.materialize([POSTGRES_BACKUP], DAY, instance, raise_on_error=False, run_config=run_config)
+    assert measured.retried(converged=retry.success), failure_text(retry)
+    assert_the_retry_lost_no_row(bed, clean_store, retry, prefix, measured)
 
 
 def test_a_config_archive_of_an_unknown_commit_keeps_nothing(bed, clean_store, instance):
@@ -146,7 +230,7 @@ def test_a_config_archive_of_an_unknown_commit_keeps_nothing(bed, clean_store, i
 
 
 @pytest.mark.fault
-def test_a_mirror_that_fails_halfway_removes_what_it_copied(bed, clean_store, instance):
+def test_a_mirror_that_fails_halfway_removes_what_it_copied(bed, clean_store, instance, measured):
     source = S3Source(endpoint_url=bed.minio_url, access_key_id="minio-admin",
                       secret_access_key_secret="MINIO_ROOT_PASSWORD", buckets=["media", "no-such-bucket"])
     result = bed.materialize([MINIO_BACKUP], DAY, instance, raise_on_error=False, minio_source=source)
@@ -155,3 +239,22 @@ def test_a_mirror_that_fails_halfway_removes_what_it_copied(bed, clean_store, in
     assert "NoSuchBucket" in text and "no manifest was written" in text
     assert SECRETS["MINIO_ROOT_PASSWORD"] not in text
     assert_nothing_kept(clean_store, f"minio/{DAY}/")
+
+    # the fault removed: the bucket is there (empty); the same mirror of the same partition again
+    minio = s3(bed.minio_url)
+    minio.create_bucket(Bucket="no-such-bucket")
+    try:
+        retry = bed.materialize([MINIO_BACKUP], DAY, instance, raise_on_error=False, minio_source=source)
+    finally:
+        minio.delete_bucket(Bucket="no-such-bucket")
+    assert measured.retried(converged=retry.success), failure_text(retry)
+    meta = metadata_of(retry)
+    assert meta["object_key"] == f"minio/{DAY}/manifest.json"
+    raw = clean_store.read_bytes(meta["object_key"])
+    assert hashlib.sha256(raw).hexdigest() == meta["sha256"]
+    manifest = json.loads(raw)
+    expected = {(b, k): hashlib.sha256(data).hexdigest() for (b, k), data in MINIO_OBJECTS.items()
+                if b in source.buckets}
+    copied = {(e["bucket"], e["key"]): clean_store.sha256_of(e["object_key"])[0] for e in manifest["objects"]}
+    assert measured.compare("objects", expected=expected, actual=copied) == 0, (expected, copied)
+    assert clean_store.multipart_uploads(f"minio/{DAY}/") == []

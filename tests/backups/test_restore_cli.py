@@ -2,13 +2,14 @@
 
 import datetime
 import os
+import re
 import subprocess
 
 import dagster as dg
 import pytest
 
 from tests.backups.conftest import SECRETS, STORE_KEY_ID, STORE_SECRET, psql
-from tests.conftest import ROOT
+from tests.conftest import PRODG_CLI, ROOT
 
 pytestmark = pytest.mark.docker
 
@@ -19,20 +20,22 @@ def test_prodg_restore_verifies_and_restores_the_days_dump_into_a_scratch_postgr
         assert bed.materialize(["postgres_backup"], day, instance).success
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "PRODG_REPO": bed.repo,
            "PRODG_TEST_STORE_KEY_ID": STORE_KEY_ID, "PRODG_TEST_STORE_SECRET": STORE_SECRET}
-    scratch = f"prodg-restore-{day}"
+    scratch = f"prodg-restore-{day}"  # the scratch container's name, made unique by a random suffix
     try:
-        proc = subprocess.run([f"{ROOT}/.venv/bin/prodg", "restore", "postgres", "--date", day], env=env,
+        proc = subprocess.run([*PRODG_CLI, "restore", "postgres", "--date", day], env=env,
                               capture_output=True, text=True, timeout=300, cwd=ROOT)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert "sha256 verified" in proc.stdout and scratch in proc.stdout
+        named = re.search(rf"into container ({re.escape(scratch)}-[0-9a-f]{{6}}):", proc.stdout)
+        assert "sha256 verified" in proc.stdout and named, proc.stdout
+        scratch = named.group(1)
         rows = psql(bed.client.api, scratch, "select count(*) from events", db="hermes")
         assert rows.strip() == psql(bed.client.api, bed.pg, "select count(*) from events", db="hermes").strip()
         # into a target that holds data: refused, one clear line, no traceback
-        again = subprocess.run([f"{ROOT}/.venv/bin/prodg", "restore", "postgres", "--date", day, "--target",
+        again = subprocess.run([*PRODG_CLI, "restore", "postgres", "--date", day, "--target",
                                 scratch], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
         assert again.returncode == 1 and "Traceback" not in again.stderr
         assert "RestoreRefused" in again.stderr
-        missing = subprocess.run([f"{ROOT}/.venv/bin/prodg", "restore", "postgres", "--date", "2001-01-01"],
+        missing = subprocess.run([*PRODG_CLI, "restore", "postgres", "--date", "2001-01-01"],
                                  env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
         assert missing.returncode == 1 and "no Postgres backup for 2001-01-01" in missing.stderr
         assert not any(v in proc.stdout + proc.stderr + again.stderr for v in (*SECRETS.values(), STORE_SECRET))

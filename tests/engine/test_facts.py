@@ -8,18 +8,20 @@ from typing import Any
 import pytest
 
 from prodg_assets.desired.interpolate import resolve_env
-from prodg_assets.engine.facts import Facts, desired_facts, observed_facts
-from prodg_assets.desired.model import sha256_hex
+from prodg_assets.engine.facts import Facts, desired_facts, endpoint, observed_facts, published_port
+from prodg_assets.desired.model import Port, sha256_hex
 
 from .test_plan import (
     AS_USER,
     BASE,
     BRIDGE,
     DECLARES_PGDATA,
+    ENGINE_PICKED,
     NO_COMMAND,
     NO_HEALTHCHECK,
     ON_FAILURE_3,
     ON_IPV6_TOO,
+    PICKED_PORT,
     PG_PASSWORD,
     POSTGRES_16,
     POSTGRES_STANDIN,
@@ -131,7 +133,12 @@ def test_observed_restart(policy: Any, expected: str) -> None:
     ({"5432/tcp": None}, ()),  # exposed, not published
     ({}, ()),
     (None, ()),
-], ids=["loopback", "empty host ip", "ipv6 any", "udp", "two bindings", "exposed only", "none", "null"])
+    # Engine-picked (127.0.0.1::5432): the requested binding, whatever port the Engine chose — as the spec says it
+    ({"5432/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}, ("127.0.0.1:0->5432/tcp",)),
+    ({"5432/tcp": [{"HostIp": "127.0.0.1", "HostPort": "0"}]}, ("127.0.0.1:0->5432/tcp",)),
+    ({"5432/tcp": [{"HostIp": "127.0.0.1"}]}, ("127.0.0.1:0->5432/tcp",)),
+], ids=["loopback", "empty host ip", "ipv6 any", "udp", "two bindings", "exposed only", "none", "null",
+        "engine-picked ''", "engine-picked '0'", "engine-picked, no HostPort key"])
 def test_observed_ports(bindings: Any, expected: tuple[str, ...]) -> None:
     assert _observed({"HostConfig|PortBindings": bindings}).ports == expected
 
@@ -218,6 +225,7 @@ ROUND_TRIP = {
     "on-failure:3": (ON_FAILURE_3, POSTGRES_16),
     "restart no": (RESTART_NO, POSTGRES_16),
     "ipv6": (ON_IPV6_TOO, POSTGRES_16),
+    "engine-picked port": (ENGINE_PICKED, POSTGRES_16),
     "two networks": (TWO_NETWORKS, POSTGRES_16),
     "user": (AS_USER, POSTGRES_16),
     "redis": (REDIS_SPEC, REDIS_7),
@@ -255,6 +263,66 @@ def test_observed_networks() -> None:
     attrs["NetworkSettings"]["Networks"]["bridge"] = BRIDGE
     assert observed_facts(attrs, set(), dict(POSTGRES_16.env)).networks == ("bridge", "prodg_backend",
                                                                              "prodg_monitoring")
+
+
+# -- where a published port answers: the Engine-picked one read back from the running container ----------------------
+
+PICKED_ATTRS = container_attrs(ENGINE_PICKED, SECRETS, POSTGRES_16)
+
+
+@pytest.mark.parametrize("ports, container_port, protocol, host_ip, expected", [
+    ({"5432/tcp": [{"HostIp": "127.0.0.1", "HostPort": "49153"}]}, 5432, "tcp", "", 49153),
+    ({"5432/tcp": [{"HostIp": "127.0.0.1", "HostPort": "49153"}]}, 5432, "tcp", "127.0.0.1", 49153),
+    ({"5432/tcp": [{"HostIp": "127.0.0.1", "HostPort": "49153"}, {"HostIp": "::1", "HostPort": "49154"}]},
+     5432, "tcp", "::1", 49154),
+    ({"5432/tcp": [{"HostIp": "0.0.0.0", "HostPort": "49153"}, {"HostIp": "::", "HostPort": "49153"}]},
+     5432, "tcp", "::", 49153),  # a wildcard publication answers on both families
+    ({"5432/tcp": [{"HostIp": "127.0.0.1", "HostPort": "49153"}]}, 5432, "udp", "", None),
+    ({"5432/tcp": [{"HostIp": "127.0.0.1", "HostPort": "49153"}]}, 6379, "tcp", "", None),
+    ({"5432/tcp": None}, 5432, "tcp", "", None),  # exposed, not published
+    ({"5432/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}, 5432, "tcp", "", None),
+    ({}, 5432, "tcp", "", None),  # not running: the Engine shows no publications
+    (None, 5432, "tcp", "", None),
+], ids=["any ip", "its ip", "the ipv6 binding", "wildcard families", "other protocol", "other port", "exposed only",
+        "no port yet", "not running", "null"])
+def test_published_port(ports: Any, container_port: int, protocol: str, host_ip: str, expected) -> None:
+    assert published_port({"NetworkSettings": {"Ports": ports}}, container_port, protocol, host_ip) == expected
+
+
+class _InspectOnly:
+    """The one Engine call `endpoint` makes (`client.api.inspect_container`), answering fixed inspect data."""
+
+    def __init__(self, attrs):
+        self.api, self.attrs, self.calls = self, attrs, 0
+
+    def inspect_container(self, name):
+        self.calls += 1
+        if self.attrs is None:
+            raise LookupError(name)
+        return self.attrs
+
+
+def _stopped(attrs: dict) -> dict:
+    return {**attrs, "NetworkSettings": {**attrs["NetworkSettings"], "Ports": {},
+                                         "Networks": {n: {**v, "IPAddress": ""}
+                                                      for n, v in attrs["NetworkSettings"]["Networks"].items()}}}
+
+
+@pytest.mark.parametrize("spec, attrs, probe_network, expected, inspected", [
+    (BASE, container_attrs(BASE, SECRETS, POSTGRES_16), "", ("127.0.0.1", 5432), 0),  # fixed: the spec says it
+    (ENGINE_PICKED, PICKED_ATTRS, "", ("127.0.0.1", int(PICKED_PORT)), 1),  # picked: read back from the Engine
+    (replace(ENGINE_PICKED, ports=(Port("0.0.0.0", 0, 5432),)),
+     container_attrs(replace(ENGINE_PICKED, ports=(Port("0.0.0.0", 0, 5432),)), SECRETS, POSTGRES_16), "",
+     ("127.0.0.1", int(PICKED_PORT)), 1),  # a wildcard publication is reached on loopback
+    (ENGINE_PICKED, _stopped(PICKED_ATTRS), "", None, 1),  # not running: no port, no address
+    (ENGINE_PICKED, None, "", None, 1),  # no such container
+    (ENGINE_PICKED, PICKED_ATTRS, "prodg_backend", ("172.20.0.5", 5432), 1),  # prodg in a container: the network
+], ids=["fixed port", "engine-picked", "engine-picked wildcard", "engine-picked, stopped", "no container",
+        "probe network"])
+def test_endpoint(spec, attrs, probe_network: str, expected, inspected: int) -> None:
+    client = _InspectOnly(attrs)
+    assert endpoint(client, probe_network, spec, 5432) == expected
+    assert client.calls == inspected
 
 
 # -- Facts.diff --------------------------------------------------------------------------------------------------------

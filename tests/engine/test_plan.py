@@ -129,6 +129,8 @@ DECLARES_PGDATA = replace(BASE, environment=tuple(sorted(BASE.environment + (("P
 ON_FAILURE_3 = replace(BASE, restart="on-failure:3")
 RESTART_NO = replace(BASE, restart="no")
 ON_IPV6_TOO = replace(BASE, ports=(Port("127.0.0.1", 5432, 5432), Port("::1", 5432, 5432)))
+ENGINE_PICKED = replace(BASE, ports=(Port("127.0.0.1", 0, 5432),))  # 127.0.0.1::5432: the Engine picks the port
+PICKED_PORT = "49153"  # what the Engine picked, in the fakes below
 TWO_NETWORKS = replace(BASE, networks=(("prodg_backend", ("db",)), ("prodg_monitoring", ())))
 AS_USER = replace(BASE, user="70:70")
 WITH_ENV_FILE = replace(BASE, env_files=("/etc/prodg/postgres.env",))
@@ -180,9 +182,13 @@ def container_attrs(spec: ServiceSpec, secrets: Mapping[str, str], image: Image,
     else:
         health = copy.deepcopy(image.healthcheck)
     bindings: dict[str, list[dict[str, str]]] = {}
+    published: dict[str, list[dict[str, str]]] = {}  # NetworkSettings.Ports: what the running container got
     for p in spec.ports:
+        # an Engine-picked port is requested as HostPort "" (docker-py's None) and published on a port it chose
         bindings.setdefault(f"{p.container_port}/{p.protocol}", []).append(
-            {"HostIp": p.host_ip, "HostPort": str(p.host_port)})
+            {"HostIp": p.host_ip, "HostPort": "" if p.host_port == 0 else str(p.host_port)})
+        published.setdefault(f"{p.container_port}/{p.protocol}", []).append(
+            {"HostIp": p.host_ip, "HostPort": PICKED_PORT if p.host_port == 0 else str(p.host_port)})
     mounts = []
     for m in spec.volumes:
         mode = "ro" if m.read_only else "rw"
@@ -243,7 +249,8 @@ def container_attrs(spec: ServiceSpec, secrets: Mapping[str, str], image: Image,
             "Entrypoint": list(image.entrypoint) or None,
             "Labels": labels,
         },
-        "NetworkSettings": {"Bridge": "", "SandboxID": _hex(f"sandbox:{cid}"), "Ports": {}, "Networks": networks},
+        "NetworkSettings": {"Bridge": "", "SandboxID": _hex(f"sandbox:{cid}"), "Ports": published,
+                            "Networks": networks},
     }
 
 
@@ -363,6 +370,9 @@ CASES = [
     Case("restart no, reported by an older Engine as ''", UNCHANGED, spec=RESTART_NO,
          edits=(at("HostConfig.RestartPolicy", {"Name": "", "MaximumRetryCount": 0}),)),
     Case("ipv6 port binding", UNCHANGED, spec=ON_IPV6_TOO),
+    Case("engine-picked host port is not drift", UNCHANGED, spec=ENGINE_PICKED),
+    Case("engine-picked host port, requested as '0'", UNCHANGED, spec=ENGINE_PICKED,
+         edits=(at("HostConfig.PortBindings.5432/tcp.0.HostPort", "0"),)),
     Case("two networks", UNCHANGED, spec=TWO_NETWORKS),
     Case("image's anonymous volume is not drift", UNCHANGED, spec=REDIS_SPEC, image=REDIS_7,
          secrets={"REDIS_PASSWORD": "redis-Plan-Secret-77e2"}),
@@ -376,9 +386,14 @@ CASES = [
          spec=WITH_COMMAND, deployed=NO_COMMAND),
     Case("network added to the spec", RECREATE, ("networks",), (SPEC_CHANGED,), spec=TWO_NETWORKS, deployed=BASE),
     Case("image id differs (tag moved by a pull)", RECREATE, ("image_id",), deployed_image=POSTGRES_16_OLD),
+    Case("fixed host port made engine-picked", RECREATE, ("ports",), (SPEC_CHANGED,), spec=ENGINE_PICKED,
+         deployed=BASE),
+    Case("engine-picked host port made fixed", RECREATE, ("ports",), (SPEC_CHANGED,), deployed=ENGINE_PICKED),
     # changed by hand
     Case("port host_ip changed by hand", RECREATE, ("ports",),
          edits=(at("HostConfig.PortBindings.5432/tcp.0.HostIp", "0.0.0.0"),)),
+    Case("engine-picked port pinned by hand", RECREATE, ("ports",), spec=ENGINE_PICKED,
+         edits=(at("HostConfig.PortBindings.5432/tcp.0.HostPort", "5432"),)),
     Case("restart policy changed by hand (docker update)", RECREATE, ("restart",),
          edits=(at("HostConfig.RestartPolicy", {"Name": "always", "MaximumRetryCount": 0}),)),
     Case("container stopped", RECREATE, ("running",), (NOT_RUNNING,), edits=(at("State", STOPPED),)),

@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from tests.conftest import ROOT, TEST_SECRETS, Testbed
+from tests.conftest import PRODG_CLI, ROOT, TEST_SECRETS, Testbed
 
 pytestmark = pytest.mark.docker
 
@@ -79,20 +79,21 @@ def test_test_stack_answers_on_its_real_protocols(deployed):
                           "select 40 + 2"], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "42"
     # Redis answers PING with its password, and refuses without it.
-    with socket.create_connection(("127.0.0.1", 26379), timeout=5) as s:
+    with socket.create_connection(("127.0.0.1", bed.published_port("redis", 6379)), timeout=5) as s:
         s.sendall(b"PING\r\n")
         assert s.recv(100).startswith(b"-NOAUTH")
     # Caddy serves HTTPS with its internal CA for the public domain, proxying Hermes.
     ctx = ssl.create_default_context(cafile=bed.env["PRODG_TLS_CA_FILE"])
-    with socket.create_connection(("127.0.0.1", 28443), timeout=5) as sock:
+    with socket.create_connection(("127.0.0.1", bed.published_port("caddy", 443)), timeout=5) as sock:
         with ctx.wrap_socket(sock, server_hostname="api.mainframe.prodg.studio") as tls:
             tls.sendall(b"GET /health HTTP/1.1\r\nHost: api.mainframe.prodg.studio\r\nConnection: close\r\n\r\n")
             reply = tls.recv(4096)
     assert reply.startswith(b"HTTP/1.1 200") and b'"ok"' in reply
     # Prometheus reports its targets, all up.
     deadline = time.time() + 30
+    prometheus = f"http://127.0.0.1:{bed.published_port('prometheus', 9090)}"
     while True:
-        targets = requests.get("http://127.0.0.1:29090/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+        targets = requests.get(f"{prometheus}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
         health = {t["labels"]["job"]: t["health"] for t in targets}
         if all(h == "up" for h in health.values()) or time.time() > deadline:
             break
@@ -136,11 +137,12 @@ def test_failing_healthcheck_rolls_back_and_service_keeps_answering(deployed):
     sha = bed.commit("hermes: a release whose /health crashes")
     answers: list = []
     stop = threading.Event()
+    health = f"http://127.0.0.1:{bed.published_port('hermes-api', 8000)}/health"  # the serving container's
 
     def probe():
         while not stop.is_set():
             try:
-                answers.append(requests.get("http://127.0.0.1:28000/health", timeout=2).status_code)
+                answers.append(requests.get(health, timeout=2).status_code)
             except requests.RequestException as exc:
                 answers.append(type(exc).__name__)
             time.sleep(0.2)
@@ -169,7 +171,7 @@ def test_failing_healthcheck_rolls_back_and_service_keeps_answering(deployed):
 
 
 def prodg(bed: Testbed, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([f"{ROOT}/.venv/bin/prodg", *args], capture_output=True, text=True, env=bed.env, cwd=ROOT)
+    return subprocess.run([*PRODG_CLI, *args], capture_output=True, text=True, env=bed.env, cwd=ROOT)
 
 
 def plan_rows(output: str) -> dict[str, tuple[str, str]]:
@@ -221,16 +223,18 @@ def test_dry_run_records_the_plan_and_changes_nothing(deployed):
 
 def test_exposure_check_fails_on_a_wildcard_port_outside_the_allow_list(deployed):
     bed, _ = deployed
+    # on a port the Engine picks (0.0.0.0::9100): the check names the port it really got
     bed.edit("compose/docker-compose.yml", "    x-prodg: {layer: observability, internal_ports: [9100]}",
-             "    ports: [\"0.0.0.0:29100:9100\"]\n    x-prodg: {layer: observability, internal_ports: [9100]}")
+             "    ports: [\"0.0.0.0::9100\"]\n    x-prodg: {layer: observability, internal_ports: [9100]}")
     bed.commit("node-exporter: published on every address (wrong)")
     try:
         result = bed.materialize(selection="node_exporter,host_baseline")
         checks = check_results(result)
         assert checks["exposure"] is False
-        assert f"{bed.project}-node-exporter: 29100/tcp on 0.0.0.0" in check_problems(result)["exposure"]
+        port = bed.published_port("node-exporter", 9100)
+        assert f"{bed.project}-node-exporter: {port}/tcp on 0.0.0.0" in check_problems(result)["exposure"]
     finally:
-        bed.edit("compose/docker-compose.yml", "    ports: [\"0.0.0.0:29100:9100\"]\n", "")
+        bed.edit("compose/docker-compose.yml", "    ports: [\"0.0.0.0::9100\"]\n", "")
         bed.commit("node-exporter: internal only again")
         assert bed.materialize(selection="node_exporter").success
     assert check_results(bed.materialize(selection="host_baseline"))["exposure"] is True

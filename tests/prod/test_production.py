@@ -24,7 +24,7 @@ import yaml
 
 import prodg_assets
 from prodg_assets.gitops.impact import impacted_assets
-from prodg_assets.spec import LAYERS, DirTree, load_desired_state
+from prodg_assets.desired import DirTree, LAYERS, load_desired_state
 from tests.conftest import ROOT, Testbed, make_testbed
 
 # The first test's setup builds the images when they are missing (about 4 minutes on 2 cores), hence the timeout.
@@ -420,15 +420,17 @@ def test_push_to_config_repo_is_deployed_by_the_daemons_sensor_tick(deployment: 
     run = dep.wait_run(runs[0]["runId"])
     tags = {t["key"]: t["value"] for t in run["tags"]}
     assert tags["dagster/sensor_name"] == "config_repo_sensor"
-    assert tags["dagster/run_key"] == commit
+    assert tags["dagster/run_key"].split(":")[0] == commit  # <sha>:<decision>
     assert [a["path"] for a in run["assetSelection"]] == [["retired_services"]]
     assert tags["docker/container_id"]  # it too ran in a container of its own
 
 
 @pytest.mark.fault
-def test_a_run_whose_container_dies_is_marked_failed(deployment: Deployment):
+def test_a_run_whose_container_dies_is_marked_failed(deployment: Deployment, measured):
     """Run monitoring: the run's container is killed while the run is STARTED; the daemon notices that the container
-    is gone and marks the run failed (it would otherwise stay STARTED for ever)."""
+    is gone and marks the run failed (it would otherwise stay STARTED for ever). Then the operator's retry — the failed
+    run re-executed (all steps) through the webserver, nothing killing it now — succeeds in a container of its own and
+    stores what the run was to store, while the killed run's record stays as it was."""
     dep = deployment
     commit = dep.bed.commits[-1]
     for _attempt in range(3):  # the kill must land between STARTED and the end of the (short) run
@@ -457,6 +459,38 @@ def test_a_run_whose_container_dies_is_marked_failed(deployment: Deployment):
                    and r, 120, interval=2, diagnose=dep.diagnose)
     assert run["status"] == "FAILURE", run
     assert "Detected run worker status" in dep.run_messages(run_id)
+
+    data = dep.gql("""mutation($params: ReexecutionParams!) { launchRunReexecution(reexecutionParams: $params) {
+          __typename ... on LaunchRunSuccess { run { runId } } ... on Error { message } } }""",
+                   params={"parentRunId": run_id, "strategy": "ALL_STEPS"})
+    assert data["launchRunReexecution"]["__typename"] == "LaunchRunSuccess", data
+    retry_id = data["launchRunReexecution"]["run"]["runId"]
+    retry = wait_for(f"the re-execution {retry_id} to finish", lambda: (r := dep.run(retry_id))["status"] in TERMINAL
+                     and r, 240, interval=2, diagnose=dep.diagnose)
+    assert measured.retried(converged=retry["status"] == "SUCCESS"), \
+        f"{retry['status']}\n{dep.run_messages(retry_id)}\n{dep.diagnose()}"
+    tags = {t["key"]: t["value"] for t in retry["tags"]}
+    assert tags["dagster/parent_run_id"] == run_id and tags["prodg/commit"] == commit
+    assert tags["docker/container_id"]  # it too ran in a container of its own
+    assert dep.run(run_id)["status"] == "FAILURE"  # the killed run is not rewritten by its retry
+    # Nothing lost: what the run was to store is in Dagster's Postgres for the retry — its materialisation of
+    # secrets_env at the commit and its passing check — and the killed run's failure is still there.
+    stored = set()
+    for line in dep.psql(f"SELECT event FROM event_logs WHERE run_id = '{retry_id}'").splitlines():
+        event = dg.deserialize_value(line, dg.EventLogEntry).dagster_event
+        if event is not None:
+            key = event.asset_key or getattr(event.event_specific_data, "asset_key", None)
+            stored.add((event.event_type_value, key.to_user_string() if key else ""))
+    wanted = {(dg.DagsterEventType.RUN_START.value, ""), (dg.DagsterEventType.RUN_SUCCESS.value, ""),
+              (dg.DagsterEventType.ASSET_MATERIALIZATION.value, "secrets_env"),
+              (dg.DagsterEventType.ASSET_CHECK_EVALUATION.value, "secrets_env")}
+    assert measured.compare("events", expected=wanted, actual=stored) == 0, stored
+    event = dg.deserialize_value(dep.psql(
+        f"SELECT event FROM event_logs WHERE run_id = '{retry_id}' AND dagster_event_type = 'ASSET_MATERIALIZATION'"),
+        dg.EventLogEntry)
+    assert event.asset_materialization.metadata["commit"].value == commit
+    assert dep.psql(f"SELECT count(*) FROM event_logs WHERE run_id = '{run_id}' "
+                    f"AND dagster_event_type = '{dg.DagsterEventType.RUN_FAILURE.value}'") == "1"
 
 
 @pytest.mark.fault

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 
 import boto3
@@ -44,7 +45,7 @@ sys.exit(0 if result.success else 1)
 
 
 def launch(env: dict, selection: str, tags: dict, partition: str = "") -> subprocess.Popen:
-    return subprocess.Popen([f"{ROOT}/.venv/bin/python", "-c", RUNNER, selection, json.dumps(tags), partition],
+    return subprocess.Popen([sys.executable, "-c", RUNNER, selection, json.dumps(tags), partition],
                             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

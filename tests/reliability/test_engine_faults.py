@@ -19,13 +19,13 @@ pytestmark = pytest.mark.docker
 CONTAINER_START = rb"^POST /v[\d.]+/containers/[0-9a-f]{12,64}/start "
 
 
-def redis_cmd(*args: str) -> str:
+def redis_cmd(bed, *args: str) -> str:
     """The raw reply to one command sent to the test bed's Redis on loopback, after AUTH (RESP, no client library):
     a status/error/integer line, or a bulk string's header line and body."""
     def enc(parts):
         return b"".join([f"*{len(parts)}\r\n".encode()] + [f"${len(p.encode())}\r\n{p}\r\n".encode() for p in parts])
 
-    with socket.create_connection(("127.0.0.1", 26379), timeout=5) as s:
+    with socket.create_connection(("127.0.0.1", bed.published_port("redis", 6379)), timeout=5) as s:
         reader = s.makefile("rb")
         s.sendall(enc(["AUTH", TEST_SECRETS["REDIS_PASSWORD"]]))
         assert reader.readline().startswith(b"+OK")
@@ -72,7 +72,7 @@ def failure_text(result) -> str:
 @pytest.mark.fault
 def test_engine_socket_gone_while_a_stateful_container_is_swapped(deployed, proxy):
     bed = deployed
-    assert redis_cmd("SET", "prodg:fault", "kept").startswith("+OK")
+    assert redis_cmd(bed, "SET", "prodg:fault", "kept").startswith("+OK")
     old_id = bed.containers()["redis"].id
     bed.edit("compose/docker-compose.yml", "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n",
              "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n      FAULT_ROUND: \"socket\"\n")
@@ -97,7 +97,7 @@ def test_engine_socket_gone_while_a_stateful_container_is_swapped(deployed, prox
     live = containers[0]
     assert live.id != old_id and live.status == "running"
     assert "FAULT_ROUND=socket" in live.attrs["Config"]["Env"]
-    assert redis_cmd("GET", "prodg:fault") == "$4\r\nkept\r\n", "Redis lost its data"
+    assert redis_cmd(bed, "GET", "prodg:fault") == "$4\r\nkept\r\n", "Redis lost its data"
     checks = {e.asset_check_key.name: e.passed for e in healed.get_asset_check_evaluations()}
     assert checks.get("in_sync") is True, checks
 
@@ -108,12 +108,13 @@ def test_engine_socket_gone_during_a_stateless_trial_keeps_the_service_serving(d
 
     bed = deployed
     serving = bed.containers()["hermes-api"]
+    health = f"http://127.0.0.1:{bed.published_port('hermes-api', 8000)}/health"
     answered, failed_probes, stop = [], [], threading.Event()
 
     def probe():
         while not stop.is_set():
             try:
-                with urllib.request.urlopen("http://127.0.0.1:28000/health", timeout=2) as resp:
+                with urllib.request.urlopen(health, timeout=2) as resp:
                     answered.append(resp.status)
             except Exception as exc:  # noqa: BLE001 — any failed probe is counted
                 failed_probes.append(repr(exc))

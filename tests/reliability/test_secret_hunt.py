@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 
 import boto3
 import dagster as dg
@@ -43,7 +44,7 @@ def backup_and_restore(bed, instance, s3_url: str, restore_out: list[str]) -> No
                                     partition_key=TODAY, raise_on_error=False)
     assert result.success
     env = {**os.environ, "DAGSTER_HOME": str(instance.root_directory)}
-    proc = subprocess.run([f"{ROOT}/.venv/bin/prodg", "restore", "postgres", "--date", TODAY], env=env, cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "prodg_assets.cli", "restore", "postgres", "--date", TODAY], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     restore_out.append(proc.stdout + proc.stderr)
     assert proc.returncode == 0, proc.stdout + proc.stderr

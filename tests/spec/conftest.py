@@ -66,3 +66,21 @@ def config_copy(tmp_path: Path, bundled_errors: list[SpecError]) -> Path:
     """A writable copy of config/; the copy starts valid, so every error a test sees comes from its own edit."""
     assert bundled_errors == [], "bundled config does not validate:\n" + "\n".join(map(str, bundled_errors))
     return copy_config(tmp_path)
+
+
+@pytest.fixture()
+def built_nodes(monkeypatch):
+    """A callable: the most values any YAML builder built during the test (`_Builder.nodes`, what MAX_NODES bounds).
+    Hostile input is shown to be refused in bounded *work* — a count, not a wall-clock time a loaded machine can
+    exceed."""
+    from prodg_assets.desired import yamldoc
+
+    builders: list = []
+    init = yamldoc._Builder.__init__
+
+    def recording_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        builders.append(self)
+
+    monkeypatch.setattr(yamldoc._Builder, "__init__", recording_init)
+    return lambda: max((b.nodes for b in builders), default=0)

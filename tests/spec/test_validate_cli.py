@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -14,14 +16,14 @@ from prodg_assets.cli import main
 
 from .conftest import COMPOSE_REL, PRODG_REL, REPO, edit
 
-PRODG = REPO / ".venv" / "bin" / "prodg"
+PRODG = [sys.executable, "-m", "prodg_assets.cli"]
 ERROR_LINE = re.compile(r"^[^:]+:\d+: \S+: .+")
 
 
 def prodg(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if k != "PRODG_CONFIG_DIR"}
     full_env.update(env or {})
-    return subprocess.run([str(PRODG), *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=60)
+    return subprocess.run([*PRODG, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=60)
 
 
 def assert_no_traceback(result: subprocess.CompletedProcess) -> None:
@@ -90,7 +92,8 @@ def test_hostile_input_gives_error_lines_not_tracebacks(config_copy: Path, capsy
 
 
 def test_console_script_is_installed_in_the_venv():
-    assert PRODG.exists(), "pip install -e . should install the `prodg` console script"
-    result = subprocess.run([sys.executable, "-m", "prodg_assets.cli", "validate", "config"], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
+    # the scripts folder of the environment running the tests (a venv's bin/), wherever that environment is
+    script = shutil.which("prodg", path=sysconfig.get_path("scripts"))
+    assert script, "pip install -e . should install the `prodg` console script"
+    result = subprocess.run([script, "validate", "config"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
