@@ -17,8 +17,9 @@ from .contract import BACKUP_GROUP
 from .desired import ConfigInvalid, DesiredState, DirTree, load_desired_state
 from .engine.client import DockerEngine
 from .engine.secrets import SecretSource
-from .gitops.repo import ConfigRepo, GitTree, git
-from .gitops.sensor import build_git_sensor
+from .gitops.repo import ConfigRepo, GitError, GitTree, git
+from .gitops.reload import graph_fingerprint
+from .gitops.sensor import LoadedGraph, build_git_sensor
 from .layers.definitions import layer_definitions
 from .layers.dns import CloudflareDns
 from .layers.host import HostShell
@@ -58,24 +59,29 @@ def build_resources(state: DesiredState, env: EnvSettings, environ: Mapping[str,
     }
 
 
-def graph_state(env: EnvSettings, environ: Mapping[str, str]) -> DesiredState:
-    """The desired state the asset graph is drawn from: the config folder of the work tree, or — when prodg follows a
-    remote (PRODG_REPO_URL) — the tracked branch's head in the local mirror, fetched first."""
-    if not env.repo_url:
-        return load_desired_state(DirTree(os.path.join(env.repo, env.config_subdir)), environ)
+def graph_state(env: EnvSettings, environ: Mapping[str, str]) -> tuple[DesiredState, str]:
+    """(desired state, commit) the asset graph is drawn from: the tracked branch's newest commit that validates —
+    of the local mirror, fetched first, when prodg follows a remote (PRODG_REPO_URL) — or, when the config repo is
+    not in git, its config folder (commit ""). An invalid push never takes the code location down: the sensor skips
+    it and the graph stays the last valid one."""
     repo = config_repo(env)
     try:
         repo.fetch()
     except Exception:
         if not repo.is_git():
             raise
-    # The newest commit that validates: an invalid push must not take the code location down (the sensor skips it).
-    candidates = git(repo.path, "rev-list", "--first-parent", "--max-count=50", repo.head()).decode().split()
+    try:
+        head = repo.head() if repo.is_git() else ""
+    except GitError:  # a repository without a commit yet
+        head = ""
+    if not head:
+        return load_desired_state(DirTree(os.path.join(env.repo, env.config_subdir)), environ), ""
+    candidates = git(repo.path, "rev-list", "--first-parent", "--max-count=50", head).decode().split()
     first_error = None
     for sha in candidates:
         try:
             return load_desired_state(GitTree(repo.path, sha, repo.config_subdir), environ,
-                                      host_root=repo.config_root(sha))
+                                      host_root=repo.config_root(sha)), sha
         except ConfigInvalid as exc:
             first_error = first_error or exc
     raise first_error or ConfigInvalid([])
@@ -86,13 +92,14 @@ def build_defs(environ: Mapping[str, str] | None = None) -> dg.Definitions:
     resources and the executor applied once."""
     environ = os.environ if environ is None else environ
     env = EnvSettings.from_env(environ)
-    state = graph_state(env, environ)
+    state, commit = graph_state(env, environ)
+    loaded = LoadedGraph(commit, graph_fingerprint(state), environ, env.dagster_url)
     deploy_target = dg.AssetSelection.all() - dg.AssetSelection.groups(BACKUP_GROUP)
     merged = dg.Definitions.merge(
         layer_definitions(state),
         backup_definitions(state),
         watch_definitions(state, deploy_target),
-        dg.Definitions(sensors=[build_git_sensor(deploy_target, env.sensor_interval_s)]),
+        dg.Definitions(sensors=[build_git_sensor(deploy_target, env.sensor_interval_s, loaded)]),
     )
     # In-process: a deploy's steps run one after another against one Engine anyway, and a subprocess per step
     # would add seconds of Python start-up to every push-to-healthy.

@@ -30,6 +30,7 @@ class EnvSettings:
     tls_connect: str = ""  # PRODG_TLS_CONNECT (host:port)
     sensor_interval_s: int = 30  # PRODG_SENSOR_INTERVAL_S
     probe_network: str = ""  # PRODG_PROBE_NETWORK
+    dagster_url: str = ""  # PRODG_DAGSTER_URL: the webserver asked to reload the code location ("" = never asked)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "EnvSettings":
@@ -50,6 +51,7 @@ class EnvSettings:
             tls_connect=env.get("PRODG_TLS_CONNECT", ""),
             sensor_interval_s=max(1, interval),
             probe_network=env.get("PRODG_PROBE_NETWORK", ""),
+            dagster_url=env.get("PRODG_DAGSTER_URL", ""),
         )
 
     @property

@@ -1,5 +1,5 @@
 # prodg/dagster-code: prodg's code location (prodg_assets + definitions.py and their dependencies), served over
-# gRPC on port 4000. DockerRunLauncher starts every run in a container of this same image (DAGSTER_CURRENT_IMAGE).
+# gRPC on port 4000 by a code server that can reload it. DockerRunLauncher starts every run in a container of this same image (DAGSTER_CURRENT_IMAGE).
 # config/ is not baked in: the config repo is mounted (PRODG_REPO) or mirrored from PRODG_REPO_URL.
 # Built by docker/prod/build.sh: Python packages only from the wheelhouse, git only from the .debs in the context.
 ARG BASE_IMAGE=prodg/base:bookworm
@@ -34,4 +34,6 @@ WORKDIR /opt/dagster/app
 EXPOSE 4000
 HEALTHCHECK --interval=10s --timeout=10s --start-period=20s --retries=3 \
   CMD ["dagster", "api", "grpc-health-check", "-p", "4000"]
-CMD ["dagster", "api", "grpc", "-h", "0.0.0.0", "-p", "4000", "-f", "definitions.py"]
+# `code-server start`, not `api grpc`: it reloads its definitions in place when asked (a push that changes the
+# asset graph; prodg_assets/gitops/reload.py), and the webserver and the daemon follow its new server id.
+CMD ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-f", "definitions.py"]

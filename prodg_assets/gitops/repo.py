@@ -8,7 +8,7 @@ import os
 import subprocess
 import tarfile
 import threading
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import dagster as dg
 
@@ -163,13 +163,16 @@ class ConfigRepo(dg.ConfigurableResource):
     def tree(self, commit: str) -> GitTree:
         return GitTree(self.path, commit, self.config_subdir)
 
-    def desired_state(self, commit: str, materialise: bool = False) -> DesiredState:
-        """The desired state at `commit` (raises ConfigInvalid). With `materialise`, the config tree at that commit
-        is first written to the deployed folder, which is where bind mounts point."""
+    def desired_state(self, commit: str, materialise: bool = False,
+                      environ: Mapping[str, str] | None = None) -> DesiredState:
+        """The desired state at `commit` (raises ConfigInvalid), its variables from `environ` (default: the process
+        environment). With `materialise`, the config tree at that commit is first written to the deployed folder,
+        which is where bind mounts point."""
+        environ = os.environ if environ is None else environ
         if not commit:  # not a git repo: the working folder is the desired state
-            return load_desired_state(DirTree(os.path.join(self.path, self.config_subdir)), os.environ)
+            return load_desired_state(DirTree(os.path.join(self.path, self.config_subdir)), environ)
         root = self.config_root(commit)
-        state = load_desired_state(self.tree(commit), os.environ, host_root=root)
+        state = load_desired_state(self.tree(commit), environ, host_root=root)
         if materialise:
             self.lay_out(commit, root)
         return state

@@ -1,11 +1,26 @@
 """The git sensor: a push deploys exactly what its commits changed, tagged with the commit."""
 
+from dataclasses import dataclass
+from typing import Mapping
+
 import dagster as dg
 
 from ..contract import COMMIT_TAG, COVERS_TAG, REASON_TAG, SENSOR_NAME
 from ..desired import ConfigInvalid
 from .impact import impacted_assets
+from .reload import graph_fingerprint, request_reload
 from .repo import ConfigRepo, GitError
+
+
+@dataclass(frozen=True)
+class LoadedGraph:
+    """What the code location's definitions were built from: the commit ("" for a work tree), the fingerprint of
+    its desired state (gitops.reload), the environment its variables came from, and where to ask for a reload."""
+
+    commit: str
+    fingerprint: str
+    environ: Mapping[str, str]
+    dagster_url: str = ""
 
 
 def read_cursor(cursor: str | None) -> tuple[str, int]:
@@ -14,7 +29,8 @@ def read_cursor(cursor: str | None) -> tuple[str, int]:
     return commit, int(count) if count.isdigit() else 0
 
 
-def build_git_sensor(target: dg.AssetSelection, interval_s: int = 30) -> dg.SensorDefinition:
+def build_git_sensor(target: dg.AssetSelection, interval_s: int = 30,
+                     loaded: LoadedGraph | None = None) -> dg.SensorDefinition:
     @dg.sensor(name=SENSOR_NAME, target=target, minimum_interval_seconds=interval_s,
                default_status=dg.DefaultSensorStatus.RUNNING)
     def config_repo_sensor(context: dg.SensorEvaluationContext, repo: ConfigRepo):
@@ -24,7 +40,9 @@ def build_git_sensor(target: dg.AssetSelection, interval_s: int = 30) -> dg.Sens
         commit. Its run_key is unique per decision (`<sha>:<n>`), not the SHA alone: a branch reset to a commit that
         was deployed before deploys it again. A rewritten history (the deployed commit is no longer an ancestor)
         triggers a full reconcile. The cursor (`<last requested commit>:<decisions>`) moves only when a decision is
-        taken."""
+        taken. When the head changes what the definitions are drawn from (services, their dependencies, prodg.yaml
+        settings), the code location is reloaded first (gitops.reload) and the next tick, in the reloaded process,
+        deploys; the cursor waits."""
         try:
             repo.fetch()
             head = repo.head()
@@ -48,6 +66,15 @@ def build_git_sensor(target: dg.AssetSelection, interval_s: int = 30) -> dg.Sens
                 why = "previous commit unreadable"
         elif last:
             why = f"history rewritten ({last[:12]} is not an ancestor of {head[:12]})"
+        if loaded is not None and loaded.commit != head:
+            wanted = graph_fingerprint(repo.desired_state(head, environ=loaded.environ))
+            if wanted != loaded.fingerprint:
+                location = context.code_location_origin.location_name if context.code_location_origin else "prodg"
+                done = request_reload(loaded.dagster_url, location) if loaded.dagster_url else \
+                    "PRODG_DAGSTER_URL is not set: reload the code location (Deployment → Reload) to go on"
+                return dg.SkipReason(f"commit {head[:12]} changes the asset graph or the settings it is built from "
+                                     f"(loaded from {loaded.commit[:12] or 'the work tree'}); {done}; the next tick "
+                                     f"after the reload deploys it")
         assets, reasons = impacted_assets(old, new)
         if why:
             reasons.insert(0, why)
@@ -59,6 +86,9 @@ def build_git_sensor(target: dg.AssetSelection, interval_s: int = 30) -> dg.Sens
         keys = {dg.AssetKey(a) for a in assets} & known
         selection = dg.AssetSelection.assets(*keys).downstream() & target
         selected = sorted(selection.resolve(graph), key=lambda k: k.to_user_string())
+        if not selected:  # an empty selection would be read as "the whole job"
+            context.update_cursor(f"{head}:{decisions}")
+            return dg.SkipReason(f"commit {head[:12]}: {'; '.join(reasons)}; no deploy asset to run")
         context.log.info(f"{head[:12]}: {'; '.join(reasons)} -> {', '.join(k.to_user_string() for k in selected)}")
         context.update_cursor(f"{head}:{decisions + 1}")
         return dg.RunRequest(
