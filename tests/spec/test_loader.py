@@ -26,9 +26,9 @@ HOST_ROOT = "/opt/prodg/config"  # where the tree lives on the Docker host; fixe
 # -- the bundled config, as the seed describes the mainframe -----------------------------------------------------------
 
 SEED = {  # service: (image, layer, published ports)
-    "caddy": ("caddy:2", "tls", {"0.0.0.0:80->80/tcp", "0.0.0.0:443->443/tcp", "0.0.0.0:2019->2019/tcp"}),
+    "caddy": ("caddy:2", "tls", {"0.0.0.0:80->80/tcp", "0.0.0.0:443->443/tcp", "127.0.0.1:2019->2019/tcp"}),
     "headscale": ("headscale/headscale:0.23.0", "network",
-                  {"0.0.0.0:8080->8080/tcp", "0.0.0.0:9090->9090/tcp", "0.0.0.0:3478->3478/udp"}),
+                  {"0.0.0.0:8080->8080/tcp", "127.0.0.1:9090->9090/tcp", "0.0.0.0:3478->3478/udp"}),
     "postgres": ("postgres:16-alpine", "data_stores", {"127.0.0.1:5432->5432/tcp"}),
     "redis": ("redis:7-alpine", "data_stores", {"127.0.0.1:6379->6379/tcp"}),
     "infisical": ("infisical/infisical:latest-postgres", "secrets", {"127.0.0.1:8082->8080/tcp"}),
@@ -69,6 +69,14 @@ def test_bundled_config_has_the_seed_services_images_and_layers(state):
     extra = {name: (s.layer, s.trust_tier) for name, s in state.services.items() if name not in SEED}
     assert extra == {n: ("observability", "T1") for n in ("dagster-code", "dagster-webserver", "dagster-daemon")}
     assert {str(p) for p in state.services["dagster-webserver"].ports} == {"127.0.0.1:3300->3000/tcp"}
+
+
+def test_bundled_config_publishes_on_wildcard_addresses_only_what_host_public_ports_allows(state):
+    """The exposure check's rule, on the bundled config: Caddy's admin API and Headscale's metrics (the seed's
+    debts) are on loopback, so every wildcard publication is on the public allow-list."""
+    wildcard = {f"{p.host_port}/{p.protocol}" for s in state.services.values() for p in s.ports if p.public}
+    assert wildcard and wildcard <= set(state.settings.host.public_ports), wildcard
+    assert "2019/tcp" not in wildcard and "9090/tcp" not in wildcard
 
 
 @pytest.mark.parametrize("service", sorted(SEED))
