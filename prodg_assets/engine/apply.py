@@ -11,20 +11,30 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Protocol
 
 from ..contract import LABEL_COMMIT, LABEL_NETWORK, LABEL_PROJECT, LABEL_SERVICE, LABEL_SPEC_HASH
 from ..desired.interpolate import resolve_env
 from ..desired.model import DesiredState, NetworkSpec, ServiceSpec
 from ..lazy import docker_errors as errors, docker_sdk as sdk
-from .facts import desired_facts, file_env, live_containers
+from .facts import Desired, desired_facts, file_env, live_containers
 from .failures import ApplyFailed, engine_unreachable
 from .images import resolve_image
-from .plan import CREATE, UNCHANGED, Desired, plan_service
+from .plan import CREATE, UNCHANGED, plan_service
 from .secrets import redact
 
 if TYPE_CHECKING:
-    from .client import DockerEngine
+    import docker
+
+
+class DockerEngine(Protocol):
+    """What applying needs of the Engine resource (client.DockerEngine): its client, and how to word an Engine that
+    does not answer."""
+
+    @property
+    def client(self) -> docker.DockerClient: ...
+
+    def unreachable(self, exc: BaseException) -> str: ...
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from ..desired.interpolate import resolve_env
 from ..desired.model import DesiredState, ServiceSpec, sha256_hex
 from ..lazy import docker_errors as errors
 from .failures import ApplyFailed
-from .plan import Live
 from .secrets import parse_env_file
 
 if TYPE_CHECKING:
@@ -52,6 +51,23 @@ class Facts:
                 else:
                     out[name] = (_show(mine), _show(theirs))
         return out
+
+
+@dataclass(frozen=True)
+class Desired:
+    service: str
+    spec_hash: str
+    facts: Facts
+
+
+@dataclass(frozen=True)
+class Live:
+    service: str
+    container_id: str
+    name: str
+    spec_hash: str
+    commit: str
+    facts: Facts
 
 
 def _show(value: Any) -> str:

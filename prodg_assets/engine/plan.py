@@ -3,29 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, Optional
+from typing import Mapping, Optional
 
-if TYPE_CHECKING:
-    from .facts import Facts
+from .facts import Desired, Live
 
 CREATE, RECREATE, UNCHANGED, REMOVE, ORPHAN = "create", "recreate", "unchanged", "remove", "orphan"
-
-
-@dataclass(frozen=True)
-class Desired:
-    service: str
-    spec_hash: str
-    facts: Facts
-
-
-@dataclass(frozen=True)
-class Live:
-    service: str
-    container_id: str
-    name: str
-    spec_hash: str
-    commit: str
-    facts: Facts
 
 
 @dataclass(frozen=True)
