@@ -28,6 +28,7 @@ from prodg_assets.backups.postgres import wait_ready
 from prodg_assets.backups.store import BackupStore
 from prodg_assets.desired import DirTree, load_desired_state
 from tests.backups.conftest import SECRETS, START, STORE_KEY_ID, STORE_SECRET, psql, wait_for, write_config
+from tests.backups.test_failures import rows_in_the_cluster, rows_in_the_dump
 from tests.standins.faultproxy import FaultProxy, Request, is_complete, is_upload_part
 
 
@@ -181,6 +182,14 @@ def assert_intact(store, result, prefix: str, bulk: bool = True) -> dict:
     return meta
 
 
+def assert_no_row_lost(bed, store, result, measured) -> None:
+    """Every row of every table the live cluster holds is in `result`'s stored dump (downloaded, its COPY blocks
+    counted); recorded for docs/RELIABILITY.md."""
+    live = rows_in_the_cluster(bed)
+    dumped = rows_in_the_dump(store, metadata_of(result)["object_key"])
+    assert measured.compare("rows", expected=live, actual=dumped) == 0, (live, dumped)
+
+
 def assert_no_dump_left_running(bed):
     wait_for(lambda: exec_run(bed.client.api, bed.pg, PG_DUMP_RUNNING)[1].strip() == b"", timeout_s=20,
              what="pg_dump to end after the failed upload")
@@ -204,7 +213,7 @@ def test_store_settings_have_bounded_defaults_and_refuse_nonsense():
 @pytest.mark.fault
 @pytest.mark.docker
 def test_postgres_stopped_fails_naming_the_container_uploads_nothing_and_the_retry_succeeds(
-        bed, state, fault_proxy, clean_store, instance):
+        bed, state, fault_proxy, clean_store, instance, measured):
     """First in this file: the bulk database is not made yet, so the restore drill stays quick."""
     partition = day(7)
     prefix = f"postgres/{partition}/"
@@ -226,8 +235,9 @@ def test_postgres_stopped_fails_naming_the_container_uploads_nothing_and_the_ret
     assert_nothing_half_changed(clean_store, prefix)
 
     retry = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, store)
-    assert retry.success, failure_text(retry)
+    assert measured.retried(converged=retry.success), failure_text(retry)
     meta = assert_intact(clean_store, retry, prefix, bulk=False)
+    assert_no_row_lost(bed, clean_store, retry, measured)
     drill = materialize(bed, state, [RESTORE_DRILL], partition, instance, store)
     assert drill.success, failure_text(drill)
     assert metadata_of(drill)["sha256"] == meta["sha256"]
@@ -238,7 +248,7 @@ def test_postgres_stopped_fails_naming_the_container_uploads_nothing_and_the_ret
 @pytest.mark.fault
 @pytest.mark.docker
 def test_store_stopped_mid_upload_fails_clearly_and_the_retry_cleans_up_and_succeeds(
-        bed, state, bulk, fault_proxy, clean_store, instance, attempts):
+        bed, state, bulk, fault_proxy, clean_store, instance, attempts, measured):
     partition = day(2)
     prefix = f"postgres/{partition}/"
     store = product_store(state, PRODG_BACKUP_MAX_ATTEMPTS="3")
@@ -272,9 +282,10 @@ def test_store_stopped_mid_upload_fails_clearly_and_the_retry_cleans_up_and_succ
     assert datetime.datetime.now(datetime.timezone.utc) - shown[0].initiated < datetime.timedelta(minutes=5)
 
     retry = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, store)
-    assert retry.success
+    assert measured.retried(converged=retry.success), failure_text(retry)
     meta = assert_intact(clean_store, retry, prefix)
     assert meta["aborted_uploads"] == 1
+    assert_no_row_lost(bed, clean_store, retry, measured)
     assert_no_secrets(instance, failed, retry)
 
 
@@ -297,7 +308,9 @@ FLAKY = {  # fault: (switch, operations it must have hit)
 @pytest.mark.docker
 @pytest.mark.parametrize("fault", sorted(FLAKY))
 def test_store_errors_on_some_requests_are_retried_through(bed, state, bulk, fault_proxy, clean_store, instance,
-                                                           fault):
+                                                           fault, measured):
+    """The backup succeeds under the fault (botocore's retries, within the run): there is no failed run to retry
+    once the fault is removed, so no retry is recorded ("not retried"); the rows are compared."""
     partition = day(3)
     prefix = f"postgres/{partition}/"
     switch, must_hit = FLAKY[fault]
@@ -312,13 +325,14 @@ def test_store_errors_on_some_requests_are_retried_through(bed, state, bulk, fau
         assert fault_proxy.count(operation="AbortMultipartUpload") >= 1
     fault_proxy.passthrough()
     assert_intact(clean_store, result, prefix)
+    assert_no_row_lost(bed, clean_store, result, measured)
     assert_no_secrets(instance, result)
 
 
 @pytest.mark.fault
 @pytest.mark.docker
 def test_store_errors_beyond_the_retries_fail_clearly_and_keep_nothing(bed, state, bulk, fault_proxy, clean_store,
-                                                                       instance):
+                                                                       instance, measured):
     partition = day(4)
     prefix = f"postgres/{partition}/"
     store = product_store(state, PRODG_BACKUP_MAX_ATTEMPTS="3")
@@ -336,9 +350,10 @@ def test_store_errors_beyond_the_retries_fail_clearly_and_keep_nothing(bed, stat
 
     fault_proxy.passthrough()
     retry = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, store)
-    assert retry.success
+    assert measured.retried(converged=retry.success), failure_text(retry)
     assert metadata_of(retry)["aborted_uploads"] == 0
     assert_intact(clean_store, retry, prefix)
+    assert_no_row_lost(bed, clean_store, retry, measured)
     assert_no_secrets(instance, failed, retry)
 
 
@@ -346,7 +361,9 @@ def test_store_errors_beyond_the_retries_fail_clearly_and_keep_nothing(bed, stat
 @pytest.mark.fault
 @pytest.mark.docker
 def test_a_slow_store_still_gets_a_correct_backup_in_bounded_time(bed, state, bulk, fault_proxy, clean_store,
-                                                                 instance, attempts):
+                                                                 instance, attempts, measured):
+    """The backup succeeds while the store is slow: no failed run to retry, so no retry is recorded ("not
+    retried"); the rows are compared."""
     partition = day(5)
     fault_proxy.delay([0.2, 0.5, 1.0])  # every request, in turn
     result = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, product_store(state))
@@ -360,13 +377,14 @@ def test_a_slow_store_still_gets_a_correct_backup_in_bounded_time(bed, state, bu
     assert attempts["UploadPart"] == fault_proxy.count("forwarded", "UploadPart") == 3
     fault_proxy.passthrough()
     assert_intact(clean_store, result, f"postgres/{partition}/")
+    assert_no_row_lost(bed, clean_store, result, measured)
     assert_no_secrets(instance, result)
 
 
 @pytest.mark.fault
 @pytest.mark.docker
 def test_a_store_that_stalls_fails_within_the_read_timeout_bound_and_keeps_nothing(
-        bed, state, bulk, fault_proxy, clean_store, instance, attempts):
+        bed, state, bulk, fault_proxy, clean_store, instance, attempts, measured):
     partition = day(6)
     prefix = f"postgres/{partition}/"
     read_timeout, tries, stall = 2, 2, 300  # the stall outlasts every attempt: only the timeout can end it
@@ -387,8 +405,9 @@ def test_a_store_that_stalls_fails_within_the_read_timeout_bound_and_keeps_nothi
     assert_no_dump_left_running(bed)
 
     retry = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, store)
-    assert retry.success
+    assert measured.retried(converged=retry.success), failure_text(retry)
     assert_intact(clean_store, retry, prefix)
+    assert_no_row_lost(bed, clean_store, retry, measured)
     assert_no_secrets(instance, failed, retry)
 
 

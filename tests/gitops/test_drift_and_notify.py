@@ -98,7 +98,7 @@ def notify(bed: Testbed, instance, result: dg.ExecuteInProcessResult) -> None:
 
 
 @pytest.mark.fault
-def test_telegram_is_told_when_a_deploys_healthcheck_fails_and_a_dead_telegram_changes_nothing(stack):
+def test_telegram_is_told_when_a_deploys_healthcheck_fails_and_a_dead_telegram_changes_nothing(stack, measured):
     bed, telegram = stack
     bed.edit("hermes-api/app/main.py", 'return {"status": "ok"}', 'return {"status": "ok", "boom": 1 / 0}')
     sha = bed.commit("hermes: crashing release")
@@ -126,7 +126,14 @@ def test_telegram_is_told_when_a_deploys_healthcheck_fails_and_a_dead_telegram_c
         assert len(telegram.requests) == requests_before + 1
         assert len(telegram.messages) == 1
         assert instance.get_run_by_id(result.run_id).status == dg.DagsterRunStatus.FAILURE
+        # Telegram answers again: the same notification, sent again, is delivered (the slow request's message is
+        # only recorded once the stand-in's 30 s are up, so the message seen now is the retry's).
         telegram.delay_s = 0.0
+        delivered_before = len(telegram.messages)
+        notify(bed, instance, result)
+        delivered = telegram.messages[delivered_before:]
+        assert measured.retried(converged=[m["text"] for m in delivered] == [text]), delivered
+        assert instance.get_run_by_id(result.run_id).status == dg.DagsterRunStatus.FAILURE
     assert bed.containers()["hermes-api"].status == "running"
 
 

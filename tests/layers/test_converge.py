@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from tests.conftest import PRODG_CLI, ROOT, TEST_SECRETS, Testbed
+from tests.reliability.test_engine_faults import redis_get, redis_write
 
 pytestmark = pytest.mark.docker
 
@@ -130,7 +131,7 @@ def test_changing_one_services_environment_recreates_only_that_container(deploye
 
 
 @pytest.mark.fault
-def test_failing_healthcheck_rolls_back_and_service_keeps_answering(deployed):
+def test_failing_healthcheck_rolls_back_and_service_keeps_answering(deployed, measured):
     bed, _ = deployed
     old = bed.containers()["hermes-api"]
     bed.edit("hermes-api/app/main.py", 'return {"status": "ok"}', 'return {"status": "ok", "boom": 1 / 0}')
@@ -166,6 +167,14 @@ def test_failing_healthcheck_rolls_back_and_service_keeps_answering(deployed):
     bed.edit("hermes-api/app/main.py", 'return {"status": "ok", "boom": 1 / 0}', 'return {"status": "ok"}')
     bed.commit("Revert the crashing hermes release")
     # and no leftover candidate/previous containers
+    names = [c.name for c in bed.client.containers.list(all=True, filters={"label": f"prodg.project={bed.project}"})]
+    assert sorted(names) == sorted(f"{bed.project}-{s}" for s in SERVICES)
+    # the fault removed (the release reverted): the same apply again converges (in sync, running, serving)
+    retry = bed.materialize(selection="hermes_api")
+    live = bed.containers()["hermes-api"]
+    converged = (retry.success and check_results(retry).get("in_sync") is True and live.status == "running"
+                 and requests.get(health, timeout=5).status_code == 200)
+    assert measured.retried(converged=converged), (check_problems(retry), live.status)
     names = [c.name for c in bed.client.containers.list(all=True, filters={"label": f"prodg.project={bed.project}"})]
     assert sorted(names) == sorted(f"{bed.project}-{s}" for s in SERVICES)
 
@@ -263,7 +272,7 @@ def test_a_service_that_left_the_spec_is_reported_then_pruned_when_opted_in(depl
 
 
 @pytest.mark.fault
-def test_an_image_that_does_not_build_fails_the_asset_and_changes_nothing(deployed):
+def test_an_image_that_does_not_build_fails_the_asset_and_changes_nothing(deployed, measured):
     bed, _ = deployed
     before = bed.containers()["hermes-api"]
     bed.edit("hermes-api/Dockerfile", "COPY app /app", "COPY app /app\nRUN exit 3")
@@ -276,12 +285,15 @@ def test_an_image_that_does_not_build_fails_the_asset_and_changes_nothing(deploy
     assert after.id == before.id and after.status == "running"
     bed.edit("hermes-api/Dockerfile", "COPY app /app\nRUN exit 3", "COPY app /app")
     bed.commit("hermes: Dockerfile fixed")
-    assert bed.materialize(selection="hermes_api").success  # a retry after the fix converges
+    retry = bed.materialize(selection="hermes_api")  # a retry after the fix converges
+    assert measured.retried(converged=retry.success and check_results(retry).get("in_sync") is True
+                            and bed.containers()["hermes-api"].status == "running"), check_problems(retry)
 
 
 @pytest.mark.fault
-def test_a_new_container_killed_during_its_health_wait_rolls_back(deployed):
+def test_a_new_container_killed_during_its_health_wait_rolls_back(deployed, measured):
     bed, _ = deployed
+    written = redis_write(bed)  # what Redis holds before the fault
     old = bed.containers()["redis"]
     bed.edit("compose/docker-compose.yml", "      REDIS_MAXCLIENTS: \"500\"\n", "      REDIS_MAXCLIENTS: \"400\"\n")
     bed.edit("compose/docker-compose.yml", "      interval: 1s\n      timeout: 5s\n      retries: 30\n    x-prodg: {layer: data_stores}",
@@ -310,5 +322,9 @@ def test_a_new_container_killed_during_its_health_wait_rolls_back(deployed):
     assert restored.id == old.id and restored.status == "running"
     assert restored.name == f"{bed.project}-redis"
     # the retry converges
-    assert bed.materialize(selection="redis").success
+    retry = bed.materialize(selection="redis")
+    assert measured.retried(converged=retry.success), check_problems(retry)
     assert bed.containers()["redis"].labels["prodg.commit"] == bed.commits[-1]
+    # and Redis still holds what it held before the fault
+    read = {key: value for key in written if (value := redis_get(bed, key)) is not None}
+    assert measured.compare("keys", expected=written, actual=read) == 0, read

@@ -494,7 +494,7 @@ def test_a_run_whose_container_dies_is_marked_failed(deployment: Deployment, mea
 
 
 @pytest.mark.fault
-def test_daemon_restarted_during_a_sensor_launched_run_loses_nothing(deployment: Deployment):
+def test_daemon_restarted_during_a_sensor_launched_run_loses_nothing(deployment: Deployment, measured):
     """The daemon is killed and started again while a run its sensor launched is under way: the run ends (resumed by
     its own container, or marked failed by run monitoring) — it never stays STARTED or QUEUED — and the restarted
     daemon's next tick launches exactly one run for the next commit and none again for the first."""
@@ -520,8 +520,16 @@ def test_daemon_restarted_during_a_sensor_launched_run_loses_nothing(deployment:
     runs = wait_for(f"the restarted daemon's sensor to launch a run for {second[:12]}",
                     lambda: dep.runs_tagged("prodg/commit", second), 180, interval=2, diagnose=dep.diagnose)
     assert len(runs) == 1, runs
-    dep.wait_run(runs[0]["runId"])
+    # the fault removed (the daemon is back): its sensor's same operation — launch the run of a pushed commit — is
+    # retried by the next tick, and that run deploys
+    second_run = wait_for(f"run {runs[0]['runId']} to finish", lambda: (r := dep.run(runs[0]["runId"]))["status"]
+                          in TERMINAL and r, 240, interval=2, diagnose=dep.diagnose)
+    assert measured.retried(converged=second_run["status"] == "SUCCESS"), \
+        f"{second_run['status']}\n{dep.run_messages(runs[0]['runId'])}\n{dep.diagnose()}"
     assert len(dep.runs_tagged("prodg/commit", first)) == 1, f"the first commit was launched again ({status_at_kill})"
+    # nothing lost: every commit pushed around the restart got its run
+    launched = {c for c in (first, second) if dep.runs_tagged("prodg/commit", c)}
+    assert measured.compare("commits", expected={first, second}, actual=launched) == 0, launched
 
 
 def test_upgrade_and_backup_commands_of_the_docs_work(deployment: Deployment):

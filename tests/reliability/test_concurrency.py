@@ -69,7 +69,8 @@ def action_of(instance, run_id: str, asset: str) -> str:
 
 
 @pytest.mark.fault
-def test_two_deploys_and_a_backup_at_once_end_at_the_newest_commit_with_an_intact_backup(tmp_path, docker_client):
+def test_two_deploys_and_a_backup_at_once_end_at_the_newest_commit_with_an_intact_backup(tmp_path, docker_client,
+                                                                                         measured):
     bed = make_testbed(str(tmp_path / "bed"), docker_client, f"prodgc{os.getpid() % 10000}")
     with MotoServer() as s3:
         client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1", aws_access_key_id="testing",
@@ -159,6 +160,10 @@ def test_two_deploys_and_a_backup_at_once_end_at_the_newest_commit_with_an_intac
             assert b"CREATE TABLE public.concurrency_rows" in sql
             copy = sql.split(b"COPY public.concurrency_rows", 1)[1].split(b"\n\\.\n", 1)[0]
             assert copy.count(b"\n") == 5000
+            written = {"public.concurrency_rows": 5000}  # the rows Postgres held before the runs contended
+            lost = measured.compare("rows in the backup", expected=written,
+                                    actual={"public.concurrency_rows": copy.count(b"\n")})
+            assert lost == 0
 
             # the older commit, launched again the way the sensor would, changes nothing now
             before = {s: c.id for s, c in bed.containers().items()}
@@ -167,8 +172,17 @@ def test_two_deploys_and_a_backup_at_once_end_at_the_newest_commit_with_an_intac
             assert again.returncode == 0, out[-2500:]
             with dg.DagsterInstance.from_config(str(home)) as instance:
                 run_id = run_id_of(out)
-                assert {action_of(instance, run_id, s) for s in ("postgres", "redis")} == {"superseded"}
-            assert {s: c.id for s, c in bed.containers().items()} == before
+                again_actions = {action_of(instance, run_id, s) for s in ("postgres", "redis")}
+            # the contention gone, the same deploy re-run converges: nothing to apply, the newest commit stays live
+            assert measured.retried(converged=again.returncode == 0 and again_actions == {"superseded"}
+                                    and {s: c.id for s, c in bed.containers().items()} == before), again_actions
+            # and the live Postgres still holds every row it held before the runs contended (it was swapped twice)
+            code, out = bed.containers()["postgres"].exec_run(
+                ["psql", "-X", "-At", "-U", "postgres", "-c", "select count(*) from concurrency_rows"], user="postgres")
+            assert code == 0, out
+            lost = measured.compare("rows", expected=written,
+                                    actual={"public.concurrency_rows": int(out.decode().strip())})
+            assert lost == 0
         finally:
             bed.cleanup()
             os.environ.clear()

@@ -36,6 +36,20 @@ def redis_cmd(bed, *args: str) -> str:
         return line.decode()
 
 
+def redis_get(bed, key: str) -> str | None:
+    """The value of `key` in the test bed's Redis, or None when it has none."""
+    reply = redis_cmd(bed, "GET", key)
+    return None if not reply.startswith("$") or reply.startswith("$-1") else reply.split("\r\n")[1]
+
+
+def redis_write(bed, n: int = 100) -> dict[str, str]:
+    """`n` keys written to the test bed's Redis (and `prodg:fault` = kept): what it holds before a fault."""
+    written = {"prodg:fault": "kept", **{f"prodg:fault:{i}": f"value-{i}-{i * i}" for i in range(n)}}
+    for key, value in written.items():
+        assert redis_cmd(bed, "SET", key, value).startswith("+OK")
+    return written
+
+
 def managed(bed, service: str) -> list:
     return [c for c in bed.client.containers.list(all=True, filters={"label": f"prodg.project={bed.project}"})
             if c.labels.get("prodg.service") == service]
@@ -70,9 +84,9 @@ def failure_text(result) -> str:
 
 
 @pytest.mark.fault
-def test_engine_socket_gone_while_a_stateful_container_is_swapped(deployed, proxy):
+def test_engine_socket_gone_while_a_stateful_container_is_swapped(deployed, proxy, measured):
     bed = deployed
-    assert redis_cmd(bed, "SET", "prodg:fault", "kept").startswith("+OK")
+    written = redis_write(bed)  # what Redis holds before the fault
     old_id = bed.containers()["redis"].id
     bed.edit("compose/docker-compose.yml", "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n",
              "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n      FAULT_ROUND: \"socket\"\n")
@@ -91,19 +105,21 @@ def test_engine_socket_gone_while_a_stateful_container_is_swapped(deployed, prox
 
     proxy.restore()
     healed = bed.materialize(selection="redis")
-    assert healed.success, failure_text(healed)
+    assert measured.retried(converged=healed.success), failure_text(healed)
     containers = managed(bed, "redis")
     assert [c.name for c in containers] == [f"{bed.project}-redis"], [c.name for c in containers]
     live = containers[0]
     assert live.id != old_id and live.status == "running"
     assert "FAULT_ROUND=socket" in live.attrs["Config"]["Env"]
+    read = {key: value for key in written if (value := redis_get(bed, key)) is not None}
+    assert measured.compare("keys", expected=written, actual=read) == 0, read
     assert redis_cmd(bed, "GET", "prodg:fault") == "$4\r\nkept\r\n", "Redis lost its data"
     checks = {e.asset_check_key.name: e.passed for e in healed.get_asset_check_evaluations()}
     assert checks.get("in_sync") is True, checks
 
 
 @pytest.mark.fault
-def test_engine_socket_gone_during_a_stateless_trial_keeps_the_service_serving(deployed, proxy):
+def test_engine_socket_gone_during_a_stateless_trial_keeps_the_service_serving(deployed, proxy, measured):
     import urllib.request
 
     bed = deployed
@@ -143,7 +159,7 @@ def test_engine_socket_gone_during_a_stateless_trial_keeps_the_service_serving(d
 
     proxy.restore()
     healed = bed.materialize(selection="hermes_api")
-    assert healed.success, failure_text(healed)
+    assert measured.retried(converged=healed.success), failure_text(healed)
     containers = managed(bed, "hermes-api")
     assert [c.name for c in containers] == [f"{bed.project}-hermes-api"], [c.name for c in containers]
     assert "FAULT_ROUND=socket" in containers[0].attrs["Config"]["Env"]
