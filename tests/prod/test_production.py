@@ -406,10 +406,20 @@ def test_materialisation_runs_in_its_own_container_and_logs_to_postgres(deployme
     assert ".out" in listing and ".err" in listing, listing
 
 
+def set_stop_timeout(bed, seconds: int) -> None:
+    """prodg.yaml deploy.stop_timeout_s set to `seconds`, whatever an earlier test left there (any order)."""
+    path = os.path.join(bed.repo, "config", "prodg.yaml")
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    assert re.search(r"stop_timeout_s: \d+", text) and f"stop_timeout_s: {seconds}\n" not in text
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(re.sub(r"stop_timeout_s: \d+", f"stop_timeout_s: {seconds}", text, count=1))
+
+
 def test_push_to_config_repo_is_deployed_by_the_daemons_sensor_tick(deployment: Deployment):
     dep, bed = deployment, deployment.bed
     before = load_desired_state(DirTree(os.path.join(bed.repo, "config")), bed.env)
-    bed.edit("prodg.yaml", "stop_timeout_s: 5", "stop_timeout_s: 6")
+    set_stop_timeout(bed, 6)
     after = load_desired_state(DirTree(os.path.join(bed.repo, "config")), bed.env)
     assert impacted_assets(before, after)[0] == {"retired_services"}, "the push must stay cheap: one layer asset"
     commit = bed.commit("deploy: longer stop grace")
@@ -500,7 +510,7 @@ def test_daemon_restarted_during_a_sensor_launched_run_loses_nothing(deployment:
     daemon's next tick launches exactly one run for the next commit and none again for the first."""
     dep, bed = deployment, deployment.bed
     daemon = dep.containers["dagster-daemon"]
-    bed.edit("prodg.yaml", "stop_timeout_s: 6", "stop_timeout_s: 7")
+    set_stop_timeout(bed, 7)
     first = bed.commit("deploy: stop grace 7 s (daemon restarted during its run)")
     runs = wait_for(f"the sensor to launch a run for {first[:12]}",
                     lambda: [r for r in dep.runs_tagged("prodg/commit", first)
