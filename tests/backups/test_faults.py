@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import botocore.endpoint
 import dagster as dg
 import pytest
-from dagster._serdes import serialize_value
+from dagster import serialize_value
 
 from prodg_assets.backups.definitions import backup_definitions, build_backup_resources
 from prodg_assets.contract import POSTGRES_BACKUP, RESTORE_DRILL
