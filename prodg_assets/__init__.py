@@ -17,8 +17,8 @@ from .contract import BACKUP_GROUP
 from .desired import ConfigInvalid, DesiredState, DirTree, load_desired_state
 from .engine.client import DockerEngine
 from .engine.secrets import SecretSource
-from .gitops.repo import ConfigRepo, GitError, GitTree, git
 from .gitops.reload import graph_fingerprint
+from .gitops.repo import ConfigRepo, GitError, GitTree, git
 from .gitops.sensor import LoadedGraph, build_git_sensor
 from .layers.definitions import layer_definitions
 from .layers.dns import CloudflareDns

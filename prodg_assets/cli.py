@@ -70,7 +70,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from . import build_defs
-    from .contract import BACKUP_GROUP, COMMIT_TAG, FORCE_TAG, KIND_TAG, MANUAL_DEPLOY_KIND
+    from .contract import (
+        BACKUP_GROUP,
+        COMMIT_TAG,
+        FORCE_TAG,
+        KIND_TAG,
+        MANUAL_DEPLOY_KIND,
+    )
 
     defs = build_defs()
     repo = defs.resources["repo"]

@@ -19,8 +19,9 @@ boto_errors = LazyModule("botocore.exceptions")
 
 def docker_sdk():
     """The Docker SDK with its errors and types submodules loaded."""
-    import docker
     import docker.errors  # noqa: F401 (loads the submodule)
     import docker.types  # noqa: F401 (loads the submodule)
+
+    import docker
 
     return docker

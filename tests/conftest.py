@@ -10,9 +10,9 @@ import sys
 from dataclasses import dataclass, field
 
 import dagster as dg
-import docker
 import pytest
 
+import docker
 import prodg_assets
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-
 import prodg_assets
 from prodg_assets.desired import LAYERS
 from tests.conftest import ROOT

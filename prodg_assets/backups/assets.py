@@ -8,7 +8,12 @@ from typing import Callable, Mapping
 import dagster as dg
 
 from ..contract import (
-    BACKUP_GROUP, CONFIG_BACKUP, MINIO_BACKUP, POSTGRES_BACKUP, TARGET_TAG, service_pool,
+    BACKUP_GROUP,
+    CONFIG_BACKUP,
+    MINIO_BACKUP,
+    POSTGRES_BACKUP,
+    TARGET_TAG,
+    service_pool,
 )
 from ..desired import DesiredState
 from ..desired.interpolate import env_value

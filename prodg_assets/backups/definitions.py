@@ -9,7 +9,14 @@ from typing import Mapping
 import dagster as dg
 
 from ..contract import (
-    ASSET_OF_METHOD, AUDIT_JOB, BACKUP_AUDIT, BACKUP_JOB, BACKUP_KIND, BACKUP_SCHEDULE, KIND_TAG, POSTGRES_BACKUP,
+    ASSET_OF_METHOD,
+    AUDIT_JOB,
+    BACKUP_AUDIT,
+    BACKUP_JOB,
+    BACKUP_KIND,
+    BACKUP_SCHEDULE,
+    KIND_TAG,
+    POSTGRES_BACKUP,
     RESTORE_DRILL,
 )
 from ..desired import DesiredState

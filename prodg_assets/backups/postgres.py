@@ -10,7 +10,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Optional
 
-from ..engine.exec import STDERR, ContainerExec, ProducerFailed, exec_chunks, exec_run, reblocked
+from ..engine.exec import (
+    STDERR,
+    ContainerExec,
+    ProducerFailed,
+    exec_chunks,
+    exec_run,
+    reblocked,
+)
 
 if TYPE_CHECKING:
     import docker

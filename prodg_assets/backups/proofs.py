@@ -8,7 +8,14 @@ import secrets as pysecrets
 
 import dagster as dg
 
-from ..contract import AUDIT_CLEAN, BACKUP_AUDIT, BACKUP_GROUP, POSTGRES_BACKUP, RESTORE_DRILL, TARGET_TAG
+from ..contract import (
+    AUDIT_CLEAN,
+    BACKUP_AUDIT,
+    BACKUP_GROUP,
+    POSTGRES_BACKUP,
+    RESTORE_DRILL,
+    TARGET_TAG,
+)
 from ..desired import DesiredState
 from ..desired.interpolate import env_value
 from ..engine.client import DockerEngine
@@ -20,7 +27,7 @@ from .assets import scrubber
 from .audit import OK, AuditTarget, audit_store, days
 from .drills import DEFAULT_SCRATCH_IMAGE, remove_stale_scratch, restore_drill
 from .postgres import Census, RestoreFailed
-from .records import recorded_partitions, recorded_metadata, recorded_value
+from .records import recorded_metadata, recorded_partitions, recorded_value
 from .retention import MARKER_OF_METHOD
 from .store import BackupStore, StoreError
 

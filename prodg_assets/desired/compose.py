@@ -13,7 +13,17 @@ import shlex
 from typing import Any
 
 from .interpolate import VAR, LoadContext
-from .model import LAYERS, TRUST_TIERS, Build, Healthcheck, Mount, NetworkSpec, Port, ServiceSpec, sha256_hex
+from .model import (
+    LAYERS,
+    TRUST_TIERS,
+    Build,
+    Healthcheck,
+    Mount,
+    NetworkSpec,
+    Port,
+    ServiceSpec,
+    sha256_hex,
+)
 from .schema import kind_of
 from .yamldoc import Doc, Path
 

@@ -13,10 +13,17 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Mapping, Optional, Protocol
 
-from ..contract import LABEL_COMMIT, LABEL_NETWORK, LABEL_PROJECT, LABEL_SERVICE, LABEL_SPEC_HASH
+from ..contract import (
+    LABEL_COMMIT,
+    LABEL_NETWORK,
+    LABEL_PROJECT,
+    LABEL_SERVICE,
+    LABEL_SPEC_HASH,
+)
 from ..desired.interpolate import resolve_env
 from ..desired.model import DesiredState, NetworkSpec, ServiceSpec
-from ..lazy import docker_errors as errors, docker_sdk as sdk
+from ..lazy import docker_errors as errors
+from ..lazy import docker_sdk as sdk
 from .facts import Desired, desired_facts, file_env, live_containers
 from .failures import ApplyFailed, engine_unreachable
 from .images import resolve_image

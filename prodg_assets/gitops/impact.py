@@ -6,7 +6,13 @@ from dataclasses import asdict
 from typing import Optional
 
 from ..contract import (
-    DNS_ASSET, HOST_ASSET, NETWORK_ASSET, RETIRED_ASSET, SECRETS_ASSET, TAILNET_ASSET, TLS_ASSET,
+    DNS_ASSET,
+    HOST_ASSET,
+    NETWORK_ASSET,
+    RETIRED_ASSET,
+    SECRETS_ASSET,
+    TAILNET_ASSET,
+    TLS_ASSET,
 )
 from ..desired import DesiredState
 

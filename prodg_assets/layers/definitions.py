@@ -8,7 +8,12 @@ import dagster as dg
 from ..desired import DesiredState
 from .dns import dns_only_and_pointing_at_host, dns_records
 from .host import exposure, host_baseline, host_conforms, host_safe_to_deploy
-from .network import docker_network, network_matches, no_retired_services, retired_services
+from .network import (
+    docker_network,
+    network_matches,
+    no_retired_services,
+    retired_services,
+)
 from .secrets import secrets_complete_and_private, secrets_env
 from .service_checks import PROBES, build_service_check, build_tls_asset
 from .services import build_in_sync_check, build_service_asset

@@ -4,9 +4,9 @@ from typing import Optional
 
 import dagster as dg
 
+from ..contract import DNS_ASSET, HOST_ASSET
 from ..engine.secrets import SecretSource
 from ..gitops.repo import ConfigRepo
-from ..contract import DNS_ASSET, HOST_ASSET
 from ..gitops.run import state_for_run
 from ..settings import DnsRecord
 

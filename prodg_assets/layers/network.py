@@ -3,7 +3,13 @@
 
 import dagster as dg
 
-from ..contract import HOST_ASSET, LABEL_PROJECT, LABEL_SERVICE, NETWORK_ASSET, RETIRED_ASSET
+from ..contract import (
+    HOST_ASSET,
+    LABEL_PROJECT,
+    LABEL_SERVICE,
+    NETWORK_ASSET,
+    RETIRED_ASSET,
+)
 from ..engine.client import DockerEngine
 from ..gitops.repo import ConfigRepo
 from ..gitops.run import state_for_run

@@ -4,10 +4,10 @@ service assets of this group)."""
 
 import dagster as dg
 
-from ..engine.secrets import SecretSource
-from ..gitops.repo import ConfigRepo
 from ..contract import SECRETS_ASSET
 from ..desired import DirTree, sha256_hex
+from ..engine.secrets import SecretSource
+from ..gitops.repo import ConfigRepo
 from ..gitops.run import state_for_run
 
 

@@ -3,7 +3,14 @@
 
 import dagster as dg
 
-from ..contract import COVERS_TAG, IN_SYNC, NETWORK_ASSET, SECRETS_ASSET, SERVICE_TAG, service_pool
+from ..contract import (
+    COVERS_TAG,
+    IN_SYNC,
+    NETWORK_ASSET,
+    SECRETS_ASSET,
+    SERVICE_TAG,
+    service_pool,
+)
 from ..desired import DesiredState, ServiceSpec, asset_name
 from ..engine.client import DockerEngine
 from ..engine.failures import ApplyFailed

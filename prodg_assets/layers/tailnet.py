@@ -2,10 +2,10 @@
 
 import dagster as dg
 
-from ..engine.secrets import SecretSource
-from ..gitops.repo import ConfigRepo
 from ..contract import TAILNET_ASSET
 from ..desired import DesiredState
+from ..engine.secrets import SecretSource
+from ..gitops.repo import ConfigRepo
 from ..gitops.run import state_for_run
 
 

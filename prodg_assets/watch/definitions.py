@@ -7,7 +7,11 @@ import dagster as dg
 
 from ..desired import DesiredState
 from .drift import build_drift_schedule
-from .notifications import backup_failure_notifier, backup_success_notifier, deploy_failure_notifier
+from .notifications import (
+    backup_failure_notifier,
+    backup_success_notifier,
+    deploy_failure_notifier,
+)
 
 
 def watch_definitions(state: DesiredState, deploy_target: dg.AssetSelection) -> dg.Definitions:

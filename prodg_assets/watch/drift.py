@@ -4,7 +4,14 @@ re-applied instead."""
 
 import dagster as dg
 
-from ..contract import COMMIT_TAG, DRIFT_KIND, DRIFT_SCHEDULE, IN_SYNC, KIND_TAG, SELF_HEAL_KIND
+from ..contract import (
+    COMMIT_TAG,
+    DRIFT_KIND,
+    DRIFT_SCHEDULE,
+    IN_SYNC,
+    KIND_TAG,
+    SELF_HEAL_KIND,
+)
 from ..desired import ConfigInvalid, DesiredState
 from ..engine.client import DockerEngine
 from ..engine.secrets import SecretSource

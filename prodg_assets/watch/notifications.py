@@ -6,8 +6,16 @@ A notifier that cannot reach Telegram logs a warning and gives up: it never fail
 import dagster as dg
 
 from ..contract import (
-    BACKUP_FAILURE, BACKUP_FAILURE_NOTIFIER, BACKUP_KIND, BACKUP_SUCCESS, BACKUP_SUCCESS_NOTIFIER, COMMIT_TAG,
-    DEPLOY_FAILURE, DEPLOY_FAILURE_NOTIFIER, KIND_TAG, PARTITION_TAG,
+    BACKUP_FAILURE,
+    BACKUP_FAILURE_NOTIFIER,
+    BACKUP_KIND,
+    BACKUP_SUCCESS,
+    BACKUP_SUCCESS_NOTIFIER,
+    COMMIT_TAG,
+    DEPLOY_FAILURE,
+    DEPLOY_FAILURE_NOTIFIER,
+    KIND_TAG,
+    PARTITION_TAG,
 )
 from ..engine.secrets import SecretSource, redact
 

@@ -11,17 +11,17 @@ from dataclasses import dataclass
 
 import boto3
 import dagster as dg
-import docker
 import pytest
 
+import docker
 from prodg_assets.backups.definitions import backup_definitions, build_backup_resources
-from prodg_assets.engine.exec import exec_run
 from prodg_assets.backups.postgres import wait_ready
 from prodg_assets.backups.store import BackupStore
+from prodg_assets.desired import DirTree, load_desired_state
 from prodg_assets.engine.client import DockerEngine
+from prodg_assets.engine.exec import exec_run
 from prodg_assets.engine.secrets import SecretSource
 from prodg_assets.gitops.repo import ConfigRepo
-from prodg_assets.desired import DirTree, load_desired_state
 from tests.conftest import init_repo
 from tests.standins.moto import MotoServer
 

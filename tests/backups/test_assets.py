@@ -13,7 +13,19 @@ import pytest
 import zstandard
 
 from prodg_assets.backups.definitions import backup_definitions, build_backup_resources
-from prodg_assets.contract import AUDIT_CLEAN, BACKUP_AUDIT, BACKUP_JOB, BACKUP_SCHEDULE, CONFIG_BACKUP, FRESH, MINIO_BACKUP, NO_MISSING_DAYS, OBJECT_INTACT, POSTGRES_BACKUP, RESTORE_DRILL
+from prodg_assets.contract import (
+    AUDIT_CLEAN,
+    BACKUP_AUDIT,
+    BACKUP_JOB,
+    BACKUP_SCHEDULE,
+    CONFIG_BACKUP,
+    FRESH,
+    MINIO_BACKUP,
+    NO_MISSING_DAYS,
+    OBJECT_INTACT,
+    POSTGRES_BACKUP,
+    RESTORE_DRILL,
+)
 from tests.backups.conftest import (
     BUCKET,
     EXPECTED_ROWS,

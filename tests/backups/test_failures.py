@@ -16,10 +16,18 @@ import time
 import dagster as dg
 import pytest
 
+from prodg_assets.backups.store import S3Source
 from prodg_assets.contract import CONFIG_BACKUP, MINIO_BACKUP, POSTGRES_BACKUP
 from prodg_assets.engine.exec import exec_run
-from prodg_assets.backups.store import S3Source
-from tests.backups.conftest import MINIO_OBJECTS, SECRETS, START, STORE_SECRET, psql, s3, wait_for
+from tests.backups.conftest import (
+    MINIO_OBJECTS,
+    SECRETS,
+    START,
+    STORE_SECRET,
+    psql,
+    s3,
+    wait_for,
+)
 
 pytestmark = pytest.mark.docker
 

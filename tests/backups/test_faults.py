@@ -18,19 +18,25 @@ from urllib.parse import parse_qs, urlsplit
 import botocore.endpoint
 import dagster as dg
 import pytest
-from dagster import serialize_value
 
 from prodg_assets.backups.definitions import backup_definitions, build_backup_resources
-from prodg_assets.contract import POSTGRES_BACKUP, RESTORE_DRILL
-from prodg_assets.settings import store_settings
-from prodg_assets.engine.exec import exec_run
 from prodg_assets.backups.postgres import wait_ready
 from prodg_assets.backups.store import BackupStore
+from prodg_assets.contract import POSTGRES_BACKUP, RESTORE_DRILL
 from prodg_assets.desired import DirTree, load_desired_state
-from tests.backups.conftest import SECRETS, START, STORE_KEY_ID, STORE_SECRET, psql, wait_for, write_config
+from prodg_assets.engine.exec import exec_run
+from prodg_assets.settings import store_settings
+from tests.backups.conftest import (
+    SECRETS,
+    START,
+    STORE_KEY_ID,
+    STORE_SECRET,
+    psql,
+    wait_for,
+    write_config,
+)
 from tests.backups.test_failures import rows_in_the_cluster, rows_in_the_dump
 from tests.standins.faultproxy import FaultProxy, Request, is_complete, is_upload_part
-
 
 SECRET_VALUES = [*SECRETS.values(), STORE_SECRET]
 # ~13 MB of incompressible bytes (hex in the dump, compressed back to about their size): three 5 MiB parts.
@@ -149,7 +155,7 @@ def assert_no_secrets(instance, *results, texts: tuple[str, ...] = ()):
     """No secret value in the failure texts nor anywhere in the runs' event logs (messages, metadata, errors)."""
     blobs = list(texts)
     for result in results:
-        blobs += [serialize_value(record) for record in instance.all_logs(result.run_id)]
+        blobs += [dg.serialize_value(record) for record in instance.all_logs(result.run_id)]
         blobs.append(failure_text(result))
     assert len(blobs) > 10
     for secret in SECRET_VALUES:

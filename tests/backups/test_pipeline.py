@@ -15,7 +15,15 @@ from prodg_assets.backups.codec import ByteCount, compress, compression_of, deco
 from prodg_assets.backups.keys import config_key, manifest_key, postgres_key
 from prodg_assets.backups.postgres import pg_dumpall_chunks
 from prodg_assets.backups.stream import stream_backup
-from prodg_assets.engine.exec import ContainerExec, ProducerFailed, READ_BYTES, REBLOCK, exec_chunks, exec_run, reblocked
+from prodg_assets.engine.exec import (
+    READ_BYTES,
+    REBLOCK,
+    ContainerExec,
+    ProducerFailed,
+    exec_chunks,
+    exec_run,
+    reblocked,
+)
 from prodg_assets.gitops.repo import git_archive_chunks
 from tests.backups.conftest import NAME, SECRETS
 

@@ -3,14 +3,25 @@ unless forced, a corrupt object never reaches the target."""
 
 import datetime
 
-import docker
 import pytest
 
-from prodg_assets.backups.postgres import Census, census, pg_dumpall_chunks
-from prodg_assets.backups.stream import stream_backup
-from prodg_assets.backups.drills import SCRATCH_LABEL, compare_census, remove_stale_scratch, scratch_postgres
-from prodg_assets.backups.postgres import RestoreFailed, RestoreRefused, target_contents
+import docker
+from prodg_assets.backups.drills import (
+    SCRATCH_LABEL,
+    compare_census,
+    remove_stale_scratch,
+    scratch_postgres,
+)
+from prodg_assets.backups.postgres import (
+    Census,
+    RestoreFailed,
+    RestoreRefused,
+    census,
+    pg_dumpall_chunks,
+    target_contents,
+)
 from prodg_assets.backups.restore import restore_object
+from prodg_assets.backups.stream import stream_backup
 from tests.backups.conftest import EXPECTED_ROWS, NAME, PG_IMAGE, SECRETS, psql
 
 pytestmark = pytest.mark.docker

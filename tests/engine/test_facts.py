@@ -8,8 +8,14 @@ from typing import Any
 import pytest
 
 from prodg_assets.desired.interpolate import resolve_env
-from prodg_assets.engine.facts import Facts, desired_facts, endpoint, observed_facts, published_port
 from prodg_assets.desired.model import Port, sha256_hex
+from prodg_assets.engine.facts import (
+    Facts,
+    desired_facts,
+    endpoint,
+    observed_facts,
+    published_port,
+)
 
 from .test_plan import (
     AS_USER,
@@ -21,8 +27,8 @@ from .test_plan import (
     NO_HEALTHCHECK,
     ON_FAILURE_3,
     ON_IPV6_TOO,
-    PICKED_PORT,
     PG_PASSWORD,
+    PICKED_PORT,
     POSTGRES_16,
     POSTGRES_STANDIN,
     REDIS_7,

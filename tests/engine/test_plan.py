@@ -16,12 +16,28 @@ from typing import Any, Callable, Mapping, Optional
 
 import pytest
 
-from prodg_assets.contract import LABEL_COMMIT, LABEL_PROJECT, LABEL_SERVICE, LABEL_SPEC_HASH
+from prodg_assets.contract import (
+    LABEL_COMMIT,
+    LABEL_PROJECT,
+    LABEL_SERVICE,
+    LABEL_SPEC_HASH,
+)
 from prodg_assets.desired.interpolate import resolve_env
-from prodg_assets.engine.facts import desired_facts, observed_facts
-from prodg_assets.engine.plan import CREATE, ORPHAN, RECREATE, REMOVE, UNCHANGED, Action, Desired, Live, Plan, plan, \
-    plan_service
 from prodg_assets.desired.model import Healthcheck, Mount, Port, ServiceSpec
+from prodg_assets.engine.facts import desired_facts, observed_facts
+from prodg_assets.engine.plan import (
+    CREATE,
+    ORPHAN,
+    RECREATE,
+    REMOVE,
+    UNCHANGED,
+    Action,
+    Desired,
+    Live,
+    Plan,
+    plan,
+    plan_service,
+)
 
 PROJECT = "prodg"
 COMMIT = "3f9c1e0a7b5d2c4e6f8091a2b3c4d5e6f7081920"

@@ -16,7 +16,7 @@ import time
 import pytest
 import requests
 
-from ..conftest import ROOT, Testbed, make_testbed
+from ..conftest import ROOT, make_testbed
 
 pytestmark = pytest.mark.docker
 

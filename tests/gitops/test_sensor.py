@@ -6,8 +6,8 @@ import subprocess
 import dagster as dg
 import pytest
 
-from prodg_assets.gitops.repo import ConfigRepo
 from prodg_assets.contract import SENSOR_NAME
+from prodg_assets.gitops.repo import ConfigRepo
 from tests.conftest import Testbed, git, make_testbed
 
 pytestmark = pytest.mark.docker

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import dagster as dg
-import docker
 import pytest
 import requests
 import yaml
 
+import docker
 import prodg_assets
+from prodg_assets.desired import LAYERS, DirTree, load_desired_state
 from prodg_assets.gitops.impact import impacted_assets
-from prodg_assets.desired import DirTree, LAYERS, load_desired_state
 from tests.conftest import ROOT, Testbed, make_testbed
 
 # The first test's setup builds the images when they are missing (about 4 minutes on 2 cores), hence the timeout.

@@ -13,12 +13,28 @@ from pathlib import Path
 
 import pytest
 
+from prodg_assets.desired import (
+    ConfigInvalid,
+    DirTree,
+    SpecError,
+    load_desired_state,
+    sha256_hex,
+    validate,
+)
 from prodg_assets.desired.interpolate import resolve_env
 from prodg_assets.desired.yamldoc import MAX_NODES
 
-from prodg_assets.desired import ConfigInvalid, DirTree, SpecError, load_desired_state, sha256_hex, validate
-
-from .conftest import COMPOSE_REL, CONFIG, LABEL, PRODG_REL, REPO, edit, find, line_of, tree
+from .conftest import (
+    COMPOSE_REL,
+    CONFIG,
+    LABEL,
+    PRODG_REL,
+    REPO,
+    edit,
+    find,
+    line_of,
+    tree,
+)
 
 C, P = COMPOSE_REL, PRODG_REL
 HOST_ROOT = "/opt/prodg/config"  # where the tree lives on the Docker host; fixed so hashes compare across copies

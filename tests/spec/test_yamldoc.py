@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from prodg_assets.desired import SpecError
-from prodg_assets.desired.yamldoc import Doc, MAX_BYTES, MAX_DEPTH, MAX_NODES, field_name, load_yaml
+from prodg_assets.desired.yamldoc import (
+    MAX_BYTES,
+    MAX_DEPTH,
+    MAX_NODES,
+    Doc,
+    field_name,
+    load_yaml,
+)
 
 F = "config/x.yml"
 
