@@ -116,12 +116,7 @@ def _apply(engine: DockerEngine, state: DesiredState, service: str, secrets: Map
         log(f"{service}: started {new_id[:12]} from {image}; waiting for health (up to {health_timeout:.0f}s)")
         _wait_healthy(engine, spec, new_id, health_timeout, secrets)
     except Exception as exc:
-        if isinstance(exc, ApplyFailed):
-            reason, logs = exc.reason, exc.logs
-        elif engine_unreachable(exc):
-            reason, logs = f"{engine.unreachable(exc)} while the new container was being started", ""
-        else:
-            reason, logs = redact(str(exc), secrets), ""
+        reason, logs = _failure(engine, exc, secrets, "while the new container was being started")
         try:
             if new_id:
                 logs = logs or _tail(engine, new_id, secrets)
@@ -144,6 +139,16 @@ def _apply(engine: DockerEngine, state: DesiredState, service: str, secrets: Map
     return ApplyResult(service, kind, new_id, image_id, image, action.markdown(), want_hash)
 
 
+def _failure(engine: DockerEngine, exc: BaseException, secrets: Mapping[str, str], during: str) -> tuple[str, str]:
+    """(reason, last log lines) of a failed start: the apply's own, an unanswered Engine's (`during` says what was
+    under way), or the exception's text with secret values redacted."""
+    if isinstance(exc, ApplyFailed):
+        return exc.reason, exc.logs
+    if engine_unreachable(exc):
+        return f"{engine.unreachable(exc)} {during}", ""
+    return redact(str(exc), secrets), ""
+
+
 def _trial(engine: DockerEngine, spec: ServiceSpec, state: DesiredState, image: str, secrets: Mapping[str, str],
            spec_hash: str, commit: str, timeout: float, log: Callable[[str], None]) -> None:
     name = f"{spec.container_name}-prodg-candidate"
@@ -154,13 +159,8 @@ def _trial(engine: DockerEngine, spec: ServiceSpec, state: DesiredState, image: 
         log(f"{spec.name}: trial container {cid[:12]} started beside the serving one; waiting for health")
         _wait_healthy(engine, spec, cid, timeout, secrets)
     except Exception as exc:
-        if isinstance(exc, ApplyFailed):
-            reason, logs = exc.reason, exc.logs
-        elif engine_unreachable(exc):
-            reason, logs = (f"{engine.unreachable(exc)} while the trial container was proving itself (it is "
-                            f"removed by the next apply)"), ""
-        else:
-            reason, logs = redact(str(exc), secrets), ""
+        reason, logs = _failure(engine, exc, secrets, "while the trial container was proving itself (it is removed "
+                                                      "by the next apply)")
         try:
             logs = logs or _tail(engine, cid, secrets)
         except Exception:  # the Engine is gone: there is no log to fetch
