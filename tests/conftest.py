@@ -67,6 +67,15 @@ class Testbed:
         self.commits.append(sha)
         return sha
 
+    def reset_to(self, sha: str) -> bool:
+        """The repo's files put back as they were at `sha`, as a new commit (history only grows, as on a shared
+        branch); False when HEAD already held them."""
+        if not git(self.repo, "diff", "--name-only", sha, "HEAD"):
+            return False
+        git(self.repo, "read-tree", "-u", "--reset", sha)
+        self.commit(f"back to {sha[:12]}")
+        return True
+
     def edit(self, rel: str, old: str, new: str) -> None:
         path = os.path.join(self.repo, "config", rel)
         with open(path, encoding="utf-8") as fh:

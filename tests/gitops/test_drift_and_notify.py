@@ -32,6 +32,22 @@ def stack(tmp_path_factory, docker_client):
             os.environ.update(old_env)
 
 
+@pytest.fixture(autouse=True)
+def at_baseline(stack):
+    """Each test starts from the stack as first deployed: what a test committed is put back and converged afterwards,
+    so no test sees another's commits, drift or Telegram settings."""
+    bed, telegram = stack
+    yield
+    telegram.status, telegram.delay_s = 200, 0.0
+    if bed.reset_to(bed.commits[0]):
+        assert bed.materialize().success
+
+
+def redis_restart_policy_drifted(bed: Testbed, policy: str = "no") -> None:
+    """Drift made by hand: Redis' restart policy changed under prodg, as `docker update` on the host would."""
+    subprocess.run(["docker", "update", f"--restart={policy}", f"{bed.project}-redis"], check=True, capture_output=True)
+
+
 def schedule_request(bed: Testbed, instance) -> dg.RunRequest | dg.SkipReason:
     defs = bed.defs()
     schedule = defs.resolve_schedule_def(DRIFT_SCHEDULE)
@@ -54,23 +70,27 @@ def run_checks(bed: Testbed, instance, request: dg.RunRequest) -> dict[str, tupl
 
 def test_drift_schedule_records_drift_as_failing_checks_with_the_fields(stack):
     bed, _ = stack
-    subprocess.run(["docker", "update", "--restart=no", f"{bed.project}-redis"], check=True, capture_output=True)
-    with dg.instance_for_test() as instance:
-        data = schedule_request(bed, instance)
-        (request,) = data.run_requests
-        assert not request.asset_selection
-        assert {k.name for k in request.asset_check_keys} == {"in_sync"}
-        results = run_checks(bed, instance, request)
-    assert results["redis"][0] is False
-    assert results["redis"][1]["fields"].value == "restart"
-    assert all(passed for asset, (passed, _) in results.items() if asset != "redis")
-    assert bed.containers()["redis"].attrs["HostConfig"]["RestartPolicy"]["Name"] in ("no", "")
+    redis_restart_policy_drifted(bed)
+    try:
+        with dg.instance_for_test() as instance:
+            data = schedule_request(bed, instance)
+            (request,) = data.run_requests
+            assert not request.asset_selection
+            assert {k.name for k in request.asset_check_keys} == {"in_sync"}
+            results = run_checks(bed, instance, request)
+        assert results["redis"][0] is False
+        assert results["redis"][1]["fields"].value == "restart"
+        assert all(passed for asset, (passed, _) in results.items() if asset != "redis")
+        assert bed.containers()["redis"].attrs["HostConfig"]["RestartPolicy"]["Name"] in ("no", "")
+    finally:
+        redis_restart_policy_drifted(bed, "unless-stopped")  # the drift undone by hand, as it was made
 
 
 def test_self_heal_reapplies_only_the_drifted_service(stack):
     bed, _ = stack
     bed.edit("prodg.yaml", "  stop_timeout_s: 5\n", "  stop_timeout_s: 5\n  self_heal: true\n")
     bed.commit("self-heal on")
+    redis_restart_policy_drifted(bed)
     before = {s: c.id for s, c in bed.containers().items()}
     with dg.instance_for_test() as instance:
         (request,) = schedule_request(bed, instance).run_requests

@@ -44,12 +44,23 @@ def materializations(result) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def deployed(testbed: Testbed):
+    """The stack deployed from an empty Engine: the bed, the run's result and the containers it left."""
     result = testbed.materialize()
-    return testbed, result
+    return testbed, result, testbed.containers()
+
+
+@pytest.fixture(autouse=True)
+def at_baseline(deployed):
+    """Each test starts from the stack as first deployed: whatever a test committed is put back and converged
+    afterwards, so no test depends on another's commits or containers."""
+    bed = deployed[0]
+    yield
+    if bed.reset_to(bed.commits[0]):
+        assert bed.materialize().success
 
 
 def test_empty_engine_to_healthy_stack_with_all_checks_green(deployed):
-    bed, result = deployed
+    bed, result, live = deployed
     assert result.success, check_problems(result)
     checks = check_results(result)
     assert checks and all(checks.values()), checks
@@ -57,23 +68,22 @@ def test_empty_engine_to_healthy_stack_with_all_checks_green(deployed):
                  "postgres_accepts_query", "redis_answers_ping", "prometheus_targets_up", "hermes_health_and_auth",
                  "certificates_valid"):
         assert checks.get(name) is True, f"{name}: {checks.get(name)}"
-    live = bed.containers()
     assert set(live) == SERVICES
     for service, c in live.items():
         assert c.status == "running", service
-        assert c.labels["prodg.commit"] == bed.commits[-1]
+        assert c.labels["prodg.commit"] == bed.commits[0]
     mats = materializations(result)
     for service in SERVICES:
         meta = mats[service.replace("-", "_")]
         assert meta["action"] == "created"
-        assert meta["commit"] == bed.commits[-1]
+        assert meta["commit"] == bed.commits[0]
         assert meta["container_id"] == live[service].id
     # Hermes was built from the repo at the commit and tagged with it.
-    assert f"prodg/hermes-api:{bed.commits[-1][:12]}" in live["hermes-api"].image.tags
+    assert f"prodg/hermes-api:{bed.commits[0][:12]}" in live["hermes-api"].image.tags
 
 
 def test_test_stack_answers_on_its_real_protocols(deployed):
-    bed, _ = deployed
+    bed = deployed[0]
     # Postgres accepts an authenticated query (through the real client, in the container).
     out = subprocess.run(["docker", "exec", "-e", f"PGPASSWORD={TEST_SECRETS['POSTGRES_PASSWORD']}",
                           f"{bed.project}-postgres", "psql", "-h", "127.0.0.1", "-U", "postgres", "-tAc",
@@ -103,7 +113,7 @@ def test_test_stack_answers_on_its_real_protocols(deployed):
 
 
 def test_second_apply_recreates_nothing(deployed):
-    bed, _ = deployed
+    bed = deployed[0]
     before = {s: c.id for s, c in bed.containers().items()}
     result = bed.materialize()
     assert result.success
@@ -113,7 +123,7 @@ def test_second_apply_recreates_nothing(deployed):
 
 
 def test_changing_one_services_environment_recreates_only_that_container(deployed):
-    bed, _ = deployed
+    bed = deployed[0]
     before = {s: c.id for s, c in bed.containers().items()}
     bed.edit("compose/docker-compose.yml", "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n",
              "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n      REDIS_MAXCLIENTS: \"500\"\n")
@@ -132,7 +142,7 @@ def test_changing_one_services_environment_recreates_only_that_container(deploye
 
 @pytest.mark.fault
 def test_failing_healthcheck_rolls_back_and_service_keeps_answering(deployed, measured):
-    bed, _ = deployed
+    bed = deployed[0]
     old = bed.containers()["hermes-api"]
     bed.edit("hermes-api/app/main.py", 'return {"status": "ok"}', 'return {"status": "ok", "boom": 1 / 0}')
     sha = bed.commit("hermes: a release whose /health crashes")
@@ -193,7 +203,7 @@ def plan_rows(output: str) -> dict[str, tuple[str, str]]:
 
 
 def test_plan_shows_exactly_the_drift_made_by_hand(deployed):
-    bed, _ = deployed
+    bed = deployed[0]
     clean = prodg(bed, "plan")
     assert clean.returncode == 0, clean.stderr
     assert {s: a for s, (a, _) in plan_rows(clean.stdout).items()} == {s: "unchanged" for s in SERVICES}
@@ -215,7 +225,7 @@ def test_plan_shows_exactly_the_drift_made_by_hand(deployed):
 
 
 def test_dry_run_records_the_plan_and_changes_nothing(deployed):
-    bed, _ = deployed
+    bed = deployed[0]
     before = {s: c.id for s, c in bed.containers().items()}
     bed.edit("compose/docker-compose.yml", "    x-prodg: {layer: observability, internal_ports: [9100]}",
              "    command: [--collector.disable-defaults, --collector.cpu, --web.listen-address=:9100]\n"
@@ -231,7 +241,7 @@ def test_dry_run_records_the_plan_and_changes_nothing(deployed):
 
 
 def test_exposure_check_fails_on_a_wildcard_port_outside_the_allow_list(deployed):
-    bed, _ = deployed
+    bed = deployed[0]
     # on a port the Engine picks (0.0.0.0::9100): the check names the port it really got
     bed.edit("compose/docker-compose.yml", "    x-prodg: {layer: observability, internal_ports: [9100]}",
              "    ports: [\"0.0.0.0::9100\"]\n    x-prodg: {layer: observability, internal_ports: [9100]}")
@@ -250,7 +260,7 @@ def test_exposure_check_fails_on_a_wildcard_port_outside_the_allow_list(deployed
 
 
 def test_a_service_that_left_the_spec_is_reported_then_pruned_when_opted_in(deployed):
-    bed, _ = deployed
+    bed = deployed[0]
     bed.edit("compose/docker-compose.yml", "    x-prodg: {layer: observability, after: [caddy, node-exporter, hermes-api]}",
              "    x-prodg: {layer: observability, after: [caddy, hermes-api]}")
     text = open(bed.compose).read()
@@ -273,7 +283,7 @@ def test_a_service_that_left_the_spec_is_reported_then_pruned_when_opted_in(depl
 
 @pytest.mark.fault
 def test_an_image_that_does_not_build_fails_the_asset_and_changes_nothing(deployed, measured):
-    bed, _ = deployed
+    bed = deployed[0]
     before = bed.containers()["hermes-api"]
     bed.edit("hermes-api/Dockerfile", "COPY app /app", "COPY app /app\nRUN exit 3")
     bed.commit("hermes: a Dockerfile that cannot build")
@@ -292,10 +302,11 @@ def test_an_image_that_does_not_build_fails_the_asset_and_changes_nothing(deploy
 
 @pytest.mark.fault
 def test_a_new_container_killed_during_its_health_wait_rolls_back(deployed, measured):
-    bed, _ = deployed
+    bed = deployed[0]
     written = redis_write(bed)  # what Redis holds before the fault
     old = bed.containers()["redis"]
-    bed.edit("compose/docker-compose.yml", "      REDIS_MAXCLIENTS: \"500\"\n", "      REDIS_MAXCLIENTS: \"400\"\n")
+    bed.edit("compose/docker-compose.yml", "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n",
+             "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n      REDIS_MAXCLIENTS: \"400\"\n")
     bed.edit("compose/docker-compose.yml", "      interval: 1s\n      timeout: 5s\n      retries: 30\n    x-prodg: {layer: data_stores}",
              "      interval: 1s\n      timeout: 5s\n      retries: 30\n      start_period: 30s\n    x-prodg: {layer: data_stores}")
     bed.commit("redis: fewer clients, slower first check")
