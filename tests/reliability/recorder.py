@@ -26,6 +26,9 @@ What happens to the doc:
   writes (it fails a full run whose doc is stale instead), `=off` does nothing.
 
 The records of the session are also written to tests/output/reliability/records.jsonl.
+
+Under pytest-xdist (the README's command runs two workers) each worker's records travel to the controller on the
+teardown reports (`user_properties`) and each worker's collection in `workeroutput`; only the controller renders.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ BAD_INPUT_TEST = "tests/reliability/test_bad_input.py::test_every_invalid_config
 SECRET_HUNT_TEST = "tests/reliability/test_secret_hunt.py::test_no_secret_value_anywhere_prodg_writes"
 
 __all__ = ["measured", "pytest_collection_finish", "pytest_deselected", "pytest_runtest_logreport",
-           "pytest_sessionfinish", "pytest_terminal_summary"]
+           "pytest_sessionfinish", "pytest_terminal_summary", "pytest_testnodedown"]
+RECORD_PROPERTY = "prodg_measured"  # the user_properties key a test's record travels under
 
 
 # -- what a test records ---------------------------------------------------------------------------------------------
@@ -112,7 +116,8 @@ STATE = _Session()
 def measured(request) -> Measured:
     m = Measured(request.node.nodeid)
     yield m
-    STATE.records.append(m.as_record())
+    # collected from the teardown report (pytest_runtest_logreport), in this process or on the xdist controller
+    request.node.user_properties.append((RECORD_PROPERTY, m.as_record()))
 
 
 def function_of(nodeid: str) -> str:
@@ -130,6 +135,8 @@ def pytest_collection_finish(session):
 
 
 def pytest_runtest_logreport(report):
+    if report.when == "teardown":
+        STATE.records += [value for key, value in report.user_properties if key == RECORD_PROPERTY]
     before = STATE.outcomes.get(report.nodeid)
     if report.failed:
         STATE.outcomes[report.nodeid] = "failed"
@@ -154,7 +161,25 @@ def _full_run(session, exitstatus) -> bool:
     return all(STATE.outcomes.get(n) == "passed" for n in STATE.items)
 
 
+def _is_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """xdist controller: what a worker collected (the controller collects nothing itself)."""
+    collected = getattr(node, "workeroutput", {}).get("prodg_collected")
+    if collected:
+        STATE.items = STATE.items or collected["items"]
+        STATE.fault_functions |= set(collected["fault_functions"])
+        STATE.deselected = max(STATE.deselected, collected["deselected"])
+
+
 def pytest_sessionfinish(session, exitstatus):
+    if _is_worker(session.config):
+        session.config.workeroutput["prodg_collected"] = {
+            "items": STATE.items, "fault_functions": sorted(STATE.fault_functions), "deselected": STATE.deselected}
+        return
     mode = os.environ.get(MODE_ENV, "").strip().lower()
     if mode == "off" or session.config.option.collectonly or not STATE.items:
         return
