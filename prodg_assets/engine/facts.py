@@ -45,9 +45,7 @@ class Facts:
                 continue  # not declared: the image's default applies, whatever it is
             if mine != theirs:
                 if name == "env":
-                    a, b = dict(mine), dict(theirs)
-                    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-                    out["env"] = (", ".join(keys), "values differ")
+                    out["env"] = _env_sides(dict(mine), dict(theirs))
                 else:
                     out[name] = (_show(mine), _show(theirs))
         return out
@@ -68,6 +66,17 @@ class Live:
     spec_hash: str
     commit: str
     facts: Facts
+
+
+def _env_sides(mine: dict[str, str], theirs: dict[str, str]) -> tuple[str, str]:
+    """The env keys that differ, each side saying what it holds — `(absent)`, `(set)`, or `(other value)` on this
+    side when both hold the key with different values. Values (hashes here, secrets on the host) are never shown."""
+    keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+
+    def side(here: dict[str, str], there: dict[str, str], other: str) -> str:
+        return ", ".join(f"{k} ({'absent' if k not in here else other if k in there else 'set'})" for k in keys)
+
+    return side(mine, theirs, "other value"), side(theirs, mine, "set")
 
 
 def _show(value: Any) -> str:

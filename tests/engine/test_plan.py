@@ -459,10 +459,10 @@ def test_no_secret_in_output(case: Case) -> None:
         assert value not in shown
 
 
-ENV_ROWS = {  # case → (the keys the env row names, values that must not be shown)
-    "env value changed": ("POSTGRES_INITDB_ARGS", ("--data-checksums", "scram-sha-256")),
-    "secret rotated": ("POSTGRES_PASSWORD", (PG_PASSWORD, PG_PASSWORD_ROTATED)),
-    "env added by hand": ("POSTGRES_HOST_AUTH_METHOD", ("trust",)),
+ENV_ROWS = {  # case → (the key the env row names, its live cell, its desired cell, values that must not be shown)
+    "env value changed": ("POSTGRES_INITDB_ARGS", "other value", "set", ("--data-checksums", "scram-sha-256")),
+    "secret rotated": ("POSTGRES_PASSWORD", "other value", "set", (PG_PASSWORD, PG_PASSWORD_ROTATED)),
+    "env added by hand": ("POSTGRES_HOST_AUTH_METHOD", "set", "absent", ("trust",)),
 }
 
 
@@ -472,9 +472,9 @@ def test_env_rows_table_is_complete() -> None:
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.id in ENV_ROWS], ids=lambda c: c.id)
 def test_env_diff_names_keys_not_values(case: Case) -> None:
-    keys, hidden = ENV_ROWS[case.id]
+    keys, live, desired, hidden = ENV_ROWS[case.id]
     action = plan_service(case.desired(), case.live())
-    assert dict((f, (a, b)) for f, a, b in action.diff)["env"] == (keys, "values differ")
+    assert dict((f, (a, b)) for f, a, b in action.diff)["env"] == (f"{keys} ({live})", f"{keys} ({desired})")
     for text in (repr(action), action.markdown(), Plan([action]).table()):
         assert keys in text
         for value in hidden:
@@ -486,7 +486,7 @@ def test_secret_rotation_changes_hash_not_shown_values() -> None:
     action = plan_service(desired_of(BASE, ROTATED, POSTGRES_16),
                           live_of(container_attrs(BASE, SECRETS, POSTGRES_16), BASE))
     assert action.kind == RECREATE and action.reasons == (SPEC_CHANGED,)
-    assert action.diff == (("env", "POSTGRES_PASSWORD", "values differ"),)
+    assert action.diff == (("env", "POSTGRES_PASSWORD (other value)", "POSTGRES_PASSWORD (set)"),)
     for text in (repr(action), action.markdown(), Plan([action]).table()):
         assert PG_PASSWORD not in text and PG_PASSWORD_ROTATED not in text
 
