@@ -14,6 +14,7 @@ from ..contract import (
     COMMIT_TAG,
     DEPLOY_FAILURE,
     DEPLOY_FAILURE_NOTIFIER,
+    DRIFT_KIND,
     KIND_TAG,
     PARTITION_TAG,
 )
@@ -71,13 +72,24 @@ def deploy_failure_message(run: dg.DagsterRun, reason: str, notifier: TelegramNo
             f"reason: {reason[:500]}\n{run_link(notifier, run.run_id)}")
 
 
+def is_deploy(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
+    """A run that was to change the host: neither a backup nor the drift schedule's run, and it planned to
+    materialise at least one asset (a run of checks alone deploys nothing)."""
+    if run.tags.get(KIND_TAG) in (BACKUP_KIND, DRIFT_KIND):
+        return False
+    if run.asset_selection:
+        return True
+    return bool(instance.get_records_for_run(
+        run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, limit=1).records)
+
+
 @dg.run_failure_sensor(name=DEPLOY_FAILURE_NOTIFIER, default_status=dg.DefaultSensorStatus.RUNNING,
                        minimum_interval_seconds=15)
 def deploy_failure_notifier(context: dg.RunFailureSensorContext, telegram: TelegramNotifier,
                             secrets: SecretSource) -> None:
     """Sends a Telegram message when a deploy run fails: the commit, the assets, the reason and a link to the run."""
     run = context.dagster_run
-    if DEPLOY_FAILURE not in telegram.events or run.tags.get(KIND_TAG) == BACKUP_KIND:
+    if DEPLOY_FAILURE not in telegram.events or not is_deploy(context.instance, run):
         return
     reason = context.failure_event.message or "run failed"
     steps = [e for e in context.get_step_failure_events()]

@@ -157,6 +157,34 @@ def test_telegram_is_told_when_a_deploys_healthcheck_fails_and_a_dead_telegram_c
     assert bed.containers()["hermes-api"].status == "running"
 
 
+def test_a_failed_drift_run_is_not_reported_as_a_failed_deploy(stack, tmp_path):
+    """The drift schedule's check-only run fails (the Engine does not answer it): that is no deploy, and Telegram is
+    not told one failed; a deploy that fails beside it is."""
+    bed, telegram = stack
+
+    def told(run) -> list[str]:  # the messages about one run (another test's slow message may still land)
+        return [m["text"] for m in telegram.messages if run.run_id in m["text"]]
+
+    with dg.instance_for_test() as instance:
+        (request,) = schedule_request(bed, instance).run_requests
+        job = bed.defs().resolve_implicit_global_asset_job_def().get_subset(
+            asset_selection=set(), asset_check_selection=set(request.asset_check_keys))
+        os.environ["DOCKER_HOST"] = f"unix://{tmp_path}/no-engine.sock"  # nothing listens there
+        try:
+            drift = job.execute_in_process(instance=instance, tags=request.tags, raise_on_error=False)
+        finally:
+            del os.environ["DOCKER_HOST"]
+        assert not drift.success
+        notify(bed, instance, drift)
+        assert told(drift) == []
+        bed.edit("hermes-api/app/main.py", 'return {"status": "ok"}', 'return {"status": "ok", "boom": 1 / 0}')
+        bed.commit("hermes: crashing release")
+        deploy = bed.materialize(selection="hermes_api", instance=instance)
+        assert not deploy.success
+        notify(bed, instance, deploy)
+        assert [text.splitlines()[0] for text in told(deploy)] == ["❌ prodg deploy failed"]
+
+
 def test_break_glass_rollback_to_an_older_commit_shows_in_the_lineage(stack, tmp_path):
     bed, _ = stack
     older = bed.commits[-1]
