@@ -12,6 +12,7 @@ from ..contract import TLS_ASSET, service_pool
 from ..desired import DesiredState, ServiceSpec
 from ..desired.interpolate import resolve_env
 from ..engine.client import DockerEngine
+from ..engine.locks import service_lock
 from ..engine.secrets import SecretSource
 from ..gitops.repo import ConfigRepo
 from ..gitops.run import state_for_run
@@ -93,11 +94,12 @@ def build_service_check(spec: ServiceSpec) -> dg.AssetChecksDefinition:
                secrets: SecretSource) -> dg.AssetCheckResult:
         state, commit = state_for_run(context, repo)
         current = state.services[spec.name]
-        addr = docker.endpoint(current, port)
-        if addr is None:
-            return dg.AssetCheckResult(passed=False, metadata={"problems": f"{spec.name} has no address: is it "
-                                                                           f"running?"})
-        problems = probe(resolve_env(current, secrets.values()), addr, state, repo, commit)
+        with service_lock(repo.deployed_dir, state.project, spec.name, context.log.info, shared=True):
+            addr = docker.endpoint(current, port)
+            if addr is None:
+                return dg.AssetCheckResult(passed=False, metadata={"problems": f"{spec.name} has no address: is "
+                                                                               f"it running?"})
+            problems = probe(resolve_env(current, secrets.values()), addr, state, repo, commit)
         return dg.AssetCheckResult(passed=not problems, metadata={
             "address": f"{addr[0]}:{addr[1]}",
             "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none")})

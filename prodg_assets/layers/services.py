@@ -14,6 +14,7 @@ from ..contract import (
 from ..desired import DesiredState, ServiceSpec, asset_name
 from ..engine.client import DockerEngine
 from ..engine.failures import ApplyFailed
+from ..engine.locks import service_lock
 from ..engine.plan import UNCHANGED
 from ..engine.secrets import SecretSource
 from ..gitops.repo import ConfigRepo
@@ -85,24 +86,26 @@ def build_service_asset(state: DesiredState, spec: ServiceSpec) -> dg.AssetsDefi
                 "spec_hash": desired.spec_hash,
                 "plan": dg.MetadataValue.md(action.markdown()),
             })
-        newer = newer_live_commit(context, docker, repo, current, spec, commit)
-        if newer:
-            context.log.warning(f"{spec.name}: superseded — commit {newer[:12]} is live, and {commit[:12]} is one "
-                                f"of its ancestors; nothing applied (`prodg deploy --commit` forces an older one)")
-            return dg.MaterializeResult(metadata={
-                "commit": commit, "action": "superseded", "live_commit": newer,
-                "commits_covered": context.run.tags.get(COVERS_TAG, commit[:12]),
-                "diff": dg.MetadataValue.md(f"superseded by the live commit `{newer[:12]}`"),
-            })
-        try:
-            result = docker.apply_service(current, spec.name, values, commit, build_root=repo.config_root(commit),
-                                          log=context.log.info)
-        except ApplyFailed as exc:
-            context.log.error(str(exc))
-            raise dg.Failure(description=f"{exc.service}: {exc.reason}", metadata={
-                "commit": commit, "action": "rolled_back" if "rolled back" in exc.reason else "failed",
-                "last_logs": dg.MetadataValue.md(f"```\n{exc.logs}\n```"),
-            }) from None
+        # one run at a time decides about and applies this service, whatever the storage (engine/locks.py)
+        with service_lock(repo.deployed_dir, current.project, spec.name, context.log.info):
+            newer = newer_live_commit(context, docker, repo, current, spec, commit)
+            if newer:
+                context.log.warning(f"{spec.name}: superseded — commit {newer[:12]} is live, and {commit[:12]} is one "
+                                    f"of its ancestors; nothing applied (`prodg deploy --commit` forces an older one)")
+                return dg.MaterializeResult(metadata={
+                    "commit": commit, "action": "superseded", "live_commit": newer,
+                    "commits_covered": context.run.tags.get(COVERS_TAG, commit[:12]),
+                    "diff": dg.MetadataValue.md(f"superseded by the live commit `{newer[:12]}`"),
+                })
+            try:
+                result = docker.apply_service(current, spec.name, values, commit, build_root=repo.config_root(commit),
+                                              log=context.log.info)
+            except ApplyFailed as exc:
+                context.log.error(str(exc))
+                raise dg.Failure(description=f"{exc.service}: {exc.reason}", metadata={
+                    "commit": commit, "action": "rolled_back" if "rolled back" in exc.reason else "failed",
+                    "last_logs": dg.MetadataValue.md(f"```\n{exc.logs}\n```"),
+                }) from None
         context.log.info(f"{spec.name}: {result.action} ({result.container_id[:12]})")
         return dg.MaterializeResult(metadata={
             "commit": commit,
@@ -125,10 +128,11 @@ def build_in_sync_check(spec: ServiceSpec) -> dg.AssetChecksDefinition:
         """The live container matches the desired state (no drift): same spec hash, image, command, environment,
         ports, mounts, networks, restart policy, user, healthcheck, and running. Fails with the fields that differ."""
         current, commit = state_for_run(context, repo)
-        newer = newer_live_commit(context, docker, repo, current, spec, commit)
-        if newer:  # this run was superseded: what must match is the newer commit that is live
-            current, commit = repo.desired_state(newer), newer
-        action = docker.plan(current, secrets.values(), commit).for_service(spec.name)
+        with service_lock(repo.deployed_dir, current.project, spec.name, context.log.info, shared=True):
+            newer = newer_live_commit(context, docker, repo, current, spec, commit)
+            if newer:  # this run was superseded: what must match is the newer commit that is live
+                current, commit = repo.desired_state(newer), newer
+            action = docker.plan(current, secrets.values(), commit).for_service(spec.name)
         return dg.AssetCheckResult(passed=action.kind == UNCHANGED, metadata={
             "action_needed": action.kind,
             "drift": dg.MetadataValue.md(action.markdown()),
