@@ -219,7 +219,9 @@ def make_testbed(tmp: str, client: docker.DockerClient, name: str) -> Testbed:
     repo = os.path.join(tmp, "repo")
     shutil.copytree(STACK_CONFIG, os.path.join(repo, "config"))
     shutil.copytree(os.path.join(ROOT, "config", "hermes-api"), os.path.join(repo, "config", "hermes-api"))
-    first = init_repo(repo, "test stack")
+    # the bed's name and folder in the message: two beds made in the same second from the same files would
+    # otherwise get the same first commit SHA, and share (and remove) each other's commit-tagged images
+    first = init_repo(repo, f"test stack {name} ({os.path.basename(tmp)})")
     secrets_file = os.path.join(tmp, "secrets.env")
     with open(secrets_file, "w") as fh:
         fh.write("".join(f"{k}={v}\n" for k, v in TEST_SECRETS.items()))
