@@ -25,7 +25,9 @@ def resolve_image(client: docker.DockerClient, spec: ServiceSpec, state: Desired
         repo = spec.image.rsplit(":", 1)[0] if ":" in spec.image.rsplit("/", 1)[-1] else spec.image
         source_tag = f"{repo}:src-{spec.build.digest[:16]}"
         tag = f"{repo}:{commit[:12]}" if commit else source_tag
-        existing = image_id(client, source_tag)
+        # what a check compares with: the image this commit deployed (its tag), else the source's build; a rebuild
+        # of the same source (another image id) is not drift for a commit that already runs its own
+        existing = (image_id(client, tag) if not build and tag != source_tag else None) or image_id(client, source_tag)
         if not existing and build:
             context = os.path.join(build_root or "", spec.build.context)
             try:
