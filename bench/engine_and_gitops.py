@@ -50,7 +50,7 @@ def noop_reconcile(tmp: str) -> tuple[float, int]:
         before = {s: c.id for s, c in bed.containers().items()}
         t0 = time.perf_counter()
         for service in state.services:
-            engine.apply_service(state, service, secrets, sha, build_root=repo.config_root(sha))
+            engine.apply_service(state, service, secrets, sha, build_root=repo.build_root(state.services[service], sha))
         elapsed = time.perf_counter() - t0
         after = {s: c.id for s, c in bed.containers().items()}
         return elapsed, sum(before[s] != after.get(s) for s in before)

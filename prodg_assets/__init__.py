@@ -81,7 +81,7 @@ def graph_state(env: EnvSettings, environ: Mapping[str, str]) -> tuple[DesiredSt
     for sha in candidates:
         try:
             return load_desired_state(GitTree(repo.path, sha, repo.config_subdir), environ,
-                                      host_root=repo.config_root(sha)), sha
+                                      trees_root=repo.deployed_dir), sha
         except ConfigInvalid as exc:
             first_error = first_error or exc
     raise first_error or ConfigInvalid([])

@@ -7,10 +7,10 @@ model (the pure data) · loader (orchestrates: tree → DesiredState)."""
 
 from .errors import ConfigInvalid, SpecError
 from .loader import load_desired_state, validate
-from .model import LAYERS, DesiredState, ServiceSpec, asset_name, sha256_hex
+from .model import LAYERS, DesiredState, ServiceSpec, asset_name, content_tree, sha256_hex
 from .tree import ConfigTree, DirTree
 
 __all__ = [
     "LAYERS", "ConfigInvalid", "ConfigTree", "DesiredState", "DirTree", "ServiceSpec", "SpecError", "asset_name",
-    "load_desired_state", "sha256_hex", "validate",
+    "content_tree", "load_desired_state", "sha256_hex", "validate",
 ]

@@ -22,6 +22,7 @@ from .model import (
     NetworkSpec,
     Port,
     ServiceSpec,
+    content_tree,
     sha256_hex,
 )
 from .schema import kind_of
@@ -93,11 +94,13 @@ def _kv(ctx: LoadContext, doc: Doc, path: Path, value: Any) -> list[tuple[str, s
 
 
 class _ComposeReader:
-    def __init__(self, ctx: LoadContext, doc: Doc, compose_rel: str, host_root: str, bind_roots: list[str]):
+    def __init__(self, ctx: LoadContext, doc: Doc, compose_rel: str, host_root: str, bind_roots: list[str],
+                 trees_root: str = ""):
         self.ctx, self.doc = ctx, doc
         self.compose_dir = posixpath.dirname(compose_rel)
         self.host_root = host_root.rstrip("/") or "/"
         self.bind_roots = bind_roots
+        self.trees_root = trees_root
 
     def err(self, path: Path, message: str) -> None:
         self.ctx.errors.append(self.doc.error(path, message))
@@ -242,7 +245,9 @@ class _ComposeReader:
             self.err(path, f"bind source {source!r} does not exist in the config tree ({rel})")
             return None
         digest = self.tree_digest(files)
-        host = posixpath.join(self.host_root, rel)
+        # from a commit: the folder named by the content (see content_tree); from a working folder: the file itself
+        host = posixpath.join(content_tree(self.trees_root, digest), rel) if self.trees_root else \
+            posixpath.join(self.host_root, rel)
         return Mount("bind", host, target, read_only, config_path=f"{rel}#{digest[:16]}")
 
 
@@ -498,11 +503,12 @@ def _port_conflicts(r: _ComposeReader, specs: dict[str, ServiceSpec]) -> None:
             seen.setdefault((port.host_port, port.protocol), []).append((port.host_ip, name))
 
 
-def read_compose(ctx: LoadContext, cdoc: Doc, compose_rel: str, host_root: str,
-                 bind_roots: list[str]) -> tuple[str, dict[str, ServiceSpec], dict[str, NetworkSpec],
-                                                 dict[str, str]] | None:
+def read_compose(ctx: LoadContext, cdoc: Doc, compose_rel: str, host_root: str, bind_roots: list[str],
+                 trees_root: str = "") -> tuple[str, dict[str, ServiceSpec], dict[str, NetworkSpec],
+                                                dict[str, str]] | None:
     """(project, services, networks, volumes) of the Compose file `cdoc`; None when it has no services at all.
-    `host_root` is where the tree's files are on the Docker host; `bind_roots` the allowed absolute bind sources."""
+    `host_root` is where the tree's files are on the Docker host; `bind_roots` the allowed absolute bind sources;
+    `trees_root`, when set, where the content trees of a commit's config binds lie (one folder per content)."""
     data = cdoc.data
     for key in data:
         if key not in COMPOSE_TOP_KEYS and not str(key).startswith("x-"):
@@ -522,7 +528,7 @@ def read_compose(ctx: LoadContext, cdoc: Doc, compose_rel: str, host_root: str,
     if not isinstance(raw_services, dict) or not raw_services:
         ctx.errors.append(cdoc.error(("services",), "must be a mapping of at least one service"))
         return None
-    reader = _ComposeReader(ctx, cdoc, compose_rel, host_root, bind_roots)
+    reader = _ComposeReader(ctx, cdoc, compose_rel, host_root, bind_roots, trees_root)
     names = {str(k) for k in raw_services}
     specs: dict[str, ServiceSpec] = {}
     for name, body in raw_services.items():

@@ -159,7 +159,7 @@ def _settings(ctx: LoadContext, doc: Doc, data: dict, services: Mapping[str, Ser
     return settings_from_yaml(data, records, targets)
 
 
-def _load(tree: ConfigTree, env: Mapping[str, str], host_root: str | None) \
+def _load(tree: ConfigTree, env: Mapping[str, str], host_root: str | None, trees_root: str = "") \
         -> tuple[DesiredState | None, LoadContext]:
     ctx = LoadContext(tree, env)
     pdoc = _load_doc(ctx, PRODG_FILE)
@@ -186,7 +186,7 @@ def _load(tree: ConfigTree, env: Mapping[str, str], host_root: str | None) \
     roots = _list(host.get("bind_roots"))
     tree_root = host_root or getattr(tree, "root", None) or "/opt/prodg/config"
     compose = read_compose(ctx, cdoc, compose_rel, (tree_root.rstrip("/") or "/"),
-                           [posixpath.normpath(str(r)) for r in roots if str(r).startswith("/")])
+                           [posixpath.normpath(str(r)) for r in roots if str(r).startswith("/")], trees_root)
     if compose is None:
         return None, ctx
     project, specs, networks, volumes = compose
@@ -203,10 +203,11 @@ def validate(tree: ConfigTree, env: Mapping[str, str] | None = None) -> list[Spe
 
 
 def load_desired_state(tree: ConfigTree, env: Mapping[str, str] | None = None,
-                       host_root: str | None = None) -> DesiredState:
+                       host_root: str | None = None, trees_root: str = "") -> DesiredState:
     """The desired state of `tree`; raises ConfigInvalid listing every error. `host_root` is where the tree's
-    files are on the Docker host (for bind mounts), by default the tree's own folder."""
-    state, ctx = _load(tree, env or {}, host_root)
+    files are on the Docker host (for bind mounts), by default the tree's own folder; with `trees_root` (a commit's
+    state), a config bind's source is its content tree there instead (desired.model.content_tree)."""
+    state, ctx = _load(tree, env or {}, host_root, trees_root)
     if ctx.errors or state is None:
         raise ConfigInvalid(ctx.errors or [SpecError(tree.label, 1, "(document)", "could not be loaded")])
     return state

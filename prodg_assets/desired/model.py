@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from dataclasses import asdict, dataclass, field
 from typing import Mapping, Optional
 
@@ -45,6 +46,12 @@ class Port:
     def __str__(self) -> str:
         host = f"[{self.host_ip}]" if ":" in self.host_ip else self.host_ip
         return f"{host}:{self.host_port}->{self.container_port}/{self.protocol}"
+
+
+def content_tree(trees_root: str, digest: str) -> str:
+    """The folder under `trees_root` holding one config path (a bind source or a build context) with the content
+    `digest` names: written once, never changed (gitops/repo.py lays it out)."""
+    return posixpath.join(trees_root, digest[:16])
 
 
 @dataclass(frozen=True)

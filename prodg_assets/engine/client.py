@@ -74,6 +74,9 @@ class DockerEngine(dg.ConfigurableResource):
 
         return facts.network_facts(self.client, name)
 
+    def bind_sources(self) -> set[str]:
+        return facts.bind_sources(self.client)
+
     def endpoint(self, spec: ServiceSpec, container_port: int, protocol: str = "tcp") -> Optional[tuple[str, int]]:
 
         return facts.endpoint(self.client, self.probe_network, spec, container_port, protocol)

@@ -194,6 +194,15 @@ def live_commit(client: docker.DockerClient, project: str, spec: ServiceSpec) ->
     return labels.get(LABEL_COMMIT, "") if labels.get(LABEL_PROJECT) == project else ""
 
 
+def bind_sources(client: docker.DockerClient) -> set[str]:
+    """The host path of every bind mount of every container on the Engine, stopped ones included (a previous
+    container kept for a rollback still needs its files)."""
+    sources = set()
+    for c in client.api.containers(all=True):
+        sources |= {m.get("Source", "") for m in c.get("Mounts") or [] if m.get("Type") == "bind"}
+    return sources - {""}
+
+
 def image_env(client: docker.DockerClient, image: str) -> tuple[dict[str, str], dict[str, str]]:
     """(env, labels) the image itself sets."""
     try:

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import io
 import os
+import posixpath
+import re
+import shutil
 import subprocess
 import tarfile
+import tempfile
 import threading
+import time
 from typing import Iterator, Mapping
 
 import dagster as dg
 
-from ..desired import DesiredState, DirTree, load_desired_state
+from ..desired import DesiredState, DirTree, ServiceSpec, content_tree, load_desired_state
 from ..engine.exec import ProducerFailed, TailBuffer
 from ..engine.secrets import redact
 
@@ -88,6 +93,11 @@ class GitTree:
         yield from (f for f in self._files if f == rel or f.startswith(rel.rstrip("/") + "/"))
 
 
+TREE_NAME = re.compile(r"[0-9a-f]{16}")  # a content tree's folder (desired.model.content_tree)
+TREE_ASIDE = ".aside-"  # a content tree being written
+UNUSED_TREE_GRACE_S = 3600.0
+
+
 class ConfigRepo(dg.ConfigurableResource):
     """The git repo holding the mainframe's desired state (`config_subdir` inside it). Deploys read the config at
     a commit and lay it out under `deploy_root`, the folder the containers' config bind mounts point at."""
@@ -139,8 +149,15 @@ class ConfigRepo(dg.ConfigurableResource):
             return False
 
     def config_root(self, commit: str) -> str:
-        """Where the config tree deployed for `commit` lies on disk (the working folder when not in git)."""
-        return os.path.join(self.deployed_dir if commit else self.path, self.config_subdir)
+        """Where the config tree of `commit` lies on disk for bind mounts: the deploy root, under which each config
+        path a container mounts has a content tree of its own (`lay_out`); the working folder when not in git."""
+        return self.deployed_dir if commit else os.path.join(self.path, self.config_subdir)
+
+    def build_root(self, spec: ServiceSpec, commit: str) -> str:
+        """The folder under which `spec`'s build context (its config-relative path) lies on disk."""
+        if commit and spec.build:
+            return content_tree(self.deployed_dir, spec.build.digest)
+        return os.path.join(self.path, self.config_subdir)
 
     def is_git(self) -> bool:
         try:
@@ -166,43 +183,91 @@ class ConfigRepo(dg.ConfigurableResource):
     def desired_state(self, commit: str, materialise: bool = False,
                       environ: Mapping[str, str] | None = None) -> DesiredState:
         """The desired state at `commit` (raises ConfigInvalid), its variables from `environ` (default: the process
-        environment). With `materialise`, the config tree at that commit is first written to the deployed folder,
-        which is where bind mounts point."""
+        environment). With `materialise`, the content trees its containers mount (and its build contexts) are laid
+        out under the deploy root first (`lay_out`)."""
         environ = os.environ if environ is None else environ
         if not commit:  # not a git repo: the working folder is the desired state
             return load_desired_state(DirTree(os.path.join(self.path, self.config_subdir)), environ)
-        root = self.config_root(commit)
-        state = load_desired_state(self.tree(commit), environ, host_root=root)
+        state = load_desired_state(self.tree(commit), environ, trees_root=self.deployed_dir)
         if materialise:
-            self.lay_out(commit, root)
+            self.lay_out(commit, state)
         return state
 
-    def lay_out(self, commit: str, root: str) -> None:
-        """Write the config tree at `commit` into `root`, rewriting only files whose bytes changed (a file a
-        running container bind-mounts keeps its inode unless its content changes)."""
-        data = b"".join(git_archive_chunks(self.path, commit, self.config_subdir))
-        wanted: set[str] = set()
+    def lay_out(self, commit: str, state: DesiredState) -> list[str]:
+        """Each config path a container of `state` mounts, and each build context, written once into a folder of
+        the deploy root named by its content digest (desired.model.content_tree), read-only; returns the folders
+        written now. A folder is complete before it appears (written aside, then renamed) and never rewritten: a
+        run of an older or superseded commit cannot change a file a live container mounts, and a commit that leaves
+        a file alone leaves its mount — and its container — alone."""
+        os.makedirs(self.deployed_dir, exist_ok=True)
+        written = []
+        for digest, rel in sorted(content_paths(state).items()):
+            dest = content_tree(self.deployed_dir, digest)
+            if os.path.isdir(dest):
+                os.utime(dest)  # wanted again: not collected as unused (remove_unused_trees)
+                continue
+            aside = tempfile.mkdtemp(prefix=f"{TREE_ASIDE}{digest[:16]}-", dir=self.deployed_dir)
+            try:
+                self._extract(commit, rel, aside)
+                os.chmod(aside, 0o755)
+                try:
+                    os.rename(aside, dest)
+                    written.append(dest)
+                except OSError:
+                    if not os.path.isdir(dest):  # not another run that laid out the same content first
+                        raise
+            finally:
+                if os.path.isdir(aside):
+                    shutil.rmtree(aside)
+        return written
+
+    def _extract(self, commit: str, rel: str, into: str) -> None:
+        """The files under the config-relative path `rel` at `commit`, at their config-relative paths in `into`."""
+        subdir = posixpath.join(self.config_subdir, rel) if rel not in ("", ".") else self.config_subdir
+        data = b"".join(git_archive_chunks(self.path, commit, subdir))
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             for member in tar.getmembers():
-                if not member.isfile():
+                name = posixpath.relpath(member.name, self.config_subdir)
+                if not member.isfile() or name.startswith(".."):
                     continue
-                rel = os.path.relpath(member.name, self.config_subdir)
-                if rel.startswith(".."):
-                    continue
-                wanted.add(rel)
-                dest = os.path.join(root, rel)
-                content = tar.extractfile(member).read()
-                if os.path.isfile(dest):
-                    with open(dest, "rb") as fh:
-                        if fh.read() == content:
-                            continue
+                dest = os.path.join(into, name)
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
-                with open(dest, "r+b" if os.path.isfile(dest) else "wb") as fh:
-                    fh.write(content)
-                    fh.truncate()
-                os.chmod(dest, member.mode & 0o777 | 0o444)
-        for dirpath, _, files in os.walk(root):
-            for name in files:
-                rel = os.path.relpath(os.path.join(dirpath, name), root)
-                if rel not in wanted:
-                    os.remove(os.path.join(dirpath, name))
+                with open(dest, "wb") as fh:
+                    fh.write(tar.extractfile(member).read())
+                os.chmod(dest, member.mode & 0o555 | 0o444)
+
+    def remove_unused_trees(self, in_use: set[str], grace_s: float = UNUSED_TREE_GRACE_S) -> list[str]:
+        """Content trees (and folders left aside by an interrupted lay-out) that no container mounts — `in_use`:
+        every bind source on the Engine — and that no run has wanted for `grace_s` (a run that laid one out a
+        moment ago may not have created its container yet), removed; returns their paths."""
+        removed = []
+        try:
+            names = os.listdir(self.deployed_dir)
+        except FileNotFoundError:
+            return removed
+        now = time.time()
+        for name in sorted(names):
+            path = os.path.join(self.deployed_dir, name)
+            if not (TREE_NAME.fullmatch(name) or name.startswith(TREE_ASIDE)) or not os.path.isdir(path):
+                continue
+            if any(src == path or src.startswith(path + "/") for src in in_use):
+                continue
+            if now - os.stat(path).st_mtime < grace_s:
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        return removed
+
+
+def content_paths(state: DesiredState) -> dict[str, str]:
+    """{content digest: config-relative path} of every config path `state`'s containers mount, and of every build
+    context."""
+    out = {}
+    for spec in state.services.values():
+        for mount in spec.volumes:
+            if mount.config_path:
+                rel, _, digest = mount.config_path.partition("#")
+                out[digest] = rel
+        if spec.build:
+            out[spec.build.digest[:16]] = spec.build.context
+    return out

@@ -98,7 +98,8 @@ def build_service_asset(state: DesiredState, spec: ServiceSpec) -> dg.AssetsDefi
                     "diff": dg.MetadataValue.md(f"superseded by the live commit `{newer[:12]}`"),
                 })
             try:
-                result = docker.apply_service(current, spec.name, values, commit, build_root=repo.config_root(commit),
+                result = docker.apply_service(current, spec.name, values, commit,
+                                              build_root=repo.build_root(current.services[spec.name], commit),
                                               log=context.log.info)
             except ApplyFailed as exc:
                 context.log.error(str(exc))
@@ -107,6 +108,8 @@ def build_service_asset(state: DesiredState, spec: ServiceSpec) -> dg.AssetsDefi
                     "last_logs": dg.MetadataValue.md(f"```\n{exc.logs}\n```"),
                 }) from None
         context.log.info(f"{spec.name}: {result.action} ({result.container_id[:12]})")
+        for tree in repo.remove_unused_trees(docker.bind_sources()):
+            context.log.info(f"removed the config tree {tree}: no container mounts it")
         return dg.MaterializeResult(metadata={
             "commit": commit,
             "commits_covered": context.run.tags.get(COVERS_TAG, commit[:12]),
