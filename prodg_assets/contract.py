@@ -62,11 +62,13 @@ SENSOR_NAME = "config_repo_sensor"
 DEPLOY_FAILURE_NOTIFIER = "deploy_failure_notifier"
 BACKUP_SUCCESS_NOTIFIER = "backup_success_notifier"
 BACKUP_FAILURE_NOTIFIER = "backup_failure_notifier"
+HOST_CHECK_NOTIFIER = "host_check_notifier"
 
 # -- notification events (prodg.yaml notifications.telegram.on) -------------------------------------------------------------
 DEPLOY_FAILURE = "deploy_failure"
 BACKUP_SUCCESS = "backup_success"
 BACKUP_FAILURE = "backup_failure"
+HOST_CHECK = "host_check"  # a host check (host_conforms, host_safe_to_deploy, exposure) turned red, changed, or green
 
 # -- metadata keys read by more than one module ----------------------------------------------------------------------------
 META_COMMIT = "commit"

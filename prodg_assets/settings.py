@@ -193,7 +193,7 @@ class TelegramSettings:
     api_base_url: str = "https://api.telegram.org"
     bot_token_secret: str = "TELEGRAM_BOT_TOKEN"
     chat_id: str = ""
-    on: tuple[str, ...] = ("deploy_failure", "backup_success", "backup_failure")
+    on: tuple[str, ...] = ("deploy_failure", "backup_success", "backup_failure", "host_check")
     ui_base_url: str = "http://127.0.0.1:3000"
 
 

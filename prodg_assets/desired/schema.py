@@ -60,7 +60,8 @@ PRODG_SCHEMA = {
     },
     "notifications": {
         "telegram": {"api_base_url": str, "bot_token_secret": str, "chat_id": (str, int),
-                     "on": [OneOf("deploy_failure", "deploy_success", "backup_success", "backup_failure")],
+                     "on": [OneOf("deploy_failure", "deploy_success", "backup_success", "backup_failure",
+                                  "host_check")],
                      "ui_base_url": str},
     },
     "deploy": {

@@ -1,7 +1,9 @@
-"""Telegram notifications on deploy failure (and, with the backups, on backup success and failure).
+"""Telegram notifications: a deploy failed, a backup succeeded or failed, a host check turned red (or green again).
 
 A notifier that cannot reach Telegram logs a warning and gives up: it never fails or delays a deploy.
 """
+
+import json
 
 import dagster as dg
 
@@ -15,9 +17,16 @@ from ..contract import (
     DEPLOY_FAILURE,
     DEPLOY_FAILURE_NOTIFIER,
     DRIFT_KIND,
+    EXPOSURE,
+    HOST_ASSET,
+    HOST_CHECK,
+    HOST_CHECK_NOTIFIER,
+    HOST_CONFORMS,
+    HOST_SAFE_TO_DEPLOY,
     KIND_TAG,
     PARTITION_TAG,
 )
+from ..desired import sha256_hex
 from ..engine.secrets import SecretSource, redact
 
 
@@ -29,7 +38,7 @@ class TelegramNotifier(dg.ConfigurableResource):
     chat_id: str = ""
     token_secret: str = "TELEGRAM_BOT_TOKEN"
     ui_base_url: str = "http://127.0.0.1:3000"
-    events: list[str] = [DEPLOY_FAILURE, BACKUP_SUCCESS, BACKUP_FAILURE]
+    events: list[str] = [DEPLOY_FAILURE, BACKUP_SUCCESS, BACKUP_FAILURE, HOST_CHECK]
     timeout_s: float = 5.0
 
     def send(self, text: str, secrets: SecretSource, log=None) -> bool:
@@ -130,3 +139,46 @@ def backup_failure_notifier(context: dg.RunFailureSensorContext, telegram: Teleg
                        if e.event_specific_data and e.event_specific_data.error) or (context.failure_event.message or "")
     telegram.send(backup_message(run, False, telegram, run_assets(context.instance, run),
                                  redact(reason, secrets.values())), secrets, context.log)
+
+
+HOST_CHECKS = (HOST_CONFORMS, HOST_SAFE_TO_DEPLOY, EXPOSURE)
+GREEN = "green"
+
+
+def host_check_states(instance: dg.DagsterInstance) -> dict[str, tuple[bool, str, str]]:
+    """check name → (passed, its problems as the UI shows them, run id) of the latest evaluation of each host check."""
+    out = {}
+    for name in HOST_CHECKS:
+        record = instance.get_latest_asset_check_evaluation_record(
+            dg.AssetCheckKey(dg.AssetKey(HOST_ASSET), name))
+        event = record.event.dagster_event if record and record.event else None
+        evaluation = event.event_specific_data if event else None
+        if not isinstance(evaluation, dg.AssetCheckEvaluation):
+            continue  # planned, not evaluated yet
+        meta = evaluation.metadata
+        shown = meta.get("problems") or meta.get("outside_allow_list")
+        out[name] = (evaluation.passed, str(getattr(shown, "value", shown or "")), record.run_id)
+    return out
+
+
+@dg.sensor(name=HOST_CHECK_NOTIFIER, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+def host_check_notifier(context: dg.SensorEvaluationContext, telegram: TelegramNotifier,
+                        secrets: SecretSource) -> dg.SkipReason:
+    """Tells Telegram when a host check (OS/kernel/UFW conformance, free disk, wildcard publications) turns red, when
+    its problems change, and when it is green again: once per change, not at every evaluation. The cursor holds what
+    Telegram was last told per check; a message Telegram did not take is sent again at the next tick."""
+    if HOST_CHECK not in telegram.events:
+        return dg.SkipReason("host_check is not in notifications.telegram.on")
+    told = json.loads(context.cursor) if context.cursor else {}
+    sent = []
+    for name, (passed, problems, run_id) in sorted(host_check_states(context.instance).items()):
+        state = GREEN if passed else sha256_hex(problems)[:16]
+        if told.get(name, GREEN) == state:
+            continue
+        head = f"✅ host check {name} is green again" if passed else f"⚠️ host check {name} is red"
+        body = "" if passed else f"\n{redact(problems, secrets.values())[:800]}"
+        if telegram.send(f"{head}{body}\n{run_link(telegram, run_id)}", secrets, context.log):
+            told[name] = state
+            sent.append(name)
+    context.update_cursor(json.dumps(told, sort_keys=True))
+    return dg.SkipReason(f"told Telegram about {', '.join(sent)}" if sent else "no host check changed")

@@ -3,13 +3,26 @@ and the services still deploy; only a condition that makes a deploy unsafe (free
 
 from __future__ import annotations
 
+import os
+
+import dagster as dg
 import pytest
 
-from ..conftest import Testbed
+from prodg_assets.contract import HOST_CHECK_NOTIFIER
+from tests.standins.telegram import TelegramStandIn
+
+from ..conftest import TEST_SECRETS, Testbed
 from .test_converge import check_problems, check_results
 
 pytestmark = pytest.mark.docker
 SELECTION = "host_baseline,docker_network,redis"
+
+
+@pytest.fixture(autouse=True)
+def at_baseline(testbed: Testbed):
+    """Each test starts from the bed's first commit (what a test committed is put back afterwards)."""
+    yield
+    testbed.reset_to(testbed.commits[0])
 
 
 def test_a_full_disk_blocks_the_deploy_and_a_foreign_os_does_not(testbed: Testbed):
@@ -32,3 +45,52 @@ def test_a_full_disk_blocks_the_deploy_and_a_foreign_os_does_not(testbed: Testbe
     assert drifted.success
     redis = bed.containers()["redis"]
     assert redis.status == "running" and redis.labels["prodg.commit"] == bed.commits[-1]
+
+
+def notifier_tick(bed: Testbed, instance: dg.DagsterInstance, cursor: str | None) -> str | None:
+    """One tick of the host check notifier, as the daemon runs it; its new cursor."""
+    defs = bed.defs()
+    sensor = defs.resolve_sensor_def(HOST_CHECK_NOTIFIER)
+    resources = {k: defs.resources[k] for k in ("telegram", "secrets")}
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as ctx:
+        return sensor.evaluate_tick(ctx).cursor
+
+
+def test_a_red_host_check_is_told_once_and_so_is_its_return_to_green(testbed: Testbed):
+    bed = testbed
+    old_url = bed.env.get("TELEGRAM_API_URL")
+    with TelegramStandIn(TEST_SECRETS["TELEGRAM_BOT_TOKEN"]) as telegram, dg.instance_for_test() as instance:
+        os.environ["TELEGRAM_API_URL"] = bed.env["TELEGRAM_API_URL"] = telegram.url
+        try:
+            bed.edit("prodg.yaml", "    on: [deploy_failure, backup_success, backup_failure]\n",
+                     "    on: [deploy_failure, backup_success, backup_failure, host_check]\n")
+            bed.edit("prodg.yaml", "  os: Debian\n", "  os: Ubuntu 24.04\n")
+            bed.commit("the description says Ubuntu; this host runs Debian; host checks are told to Telegram")
+            cursor = notifier_tick(bed, instance, None)
+            assert telegram.messages == []  # nothing evaluated yet, nothing to tell
+            red = bed.materialize(selection="host_baseline", instance=instance)
+            assert red.success and check_results(red)["host_conforms"] is False
+            cursor = notifier_tick(bed, instance, cursor)
+            (message,) = [m["text"] for m in telegram.messages]
+            assert message.startswith("⚠️ host check host_conforms is red")
+            assert "expected 'Ubuntu 24.04' (prodg.yaml host.os)" in message and red.run_id in message
+            assert not any(v in message for v in TEST_SECRETS.values())
+            # evaluated red again with the same problems (the next deploy): nothing new to tell
+            assert bed.materialize(selection="host_baseline", instance=instance).success
+            cursor = notifier_tick(bed, instance, cursor)
+            assert len(telegram.messages) == 1
+            # the description fixed: green again, told once
+            bed.edit("prodg.yaml", "  os: Ubuntu 24.04\n", "  os: Debian\n")
+            bed.commit("the description says Debian")
+            green = bed.materialize(selection="host_baseline", instance=instance)
+            assert check_results(green)["host_conforms"] is True
+            cursor = notifier_tick(bed, instance, cursor)
+            notifier_tick(bed, instance, cursor)
+            assert [m["text"].splitlines()[0] for m in telegram.messages] == [
+                "⚠️ host check host_conforms is red", "✅ host check host_conforms is green again"]
+        finally:
+            for env in (os.environ, bed.env):
+                if old_url is None:
+                    env.pop("TELEGRAM_API_URL", None)
+                else:
+                    env["TELEGRAM_API_URL"] = old_url
