@@ -34,7 +34,9 @@ SERVICE_KEYS = {
 }
 
 
-XPRODG_KEYS = {"layer", "public", "trust_tier", "after", "backup", "internal_ports"}
+XPRODG_KEYS = {"layer", "public", "trust_tier", "after", "backup", "internal_ports", "public_ports"}
+WILDCARD_IPS = ("0.0.0.0", "::")
+PORT_PROTO = re.compile(r"^\d{1,5}/(tcp|udp)$")
 
 
 COMPOSE_TOP_KEYS = {"name", "services", "networks", "volumes"}
@@ -95,12 +97,14 @@ def _kv(ctx: LoadContext, doc: Doc, path: Path, value: Any) -> list[tuple[str, s
 
 class _ComposeReader:
     def __init__(self, ctx: LoadContext, doc: Doc, compose_rel: str, host_root: str, bind_roots: list[str],
-                 trees_root: str = ""):
+                 trees_root: str = "", public_ports: frozenset[str] = frozenset()):
         self.ctx, self.doc = ctx, doc
         self.compose_dir = posixpath.dirname(compose_rel)
         self.host_root = host_root.rstrip("/") or "/"
         self.bind_roots = bind_roots
         self.trees_root = trees_root
+        self.public_ports = public_ports  # prodg.yaml host.public_ports
+        self.wildcard: list[tuple[Path, Port]] = []  # the last service's publications on every address
 
     def err(self, path: Path, message: str) -> None:
         self.ctx.errors.append(self.doc.error(path, message))
@@ -124,6 +128,7 @@ class _ComposeReader:
             self.err(path, f"must be a list, got {kind_of(value)}")
             return []
         out = []
+        self.wildcard = []
         for i, item in enumerate(value):
             p = path + (i,)
             if isinstance(item, dict):
@@ -174,7 +179,22 @@ class _ComposeReader:
                     self.err(p, f"{label} must be a number from 1 to 65535, got {num!r}")
             if len(nums) == 2:
                 out.append(Port(host_ip, nums[0], nums[1], proto))
+                if host_ip in WILDCARD_IPS:
+                    self.wildcard.append((p, out[-1]))
         return out
+
+    def check_exposure(self, declared: list[str]) -> None:
+        """A publication on every address must be public on purpose: its port on prodg.yaml host.public_ports or
+        on the service's own x-prodg.public_ports (Docker-published ports bypass the host firewall)."""
+        allowed = self.public_ports | set(declared)
+        for p, port in self.wildcard:
+            if port.host_port == 0:
+                self.err(p, f"{port.host_ip}::{port.container_port} asks the Engine for a port on every address; a "
+                            f"wildcard publication must be a fixed public port (or publish on 127.0.0.1)")
+            elif f"{port.host_port}/{port.protocol}" not in allowed:
+                self.err(p, f"{port.host_port}/{port.protocol} is published on every address ({port.host_ip}) but "
+                            f"is not public: publish it on 127.0.0.1 (or an internal network), or add it to "
+                            f"prodg.yaml host.public_ports or this service's x-prodg.public_ports")
 
     def volumes(self, path: Path, value: Any, declared: dict[str, str], tier: str) -> list[Mount]:
         if not isinstance(value, list):
@@ -261,7 +281,7 @@ def _service(r: _ComposeReader, name: str, body: Any, project: str, networks: di
         if key not in SERVICE_KEYS:
             r.err(path + (key,), f"unknown Compose key (the engine implements: {', '.join(sorted(SERVICE_KEYS))})")
     x = body.get("x-prodg")
-    layer, tier, public, after, internal = "", "T2", [], [], []
+    layer, tier, public, after, internal, public_ports = "", "T2", [], [], [], []
     if not isinstance(x, dict):
         r.err(path, "missing `x-prodg` with the service's `layer`")
     else:
@@ -280,6 +300,11 @@ def _service(r: _ComposeReader, name: str, body: Any, project: str, networks: di
             public = _str_list(r.ctx, r.doc, path + ("x-prodg", "public"), x["public"])
         if "after" in x:
             after = _str_list(r.ctx, r.doc, path + ("x-prodg", "after"), x["after"])
+        if "public_ports" in x:
+            public_ports = _str_list(r.ctx, r.doc, path + ("x-prodg", "public_ports"), x["public_ports"])
+            for i, text in enumerate(public_ports):
+                if not PORT_PROTO.match(text):
+                    r.err(path + ("x-prodg", "public_ports", i), f"must look like 443/tcp, got {text!r}")
         if "internal_ports" in x:
             raw = x["internal_ports"]
             if not isinstance(raw, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in raw):
@@ -348,6 +373,8 @@ def _service(r: _ComposeReader, name: str, body: Any, project: str, networks: di
             env_files.append(text)
 
     ports = r.ports(path + ("ports",), body["ports"]) if "ports" in body else []
+    if ports:
+        r.check_exposure(public_ports)
     mounts = r.volumes(path + ("volumes",), body["volumes"], volumes, tier) if "volumes" in body else []
 
     nets: list[tuple[str, tuple[str, ...]]] = []
@@ -458,6 +485,7 @@ def _service(r: _ComposeReader, name: str, body: Any, project: str, networks: di
         public_domains=tuple(public),
         trust_tier=tier if tier in TRUST_TIERS else "T2",
         internal_ports=tuple(internal),
+        public_ports=tuple(public_ports),
     )
 
 
@@ -504,7 +532,7 @@ def _port_conflicts(r: _ComposeReader, specs: dict[str, ServiceSpec]) -> None:
 
 
 def read_compose(ctx: LoadContext, cdoc: Doc, compose_rel: str, host_root: str, bind_roots: list[str],
-                 trees_root: str = "") -> tuple[str, dict[str, ServiceSpec], dict[str, NetworkSpec],
+                 trees_root: str = "", public_ports: frozenset[str] = frozenset()) -> tuple[str, dict[str, ServiceSpec], dict[str, NetworkSpec],
                                                 dict[str, str]] | None:
     """(project, services, networks, volumes) of the Compose file `cdoc`; None when it has no services at all.
     `host_root` is where the tree's files are on the Docker host; `bind_roots` the allowed absolute bind sources;
@@ -528,7 +556,7 @@ def read_compose(ctx: LoadContext, cdoc: Doc, compose_rel: str, host_root: str, 
     if not isinstance(raw_services, dict) or not raw_services:
         ctx.errors.append(cdoc.error(("services",), "must be a mapping of at least one service"))
         return None
-    reader = _ComposeReader(ctx, cdoc, compose_rel, host_root, bind_roots, trees_root)
+    reader = _ComposeReader(ctx, cdoc, compose_rel, host_root, bind_roots, trees_root, public_ports)
     names = {str(k) for k in raw_services}
     specs: dict[str, ServiceSpec] = {}
     for name, body in raw_services.items():

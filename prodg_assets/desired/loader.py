@@ -186,7 +186,8 @@ def _load(tree: ConfigTree, env: Mapping[str, str], host_root: str | None, trees
     roots = _list(host.get("bind_roots"))
     tree_root = host_root or getattr(tree, "root", None) or "/opt/prodg/config"
     compose = read_compose(ctx, cdoc, compose_rel, (tree_root.rstrip("/") or "/"),
-                           [posixpath.normpath(str(r)) for r in roots if str(r).startswith("/")], trees_root)
+                           [posixpath.normpath(str(r)) for r in roots if str(r).startswith("/")], trees_root,
+                           frozenset(str(p) for p in _list(host.get("public_ports"))))
     if compose is None:
         return None, ctx
     project, specs, networks, volumes = compose

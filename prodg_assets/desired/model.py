@@ -104,6 +104,7 @@ class ServiceSpec:
     public_domains: tuple[str, ...] = ()
     trust_tier: str = "T2"
     internal_ports: tuple[int, ...] = ()
+    public_ports: tuple[str, ...] = ()  # x-prodg.public_ports: "PORT/proto" it publishes on every address on purpose
 
     @property
     def asset(self) -> str:

@@ -16,7 +16,7 @@ from .network import (
 )
 from .secrets import secrets_complete_and_private, secrets_env
 from .service_checks import PROBES, build_service_check, build_tls_asset
-from .services import build_in_sync_check, build_service_asset
+from .services import build_exposure_check, build_in_sync_check, build_service_asset
 from .tailnet import build_tailnet
 
 
@@ -26,6 +26,7 @@ def layer_definitions(state: DesiredState) -> dg.Definitions:
     assets += [build_service_asset(state, spec) for spec in state.services.values()]
     checks += [build_service_check(spec) for spec in state.services.values() if spec.name in PROBES]
     checks += [build_in_sync_check(spec) for spec in state.services.values()]
+    checks += [build_exposure_check(spec) for spec in state.services.values()]
     if state.settings.dns_records:
         assets.append(dns_records)
         checks.append(dns_only_and_pointing_at_host)

@@ -9,6 +9,7 @@ import subprocess
 import dagster as dg
 
 from ..contract import EXPOSURE, HOST_ASSET, HOST_CONFORMS, HOST_SAFE_TO_DEPLOY
+from ..desired import DesiredState
 from ..engine.client import DockerEngine
 from ..engine.facts import exposed_ports
 from ..gitops.repo import ConfigRepo
@@ -116,12 +117,11 @@ def host_safe_to_deploy(context: dg.AssetCheckExecutionContext, host: HostShell,
         "free_disk_gb": round(free, 1), "min_free_disk_gb": float(want)})
 
 
-@dg.asset_check(asset=HOST_ASSET, name=EXPOSURE, blocking=False)
-def exposure(context: dg.AssetCheckExecutionContext, docker: DockerEngine, repo: ConfigRepo) -> dg.AssetCheckResult:
-    """Every port published on 0.0.0.0 or :: is on the public allow-list (`host.public_ports`). Docker-published ports
-    bypass UFW, so this — not UFW — is the mainframe's real firewall check."""
-    state, _ = state_for_run(context, repo)
-    allowed = set(state.settings.public_ports)
+def exposure_result(docker: DockerEngine, state: DesiredState) -> dg.AssetCheckResult:
+    """Every port the project's containers publish on 0.0.0.0 or :: is public on purpose (`host.public_ports`, or a
+    service's `x-prodg.public_ports`) — those made by hand included. Docker-published ports bypass UFW, so this, not
+    UFW, is the mainframe's real firewall check; it runs with the host baseline and after every service deploy."""
+    allowed = set(state.settings.public_ports) | {p for s in state.services.values() for p in s.public_ports}
     exposed = exposed_ports(docker.client, state.project)
     bad = [f"{name}: {port} on {ip}" for name, port, ip in exposed if port not in allowed]
     return dg.AssetCheckResult(passed=not bad, metadata={
@@ -129,3 +129,10 @@ def exposure(context: dg.AssetCheckExecutionContext, docker: DockerEngine, repo:
         "public_allow_list": ", ".join(sorted(allowed)),
         "published_on_wildcard": len(exposed),
     })
+
+
+@dg.asset_check(asset=HOST_ASSET, name=EXPOSURE, blocking=False)
+def exposure(context: dg.AssetCheckExecutionContext, docker: DockerEngine, repo: ConfigRepo) -> dg.AssetCheckResult:
+    """Every port published on 0.0.0.0 or :: is public on purpose (see `exposure_result`)."""
+    state, _ = state_for_run(context, repo)
+    return exposure_result(docker, state)

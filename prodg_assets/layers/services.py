@@ -5,6 +5,7 @@ import dagster as dg
 
 from ..contract import (
     COVERS_TAG,
+    EXPOSURE,
     IN_SYNC,
     NETWORK_ASSET,
     SECRETS_ASSET,
@@ -19,6 +20,7 @@ from ..engine.plan import UNCHANGED
 from ..engine.secrets import SecretSource
 from ..gitops.repo import ConfigRepo
 from ..gitops.run import forced, state_for_run
+from .host import exposure_result
 
 
 class DeployConfig(dg.Config):
@@ -142,3 +144,15 @@ def build_in_sync_check(spec: ServiceSpec) -> dg.AssetChecksDefinition:
             "fields": ", ".join(f for f, _, _ in action.diff) or "none"})
 
     return _in_sync
+
+
+def build_exposure_check(spec: ServiceSpec) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=spec.asset, name=EXPOSURE, blocking=False)
+    def _exposure(context: dg.AssetCheckExecutionContext, docker: DockerEngine,
+                  repo: ConfigRepo) -> dg.AssetCheckResult:
+        """After this service's deploy: every port the project publishes on 0.0.0.0 or :: is public on purpose (the
+        host baseline's `exposure`, run with every deploy so a wildcard publication shows the moment it appears)."""
+        state, _ = state_for_run(context, repo)
+        return exposure_result(docker, state)
+
+    return _exposure

@@ -3,6 +3,8 @@ re-applying changes nothing, one changed service is the only one recreated, and 
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 import ssl
 import subprocess
@@ -240,23 +242,35 @@ def test_dry_run_records_the_plan_and_changes_nothing(deployed):
     assert {s: c.id for s, c in bed.containers().items()} == before
 
 
-def test_exposure_check_fails_on_a_wildcard_port_outside_the_allow_list(deployed):
+def test_a_wildcard_publication_is_refused_in_git_and_one_made_by_hand_is_red_after_the_next_deploy(deployed):
     bed = deployed[0]
-    # on a port the Engine picks (0.0.0.0::9100): the check names the port it really got
+    before = bed.containers()["node-exporter"].id
+    # in git: a located validation error, and a run of that commit changes nothing live
     bed.edit("compose/docker-compose.yml", "    x-prodg: {layer: observability, internal_ports: [9100]}",
-             "    ports: [\"0.0.0.0::9100\"]\n    x-prodg: {layer: observability, internal_ports: [9100]}")
+             "    ports: [\"0.0.0.0:9100:9100\"]\n    x-prodg: {layer: observability, internal_ports: [9100]}")
     bed.commit("node-exporter: published on every address (wrong)")
+    refused = prodg(bed, "validate", os.path.join(bed.repo, "config"))
+    assert refused.returncode != 0
+    assert re.search(r"docker-compose\.yml:\d+: services\.node-exporter\.ports\[0\]: 9100/tcp is published on every "
+                     r"address \(0\.0\.0\.0\) but is not public", refused.stdout + refused.stderr), refused.stdout
+    assert not bed.materialize(selection="node_exporter").success
+    assert bed.containers()["node-exporter"].id == before
+    bed.reset_to(bed.commits[0])
+    # by hand (a `docker run` into the project, on a port the Engine picks): the exposure check that runs with the
+    # next deploy of any service names it, with the port it really got
+    image = bed.containers()["node-exporter"].image.id
+    by_hand = bed.client.containers.run(image, detach=True, name=f"{bed.project}-by-hand",
+                                        ports={"9100/tcp": ("0.0.0.0", None)},
+                                        labels={"prodg.project": bed.project, "prodg.service": "by-hand"})
     try:
-        result = bed.materialize(selection="node_exporter,host_baseline")
-        checks = check_results(result)
-        assert checks["exposure"] is False
-        port = bed.published_port("node-exporter", 9100)
-        assert f"{bed.project}-node-exporter: {port}/tcp on 0.0.0.0" in check_problems(result)["exposure"]
+        by_hand.reload()
+        port = by_hand.attrs["NetworkSettings"]["Ports"]["9100/tcp"][0]["HostPort"]
+        deploy = bed.materialize(selection="node_exporter")
+        assert deploy.success and check_results(deploy)["exposure"] is False
+        assert f"{bed.project}-by-hand: {port}/tcp on 0.0.0.0" in check_problems(deploy)["exposure"]
     finally:
-        bed.edit("compose/docker-compose.yml", "    ports: [\"0.0.0.0::9100\"]\n", "")
-        bed.commit("node-exporter: internal only again")
-        assert bed.materialize(selection="node_exporter").success
-    assert check_results(bed.materialize(selection="host_baseline"))["exposure"] is True
+        by_hand.remove(force=True)
+    assert check_results(bed.materialize(selection="node_exporter"))["exposure"] is True
 
 
 def test_a_service_that_left_the_spec_is_reported_then_pruned_when_opted_in(deployed):

@@ -235,6 +235,15 @@ CASES = [
     Case("duplicate-host-port", C, "      - 127.0.0.1:8000:8000\n",
          "      - 127.0.0.1:8000:8000\n      - 127.0.0.1:3000:3001\n", "services.hermes-api.ports[1]",
          "host port 3000/tcp on 127.0.0.1 is already published by service 'grafana'", ("127.0.0.1:3000:3001",)),
+    Case("wildcard-port-not-public", C, "127.0.0.1:6379:6379", "0.0.0.0:6379:6379", "services.redis.ports[0]",
+         "6379/tcp is published on every address (0.0.0.0) but is not public", ("0.0.0.0:6379:6379",)),
+    Case("wildcard-port-engine-picked", C, "127.0.0.1:6379:6379", "0.0.0.0::6379", "services.redis.ports[0]",
+         "asks the Engine for a port on every address", ("0.0.0.0::6379",)),
+    Case("public-port-malformed", C, "--no-auth-warning ping | grep -q PONG']\n      interval: 5s\n      timeout: 5s\n"
+         "      retries: 10\n    x-prodg:\n      layer: data_stores\n",
+         "--no-auth-warning ping | grep -q PONG']\n      interval: 5s\n      timeout: 5s\n"
+         "      retries: 10\n    x-prodg:\n      layer: data_stores\n      public_ports: [6379]\n",
+         "services.redis.x-prodg.public_ports[0]", "must look like 443/tcp, got '6379'", ("public_ports: [6379]",)),
     Case("wildcard-port-clashes-with-loopback", C, "127.0.0.1:6379:6379", "0.0.0.0:5432:6379",
          "services.redis.ports[0]", "host port 5432/tcp on 0.0.0.0 is already published by service 'postgres'",
          ("0.0.0.0:5432:6379",)),
@@ -488,8 +497,6 @@ ENGINE_PICKED_PORTS = {  # id: ((old, new) edits of the compose file, service, i
     # two services, both Engine-picked on the same address: each gets its own port, so no "already published"
     "two on one address": ((("127.0.0.1:6379:6379", "127.0.0.1::6379"), ("127.0.0.1:5432:5432", "127.0.0.1::5432")),
                            "postgres", {"127.0.0.1:0->5432/tcp"}),
-    "picked beside a fixed one on the wildcard": ((("127.0.0.1:6379:6379", "0.0.0.0::5432"),), "redis",
-                                                  {"0.0.0.0:0->5432/tcp"}),
 }
 
 
