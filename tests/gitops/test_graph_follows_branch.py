@@ -16,6 +16,8 @@ import time
 import pytest
 import requests
 
+from prodg_assets.contract import SENSOR_NAME
+
 from ..conftest import ROOT, make_testbed
 
 pytestmark = pytest.mark.docker
@@ -51,7 +53,9 @@ class Dagster:
     def runs_for(self, commit: str) -> list[dict]:
         data = self.gql("""query($tags: [ExecutionTag!]) { runsOrError(filter: {tags: $tags}) { __typename
               ... on Runs { results { runId status assetSelection { path } } } } }""",
-                        tags=[{"key": "prodg/commit", "value": commit}])
+                        # the git sensor's runs (the drift schedule's, every 15 minutes, carry the commit too)
+                        tags=[{"key": "prodg/commit", "value": commit},
+                              {"key": "dagster/sensor_name", "value": SENSOR_NAME}])
         return data["runsOrError"]["results"]
 
     def schedule_crons(self) -> dict[str, str]:
