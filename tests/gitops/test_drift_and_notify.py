@@ -37,6 +37,8 @@ def at_baseline(stack):
     """Each test starts from the stack as first deployed: what a test committed is put back and converged afterwards,
     so no test sees another's commits, drift or Telegram settings."""
     bed, telegram = stack
+    telegram.messages.clear()  # what an earlier test had sent (its slow request, answered late, may still land)
+    telegram.requests.clear()
     yield
     telegram.status, telegram.delay_s = 200, 0.0
     if bed.reset_to(bed.commits[0]):
