@@ -9,7 +9,7 @@ of recreating the same container directly through the Engine API (prodg's engine
   location, and the next tick deploys the new asset.
 
 Prints tables and appends dated rows to bench/RESULTS.md. Measures; never asserts.
-Usage: .venv/bin/python bench/push_to_healthy.py [--pushes 10] [--new-services 3] [--interval 5]
+Usage: .venv/bin/python bench/push_to_healthy.py [--pushes 10] [--new-services 3] [--interval 4]
 """
 
 import argparse
@@ -78,9 +78,10 @@ def parts_of(home: str, client: docker.DockerClient, container: str, step: str, 
         record = min(records, key=lambda r: r.create_timestamp)
         logs = instance.all_logs(record.dagster_run.run_id)
     queued = record.create_timestamp.timestamp()
-    started = next(r.timestamp for r in logs if r.dagster_event and r.dagster_event.event_type_value == "RUN_START")
+    started = next(r.timestamp for r in logs if r.dagster_event
+                   and r.dagster_event.event_type == dg.DagsterEventType.RUN_START)
     step_start = next(r.timestamp for r in logs if r.dagster_event and r.dagster_event.step_key == step
-                      and r.dagster_event.event_type_value == "STEP_START")
+                      and r.dagster_event.event_type == dg.DagsterEventType.STEP_START)
     running = engine_time(client.api.inspect_container(container)["State"]["StartedAt"])
     return dict(zip(PARTS, (queued - pushed, started - queued, step_start - started, running - step_start,
                             healthy - running)))
@@ -111,7 +112,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pushes", type=int, default=10)
     parser.add_argument("--new-services", type=int, default=3, help="pushes that each add a service")
-    parser.add_argument("--interval", type=int, default=5, help="sensor minimum interval (s)")
+    parser.add_argument("--interval", type=int, default=4,
+                        help="sensor minimum interval (s); under the daemon's 5 s loop, so every loop ticks")
     args = parser.parse_args()
     client = docker.from_env()
     tmp = tempfile.mkdtemp(prefix="prodg-bench-")
