@@ -298,9 +298,12 @@ def exec_run(api: docker.APIClient, container: str, cmd: Sequence[str], *, user:
 # writes through stdio (4 KiB buffers with glibc, 1 KiB with musl), and those small writes cost more CPU in the
 # Engine and in our reader than the dump itself (bench/RESULTS.md). Exits with the first non-zero status of the
 # command and dd (a dd that died would otherwise truncate a dump whose command succeeded).
-REBLOCK = ('exec 4>&1; set -- $( { { "$@"; echo "$?" >&3; } | '
-           '{ dd bs=1048576 iflag=fullblock 2>/dev/null >&4; echo "$?" >&3; }; } 3>&1 ); '
-           '[ "$#" = 2 ] || exit 1; [ "$1" = 0 ] || exit "$1"; exit "$2"')
+# Both statuses come back tagged (c: the command, d: dd), in whichever order they finish: a broken dd is reported
+# with its own status (the command then only saw a closed pipe), otherwise the command's.
+REBLOCK = ('exec 4>&1; set -- $( { { "$@"; echo "c$?" >&3; } | '
+           '{ dd bs=1048576 iflag=fullblock 2>/dev/null >&4; echo "d$?" >&3; }; } 3>&1 ); '
+           '[ "$#" = 2 ] || exit 1; for s; do case "$s" in c*) c=${s#c};; d*) d=${s#d};; esac; done; '
+           '[ "$d" = 0 ] || exit "$d"; exit "$c"')
 
 
 def reblocked(cmd: Sequence[str]) -> list[str]:
