@@ -31,6 +31,7 @@ import docker  # noqa: E402
 
 from bench.common import append_result, machine  # noqa: E402
 from tests.conftest import git, make_testbed  # noqa: E402
+from tests.gitops.test_graph_follows_branch import cache_service  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -93,19 +94,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-CACHE = """
-  cache{i}:
-    image: redis:7-alpine
-    container_name: ${{PRODG_TEST_NAME}}-cache{i}
-    command: [redis-server, --save, ""]
-    ports: [127.0.0.1::6379]
-    healthcheck:
-      test: [CMD, redis-cli, ping]
-      interval: 1s
-      timeout: 5s
-      retries: 30
-    x-prodg: {{layer: data_stores}}
-"""
 
 
 def main() -> None:
@@ -191,7 +179,7 @@ def main() -> None:
         added = []
         for i in range(args.new_services):
             with open(compose, "a") as fh:
-                fh.write(CACHE.format(i=i))
+                fh.write(cache_service(f"cache{i}"))
             git(clone, "add", "-A")
             git(clone, "commit", "-qm", f"cache{i}: a new service")
             sha = git(clone, "rev-parse", "HEAD")

@@ -22,10 +22,12 @@ from ..conftest import ROOT, make_testbed
 
 pytestmark = pytest.mark.docker
 
-CACHE2 = """
-  cache2:
+def cache_service(name: str) -> str:
+    """A Compose block for a new Redis-like cache called `name` (what a push that adds a service adds)."""
+    return f"""
+  {name}:
     image: redis:7-alpine
-    container_name: ${PRODG_TEST_NAME}-cache2
+    container_name: ${{PRODG_TEST_NAME}}-{name}
     command: [redis-server, --save, ""]
     ports: [127.0.0.1::6379]
     healthcheck:
@@ -33,8 +35,11 @@ CACHE2 = """
       interval: 1s
       timeout: 5s
       retries: 30
-    x-prodg: {layer: data_stores}
+    x-prodg: {{layer: data_stores}}
 """
+
+
+CACHE2 = cache_service("cache2")
 
 
 class Dagster:
