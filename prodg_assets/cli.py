@@ -180,6 +180,41 @@ def cmd_offline_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dagster_url(args: argparse.Namespace) -> str:
+    url = args.dagster_url or os.environ.get("PRODG_DAGSTER_URL", "")
+    if not url:
+        raise ValueError("no Dagster webserver to ask: set PRODG_DAGSTER_URL or pass --dagster-url")
+    return url
+
+
+def cmd_notify_push(args: argparse.Namespace) -> int:
+    """The branch moved (a post-receive hook): evaluate the git sensor now and launch the run it asks for."""
+    from .gitops.push import PushError, deploy_now
+
+    try:
+        print(f"prodg: {deploy_now(_dagster_url(args), args.location)}")
+    except PushError as exc:
+        print(f"prodg notify-push: {exc}; the sensor's next tick deploys it", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_webhook(args: argparse.Namespace) -> int:
+    """Receive a forge's push webhooks (or a hook's POST) and evaluate the git sensor at once."""
+    import logging
+
+    from .gitops.webhook import serve
+    from .settings import EnvSettings
+
+    host, _, port = args.listen.rpartition(":")
+    if not port.isdigit():
+        raise ValueError(f"--listen: expected HOST:PORT, got {args.listen!r}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    serve(host.strip("[]") or "127.0.0.1", int(port), os.environ.get("PRODG_WEBHOOK_SECRET", ""),
+          EnvSettings.from_env(os.environ).branch, _dagster_url(args), args.location)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prodg", description="GitOps for the ProDG Mainframe")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,6 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="an existing Postgres container (default: a new scratch container)")
     p.add_argument("--force", action="store_true", help="restore even though the target already holds data")
     p.set_defaults(func=cmd_restore)
+    p = sub.add_parser("notify-push", help="the branch moved: evaluate the git sensor now (for a post-receive hook)")
+    p.add_argument("--dagster-url", help="the webserver (default: $PRODG_DAGSTER_URL)")
+    p.add_argument("--location", default="prodg", help="the code location's name (default: prodg)")
+    p.set_defaults(func=cmd_notify_push)
+    p = sub.add_parser("webhook", help="receive push webhooks and deploy without waiting for the sensor's tick")
+    p.add_argument("--listen", default="127.0.0.1:8089", help="HOST:PORT (default: 127.0.0.1:8089)")
+    p.add_argument("--dagster-url", help="the webserver (default: $PRODG_DAGSTER_URL)")
+    p.add_argument("--location", default="prodg", help="the code location's name (default: prodg)")
+    p.set_defaults(func=cmd_webhook)
     p = sub.add_parser("demo-secrets", help="print a secrets env file with random values for every required key")
     p.add_argument("path", nargs="?")
     p.set_defaults(func=cmd_demo_secrets)

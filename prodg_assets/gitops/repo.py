@@ -3,6 +3,7 @@ the one archive the deployed tree and the config backup share) and laying the de
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import posixpath
@@ -118,16 +119,20 @@ class ConfigRepo(dg.ConfigurableResource):
 
     def fetch(self) -> None:
         """Bring the local mirror up to date with `remote_url` (cloning it the first time). Branch refs are forced:
-        a force-push on the remote rewrites them here too."""
+        a force-push on the remote rewrites them here too. One fetch at a time per mirror (the sensor's tick, a push
+        notification's evaluation and a CLI command may fetch at once; git would refuse the second's ref locks)."""
         if not self.remote_url:
             return
-        if not os.path.isdir(os.path.join(self.path, "objects")) and not os.path.isdir(os.path.join(self.path, ".git")):
-            os.makedirs(self.path, exist_ok=True)
-            git(self.path, "init", "-q", "--bare")
-        try:
-            git(self.path, "fetch", "-q", "--prune", self.remote_url, "+refs/heads/*:refs/heads/*", timeout=120)
-        except GitError as exc:
-            raise GitError(f"fetching {redact(self.remote_url, {})}: {exc}") from None
+        os.makedirs(self.path, exist_ok=True)
+        with open(os.path.join(self.path, "prodg-fetch.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not os.path.isdir(os.path.join(self.path, "objects")) and \
+                    not os.path.isdir(os.path.join(self.path, ".git")):
+                git(self.path, "init", "-q", "--bare")
+            try:
+                git(self.path, "fetch", "-q", "--prune", self.remote_url, "+refs/heads/*:refs/heads/*", timeout=120)
+            except GitError as exc:
+                raise GitError(f"fetching {redact(self.remote_url, {})}: {exc}") from None
 
     def is_ancestor(self, older: str, newer: str) -> bool:
         try:
