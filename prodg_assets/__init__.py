@@ -43,7 +43,7 @@ def build_resources(state: DesiredState, env: EnvSettings, environ: Mapping[str,
     host, port = env.tls_connect_host_port
     return {
         # empty base_url: docker.from_env(), which honours DOCKER_HOST and DOCKER_TLS_VERIFY/DOCKER_CERT_PATH
-        "docker": DockerEngine(probe_network=env.probe_network),
+        "docker": DockerEngine(probe_network=env.probe_network, registry_mirror=env.registry_mirror),
         "repo": config_repo(env),
         "secrets": SecretSource(source=s.secrets.source, env_file=s.secrets.env_file,
                                 infisical_url=infisical.api_base_url, infisical_project_id=infisical.project_id,

@@ -23,6 +23,7 @@ LABEL_PROJECT = "prodg.project"
 LABEL_SERVICE = "prodg.service"
 LABEL_SPEC_HASH = "prodg.spec-hash"
 LABEL_COMMIT = "prodg.commit"
+LABEL_IMAGE_DIGEST = "prodg.image.digest"  # the registry digest the image was pulled as ("" for a local one)
 LABEL_NETWORK = "prodg.network"
 LABEL_SCRATCH = "prodg.scratch"  # scratch containers of restores ("restore": a drill's, "manual": `prodg restore`)
 

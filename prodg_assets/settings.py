@@ -31,6 +31,7 @@ class EnvSettings:
     sensor_interval_s: int = 30  # PRODG_SENSOR_INTERVAL_S
     probe_network: str = ""  # PRODG_PROBE_NETWORK
     dagster_url: str = ""  # PRODG_DAGSTER_URL: the webserver asked to reload the code location ("" = never asked)
+    registry_mirror: str = ""  # PRODG_REGISTRY_MIRROR: pull NAME as MIRROR/NAME ("" = from each image's registry)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "EnvSettings":
@@ -52,6 +53,7 @@ class EnvSettings:
             sensor_interval_s=max(1, interval),
             probe_network=env.get("PRODG_PROBE_NETWORK", ""),
             dagster_url=env.get("PRODG_DAGSTER_URL", ""),
+            registry_mirror=env.get("PRODG_REGISTRY_MIRROR", "").strip().rstrip("/"),
         )
 
     @property

@@ -16,12 +16,14 @@ fi
 #   ca-certificates  TLS for https mirrors (debootstrap's wget) and https git remotes (PRODG_REPO_URL)
 #   git, zstd        the config repo; backup compression
 #   psql, initdb     PostgreSQL 15's client and server
+#   docker-registry  the CNCF Distribution registry: the tests' (and a dev host's) image registry on loopback
 # What else docker/images/build.sh and docker/prod/build.sh run (mount, chroot, tar, awk, find, sha256sum) is in
 # every Debian (Priority: required); the Docker CLI and Engine are a precondition (checked above); chromium is
 # installed by docker/prod/install-chromium.sh, which .ci/run calls.
 need=()
 for cmd_pkg in debootstrap:debootstrap git:git zstd:zstd psql:postgresql-client \
-    /usr/lib/postgresql/15/bin/initdb:postgresql-15 /etc/ssl/certs/ca-certificates.crt:ca-certificates; do
+    /usr/lib/postgresql/15/bin/initdb:postgresql-15 /etc/ssl/certs/ca-certificates.crt:ca-certificates \
+    /usr/bin/docker-registry:docker-registry; do
   cmd=${cmd_pkg%%:*}; pkg=${cmd_pkg#*:}
   if [[ $cmd == /* ]]; then [ -e "$cmd" ] || need+=("$pkg"); else command -v "$cmd" >/dev/null || need+=("$pkg"); fi
 done
@@ -50,6 +52,10 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "prodg: installing ${need[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  if [[ " ${need[*]} " == *" docker-registry "* ]] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    # the package enables a system-wide registry on :5000 (every address); prodg starts its own on loopback
+    systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  fi
 fi
 can_venv || { echo "prodg: $python still cannot create a venv (import venv, ensurepip failed)" >&2; exit 1; }
 

@@ -30,8 +30,12 @@ from .yamldoc import Doc, Path
 
 SERVICE_KEYS = {
     "image", "build", "command", "environment", "env_file", "ports", "volumes", "networks", "healthcheck",
-    "restart", "labels", "user", "depends_on", "container_name", "x-prodg",
+    "restart", "labels", "user", "depends_on", "container_name", "pull_policy", "x-prodg",
 }
+# Compose's pull_policy values prodg honours (engine.images); `daily`, `weekly` and `every_<duration>` are not
+PULL_POLICIES = {"missing": "missing", "if_not_present": "missing", "always": "always", "never": "never",
+                 "build": "build"}
+IMAGE_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 
 
 XPRODG_KEYS = {"layer", "public", "trust_tier", "after", "backup", "internal_ports", "public_ports"}
@@ -334,7 +338,19 @@ def _service(r: _ComposeReader, name: str, body: Any, project: str, networks: di
                               r.tree_digest(ctx_files))
     if not image and not build:
         r.err(path, "needs `image` or `build`")
+    if image and "@" in image and not IMAGE_DIGEST.search(image):
+        r.err(path + ("image",), f"a digest reference must end in @sha256:<64 hex digits>, got {image!r}")
     image = image or f"{project}/{name}"
+    pull_policy = "build" if build else "missing"
+    if "pull_policy" in body:
+        raw = r.text(path + ("pull_policy",), body["pull_policy"])
+        if raw is not None and raw not in PULL_POLICIES:
+            r.err(path + ("pull_policy",), f"{raw!r} is not honoured (allowed: {', '.join(sorted(PULL_POLICIES))})")
+        elif raw is not None:
+            pull_policy = PULL_POLICIES[raw]
+            if (pull_policy == "build") != bool(build):
+                r.err(path + ("pull_policy",), "`build` goes with a `build:` section, and only with one" if build
+                      is None else f"a service built from `build:` is never pulled; got {raw!r}")
 
     command = None
     if "command" in body:
@@ -486,6 +502,7 @@ def _service(r: _ComposeReader, name: str, body: Any, project: str, networks: di
         trust_tier=tier if tier in TRUST_TIERS else "T2",
         internal_ports=tuple(internal),
         public_ports=tuple(public_ports),
+        pull_policy=pull_policy,
     )
 
 

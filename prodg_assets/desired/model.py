@@ -105,6 +105,7 @@ class ServiceSpec:
     trust_tier: str = "T2"
     internal_ports: tuple[int, ...] = ()
     public_ports: tuple[str, ...] = ()  # x-prodg.public_ports: "PORT/proto" it publishes on every address on purpose
+    pull_policy: str = "missing"  # missing | always | never | build (engine.images)
 
     @property
     def asset(self) -> str:
@@ -119,6 +120,8 @@ class ServiceSpec:
         """Hash of everything that defines the container. Secrets (and env_file contents) enter only as hashes of
         their values, so a changed secret changes the hash without the hash revealing the value."""
         body = asdict(self)
+        if body["pull_policy"] in ("missing", "build"):  # the defaults: a hash from before the field stays valid
+            del body["pull_policy"]
         body["secret_hashes"] = {k: sha256_hex((secret_values or {}).get(k, "")) for k in sorted(self.secrets_used)}
         body["env_file_hashes"] = {k: sha256_hex(v) for k, v in sorted((file_env or {}).items())}
         return sha256_hex(json.dumps(body, sort_keys=True, default=str))[:32]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Optional, Protocol
 
 from ..contract import (
     LABEL_COMMIT,
+    LABEL_IMAGE_DIGEST,
     LABEL_NETWORK,
     LABEL_PROJECT,
     LABEL_SERVICE,
@@ -26,7 +27,7 @@ from ..lazy import docker_errors as errors
 from ..lazy import docker_sdk as sdk
 from .facts import Desired, desired_facts, file_env, live_containers
 from .failures import ApplyFailed, engine_unreachable
-from .images import resolve_image
+from .images import image_digest, resolve_image
 from .plan import CREATE, UNCHANGED, plan_service
 from .secrets import redact
 
@@ -41,6 +42,8 @@ class DockerEngine(Protocol):
     @property
     def client(self) -> docker.DockerClient: ...
 
+    registry_mirror: str
+
     def unreachable(self, exc: BaseException) -> str: ...
 
 
@@ -53,6 +56,7 @@ class ApplyResult:
     image: str
     diff_markdown: str
     spec_hash: str
+    image_digest: str = ""  # the registry digest it was pulled as ("" for a built or local image)
 
 
 def _ns(seconds: float) -> int:
@@ -81,7 +85,8 @@ def _apply(engine: DockerEngine, state: DesiredState, service: str, secrets: Map
     deploy = state.settings.deploy
     health_timeout = deploy.health_timeout_s
     _recover_interrupted(engine, spec, state.project, secrets, health_timeout, log)
-    image, image_id = resolve_image(engine.client, spec, state, commit, build_root)
+    image, image_id = resolve_image(engine.client, spec, state, commit, build_root, mirror=engine.registry_mirror)
+    digest = image_digest(engine.client, image_id, spec.image, engine.registry_mirror)
     files = file_env(spec, strict=True)
     want_hash = spec.spec_hash(secrets, files)
     desired = Desired(service, want_hash, desired_facts(spec, secrets, image_id, files))
@@ -89,7 +94,8 @@ def _apply(engine: DockerEngine, state: DesiredState, service: str, secrets: Map
                            service=service).get(service)
     action = plan_service(desired, live)
     if action.kind == UNCHANGED:
-        return ApplyResult(service, "unchanged", live.container_id, image_id, image, action.markdown(), want_hash)
+        return ApplyResult(service, "unchanged", live.container_id, image_id, image, action.markdown(), want_hash,
+                           digest)
     for net in state.networks.values():
         if any(net.name == n for n, _ in spec.networks):
             ensure_network(engine, net, state.project)
@@ -136,7 +142,7 @@ def _apply(engine: DockerEngine, state: DesiredState, service: str, secrets: Map
     if previous is not None:
         previous.remove(force=True)
     kind = "created" if action.kind == CREATE else "recreated"
-    return ApplyResult(service, kind, new_id, image_id, image, action.markdown(), want_hash)
+    return ApplyResult(service, kind, new_id, image_id, image, action.markdown(), want_hash, digest)
 
 
 def _failure(engine: DockerEngine, exc: BaseException, secrets: Mapping[str, str], during: str) -> tuple[str, str]:
@@ -267,6 +273,9 @@ def _create(engine: DockerEngine, spec: ServiceSpec, state: DesiredState, image:
                   "retries": h.retries, "start_period": _ns(h.start_period_s)}
     labels = {**dict(spec.labels), LABEL_PROJECT: state.project, LABEL_SERVICE: spec.name,
               LABEL_SPEC_HASH: spec_hash, LABEL_COMMIT: commit}
+    digest = image_digest(engine.client, image, spec.image, engine.registry_mirror)
+    if digest:
+        labels[LABEL_IMAGE_DIGEST] = digest
     created = api.create_container(
         image, command=list(spec.command) if spec.command is not None else None,
         name=name or spec.container_name,

@@ -31,6 +31,8 @@ class DockerEngine(dg.ConfigurableResource):
     # Where checks reach services: "" = their publications on the host (prodg runs on the host); a network name =
     # the containers' addresses on that network (prodg's runs are containers attached to it).
     probe_network: str = ""
+    # Pull NAME as MIRROR/NAME and tag it NAME (an air-gapped host's registry); "" = each image's own registry.
+    registry_mirror: str = ""
 
     @property
     def client(self) -> docker.DockerClient:
@@ -84,7 +86,7 @@ class DockerEngine(dg.ConfigurableResource):
     def resolve_image(self, spec: ServiceSpec, state: DesiredState, commit: str, build_root: str | None = None,
                       build: bool = True) -> tuple[str, str]:
 
-        return images.resolve_image(self.client, spec, state, commit, build_root, build)
+        return images.resolve_image(self.client, spec, state, commit, build_root, build, self.registry_mirror)
 
     # -- plan ------------------------------------------------------------------------------------------------------
     def desired(self, state: DesiredState, secrets: Mapping[str, str], commit: str,

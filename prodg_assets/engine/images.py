@@ -1,9 +1,15 @@
-"""Which image a service runs: built from the config tree at a commit (`build:`), found on the Engine, or replaced
-by its local stand-in (prodg.yaml images.local). Nothing is pulled here."""
+"""Which image a service runs: built from the config tree at a commit (`build:`), found on the Engine, pulled from
+its registry (or from the registry mirror, PRODG_REGISTRY_MIRROR: `NAME` is pulled as `MIRROR/NAME` and tagged
+`NAME`), or replaced by its local stand-in (prodg.yaml images.local, for images no registry here holds).
+
+Compose's `pull_policy` is honoured as `missing` (the default; `if_not_present` is the same): pull when the Engine
+lacks the reference; `always`: pull at every deploy, so a moved tag is deployed; `never`: never pull; `build`: the
+service is built (`build:`). Checks and plans never pull."""
 
 from __future__ import annotations
 
 import os
+import re
 from typing import TYPE_CHECKING
 
 from ..contract import LABEL_SERVICE
@@ -16,11 +22,80 @@ if TYPE_CHECKING:
     import docker
 
 
+DIGEST_REF = re.compile(r"^(?P<repo>[^@]+)@(?P<digest>sha256:[0-9a-f]{64})$")
+
+
+def split_reference(ref: str) -> tuple[str, str]:
+    """(repository, tag or digest) of an image reference; the tag defaults to `latest`."""
+    m = DIGEST_REF.match(ref)
+    if m:
+        return m.group("repo"), m.group("digest")
+    last = ref.rsplit("/", 1)[-1]
+    if ":" in last:
+        repo, _, tag = ref.rpartition(":")
+        return repo, tag
+    return ref, "latest"
+
+
+def mirrored(ref: str, mirror: str) -> str:
+    """Where `ref` is pulled from: `MIRROR/ref` with a mirror, else `ref` itself."""
+    return f"{mirror.rstrip('/')}/{ref}" if mirror else ref
+
+
+def pull(client: docker.DockerClient, service: str, ref: str, mirror: str) -> str:
+    """Pull `ref` (through `mirror`), tagged as `ref` itself; the image id. A reference the registry does not hold is
+    ImageUnavailable naming it (the running container is not touched)."""
+    source = mirrored(ref, mirror)
+    repo, tag = split_reference(source)
+    try:
+        client.api.pull(repo, tag=tag)
+    except (errors.NotFound, errors.APIError) as exc:
+        where = f"the registry mirror {mirror}" if mirror else "its registry"
+        detail = getattr(exc, "explanation", None) or str(exc)
+        raise ImageUnavailable(f"{service}: image {ref} is not in {where} (pulling {source}: {detail})") from None
+    if source != ref and not DIGEST_REF.match(ref):
+        own_repo, own_tag = split_reference(ref)
+        client.api.tag(source, own_repo, own_tag)
+    found = image_id(client, ref if not DIGEST_REF.match(ref) else source)
+    if not found:
+        raise ImageUnavailable(f"{service}: image {ref} was pulled from {source} but the Engine does not show it")
+    return found
+
+
+def image_digest(client: docker.DockerClient, image: str, ref: str, mirror: str = "") -> str:
+    """The registry digest (`sha256:…`) `image` (an id or reference) was pulled as, for `ref` (through `mirror`);
+    "" for an image never pulled (built here, or a local stand-in)."""
+    m = DIGEST_REF.match(ref)
+    if m:
+        return m.group("digest")
+    try:
+        repo_digests = client.api.inspect_image(image).get("RepoDigests") or []
+    except errors.NotFound:
+        return ""
+    wanted = {split_reference(mirrored(ref, mirror))[0], split_reference(ref)[0]}
+    for entry in repo_digests:
+        repo, _, digest = entry.partition("@")
+        if repo in wanted:
+            return digest
+    return ""
+
+
+def registry_digest(client: docker.DockerClient, ref: str, mirror: str = "") -> str:
+    """The digest the registry serves for `ref` now (the manifest a pull would get), asked without pulling."""
+    if DIGEST_REF.match(ref):
+        return DIGEST_REF.match(ref).group("digest")
+    try:
+        return client.api.inspect_distribution(mirrored(ref, mirror))["Descriptor"]["digest"]
+    except (errors.NotFound, errors.APIError, KeyError) as exc:
+        detail = getattr(exc, "explanation", None) or str(exc)
+        raise ImageUnavailable(f"image {ref} is not in {mirror or 'its registry'}: {detail}") from None
+
+
 def resolve_image(client: docker.DockerClient, spec: ServiceSpec, state: DesiredState, commit: str,
-                  build_root: str | None = None, build: bool = True) -> tuple[str, str]:
+                  build_root: str | None = None, build: bool = True, mirror: str = "") -> tuple[str, str]:
     """(image reference, image id) the service runs. A `build:` service is built from the config tree at
-    `commit` and tagged with the commit; an image the Engine lacks is replaced by its local stand-in
-    (prodg.yaml images.local) — never pulled here, since the mainframe's images come pre-pulled or built."""
+    `commit` and tagged with the commit; another is taken from the Engine, pulled as its `pull_policy` says (only
+    when `build`, i.e. when deploying), or replaced by its local stand-in (prodg.yaml images.local)."""
     if spec.build is not None:
         repo = spec.image.rsplit(":", 1)[0] if ":" in spec.image.rsplit("/", 1)[-1] else spec.image
         source_tag = f"{repo}:src-{spec.build.digest[:16]}"
@@ -42,6 +117,9 @@ def resolve_image(client: docker.DockerClient, spec: ServiceSpec, state: Desired
         if build and tag != source_tag:
             client.api.tag(existing, repo, tag.rsplit(":", 1)[1])  # lineage: the commit that deployed it
         return tag, existing
+    policy = spec.pull_policy
+    if build and policy == "always":
+        return spec.image, pull(client, spec.name, spec.image, mirror)
     found = image_id(client, spec.image)
     if found:
         return spec.image, found
@@ -50,6 +128,8 @@ def resolve_image(client: docker.DockerClient, spec: ServiceSpec, state: Desired
         found = image_id(client, local)
         if found:
             return local, found
+    if build and policy != "never":
+        return spec.image, pull(client, spec.name, spec.image, mirror)
     hint = f" or its local stand-in {local}" if local else ""
-    raise ImageUnavailable(f"{spec.name}: image {spec.image}{hint} is not on the Engine and no registry is "
-                           f"reachable from here (docker/images/build.sh builds the stand-ins)")
+    why = "pull_policy: never" if policy == "never" else "not pulled by a check or a plan"
+    raise ImageUnavailable(f"{spec.name}: image {spec.image}{hint} is not on the Engine ({why})")

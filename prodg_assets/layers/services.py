@@ -120,6 +120,7 @@ def build_service_asset(state: DesiredState, spec: ServiceSpec) -> dg.AssetsDefi
             "container_id": result.container_id,
             "image_id": result.image_id,
             "image": result.image,
+            "image_digest": result.image_digest or "none (built or local, never pulled)",
             "diff": dg.MetadataValue.md(result.diff_markdown if result.action != UNCHANGED else "no change"),
         })
 

@@ -1,0 +1,77 @@
+"""Images travel as production's do: from a real registry (Debian's Distribution registry on loopback), through
+prodg's registry mirror setting (`NAME` pulled as `MIRROR/NAME`, tagged `NAME`). A service whose image the Engine
+lacks is pulled and runs it, its container labelled and its materialisation recorded with the registry digest; a
+tag moved in the registry is deployed by `pull_policy: always`; a reference the registry does not hold fails with a
+message naming it, and the running container keeps serving."""
+
+from __future__ import annotations
+
+import os
+
+import docker
+import pytest
+
+from prodg_assets.contract import LABEL_IMAGE_DIGEST
+
+from ..conftest import make_testbed
+from ..registry import local_registry, push_image
+
+pytestmark = pytest.mark.docker
+
+
+def materialisation(result, asset: str) -> dict:
+    event = next(e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset)
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def test_an_image_is_pulled_through_the_mirror_and_pinned_by_digest(tmp_path, docker_client, monkeypatch):
+    name = f"prodgt-pull{os.getpid() % 100000}/cache"
+    bed = make_testbed(str(tmp_path), docker_client, f"prodgr{os.getpid() % 10000}")
+    with local_registry(str(tmp_path / "registry")) as registry:
+        bed.env["PRODG_REGISTRY_MIRROR"] = registry
+        for key, value in bed.env.items():  # the asset code reads prodg.yaml variables from the process environment
+            monkeypatch.setenv(key, value)
+        try:
+            bed.cleanup()
+            v1 = push_image(docker_client, registry, f"{name}:v1", "prodg/redis:bookworm", "one")
+            with pytest.raises(docker.errors.ImageNotFound):
+                docker_client.images.get(f"{name}:v1")
+            bed.edit("compose/docker-compose.yml", "    image: redis:7-alpine\n    container_name: ${PRODG_TEST_NAME}-redis",
+                     f"    image: {name}:v1\n    container_name: ${{PRODG_TEST_NAME}}-redis")
+            bed.commit("redis from the registry")
+            result = bed.materialize("docker_network,secrets_env,redis")
+            assert result.success
+            redis = bed.containers()["redis"]
+            assert redis.labels[LABEL_IMAGE_DIGEST] == v1
+            assert materialisation(result, "redis")["image_digest"] == v1
+            assert docker_client.images.get(f"{name}:v1").id == redis.image.id  # tagged as the seed's own name
+
+            # The tag moves in the registry: `missing` keeps what the Engine has; `always` deploys the new digest.
+            v2 = push_image(docker_client, registry, f"{name}:v1", "prodg/redis:bookworm", "two")
+            assert v2 != v1
+            assert bed.materialize("redis").success
+            assert bed.containers()["redis"].labels[LABEL_IMAGE_DIGEST] == v1
+            bed.edit("compose/docker-compose.yml", f"    image: {name}:v1\n",
+                     f"    image: {name}:v1\n    pull_policy: always\n")
+            bed.commit("redis: always pull")
+            result = bed.materialize("redis")
+            assert result.success
+            assert materialisation(result, "redis")["action"] == "recreated"
+            redis = bed.containers()["redis"]
+            assert redis.labels[LABEL_IMAGE_DIGEST] == v2
+
+            # A reference the registry does not hold: a clear failure naming it; the v2 container keeps serving.
+            bed.edit("compose/docker-compose.yml", f"    image: {name}:v1\n", f"    image: {name}:v9\n")
+            bed.commit("redis: a tag nobody pushed")
+            failed = bed.materialize("redis")
+            assert not failed.success
+            message = "\n".join(str(e.event_specific_data.error) for e in failed.all_events
+                                if e.event_type_value == "STEP_FAILURE")
+            assert f"{name}:v9 is not in the registry mirror {registry}" in message, message
+            live = bed.containers()["redis"]
+            assert live.id == redis.id and live.status == "running"
+            assert live.labels[LABEL_IMAGE_DIGEST] == v2
+        finally:
+            bed.cleanup()
+            for image in docker_client.images.list(name=name):
+                docker_client.images.remove(image.id, force=True)
