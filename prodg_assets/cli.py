@@ -155,28 +155,33 @@ def cmd_demo_secrets(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_offline_report(args: argparse.Namespace) -> int:
-    """Which services this Engine can run: the seed's image, its local stand-in, a build, or nothing offline."""
+def cmd_images(args: argparse.Namespace) -> int:
+    """Where each service's image comes from: built at deploy, on the Engine, or in its registry (or the registry
+    mirror) with the digest a pull would get; a service whose image is nowhere is listed, never faked."""
     from .engine.client import DockerEngine
+    from .engine.failures import ImageUnavailable
+    from .engine.images import image_digest, registry_digest
 
     state = load_desired_state(DirTree(_config_path(args.path)), os.environ)
-    docker = DockerEngine()  # docker.from_env(): DOCKER_HOST and its TLS settings
-    local = state.settings.images.local
+    mirror = os.environ.get("PRODG_REGISTRY_MIRROR", "").strip().rstrip("/")
+    docker = DockerEngine(registry_mirror=mirror)  # docker.from_env(): DOCKER_HOST and its TLS settings
     missing = []
     for name, spec in sorted(state.services.items()):
         if spec.build:
             how = f"built from {spec.build.context} at deploy"
         elif docker.image_id(spec.image):
-            how = spec.image
-        elif local.get(spec.image) and docker.image_id(local[spec.image]):
-            how = f"{local[spec.image]} (local stand-in for {spec.image})"
+            digest = image_digest(docker.client, spec.image, spec.image, mirror)
+            how = f"{spec.image}: on the Engine" + (f" ({digest})" if digest else " (never pulled)")
         else:
-            how = None
-            missing.append(name)
-        print(f"  {name:<14} {how or 'cannot run here: ' + spec.image + ' is not on the Engine and no registry'}")
+            try:
+                how = f"{spec.image}: in {mirror or 'its registry'} as {registry_digest(docker.client, spec.image, mirror)}"
+            except ImageUnavailable:
+                how = f"{spec.image}: cannot run here: not on the Engine and not in {mirror or 'its registry'}"
+                missing.append(name)
+        print(f"  {name:<14} {how}")
     if missing:
-        print(f"prodg: {len(missing)} service(s) cannot run offline and will fail when materialised, not be faked: "
-              f"{', '.join(missing)}")
+        print(f"prodg: {len(missing)} service(s) will fail when materialised (their image is nowhere to pull from), "
+              f"not be faked: {', '.join(missing)}")
     return 0
 
 
@@ -247,9 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo-secrets", help="print a secrets env file with random values for every required key")
     p.add_argument("path", nargs="?")
     p.set_defaults(func=cmd_demo_secrets)
-    p = sub.add_parser("offline-report", help="which services this Engine can run without a registry")
+    p = sub.add_parser("images", help="where each service's image comes from (Engine, registry + digest, build)")
     p.add_argument("path", nargs="?")
-    p.set_defaults(func=cmd_offline_report)
+    p.set_defaults(func=cmd_images)
     return parser
 
 

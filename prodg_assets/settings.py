@@ -215,12 +215,6 @@ class DeploySettings:
 
 
 @dataclass(frozen=True)
-class ImageSettings:
-    local: Mapping[str, str] = field(default_factory=dict)  # seed image → local stand-in
-    unavailable_offline: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class HeadscaleSettings:
     api_base_url: str = "http://127.0.0.1:8080"
     api_key_secret: str = "HEADSCALE_API_KEY"
@@ -242,7 +236,6 @@ class Settings:
     backups: BackupSettings = field(default_factory=BackupSettings)
     notifications: NotificationSettings = field(default_factory=NotificationSettings)
     deploy: DeploySettings = field(default_factory=DeploySettings)
-    images: ImageSettings = field(default_factory=ImageSettings)
     integrations: IntegrationSettings = field(default_factory=IntegrationSettings)
 
     # the names several consumers use
@@ -292,7 +285,7 @@ def settings_from_yaml(data: Mapping, records: tuple[DnsRecord, ...] = (),
     host, dns, tls = _m(data.get("host")), _m(data.get("dns")), _m(data.get("tls"))
     sec, backups, deploy = _m(data.get("secrets")), _m(data.get("backups")), _m(data.get("deploy"))
     telegram = _m(_m(data.get("notifications")).get("telegram"))
-    images, integrations = _m(data.get("images")), _m(data.get("integrations"))
+    integrations = _m(data.get("integrations"))
     ufw = host.get("ufw")
     headscale = integrations.get("headscale")
     return Settings(
@@ -315,7 +308,6 @@ def settings_from_yaml(data: Mapping, records: tuple[DnsRecord, ...] = (),
                                                  on=_strs(telegram["on"]) if "on" in telegram else TelegramSettings.on)),
         deploy=_pick(DeploySettings, deploy,
                      health_timeout_s=_num(deploy.get("health_timeout_s"), DeploySettings.health_timeout_s)),
-        images=ImageSettings(dict(_m(images.get("local"))), _strs(images.get("unavailable_offline"))),
         integrations=IntegrationSettings(_pick(HeadscaleSettings, headscale) if isinstance(headscale, dict)
                                          else None),
     )

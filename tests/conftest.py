@@ -147,8 +147,33 @@ backups:
                         pass
 
 
+REGISTRY_SCRIPT = os.path.join(ROOT, "docker", "images", "registry")
+
+
 @pytest.fixture(scope="session")
-def docker_client() -> docker.DockerClient:
+def registry_mirror(tmp_path_factory) -> str:
+    """The registry the seed's images are pulled from (PRODG_REGISTRY_MIRROR): the one .ci/run started for the whole
+    run when it is set, else one of this session's own (Debian's docker-registry on loopback) with the stand-ins
+    pushed under the seed's names (docker/images/seed-names)."""
+    if os.environ.get("PRODG_REGISTRY_MIRROR"):
+        yield os.environ["PRODG_REGISTRY_MIRROR"]
+        return
+    folder = str(tmp_path_factory.mktemp("registry"))
+    started = subprocess.run([REGISTRY_SCRIPT, "start", folder], capture_output=True, text=True)
+    assert started.returncode == 0, started.stderr
+    address = started.stdout.strip()
+    try:
+        pushed = subprocess.run([REGISTRY_SCRIPT, "push", address], capture_output=True, text=True)
+        assert pushed.returncode == 0, pushed.stderr
+        os.environ["PRODG_REGISTRY_MIRROR"] = address
+        yield address
+    finally:
+        os.environ.pop("PRODG_REGISTRY_MIRROR", None)
+        subprocess.run([REGISTRY_SCRIPT, "stop", folder])
+
+
+@pytest.fixture(scope="session")
+def docker_client(registry_mirror) -> docker.DockerClient:
     client = docker.from_env()
     client.ping()  # no Engine is a failure of the test environment, never a skip
     missing = [i for i in ("prodg/postgres:bookworm", "prodg/redis:bookworm", "prodg/caddy:bookworm",
@@ -237,6 +262,8 @@ def make_testbed(tmp: str, client: docker.DockerClient, name: str) -> Testbed:
         # each test bed its own subnet, free on this Engine, so beds of concurrent runs never overlap
         "PRODG_TEST_SUBNET": free_subnet(client),
         "PRODG_TLS_CA_FILE": make_caddy_root(os.path.join(tmp, "data")),
+        # the seed's images come from the test registry (the registry_mirror fixture)
+        "PRODG_REGISTRY_MIRROR": os.environ.get("PRODG_REGISTRY_MIRROR", ""),
     }
     return Testbed(repo, env, name, client, commits=[first])
 

@@ -68,7 +68,6 @@ PRODG_SCHEMA = {
         "branch": str, "prune": bool, "self_heal": bool, "health_timeout_s": (int, float),
         "drift_schedule": str, "stop_timeout_s": int,
     },
-    "images": {"local": MapOf(str), "unavailable_offline": [str]},
     "integrations": {"headscale": {"api_base_url": str, "api_key_secret": str}},
 }
 
@@ -76,6 +75,13 @@ PRODG_SCHEMA = {
 def kind_of(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
             float: "a number", type(None): "nothing"}.get(type(value), type(value).__name__)
+
+
+# Sections an older prodg.yaml may still hold, and what replaced them.
+REMOVED = {
+    ("images",): "removed: images are pulled from their registry, or from PRODG_REGISTRY_MIRROR (an air-gapped "
+                 "host's or this machine's local registry: docker/images/registry); delete this section",
+}
 
 
 def check_schema(errors: list[SpecError], doc: Doc, path: Path, value: Any, schema: Any) -> None:
@@ -91,7 +97,9 @@ def check_schema(errors: list[SpecError], doc: Doc, path: Path, value: Any, sche
             errors.append(doc.error(path, f"must be a mapping, got {kind_of(value)}"))
             return
         for key in value:
-            if key not in schema:
+            if path + (key,) in REMOVED:
+                errors.append(doc.error(path + (key,), REMOVED[path + (key,)]))
+            elif key not in schema:
                 errors.append(doc.error(path + (key,), f"unknown key (allowed: {', '.join(sorted(schema))})"))
         for key, sub in schema.items():
             if key in value:

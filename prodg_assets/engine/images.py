@@ -1,6 +1,6 @@
 """Which image a service runs: built from the config tree at a commit (`build:`), found on the Engine, pulled from
 its registry (or from the registry mirror, PRODG_REGISTRY_MIRROR: `NAME` is pulled as `MIRROR/NAME` and tagged
-`NAME`), or replaced by its local stand-in (prodg.yaml images.local, for images no registry here holds).
+`NAME`). No image name is ever substituted.
 
 Compose's `pull_policy` is honoured as `missing` (the default; `if_not_present` is the same): pull when the Engine
 lacks the reference; `always`: pull at every deploy, so a moved tag is deployed; `never`: never pull; `build`: the
@@ -72,11 +72,13 @@ def image_digest(client: docker.DockerClient, image: str, ref: str, mirror: str 
         repo_digests = client.api.inspect_image(image).get("RepoDigests") or []
     except errors.NotFound:
         return ""
-    wanted = {split_reference(mirrored(ref, mirror))[0], split_reference(ref)[0]}
-    for entry in repo_digests:
-        repo, _, digest = entry.partition("@")
-        if repo in wanted:
-            return digest
+    own = split_reference(ref)[0]
+    entries = [e.partition("@")[::2] for e in repo_digests]
+    for match in (lambda r: r == split_reference(mirrored(ref, mirror))[0], lambda r: r == own,
+                  lambda r: r.endswith("/" + own)):  # the mirror in use, the name itself, a mirror used before
+        for repo, digest in entries:
+            if match(repo):
+                return digest
     return ""
 
 
@@ -94,8 +96,8 @@ def registry_digest(client: docker.DockerClient, ref: str, mirror: str = "") -> 
 def resolve_image(client: docker.DockerClient, spec: ServiceSpec, state: DesiredState, commit: str,
                   build_root: str | None = None, build: bool = True, mirror: str = "") -> tuple[str, str]:
     """(image reference, image id) the service runs. A `build:` service is built from the config tree at
-    `commit` and tagged with the commit; another is taken from the Engine, pulled as its `pull_policy` says (only
-    when `build`, i.e. when deploying), or replaced by its local stand-in (prodg.yaml images.local)."""
+    `commit` and tagged with the commit; another is taken from the Engine or pulled as its `pull_policy` says (only
+    when `build`, i.e. when deploying)."""
     if spec.build is not None:
         repo = spec.image.rsplit(":", 1)[0] if ":" in spec.image.rsplit("/", 1)[-1] else spec.image
         source_tag = f"{repo}:src-{spec.build.digest[:16]}"
@@ -123,13 +125,7 @@ def resolve_image(client: docker.DockerClient, spec: ServiceSpec, state: Desired
     found = image_id(client, spec.image)
     if found:
         return spec.image, found
-    local = state.settings.images.local.get(spec.image)
-    if local:
-        found = image_id(client, local)
-        if found:
-            return local, found
     if build and policy != "never":
         return spec.image, pull(client, spec.name, spec.image, mirror)
-    hint = f" or its local stand-in {local}" if local else ""
     why = "pull_policy: never" if policy == "never" else "not pulled by a check or a plan"
-    raise ImageUnavailable(f"{spec.name}: image {spec.image}{hint} is not on the Engine ({why})")
+    raise ImageUnavailable(f"{spec.name}: image {spec.image} is not on the Engine ({why})")

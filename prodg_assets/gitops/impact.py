@@ -60,9 +60,4 @@ def impacted_assets(old: Optional[DesiredState], new: DesiredState) -> tuple[set
             reasons.append(f"prodg.yaml {section} changed")
     if old.settings.required_secrets != new.settings.required_secrets:
         assets.add(SECRETS_ASSET)
-    if old.settings.images != new.settings.images:
-        for spec in new.services.values():
-            if not spec.build:
-                assets.add(spec.asset)
-        reasons.append("prodg.yaml images changed")
     return assets, reasons

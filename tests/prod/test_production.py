@@ -126,7 +126,7 @@ class Deployment:
         if service != "dagster-code":
             return {}
         prodg_vars = {k: self.bed.env[k] for k in ("PRODG_DATA", "PRODG_SECRETS_FILE", "PRODG_TEST_NAME",
-                                                     "PRODG_TLS_CA_FILE")}
+                                                     "PRODG_TLS_CA_FILE", "PRODG_REGISTRY_MIRROR")}
         context = {"docker": {
             "env_vars": [f"{k}={v}" for k, v in prodg_vars.items()],
             "container_kwargs": {
