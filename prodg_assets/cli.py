@@ -57,8 +57,14 @@ def _state(args: argparse.Namespace):
 
 def cmd_plan(args: argparse.Namespace) -> int:
     state, commit, resources = _state(args)
-    plan = resources["docker"].plan(state, resources["secrets"].values(), commit)
+    docker = resources["docker"]
+    plan = docker.plan(state, resources["secrets"].values(), commit)
     print(plan.table())
+    print("\nIMAGE (digest its registry serves now; a drifted one is in the table above)")
+    for name, spec in sorted(state.services.items()):
+        digest = "built at deploy" if spec.build else docker.served_digest(spec) or \
+            f"no digest: not in {docker.registry_mirror or 'its registry'}, or it did not answer"
+        print(f"  {name:<14} {spec.image}  {digest}")
     changes = plan.changes
     print(f"\n{len(changes)} change(s), {len(plan.actions) - len(changes)} unchanged or reported; nothing was applied")
     return 0

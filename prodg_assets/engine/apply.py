@@ -64,12 +64,14 @@ def _ns(seconds: float) -> int:
 
 
 def apply_service(engine: DockerEngine, state: DesiredState, service: str, secrets: Mapping[str, str], commit: str,
-                  build_root: str | None = None, log: Callable[[str], None] = lambda _: None) -> ApplyResult:
+                  build_root: str | None = None, log: Callable[[str], None] = lambda _: None,
+                  refresh: bool = False) -> ApplyResult:
     """Bring one service to its desired state. A recreate keeps the previous container (stopped and renamed)
     until the new one is healthy; if the new one fails, it is removed, the previous one restored, and
-    ApplyFailed is raised with the reason and the new container's last log lines."""
+    ApplyFailed is raised with the reason and the new container's last log lines. With `refresh` (self-heal), a tag
+    whose registry digest moved is pulled whatever the pull_policy (except `never`)."""
     try:
-        return _apply(engine, state, service, secrets, commit, build_root, log)
+        return _apply(engine, state, service, secrets, commit, build_root, log, refresh)
     except ApplyFailed:
         raise
     except Exception as exc:
@@ -80,12 +82,13 @@ def apply_service(engine: DockerEngine, state: DesiredState, service: str, secre
 
 
 def _apply(engine: DockerEngine, state: DesiredState, service: str, secrets: Mapping[str, str], commit: str,
-           build_root: str | None, log: Callable[[str], None]) -> ApplyResult:
+           build_root: str | None, log: Callable[[str], None], refresh: bool = False) -> ApplyResult:
     spec = state.services[service]
     deploy = state.settings.deploy
     health_timeout = deploy.health_timeout_s
     _recover_interrupted(engine, spec, state.project, secrets, health_timeout, log)
-    image, image_id = resolve_image(engine.client, spec, state, commit, build_root, mirror=engine.registry_mirror)
+    image, image_id = resolve_image(engine.client, spec, state, commit, build_root, mirror=engine.registry_mirror,
+                                    refresh=refresh)
     digest = image_digest(engine.client, image_id, spec.image, engine.registry_mirror)
     files = file_env(spec, strict=True)
     want_hash = spec.spec_hash(secrets, files)

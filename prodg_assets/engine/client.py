@@ -88,6 +88,16 @@ class DockerEngine(dg.ConfigurableResource):
 
         return images.resolve_image(self.client, spec, state, commit, build_root, build, self.registry_mirror)
 
+    def served_digest(self, spec: ServiceSpec) -> str:
+        """The digest the registry (or the mirror) serves for the service's image tag now; "" for a built image,
+        `pull_policy: never`, or a registry that does not answer (then nothing is claimed either way)."""
+        if spec.build is not None or spec.pull_policy == "never":
+            return ""
+        try:
+            return images.registry_digest(self.client, spec.image, self.registry_mirror)
+        except ImageUnavailable:
+            return ""
+
     # -- plan ------------------------------------------------------------------------------------------------------
     def desired(self, state: DesiredState, secrets: Mapping[str, str], commit: str,
                 services: list[str] | None = None, build_root: str | None = None) -> dict[str, Desired]:
@@ -101,7 +111,8 @@ class DockerEngine(dg.ConfigurableResource):
             except ImageUnavailable:
                 image = "(not built)" if spec.build else "(unavailable)"
             files = facts.file_env(spec)
-            out[name] = Desired(name, spec.spec_hash(secrets, files), facts.desired_facts(spec, secrets, image, files))
+            out[name] = Desired(name, spec.spec_hash(secrets, files),
+                                facts.desired_facts(spec, secrets, image, files, self.served_digest(spec)))
         return out
 
     def plan(self, state: DesiredState, secrets: Mapping[str, str], commit: str = "",
@@ -113,9 +124,10 @@ class DockerEngine(dg.ConfigurableResource):
 
     # -- changes (apply) -------------------------------------------------------------------------------------------
     def apply_service(self, state: DesiredState, service: str, secrets: Mapping[str, str], commit: str,
-                      build_root: str | None = None, log: Callable[[str], None] = lambda _: None) -> ApplyResult:
+                      build_root: str | None = None, log: Callable[[str], None] = lambda _: None,
+                      refresh: bool = False) -> ApplyResult:
 
-        return apply.apply_service(self, state, service, secrets, commit, build_root, log)
+        return apply.apply_service(self, state, service, secrets, commit, build_root, log, refresh)
 
     def ensure_network(self, net: NetworkSpec, project: str) -> tuple[str, str]:
 

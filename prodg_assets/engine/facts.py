@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
-from ..contract import LABEL_COMMIT, LABEL_PROJECT, LABEL_SERVICE, LABEL_SPEC_HASH
+from ..contract import LABEL_COMMIT, LABEL_IMAGE_DIGEST, LABEL_PROJECT, LABEL_SERVICE, LABEL_SPEC_HASH
 from ..desired.interpolate import resolve_env
 from ..desired.model import DesiredState, ServiceSpec, sha256_hex
 from ..lazy import docker_errors as errors
@@ -35,6 +35,9 @@ class Facts:
     labels: tuple[tuple[str, str], ...]
     healthcheck: tuple[str, ...]
     running: bool = True
+    # the registry digest: live, the one the container's image was pulled as (its label); desired, the one its
+    # registry serves for the tag now ("" on either side: not known, not compared)
+    image_digest: str = ""
 
     def diff(self, other: "Facts") -> dict[str, tuple[str, str]]:
         """Fields that differ: {field: (self's value, other's value)} as display strings (env keys only)."""
@@ -43,6 +46,8 @@ class Facts:
             mine, theirs = getattr(self, name), getattr(other, name)
             if name in ("command", "healthcheck", "user") and not theirs:
                 continue  # not declared: the image's default applies, whatever it is
+            if name == "image_digest" and not (mine and theirs):
+                continue  # a local image, a registry that did not answer, or a container from before digests
             if mine != theirs:
                 if name == "env":
                     out["env"] = _env_sides(dict(mine), dict(theirs))
@@ -89,7 +94,7 @@ ENGINE_LABEL_PREFIXES = ("prodg.", "com.docker.", "org.opencontainers.")
 
 
 def desired_facts(spec: ServiceSpec, secrets: Mapping[str, str], image_id: str,
-                  file_env: Mapping[str, str] | None = None) -> Facts:
+                  file_env: Mapping[str, str] | None = None, image_digest: str = "") -> Facts:
     """What the container should look like; `file_env` is what the service's env_files hold (under `environment`,
     as Compose layers them)."""
     env = {**(file_env or {}), **resolve_env(spec, secrets)}
@@ -104,6 +109,7 @@ def desired_facts(spec: ServiceSpec, secrets: Mapping[str, str], image_id: str,
         user=spec.user or "",
         labels=tuple(sorted((k, v) for k, v in spec.labels if not k.startswith(ENGINE_LABEL_PREFIXES))),
         healthcheck=tuple(spec.healthcheck.test) if spec.healthcheck else (),
+        image_digest=image_digest,
     )
 
 
@@ -154,6 +160,7 @@ def observed_facts(attrs: Mapping[str, Any], declared_env: set[str], image_env: 
         labels=labels,
         healthcheck=tuple(health),
         running=bool(state.get("Running")) and not state.get("Restarting"),
+        image_digest=(config.get("Labels") or {}).get(LABEL_IMAGE_DIGEST, ""),
     )
 
 

@@ -94,7 +94,8 @@ def registry_digest(client: docker.DockerClient, ref: str, mirror: str = "") -> 
 
 
 def resolve_image(client: docker.DockerClient, spec: ServiceSpec, state: DesiredState, commit: str,
-                  build_root: str | None = None, build: bool = True, mirror: str = "") -> tuple[str, str]:
+                  build_root: str | None = None, build: bool = True, mirror: str = "",
+                  refresh: bool = False) -> tuple[str, str]:
     """(image reference, image id) the service runs. A `build:` service is built from the config tree at
     `commit` and tagged with the commit; another is taken from the Engine or pulled as its `pull_policy` says (only
     when `build`, i.e. when deploying)."""
@@ -123,6 +124,13 @@ def resolve_image(client: docker.DockerClient, spec: ServiceSpec, state: Desired
     if build and policy == "always":
         return spec.image, pull(client, spec.name, spec.image, mirror)
     found = image_id(client, spec.image)
+    if found and build and refresh and policy != "never" and not DIGEST_REF.match(spec.image):
+        try:
+            served = registry_digest(client, spec.image, mirror)  # self-heal: follow a tag the registry moved
+        except ImageUnavailable:
+            served = ""  # the registry does not answer: heal with the image the Engine has
+        if served and served != image_digest(client, found, spec.image, mirror):
+            return spec.image, pull(client, spec.name, spec.image, mirror)
     if found:
         return spec.image, found
     if build and policy != "never":

@@ -7,8 +7,10 @@ from ..contract import (
     COVERS_TAG,
     EXPOSURE,
     IN_SYNC,
+    KIND_TAG,
     NETWORK_ASSET,
     SECRETS_ASSET,
+    SELF_HEAL_KIND,
     SERVICE_TAG,
     service_pool,
 )
@@ -102,7 +104,8 @@ def build_service_asset(state: DesiredState, spec: ServiceSpec) -> dg.AssetsDefi
             try:
                 result = docker.apply_service(current, spec.name, values, commit,
                                               build_root=repo.build_root(current.services[spec.name], commit),
-                                              log=context.log.info)
+                                              log=context.log.info,
+                                              refresh=context.run.tags.get(KIND_TAG) == SELF_HEAL_KIND)
             except ApplyFailed as exc:
                 context.log.error(str(exc))
                 raise dg.Failure(description=f"{exc.service}: {exc.reason}", metadata={

@@ -1,17 +1,21 @@
 """Images travel as production's do: from a real registry (Debian's Distribution registry on loopback), through
 prodg's registry mirror setting (`NAME` pulled as `MIRROR/NAME`, tagged `NAME`). A service whose image the Engine
 lacks is pulled and runs it, its container labelled and its materialisation recorded with the registry digest; a
-tag moved in the registry is deployed by `pull_policy: always`; a reference the registry does not hold fails with a
+tag moved in the registry is drift in `in_sync` and `prodg plan` (old → new digest), deployed by self-heal and by
+`pull_policy: always`; a reference the registry does not hold fails with a
 message naming it, and the running container keeps serving."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
+import dagster as dg
 import docker
 import pytest
 
-from prodg_assets.contract import LABEL_IMAGE_DIGEST
+from prodg_assets.contract import COMMIT_TAG, IN_SYNC, KIND_TAG, LABEL_IMAGE_DIGEST, SELF_HEAL_KIND
 
 from ..conftest import make_testbed
 from ..registry import local_registry, push_image
@@ -46,11 +50,27 @@ def test_an_image_is_pulled_through_the_mirror_and_pinned_by_digest(tmp_path, do
             assert materialisation(result, "redis")["image_digest"] == v1
             assert docker_client.images.get(f"{name}:v1").id == redis.image.id  # tagged as the seed's own name
 
-            # The tag moves in the registry: `missing` keeps what the Engine has; `always` deploys the new digest.
+            # The tag moves in the registry: a deploy with `missing` keeps what the Engine has, and `in_sync` shows
+            # the drift (old → new digest); self-heal deploys the new digest; `always` follows every move.
             v2 = push_image(docker_client, registry, f"{name}:v1", "prodg/redis:bookworm", "two")
             assert v2 != v1
-            assert bed.materialize("redis").success
+            kept = bed.materialize("redis")
             assert bed.containers()["redis"].labels[LABEL_IMAGE_DIGEST] == v1
+            drift = next(c for c in kept.get_asset_check_evaluations() if c.check_name == IN_SYNC)
+            assert not drift.passed
+            assert drift.metadata["fields"].value == "image_digest", drift.metadata
+            assert f"| image_digest | {v1} | {v2} |" in drift.metadata["drift"].value.replace("`", "")  # live | desired
+            plan = subprocess.run([sys.executable, "-m", "prodg_assets.cli", "plan"], capture_output=True, text=True,
+                                  env={**os.environ, **bed.env})
+            assert f"image_digest: {v1} -> {v2}" in plan.stdout, plan.stdout + plan.stderr
+
+            job = bed.defs().resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey("redis")})
+            healed = job.execute_in_process(tags={COMMIT_TAG: bed.commits[-1], KIND_TAG: SELF_HEAL_KIND})
+            assert healed.success
+            assert materialisation(healed, "redis")["action"] == "recreated"
+            assert bed.containers()["redis"].labels[LABEL_IMAGE_DIGEST] == v2
+
+            v3 = push_image(docker_client, registry, f"{name}:v1", "prodg/redis:bookworm", "three")
             bed.edit("compose/docker-compose.yml", f"    image: {name}:v1\n",
                      f"    image: {name}:v1\n    pull_policy: always\n")
             bed.commit("redis: always pull")
@@ -58,7 +78,7 @@ def test_an_image_is_pulled_through_the_mirror_and_pinned_by_digest(tmp_path, do
             assert result.success
             assert materialisation(result, "redis")["action"] == "recreated"
             redis = bed.containers()["redis"]
-            assert redis.labels[LABEL_IMAGE_DIGEST] == v2
+            assert redis.labels[LABEL_IMAGE_DIGEST] == v3
 
             # A reference the registry does not hold: a clear failure naming it; the v2 container keeps serving.
             bed.edit("compose/docker-compose.yml", f"    image: {name}:v1\n", f"    image: {name}:v9\n")
@@ -70,7 +90,7 @@ def test_an_image_is_pulled_through_the_mirror_and_pinned_by_digest(tmp_path, do
             assert f"{name}:v9 is not in the registry mirror {registry}" in message, message
             live = bed.containers()["redis"]
             assert live.id == redis.id and live.status == "running"
-            assert live.labels[LABEL_IMAGE_DIGEST] == v2
+            assert live.labels[LABEL_IMAGE_DIGEST] == v3
         finally:
             bed.cleanup()
             for image in docker_client.images.list(name=name):
