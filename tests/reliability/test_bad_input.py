@@ -41,7 +41,7 @@ SERVICE_MUTATIONS = [
     ("socket", lambda name: "    volumes: [\"/var/run/docker.sock:/s\"]\n"
                             "    x-prodg: {layer: hermes, trust_tier: T3}\n"),
 ]
-SECTIONS = ("host", "dns", "tls", "secrets", "backups", "notifications", "deploy", "images")
+SECTIONS = ("host", "dns", "tls", "secrets", "backups", "notifications", "deploy", "integrations")
 SECTION_VALUES = ("3", "[a, b]", "true", "~")
 HOSTILE = [
     ("compose-is-a-list", COMPOSE, None, "- services\n- caddy\n"),

@@ -41,3 +41,11 @@ def test_an_image_pinned_by_digest_validates_and_a_malformed_digest_does_not(tmp
     text = edit(root, COMPOSE_REL, f"    image: redis@{DIGEST}\n", "    image: redis@sha256:abc\n")
     error = find(validate(tree(root), {}), "services.redis.image", "@sha256:<64 hex digits>")
     assert error.line == line_of(text, "image: redis@sha256:abc")
+
+
+def test_a_leftover_images_section_names_what_replaced_it(tmp_path: Path) -> None:
+    root = copy_config(tmp_path)
+    text = edit(root, "prodg.yaml", "\nintegrations:\n", "\nimages:\n  local: {redis:7-alpine: prodg/redis:bookworm}\n"
+                                                       "integrations:\n")
+    error = find(validate(tree(root), {}), "images", "PRODG_REGISTRY_MIRROR")
+    assert error.file.endswith("prodg.yaml") and error.line == line_of(text, "\nimages:") + 1
