@@ -14,6 +14,7 @@ import pytest
 
 import docker
 import prodg_assets
+from prodg_assets.engine.facts import network_subnets
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -217,14 +218,7 @@ _SUBNETS_GIVEN: set[ipaddress.IPv4Network] = set()  # handed out by this process
 
 def engine_subnets(client: docker.DockerClient) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     """Every subnet the Engine's networks hold (their IPAM config)."""
-    out = []
-    for net in client.networks.list():
-        for config in (net.attrs.get("IPAM") or {}).get("Config") or []:
-            try:
-                out.append(ipaddress.ip_network(config.get("Subnet") or "", strict=False))
-            except ValueError:
-                pass
-    return out
+    return [subnet for _, subnet in network_subnets(client)]
 
 
 def free_subnet(client: docker.DockerClient, pool: str = "10.231.0.0/16", prefix: int = 24) -> str:

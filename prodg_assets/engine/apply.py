@@ -8,6 +8,7 @@ undo is beside it.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from ..desired.interpolate import resolve_env
 from ..desired.model import DesiredState, NetworkSpec, ServiceSpec
 from ..lazy import docker_errors as errors
 from ..lazy import docker_sdk as sdk
-from .facts import Desired, desired_facts, file_env, live_containers
+from .facts import Desired, desired_facts, file_env, live_containers, network_subnets
 from .failures import ApplyFailed, engine_unreachable
 from .images import image_digest, resolve_image
 from .plan import CREATE, UNCHANGED, plan_service
@@ -342,6 +343,12 @@ def ensure_network(engine: DockerEngine, net: NetworkSpec, project: str) -> tupl
         raise ApplyFailed(net.key, f"external network {net.name} does not exist (it is created outside prodg)")
     ipam = None
     if net.subnet:
+        wanted = ipaddress.ip_network(net.subnet, strict=False)
+        clash = [f"{name} ({subnet})" for name, subnet in network_subnets(engine.client)
+                 if subnet.version == wanted.version and subnet.overlaps(wanted)]
+        if clash:
+            raise ApplyFailed(net.key, f"network {net.name}: its subnet {net.subnet} overlaps the Engine's network "
+                                       f"{', '.join(clash)}; choose another subnet or remove that network")
         types = sdk().types
         ipam = types.IPAMConfig(pool_configs=[types.IPAMPool(subnet=net.subnet)])
     created = engine.client.networks.create(net.name, driver=net.driver, ipam=ipam,

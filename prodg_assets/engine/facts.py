@@ -8,6 +8,7 @@ hashes: facts are safe to log and to put in metadata. Nothing outside this modul
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
@@ -327,3 +328,15 @@ def file_env(spec: ServiceSpec, strict: bool = False) -> dict[str, str]:
 def declared_env(state: DesiredState) -> dict[str, set[str]]:
     """The environment keys each service declares (its `environment` and its env files)."""
     return {n: {k for k, _ in s.environment} | set(file_env(s)) for n, s in state.services.items()}
+
+
+def network_subnets(client: docker.DockerClient) -> list[tuple[str, Any]]:
+    """(network name, subnet) for every subnet the Engine's networks hold (their IPAM config)."""
+    out = []
+    for net in client.networks.list():
+        for config in (net.attrs.get("IPAM") or {}).get("Config") or []:
+            try:
+                out.append((net.name, ipaddress.ip_network(config.get("Subnet") or "", strict=False)))
+            except ValueError:
+                pass
+    return out
