@@ -180,7 +180,8 @@ def cmd_images(args: argparse.Namespace) -> int:
             how = f"{spec.image}: on the Engine" + (f" ({digest})" if digest else " (never pulled)")
         else:
             try:
-                how = f"{spec.image}: in {mirror or 'its registry'} as {registry_digest(docker.client, spec.image, mirror)}"
+                digest = registry_digest(docker.client, spec.image, mirror)
+                how = f"{spec.image}: in {mirror or 'its registry'} as {digest}"
             except ImageUnavailable:
                 how = f"{spec.image}: cannot run here: not on the Engine and not in {mirror or 'its registry'}"
                 missing.append(name)

@@ -9,6 +9,7 @@ FORCE_TAG = "prodg/force"  # "true": deploy exactly that commit, even an older o
 COVERS_TAG = "prodg/covers"  # the commits (12 hex) a sensor run covers, newest first
 REASON_TAG = "prodg/reason"  # why the sensor selected what it did
 KIND_TAG = "prodg/kind"  # what launched a run (values below)
+REMAINDER_TAG = "prodg/remainder-of"  # the failed deploy run whose undeployed rest this run deploys
 SERVICE_TAG = "prodg/service"  # asset tag: the Compose service an asset deploys
 TARGET_TAG = "prodg/target"  # asset tag: the backup target an asset backs up
 PARTITION_TAG = "dagster/partition"  # Dagster's own: a partitioned run's day

@@ -9,6 +9,7 @@ from ..contract import COMMIT_TAG, COVERS_TAG, REASON_TAG, SENSOR_NAME
 from ..desired import ConfigInvalid
 from .impact import impacted_assets
 from .reload import graph_fingerprint, request_reload
+from .remainder import remainder_request
 from .repo import ConfigRepo, GitError
 
 
@@ -50,6 +51,12 @@ def build_git_sensor(target: dg.AssetSelection, interval_s: int = 30,
             raise dg.Failure(f"config repo unreadable: {exc}") from None  # the cursor stays where it was
         last, decisions = read_cursor(context.cursor)
         if head == last:
+            graph = context.repository_def.asset_graph
+            rest = remainder_request(context.instance, f"{head}:{decisions}", target.resolve(graph))
+            if rest is not None:
+                context.log.info(f"{head[:12]}: {rest.tags[REASON_TAG]} -> "
+                                 f"{', '.join(k.to_user_string() for k in rest.asset_selection)}")
+                return rest
             return dg.SkipReason(f"no new commit on {repo.branch} (deployed: {head[:12]})")
         try:
             new = repo.desired_state(head)

@@ -1,0 +1,55 @@
+"""What a failed deploy left undeployed. Dagster does not run an asset whose upstream step failed in the same run, so
+one service without a runnable image (Grafana on a machine no registry serves it to) would keep Caddy and Prometheus,
+which depend on it, from being deployed at all. After a deploy run of the git sensor fails, the sensor requests one
+more run of the same commit for exactly the assets that run planned and neither materialised nor failed; in a run of
+their own, nothing upstream of them is executed, so they deploy (a proxy then answers 502 for the missing backend
+instead of not running). The failed assets stay failed and are not retried here; the rest is requested once per
+decision (its run key), so a rest that fails again is not followed up."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from ..contract import REMAINDER_TAG
+
+RUN_KEY_TAG = "dagster/run_key"
+
+
+def decision_run(instance: dg.DagsterInstance, run_key: str) -> dg.DagsterRun | None:
+    """The run the git sensor launched for `run_key` (the newest, if several)."""
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1)
+    return runs[0] if runs else None
+
+
+def undeployed(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[dg.AssetKey]:
+    """The assets `run` planned to materialise that it neither materialised nor failed (skipped for a failed
+    upstream), sorted."""
+    def keys(event_type: dg.DagsterEventType) -> set[dg.AssetKey]:
+        records = instance.get_records_for_run(run.run_id, of_type=event_type, limit=10_000).records
+        return {r.event_log_entry.dagster_event.asset_key for r in records
+                if r.event_log_entry.dagster_event and r.event_log_entry.dagster_event.asset_key}
+
+    failed_steps = {r.event_log_entry.dagster_event.step_key for r in instance.get_records_for_run(
+        run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE, limit=10_000).records if r.event_log_entry.dagster_event}
+    planned = keys(dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
+    done = keys(dg.DagsterEventType.ASSET_MATERIALIZATION)
+    return sorted((k for k in planned - done if k.to_python_identifier() not in failed_steps),
+                  key=lambda k: k.to_user_string())
+
+
+def remainder_request(instance: dg.DagsterInstance, run_key: str,
+                      target: set[dg.AssetKey]) -> dg.RunRequest | None:
+    """The run that deploys what the failed run of `run_key` left undeployed, or None (it did not fail, it is still
+    going, nothing was left, or the rest was requested already: its own run key)."""
+    run = decision_run(instance, run_key)
+    if run is None or run.status != dg.DagsterRunStatus.FAILURE or REMAINDER_TAG in run.tags:
+        return None
+    rest = [k for k in undeployed(instance, run) if k in target]
+    if not rest:
+        return None
+    failed = sorted({r.event_log_entry.dagster_event.step_key for r in instance.get_records_for_run(
+        run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE, limit=10_000).records if r.event_log_entry.dagster_event})
+    tags = {k: v for k, v in run.tags.items() if k.startswith("prodg/")}
+    tags.update({REMAINDER_TAG: run.run_id,
+                 "prodg/reason": f"the rest of run {run.run_id[:8]}, whose {', '.join(failed)[:300]} failed"})
+    return dg.RunRequest(run_key=f"{run_key}:rest", asset_selection=rest, tags=tags)
