@@ -3,8 +3,8 @@ one service without a runnable image (Grafana on a machine no registry serves it
 which depend on it, from being deployed at all. After a deploy run of the git sensor fails, the sensor requests one
 more run of the same commit for exactly the assets that run planned and neither materialised nor failed; in a run of
 their own, nothing upstream of them is executed, so they deploy (a proxy then answers 502 for the missing backend
-instead of not running). The failed assets stay failed and are not retried here; the rest is requested once per
-decision (its run key), so a rest that fails again is not followed up."""
+instead of not running). The failed assets stay failed and are not retried here. A rest that fails in turn is
+followed by its own rest, each strictly smaller than the last (at least one of its assets failed), so it ends."""
 
 from __future__ import annotations
 
@@ -37,12 +37,21 @@ def undeployed(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[dg.Asse
                   key=lambda k: k.to_user_string())
 
 
-def remainder_request(instance: dg.DagsterInstance, run_key: str,
-                      target: set[dg.AssetKey]) -> dg.RunRequest | None:
+def remainder_request(instance: dg.DagsterInstance, run_key: str, target: set[dg.AssetKey],
+                      max_rounds: int = 10) -> dg.RunRequest | None:
     """The run that deploys what the failed run of `run_key` left undeployed, or None (it did not fail, it is still
-    going, nothing was left, or the rest was requested already: its own run key)."""
+    going, or nothing was left). A rest can fail in turn (a service skipped the first time fails now, and its
+    dependents are skipped again): its own rest follows (`<run key>:rest:rest`, …), each round strictly smaller,
+    at most `max_rounds`."""
     run = decision_run(instance, run_key)
-    if run is None or run.status != dg.DagsterRunStatus.FAILURE or REMAINDER_TAG in run.tags:
+    for _ in range(max_rounds):
+        if run is None or run.status != dg.DagsterRunStatus.FAILURE:
+            return None
+        rest_run = decision_run(instance, f"{run_key}:rest")
+        if rest_run is None:
+            break
+        run, run_key = rest_run, f"{run_key}:rest"
+    else:
         return None
     rest = [k for k in undeployed(instance, run) if k in target]
     if not rest:
