@@ -221,14 +221,46 @@ def engine_subnets(client: docker.DockerClient) -> list[ipaddress.IPv4Network | 
     return [subnet for _, subnet in network_subnets(client)]
 
 
+SUBNET_CLAIMS = "/tmp/prodg-test-subnets"  # one file per subnet handed out, naming the process that holds it
+
+
+def _claim(subnet: ipaddress.IPv4Network) -> bool:
+    """Reserve `subnet` across every test process on this machine (xdist workers, another run): a file created
+    exclusively, naming this pid; a claim whose process is gone is taken over."""
+    os.makedirs(SUBNET_CLAIMS, exist_ok=True)
+    path = os.path.join(SUBNET_CLAIMS, str(subnet).replace("/", "_"))
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = int(open(path).read().strip() or 0)
+                if holder == os.getpid():
+                    return False
+                os.kill(holder, 0)
+                return False  # held by a live process
+            except (ProcessLookupError, ValueError):
+                try:
+                    os.unlink(path)  # its process is gone: take it over
+                except FileNotFoundError:
+                    pass
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return True
+    return False
+
+
 def free_subnet(client: docker.DockerClient, pool: str = "10.231.0.0/16", prefix: int = 24) -> str:
-    """A /24 of `pool` that overlaps no network on the Engine (nor one this process handed out already), tried
-    from an offset derived from the pid, so two test runs on one Engine start apart and skip what the other took."""
+    """A /24 of `pool` that overlaps no network on the Engine and that no other test process on this machine holds
+    (a claim file each, SUBNET_CLAIMS), tried from an offset derived from the pid, so two runs start apart."""
     taken = [*engine_subnets(client), *_SUBNETS_GIVEN]
     candidates = list(ipaddress.ip_network(pool).subnets(new_prefix=prefix))
     start = os.getpid() % len(candidates)
     for candidate in candidates[start:] + candidates[:start]:
-        if not any(candidate.overlaps(t) for t in taken if t.version == candidate.version):
+        if not any(candidate.overlaps(t) for t in taken if t.version == candidate.version) and _claim(candidate):
             _SUBNETS_GIVEN.add(candidate)
             return str(candidate)
     raise RuntimeError(f"no free /{prefix} left in {pool} on this Engine")

@@ -299,11 +299,12 @@ def exec_run(api: docker.APIClient, container: str, cmd: Sequence[str], *, user:
 # Engine and in our reader than the dump itself (bench/RESULTS.md). Exits with the first non-zero status of the
 # command and dd (a dd that died would otherwise truncate a dump whose command succeeded).
 # Both statuses come back tagged (c: the command, d: dd), in whichever order they finish: a broken dd is reported
-# with its own status (the command then only saw a closed pipe), otherwise the command's.
+# with its own status (the command then only saw a closed pipe, and may have been killed by SIGPIPE before it could
+# report), otherwise the command's; a status that never came back is a failure (1).
 REBLOCK = ('exec 4>&1; set -- $( { { "$@"; echo "c$?" >&3; } | '
            '{ dd bs=1048576 iflag=fullblock 2>/dev/null >&4; echo "d$?" >&3; }; } 3>&1 ); '
-           '[ "$#" = 2 ] || exit 1; for s; do case "$s" in c*) c=${s#c};; d*) d=${s#d};; esac; done; '
-           '[ "$d" = 0 ] || exit "$d"; exit "$c"')
+           'c=; d=; for s; do case "$s" in c*) c=${s#c};; d*) d=${s#d};; esac; done; '
+           '[ -n "$d" ] || exit 1; [ "$d" = 0 ] || exit "$d"; [ -n "$c" ] || exit 1; exit "$c"')
 
 
 def reblocked(cmd: Sequence[str]) -> list[str]:
