@@ -19,7 +19,6 @@ import datetime
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import docker  # noqa: E402
 
 from bench.common import append_result, machine  # noqa: E402
 from tests.conftest import git, make_testbed  # noqa: E402
+from tests.dagster_dev import free_port  # noqa: E402
 from tests.gitops.test_graph_follows_branch import cache_service  # noqa: E402
 
 
@@ -88,14 +88,6 @@ def parts_of(home: str, client: docker.DockerClient, container: str, step: str, 
     running = engine_time(client.api.inspect_container(container)["State"]["StartedAt"])
     return dict(zip(PARTS, (queued - pushed, started - queued, step_start - started, running - step_start,
                             healthy - running)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 
 
 def measure(how: str, push, count: int) -> tuple[list[float], list[dict[str, float]]]:

@@ -167,9 +167,10 @@ def cmd_images(args: argparse.Namespace) -> int:
     from .engine.client import DockerEngine
     from .engine.failures import ImageUnavailable
     from .engine.images import image_digest, registry_digest
+    from .settings import EnvSettings
 
     state = load_desired_state(DirTree(_config_path(args.path)), os.environ)
-    mirror = os.environ.get("PRODG_REGISTRY_MIRROR", "").strip().rstrip("/")
+    mirror = EnvSettings.from_env(os.environ).registry_mirror
     docker = DockerEngine(registry_mirror=mirror)  # docker.from_env(): DOCKER_HOST and its TLS settings
     missing = []
     for name, spec in sorted(state.services.items()):

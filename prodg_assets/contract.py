@@ -13,6 +13,8 @@ REMAINDER_TAG = "prodg/remainder-of"  # the failed deploy run whose undeployed r
 SERVICE_TAG = "prodg/service"  # asset tag: the Compose service an asset deploys
 TARGET_TAG = "prodg/target"  # asset tag: the backup target an asset backs up
 PARTITION_TAG = "dagster/partition"  # Dagster's own: a partitioned run's day
+RUN_KEY_TAG = "dagster/run_key"  # Dagster's own: a sensor run's run key (what the daemon checks for reuse)
+SENSOR_NAME_TAG = "dagster/sensor_name"  # Dagster's own: the sensor that launched a run
 
 BACKUP_KIND = "backup"
 DRIFT_KIND = "drift"

@@ -15,6 +15,7 @@ import pytest
 import docker
 import prodg_assets
 from prodg_assets.engine.facts import network_subnets
+from tests.registry import REGISTRY_SCRIPT, local_registry
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -148,9 +149,6 @@ backups:
                         pass
 
 
-REGISTRY_SCRIPT = os.path.join(ROOT, "docker", "images", "registry")
-
-
 @pytest.fixture(scope="session")
 def registry_mirror(tmp_path_factory) -> str:
     """The registry the seed's images are pulled from (PRODG_REGISTRY_MIRROR): the one .ci/run started for the whole
@@ -159,18 +157,14 @@ def registry_mirror(tmp_path_factory) -> str:
     if os.environ.get("PRODG_REGISTRY_MIRROR"):
         yield os.environ["PRODG_REGISTRY_MIRROR"]
         return
-    folder = str(tmp_path_factory.mktemp("registry"))
-    started = subprocess.run([REGISTRY_SCRIPT, "start", folder], capture_output=True, text=True)
-    assert started.returncode == 0, started.stderr
-    address = started.stdout.strip()
-    try:
+    with local_registry(str(tmp_path_factory.mktemp("registry"))) as address:
         pushed = subprocess.run([REGISTRY_SCRIPT, "push", address], capture_output=True, text=True)
         assert pushed.returncode == 0, pushed.stderr
         os.environ["PRODG_REGISTRY_MIRROR"] = address
-        yield address
-    finally:
-        os.environ.pop("PRODG_REGISTRY_MIRROR", None)
-        subprocess.run([REGISTRY_SCRIPT, "stop", folder])
+        try:
+            yield address
+        finally:
+            os.environ.pop("PRODG_REGISTRY_MIRROR", None)
 
 
 @pytest.fixture(scope="session")

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import subprocess
 
 import docker
 
-from .conftest import REGISTRY_SCRIPT
+REGISTRY_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docker", "images",
+                               "registry")
 
 @contextlib.contextmanager
 def local_registry(folder: str):
-    """A registry of the test's own (docker/images/registry, the same script .ci/run and docker/dev/up use), empty;
-    yields its address, `127.0.0.1:PORT`; stopped afterwards."""
+    """A registry of its own (docker/images/registry, the same script .ci/run and docker/dev/up use), empty; yields
+    its address, `127.0.0.1:PORT`; stopped afterwards."""
     started = subprocess.run([REGISTRY_SCRIPT, "start", folder], capture_output=True, text=True)
     assert started.returncode == 0, started.stderr
     try:

@@ -14,6 +14,7 @@ from typing import Any
 
 from .interpolate import VAR, LoadContext
 from .model import (
+    DIGEST_REFERENCE,
     LAYERS,
     TRUST_TIERS,
     Build,
@@ -35,7 +36,6 @@ SERVICE_KEYS = {
 # Compose's pull_policy values prodg honours (engine.images); `daily`, `weekly` and `every_<duration>` are not
 PULL_POLICIES = {"missing": "missing", "if_not_present": "missing", "always": "always", "never": "never",
                  "build": "build"}
-IMAGE_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 
 
 XPRODG_KEYS = {"layer", "public", "trust_tier", "after", "backup", "internal_ports", "public_ports"}
@@ -338,7 +338,7 @@ def _service(r: _ComposeReader, name: str, body: Any, project: str, networks: di
                               r.tree_digest(ctx_files))
     if not image and not build:
         r.err(path, "needs `image` or `build`")
-    if image and "@" in image and not IMAGE_DIGEST.search(image):
+    if image and "@" in image and not DIGEST_REFERENCE.match(image):
         r.err(path + ("image",), f"a digest reference must end in @sha256:<64 hex digits>, got {image!r}")
     image = image or f"{project}/{name}"
     pull_policy = "build" if build else "missing"

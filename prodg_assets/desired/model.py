@@ -5,11 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Mapping, Optional
 
 from ..settings import Settings
 from .interpolate import secret_names
+
+# An image pinned by digest: `name@sha256:<64 hex>` (the only digest form Compose and the Engine take).
+DIGEST_REFERENCE = re.compile(r"^(?P<repo>[^@]+)@(?P<digest>sha256:[0-9a-f]{64})$")
 
 LAYERS = ("host_baseline", "network", "tls", "data_stores", "secrets", "observability", "hermes", "backups")
 TRUST_TIERS = ("T1", "T2", "T3")

@@ -121,7 +121,7 @@ def _apply(engine: DockerEngine, state: DesiredState, service: str, secrets: Map
         _remove_stray(engine, spec.container_name)
     new_id = None
     try:
-        new_id = _create(engine, spec, state, image, secrets, want_hash, commit)
+        new_id = _create(engine, spec, state, image, secrets, want_hash, commit, digest=digest)
         engine.client.api.start(new_id)
         log(f"{service}: started {new_id[:12]} from {image}; waiting for health (up to {health_timeout:.0f}s)")
         _wait_healthy(engine, spec, new_id, health_timeout, secrets)
@@ -247,7 +247,7 @@ def _remove_stray(engine: DockerEngine, name: str) -> None:
 
 
 def _create(engine: DockerEngine, spec: ServiceSpec, state: DesiredState, image: str, secrets: Mapping[str, str],
-            spec_hash: str, commit: str, name: str | None = None, trial: bool = False) -> str:
+            spec_hash: str, commit: str, name: str | None = None, trial: bool = False, digest: str = "") -> str:
     """Create (not start) the service's container. A `trial` container publishes no ports and takes no network
     alias, so nothing is routed to it while it proves itself healthy."""
     api = engine.client.api
@@ -277,8 +277,7 @@ def _create(engine: DockerEngine, spec: ServiceSpec, state: DesiredState, image:
                   "retries": h.retries, "start_period": _ns(h.start_period_s)}
     labels = {**dict(spec.labels), LABEL_PROJECT: state.project, LABEL_SERVICE: spec.name,
               LABEL_SPEC_HASH: spec_hash, LABEL_COMMIT: commit}
-    digest = image_digest(engine.client, image, spec.image, engine.registry_mirror)
-    if digest:
+    if digest:  # the registry digest the image was pulled as
         labels[LABEL_IMAGE_DIGEST] = digest
     created = api.create_container(
         image, command=list(spec.command) if spec.command is not None else None,

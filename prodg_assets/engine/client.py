@@ -12,7 +12,7 @@ from ..desired.model import DesiredState, NetworkSpec, ServiceSpec
 from ..lazy import docker_sdk
 from . import apply, facts, images
 from .failures import ImageUnavailable
-from .plan import Desired, Live, Plan, plan
+from .plan import Action, Desired, Live, Plan, plan, plan_service
 
 if TYPE_CHECKING:
     import docker
@@ -121,6 +121,13 @@ class DockerEngine(dg.ConfigurableResource):
 
         prune = state.settings.deploy.prune if prune is None else prune
         return plan(self.desired(state, secrets, commit), self.live(state.project, facts.declared_env(state)), prune)
+
+    def plan_service(self, state: DesiredState, secrets: Mapping[str, str], commit: str, service: str) -> Action:
+        """Desired vs live for one service: its container alone is inspected, its registry alone asked."""
+
+        desired = self.desired(state, secrets, commit, [service])[service]
+        live = self.live(state.project, facts.declared_env(state), service=service).get(service)
+        return plan_service(desired, live)
 
     # -- changes (apply) -------------------------------------------------------------------------------------------
     def apply_service(self, state: DesiredState, service: str, secrets: Mapping[str, str], commit: str,

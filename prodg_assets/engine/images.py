@@ -9,11 +9,10 @@ service is built (`build:`). Checks and plans never pull."""
 from __future__ import annotations
 
 import os
-import re
 from typing import TYPE_CHECKING
 
 from ..contract import LABEL_SERVICE
-from ..desired.model import DesiredState, ServiceSpec
+from ..desired.model import DIGEST_REFERENCE, DesiredState, ServiceSpec
 from ..lazy import docker_errors as errors
 from .facts import image_id
 from .failures import ApplyFailed, ImageUnavailable
@@ -22,12 +21,9 @@ if TYPE_CHECKING:
     import docker
 
 
-DIGEST_REF = re.compile(r"^(?P<repo>[^@]+)@(?P<digest>sha256:[0-9a-f]{64})$")
-
-
 def split_reference(ref: str) -> tuple[str, str]:
     """(repository, tag or digest) of an image reference; the tag defaults to `latest`."""
-    m = DIGEST_REF.match(ref)
+    m = DIGEST_REFERENCE.match(ref)
     if m:
         return m.group("repo"), m.group("digest")
     last = ref.rsplit("/", 1)[-1]
@@ -53,10 +49,10 @@ def pull(client: docker.DockerClient, service: str, ref: str, mirror: str) -> st
         where = f"the registry mirror {mirror}" if mirror else "its registry"
         detail = getattr(exc, "explanation", None) or str(exc)
         raise ImageUnavailable(f"{service}: image {ref} is not in {where} (pulling {source}: {detail})") from None
-    if source != ref and not DIGEST_REF.match(ref):
+    if source != ref and not DIGEST_REFERENCE.match(ref):
         own_repo, own_tag = split_reference(ref)
         client.api.tag(source, own_repo, own_tag)
-    found = image_id(client, ref if not DIGEST_REF.match(ref) else source)
+    found = image_id(client, ref if not DIGEST_REFERENCE.match(ref) else source)
     if not found:
         raise ImageUnavailable(f"{service}: image {ref} was pulled from {source} but the Engine does not show it")
     return found
@@ -65,7 +61,7 @@ def pull(client: docker.DockerClient, service: str, ref: str, mirror: str) -> st
 def image_digest(client: docker.DockerClient, image: str, ref: str, mirror: str = "") -> str:
     """The registry digest (`sha256:…`) `image` (an id or reference) was pulled as, for `ref` (through `mirror`);
     "" for an image never pulled (built here, or a local stand-in)."""
-    m = DIGEST_REF.match(ref)
+    m = DIGEST_REFERENCE.match(ref)
     if m:
         return m.group("digest")
     try:
@@ -84,8 +80,9 @@ def image_digest(client: docker.DockerClient, image: str, ref: str, mirror: str 
 
 def registry_digest(client: docker.DockerClient, ref: str, mirror: str = "") -> str:
     """The digest the registry serves for `ref` now (the manifest a pull would get), asked without pulling."""
-    if DIGEST_REF.match(ref):
-        return DIGEST_REF.match(ref).group("digest")
+    m = DIGEST_REFERENCE.match(ref)
+    if m:
+        return m.group("digest")
     try:
         return client.api.inspect_distribution(mirrored(ref, mirror))["Descriptor"]["digest"]
     except (errors.NotFound, errors.APIError, KeyError) as exc:
@@ -124,7 +121,7 @@ def resolve_image(client: docker.DockerClient, spec: ServiceSpec, state: Desired
     if build and policy == "always":
         return spec.image, pull(client, spec.name, spec.image, mirror)
     found = image_id(client, spec.image)
-    if found and build and refresh and policy != "never" and not DIGEST_REF.match(spec.image):
+    if found and build and refresh and policy != "never" and not DIGEST_REFERENCE.match(spec.image):
         try:
             served = registry_digest(client, spec.image, mirror)  # self-heal: follow a tag the registry moved
         except ImageUnavailable:

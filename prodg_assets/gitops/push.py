@@ -17,11 +17,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..contract import SENSOR_NAME
+from ..contract import RUN_KEY_TAG, SENSOR_NAME, SENSOR_NAME_TAG
 
 REPOSITORY = "__repository__"
 PUSH_TAG = "prodg/trigger"
-SENSOR_NAME_TAG, RUN_KEY_TAG = "dagster/sensor_name", "dagster/run_key"  # what the daemon's run-key check reads
 RELOADING = "changes the asset graph"  # in the sensor's skip reason while a reload is under way
 
 STATE = """query($sel: SensorSelector!) { sensorOrError(sensorSelector: $sel) { __typename
@@ -84,9 +83,9 @@ class Webserver:
 
 
 def _answer(data: dict, field_name: str) -> dict:
+    """The field's answer; an error type (the only ones whose `message` the queries ask for) is a PushError."""
     answer = data[field_name]
-    if "message" in answer and answer.get("__typename") not in ("Sensor", "DryRunInstigationTick",
-                                                                  "LaunchRunSuccess", "Runs"):
+    if "message" in answer:
         raise PushError(f"{field_name}: {answer['__typename']}: {answer['message']}")
     return answer
 

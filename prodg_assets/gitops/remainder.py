@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from ..contract import REMAINDER_TAG
-
-RUN_KEY_TAG = "dagster/run_key"
+from ..contract import REASON_TAG, REMAINDER_TAG, RUN_KEY_TAG
 
 
 def decision_run(instance: dg.DagsterInstance, run_key: str) -> dg.DagsterRun | None:
@@ -21,19 +19,23 @@ def decision_run(instance: dg.DagsterInstance, run_key: str) -> dg.DagsterRun | 
     return runs[0] if runs else None
 
 
-def undeployed(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[dg.AssetKey]:
-    """The assets `run` planned to materialise that it neither materialised nor failed (skipped for a failed
-    upstream), sorted."""
+def failed_steps(instance: dg.DagsterInstance, run: dg.DagsterRun) -> set[str]:
+    """The step keys that failed in `run`."""
+    return {r.event_log_entry.dagster_event.step_key for r in instance.get_records_for_run(
+        run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE, limit=10_000).records if r.event_log_entry.dagster_event}
+
+
+def undeployed(instance: dg.DagsterInstance, run: dg.DagsterRun, failed: set[str]) -> list[dg.AssetKey]:
+    """The assets `run` planned to materialise that it neither materialised nor failed (its `failed` steps):
+    skipped for a failed upstream, sorted."""
     def keys(event_type: dg.DagsterEventType) -> set[dg.AssetKey]:
         records = instance.get_records_for_run(run.run_id, of_type=event_type, limit=10_000).records
         return {r.event_log_entry.dagster_event.asset_key for r in records
                 if r.event_log_entry.dagster_event and r.event_log_entry.dagster_event.asset_key}
 
-    failed_steps = {r.event_log_entry.dagster_event.step_key for r in instance.get_records_for_run(
-        run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE, limit=10_000).records if r.event_log_entry.dagster_event}
     planned = keys(dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
     done = keys(dg.DagsterEventType.ASSET_MATERIALIZATION)
-    return sorted((k for k in planned - done if k.to_python_identifier() not in failed_steps),
+    return sorted((k for k in planned - done if k.to_python_identifier() not in failed),
                   key=lambda k: k.to_user_string())
 
 
@@ -53,12 +55,11 @@ def remainder_request(instance: dg.DagsterInstance, run_key: str, target: set[dg
         run, run_key = rest_run, f"{run_key}:rest"
     else:
         return None
-    rest = [k for k in undeployed(instance, run) if k in target]
+    failed = failed_steps(instance, run)
+    rest = [k for k in undeployed(instance, run, failed) if k in target]
     if not rest:
         return None
-    failed = sorted({r.event_log_entry.dagster_event.step_key for r in instance.get_records_for_run(
-        run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE, limit=10_000).records if r.event_log_entry.dagster_event})
     tags = {k: v for k, v in run.tags.items() if k.startswith("prodg/")}
     tags.update({REMAINDER_TAG: run.run_id,
-                 "prodg/reason": f"the rest of run {run.run_id[:8]}, whose {', '.join(failed)[:300]} failed"})
+                 REASON_TAG: f"the rest of run {run.run_id[:8]}, whose {', '.join(sorted(failed))[:300]} failed"})
     return dg.RunRequest(run_key=f"{run_key}:rest", asset_selection=rest, tags=tags)
