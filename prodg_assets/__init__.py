@@ -12,6 +12,7 @@ from typing import Mapping
 
 import dagster as dg
 
+from .backups.crypt import BackupIdentity
 from .backups.definitions import backup_definitions, build_backup_resources
 from .contract import BACKUP_GROUP
 from .desired import ConfigInvalid, DesiredState, DirTree, load_desired_state
@@ -56,6 +57,7 @@ def build_resources(state: DesiredState, env: EnvSettings, environ: Mapping[str,
                                      token_secret=telegram.bot_token_secret, ui_base_url=telegram.ui_base_url,
                                      events=list(telegram.on)),
         **build_backup_resources(state, environ),
+        "backup_identity": BackupIdentity(identity_file=env.backup_identity),
     }
 
 

@@ -108,15 +108,20 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    """Download the day's Postgres backup from the backup store, verify its sha256, and restore it into a Postgres
-    container: --target (refused when it holds data, unless --force), or by default a fresh scratch container that
-    is left running for the operator (its name is printed)."""
+    """Restore the day's Postgres backup: read the day's manifest, download the dump, verify the sha256 the manifest
+    recorded, decrypt it with the identity file (--identity, else PRODG_BACKUP_IDENTITY) and restore it into a
+    Postgres container: --target (refused when it holds data, unless --force), or by default a fresh scratch
+    container that is left running for the operator (its name is printed)."""
     import datetime
     import secrets as pysecrets
 
-    from .backups.postgres import wait_ready
-    from .backups.restore import restore_object
+    from .agekeys import AgeError, read_identities
+    from .backups.manifest import ManifestError, read_manifest
+    from .backups.postgres import RestoreFailed, RestoreRefused, wait_ready
+    from .backups.restore import restore_postgres
+    from .backups.store import StoreError
     from .contract import LABEL_SCRATCH
+    from .settings import EnvSettings
 
     if args.what != "postgres":
         print("prodg restore: only `postgres` restores from the command line; MinIO restores run as the drill",
@@ -126,29 +131,35 @@ def cmd_restore(args: argparse.Namespace) -> int:
     state, commit, resources = _state(argparse.Namespace(path=None, commit=None))
     store = resources["backup_store"].process_config_and_initialize()  # resolves its EnvVar credentials
     target = next(t for t in state.settings.backup_targets if t.method == "pg_dumpall")
-    found = sorted((o for o in store.list(f"{target.prefix}{day.isoformat()}/")), key=lambda o: o.last_modified)
-    if not found:
-        print(f"prodg restore: no Postgres backup for {day} under {target.prefix}{day}/ in {store.bucket}",
-              file=sys.stderr)
+    try:
+        manifest = read_manifest(store, target.prefix, day.isoformat())
+        if manifest is None:
+            print(f"prodg restore: no complete Postgres backup for {day}: no {target.prefix}{day}/manifest.json in "
+                  f"{store.bucket}", file=sys.stderr)
+            return 1
+        identity_file = args.identity or EnvSettings.from_env(os.environ).backup_identity
+        identities = read_identities(identity_file) if manifest.encrypted and identity_file else []
+        if manifest.encrypted and not identities:
+            print("prodg restore: the backup is encrypted; give the identity file with --identity (or "
+                  "PRODG_BACKUP_IDENTITY)", file=sys.stderr)
+            return 1
+        client = resources["docker"].client
+        container = args.target
+        if not container:
+            spec = state.services[target.service]
+            image, _ = resources["docker"].resolve_image(spec, state, commit, build=False)
+            container = f"prodg-restore-{day.isoformat()}-{pysecrets.token_hex(3)}"  # unique on a shared Engine
+            client.containers.run(image, detach=True, name=container, network_mode="none",
+                                  environment={"POSTGRES_PASSWORD": pysecrets.token_urlsafe(18)},
+                                  labels={LABEL_SCRATCH: "manual"})
+            wait_ready(client.api, container)
+        result = restore_postgres(store, manifest, identities, client.api, container, force=args.force)
+    except (AgeError, ManifestError, StoreError, RestoreFailed, RestoreRefused) as exc:
+        print(f"prodg restore: {exc}", file=sys.stderr)
         return 1
-    key = found[-1].key
-    head = store.head(key)
-    if not head or not head.sha256:
-        print(f"prodg restore: {key} carries no sha256; refusing to restore what cannot be verified", file=sys.stderr)
-        return 1
-    client = resources["docker"].client
-    container = args.target
-    if not container:
-        spec = state.services[target.service]
-        image, _ = resources["docker"].resolve_image(spec, state, commit, build=False)
-        container = f"prodg-restore-{day.isoformat()}-{pysecrets.token_hex(3)}"  # unique on a shared Engine
-        client.containers.run(image, detach=True, name=container, network_mode="none",
-                              environment={"POSTGRES_PASSWORD": pysecrets.token_urlsafe(18)},
-                              labels={LABEL_SCRATCH: "manual"})
-        wait_ready(client.api, container)
-    result = restore_object(store, key, head.sha256, client.api, container, force=args.force)
-    print(f"restored {key} (sha256 verified) into container {container}: {result.sql_bytes} bytes of SQL "
-          f"in {result.duration_s:.1f}s")
+    print(f"restored {result.key} (captured {manifest.captured_at} at commit {manifest.commit[:12]}; sha256 "
+          f"verified{', decrypted' if manifest.encrypted else ''}) into container {container}: {result.sql_bytes} "
+          f"bytes of SQL in {result.duration_s:.1f}s")
     return 0
 
 
@@ -247,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", required=True, help="the backup's day, YYYY-MM-DD (UTC)")
     p.add_argument("--target", help="an existing Postgres container (default: a new scratch container)")
     p.add_argument("--force", action="store_true", help="restore even though the target already holds data")
+    p.add_argument("--identity", help="the age identity file that decrypts it (default: $PRODG_BACKUP_IDENTITY)")
     p.set_defaults(func=cmd_restore)
     p = sub.add_parser("notify-push", help="the branch moved: evaluate the git sensor now (for a post-receive hook)")
     p.add_argument("--dagster-url", help="the webserver (default: $PRODG_DAGSTER_URL)")

@@ -32,6 +32,7 @@ class EnvSettings:
     probe_network: str = ""  # PRODG_PROBE_NETWORK
     dagster_url: str = ""  # PRODG_DAGSTER_URL: the webserver asked to reload the code location ("" = never asked)
     registry_mirror: str = ""  # PRODG_REGISTRY_MIRROR: pull NAME as MIRROR/NAME ("" = from each image's registry)
+    backup_identity: str = ""  # PRODG_BACKUP_IDENTITY: the host's age identity file (restore drills; never in git)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "EnvSettings":
@@ -54,6 +55,7 @@ class EnvSettings:
             probe_network=env.get("PRODG_PROBE_NETWORK", ""),
             dagster_url=env.get("PRODG_DAGSTER_URL", ""),
             registry_mirror=env.get("PRODG_REGISTRY_MIRROR", "").strip().rstrip("/"),
+            backup_identity=env.get("PRODG_BACKUP_IDENTITY", "").strip(),
         )
 
     @property
@@ -183,6 +185,13 @@ class BackupSettings:
     compression: str = "zstd"
     freshness_hours: float = 26.0
     targets: tuple[BackupTarget, ...] = ()
+    # encryption.recipients: (name, age1…) pairs every object is encrypted to; () only with `encryption: none`
+    recipients: tuple[tuple[str, str], ...] = ()
+    object_lock_mode: str = "GOVERNANCE"  # object_lock.mode, used when the bucket has Object Lock
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.recipients)
 
     @property
     def first_day(self) -> datetime.date:
@@ -303,7 +312,11 @@ def settings_from_yaml(data: Mapping, records: tuple[DnsRecord, ...] = (),
                       start_date=str(backups.get("start_date") or "")[:10],
                       schedule=str(backups.get("schedule") or BackupSettings.schedule),
                       region=str(backups.get("region") or BackupSettings.region),
-                      freshness_hours=_num(backups.get("freshness_hours"), BackupSettings.freshness_hours)),
+                      freshness_hours=_num(backups.get("freshness_hours"), BackupSettings.freshness_hours),
+                      recipients=tuple((str(k), str(v)) for k, v in
+                                       _m(_m(backups.get("encryption")).get("recipients")).items()),
+                      object_lock_mode=str(_m(backups.get("object_lock")).get("mode")
+                                           or BackupSettings.object_lock_mode).upper()),
         notifications=NotificationSettings(_pick(TelegramSettings, telegram, chat_id=str(telegram.get("chat_id", "")),
                                                  on=_strs(telegram["on"]) if "on" in telegram else TelegramSettings.on)),
         deploy=_pick(DeploySettings, deploy,

@@ -36,6 +36,13 @@ def git(repo: str, *args: str) -> str:
     return subprocess.run(["git", "-C", repo, *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
+def age_keygen(path: str) -> str:
+    """A new age identity written to `path` by the real `age-keygen` (mode 600); returns its recipient (age1…)."""
+    subprocess.run(["age-keygen", "-o", path], check=True, capture_output=True)
+    with open(path, encoding="utf-8") as fh:
+        return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("# public key:"))
+
+
 def init_repo(repo: str, message: str) -> str:
     """`repo` (already holding its files) made a git repo on branch main with one commit of everything; its SHA."""
     subprocess.run(["git", "init", "-q", "-b", "main", repo], check=True)
@@ -88,7 +95,11 @@ class Testbed:
 
     def add_postgres_backups(self, bucket: str, endpoint_url: str, start_date: str) -> str:
         """Appends a `backups:` section (the test stack's Postgres to `bucket` at `endpoint_url`, keys from
-        PRODG_TEST_STORE_KEY_ID / PRODG_TEST_STORE_SECRET) to prodg.yaml and commits it."""
+        PRODG_TEST_STORE_KEY_ID / PRODG_TEST_STORE_SECRET) to prodg.yaml and commits it. The backups are
+        encrypted to a host identity made for the bed (PRODG_BACKUP_IDENTITY in the bed's env)."""
+        identity = os.path.join(os.path.dirname(self.repo), "backup-host.agekey")
+        recipient = age_keygen(identity)
+        self.env["PRODG_BACKUP_IDENTITY"] = identity
         with open(os.path.join(self.repo, "config", "prodg.yaml"), "a") as fh:
             fh.write(f"""
 backups:
@@ -98,6 +109,8 @@ backups:
   access_key_id_env: PRODG_TEST_STORE_KEY_ID
   secret_access_key_env: PRODG_TEST_STORE_SECRET
   start_date: "{start_date}"
+  encryption:
+    recipients: {{host: {recipient}}}
   targets:
     postgres: {{method: pg_dumpall, service: postgres, prefix: postgres/, retention_days: 30}}
 """)

@@ -1,34 +1,42 @@
-"""The backup assets: one daily partition per day and target, each a verified object in the off-site store —
-`postgres_backup` (pg_dumpall), `minio_backup` (the object mirror) and `config_backup` (the deployed config tree).
-The work is in postgres/stream/mirror/retention; this module turns it into materialisations and metadata."""
+"""The backup assets: one daily partition per day and target — `postgres_backup` (pg_dumpall), `minio_backup` (the
+object mirror) and `config_backup` (the config tree as deployed) — each a set of encrypted objects in the off-site
+store and its manifest, written last. The work is in capture/postgres/stream/mirror/manifest/retention; this module
+turns it into materialisations, metadata and data versions."""
 
 import datetime
-from typing import Callable, Mapping
+import hashlib
+import time
+from typing import Callable, Mapping, Optional
 
 import dagster as dg
 
 from ..contract import (
     BACKUP_GROUP,
     CONFIG_BACKUP,
+    META_MANIFEST_KEY,
+    META_MANIFEST_SHA256,
     MINIO_BACKUP,
     POSTGRES_BACKUP,
     TARGET_TAG,
     service_pool,
 )
+from ..agekeys import AgeError
 from ..desired import DesiredState
 from ..desired.interpolate import env_value
 from ..engine.client import DockerEngine
 from ..engine.exec import ProducerFailed
-from ..engine.facts import container_source
+from ..engine.facts import DataSource, container_source
 from ..engine.secrets import SecretSource, redact
 from ..gitops.repo import ConfigRepo, git_archive_chunks
-from ..gitops.run import run_commit
 from ..settings import BackupSettings, BackupTarget
-from .keys import config_key, postgres_key
+from .capture import Capture, LateCapture, begin_capture, earlier_capture
+from .keys import config_key, manifest_key, mirror_base, postgres_key
+from .manifest import Manifest, write_manifest
+from .mirror import COMPRESSION as MIRROR_COMPRESSION
 from .mirror import mirror_s3
 from .postgres import census, pg_dumpall_chunks
 from .retention import prune
-from .store import BackupStore, S3Source, StoreError
+from .store import BackupStore, S3Source, StoreError, UploadResult
 from .stream import stream_backup
 
 STALE_UPLOAD_AGE = datetime.timedelta(hours=6)
@@ -36,13 +44,6 @@ STALE_UPLOAD_AGE = datetime.timedelta(hours=6)
 
 def _today() -> datetime.date:
     return datetime.datetime.now(datetime.timezone.utc).date()
-
-
-def backup_metadata(commit: str, source: str, key: str, raw_bytes: int, stored: int, sha256: str, etag: str,
-                    duration_s: float, throughput: float, pruned: int, **extra) -> dict:
-    return {"commit": commit, "source": source, "object_key": key, "raw_bytes": int(raw_bytes),
-            "bytes": int(stored), "sha256": sha256, "etag": etag, "duration_s": round(float(duration_s), 3),
-            "throughput_mb_s": float(throughput), "pruned_objects": int(pruned), **extra}
 
 
 def scrubber(store: BackupStore, values: Mapping[str, str]) -> Callable[[str], str]:
@@ -66,63 +67,150 @@ def clean_partition(store: BackupStore, prefix: str, day: str, log) -> int:
     return len(mine)
 
 
+def data_version(manifest: Manifest) -> str:
+    """The partition's data version: the stored object's sha256; for several objects, the sha256 of their keys and
+    sha256s (so an unchanged re-record keeps it, and a new capture changes it)."""
+    if len(manifest.objects) == 1:
+        return manifest.objects[0].sha256
+    listing = "\n".join(f"{e.object_key} {e.sha256}" for e in sorted(manifest.objects, key=lambda e: e.object_key))
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def partition_metadata(manifest: Manifest, manifest_up: UploadResult, **extra) -> dict:
+    """What every target's materialisation records: where the day is, what it holds, and its lineage."""
+    single = manifest.objects[0] if len(manifest.objects) == 1 else None
+    return {
+        "commit": manifest.commit, "commit_source": manifest.commit_source, "source": manifest.source,
+        "object_key": single.object_key if single else manifest_up.key,
+        "raw_bytes": manifest.raw_bytes, "bytes": manifest.bytes,
+        "sha256": single.sha256 if single else manifest_up.sha256,
+        "etag": single.etag if single else manifest_up.etag,
+        META_MANIFEST_KEY: manifest_up.key, META_MANIFEST_SHA256: manifest_up.sha256,
+        "captured_at": manifest.captured_at, "captured_late": manifest.captured_late,
+        "encryption": f"age to {', '.join(manifest.recipients)}" if manifest.encrypted else "none",
+        "object_lock": manifest.object_lock or "none", "compression": manifest.compression,
+        "source_image_id": manifest.image_id, "image_digest": manifest.image_digest or "none",
+        **({"late": f"data of {manifest.captured_on} stored as {manifest.partition}"} if manifest.captured_late
+           else {}),
+        **extra,
+    }
+
+
+def rerecorded(manifest: Manifest, prefix: str) -> dg.MaterializeResult:
+    """A day that is over and was captured before: its manifest recorded again, nothing captured anew."""
+    raw = manifest.to_json()
+    up = UploadResult(manifest_key(prefix, manifest.partition), len(raw),
+                      hashlib.sha256(raw).hexdigest(), "", 0, 0.0)
+    return dg.MaterializeResult(
+        metadata=partition_metadata(manifest, up, recaptured=False,
+                                    note=f"the day is over; kept what was captured at {manifest.captured_at}"),
+        data_version=dg.DataVersion(data_version(manifest)))
+
+
+def finish_partition(store: BackupStore, target: BackupTarget, cap: Capture, manifest: Manifest,
+                     written: list[str], log) -> tuple[UploadResult, int, int]:
+    """Write the manifest last (the partition is complete from then on); then delete what earlier runs of this
+    partition left that the manifest does not name, and apply the target's retention. If the manifest cannot be
+    written, this run's objects are deleted again. Returns (manifest upload, superseded objects deleted, pruned)."""
+    try:
+        up = write_manifest(store, target.prefix, manifest, cap.lock)
+    except BaseException as exc:
+        try:
+            store.delete_objects(written)
+        except Exception as cleanup:  # the original failure matters more; say what was left behind
+            exc.add_note(f"{len(written)} objects of {cap.day} written without a manifest could not be deleted: "
+                         f"{cleanup}")
+        raise
+    keep = set(written) | {up.key}
+    superseded = [o.key for o in store.list(mirror_base(target.prefix, cap.day)) if o.key not in keep]
+    if superseded:
+        store.delete_objects(superseded)
+    pruned = prune(store, target, _today(), keep, log)
+    return up, len(superseded), pruned
+
+
+def _manifest(target: BackupTarget, cap: Capture, source: Optional[DataSource], source_text: str, compression: str,
+              entries, **extra) -> Manifest:
+    return Manifest(target.name, cap.day, cap.captured_at.isoformat(timespec="seconds"), cap.commit,
+                    cap.commit_source, source_text, source.image_id if source else "",
+                    source.image_digest if source else "", compression, cap.fingerprints, tuple(entries), cap.late,
+                    cap.lock_text, extra)
+
+
 class PostgresBackupConfig(dg.Config):
     lock_wait_timeout_s: int = 300  # a table locked longer than this fails the dump instead of stalling it
     census_lock_timeout_s: int = 30  # a database whose tables stay locked longer is recorded as uncounted
+
+
+def service_assets(state: DesiredState) -> list[str]:
+    return [spec.asset for spec in state.services.values()]
 
 
 def build_postgres_backup(state: DesiredState, settings: BackupSettings, partitions: dg.PartitionsDefinition,
                           target: BackupTarget) -> dg.AssetsDefinition:
     spec = state.services[target.service]
     prefix = target.prefix
+    managed = service_assets(state)
 
     @dg.asset(name=POSTGRES_BACKUP, group_name=BACKUP_GROUP, partitions_def=partitions,
               deps=[dg.AssetKey(spec.asset)], pool=service_pool(spec.asset), kinds={"postgres", "s3"},
               tags={TARGET_TAG: target.name})
     def postgres_backup(context: dg.AssetExecutionContext, config: PostgresBackupConfig, docker: DockerEngine,
                         repo: ConfigRepo, secrets: SecretSource, backup_store: BackupStore) -> dg.MaterializeResult:
-        """The whole Postgres cluster of the day: `pg_dumpall` run inside the postgres container, zstd-compressed
-        and streamed into the off-site store as one object (`postgres/<day>/pg_dumpall-<HHMMSS>.sql.zst`), its
-        sha256 computed on the way. A dump that fails leaves no object. Row counts of every table are recorded
-        first, for the restore drill. Never runs while the postgres service is being deployed (same pool)."""
+        """The whole Postgres cluster of the day: `pg_dumpall` run inside the postgres container, zstd-compressed,
+        encrypted to the recipients of prodg.yaml (age) and streamed into the off-site store as one object
+        (`postgres/<day>/pg_dumpall-<HHMMSS>.sql.zst.age`), then the day's manifest. A dump that fails leaves no
+        object. Row counts of every table are recorded first, for the restore drill. A day that is over is not
+        captured anew unless the run is tagged prodg/capture-late=true. Never runs while the postgres service is
+        being deployed (same pool)."""
         values = secrets.values()
         scrub = scrubber(backup_store, values)
-        day, now = context.partition_key, datetime.datetime.now(datetime.timezone.utc)
-        commit = run_commit(context, repo)
-        container = spec.container_name
-        source, image_id, running = container_source(docker.client, container)
-        if not running:
-            condition = "does not exist" if not image_id else "is not running"
-            raise dg.Failure(description=f"postgres backup of {day}: the {target.service} service's container "
-                                         f"{container} {condition}; nothing was dumped or uploaded (start it, then "
-                                         f"re-run this partition)",
-                             metadata={"commit": commit, "source": source, "container": container})
-        db_user = env_value(spec, "POSTGRES_USER", values) or "postgres"
-        key = postgres_key(prefix, day, now, settings.compression)
-        api = docker.client.api
+        day = context.partition_key
+        key = ""
         dump = None
         try:
+            cap = begin_capture(context, settings, target, backup_store, repo, managed)
+            earlier = earlier_capture(context, cap, backup_store, target)
+            if earlier is not None:
+                return rerecorded(earlier, prefix)
+            source = container_source(docker.client, spec.container_name)
+            if not source.running:
+                condition = "does not exist" if not source.image_id else "is not running"
+                raise dg.Failure(description=f"postgres backup of {day}: the {target.service} service's container "
+                                             f"{spec.container_name} {condition}; nothing was dumped or uploaded "
+                                             f"(start it, then re-run this partition)",
+                                 metadata={"commit": cap.commit, "source": source.description})
+            db_user = env_value(spec, "POSTGRES_USER", values) or "postgres"
+            key = postgres_key(prefix, day, cap.captured_at, settings.compression, settings.encrypted)
             aborted = clean_partition(backup_store, prefix, day, context.log)
-            counts = census(api, container, db_user, lock_timeout_s=config.census_lock_timeout_s)
-            dump = pg_dumpall_chunks(api, container, password=env_value(spec, "POSTGRES_PASSWORD", values),
-                                     db_user=db_user, lock_wait_timeout_s=config.lock_wait_timeout_s)
+            counts = census(docker.client.api, spec.container_name, db_user,
+                            lock_timeout_s=config.census_lock_timeout_s)
+            dump = pg_dumpall_chunks(docker.client.api, spec.container_name,
+                                     password=env_value(spec, "POSTGRES_PASSWORD", values), db_user=db_user,
+                                     lock_wait_timeout_s=config.lock_wait_timeout_s)
             result = stream_backup(backup_store, key, dump, settings.compression,
-                                   {"partition": day, "source": container, "commit": commit})
-        except (ProducerFailed, StoreError) as exc:
+                                   {"partition": day, "source": spec.container_name, "commit": cap.commit},
+                                   cap.recipients, cap.lock)
+            manifest = _manifest(target, cap, source, source.description, result.compression, [result.entry()],
+                                 row_counts=counts.as_json())
+            up, superseded, pruned = finish_partition(backup_store, target, cap, manifest, [key], context.log)
+        except LateCapture as exc:
+            raise dg.Failure(description=str(exc)) from None
+        except (ProducerFailed, StoreError, AgeError) as exc:
             raise dg.Failure(description=f"postgres backup of {day} failed; nothing was kept: "
-                                         f"{scrub(described(exc))}",
-                             metadata={"commit": commit, "source": source, "object_key": key}) from None
+                                         f"{scrub(described(exc))}", metadata={"object_key": key}) from None
         finally:
             if dump is not None:
                 dump.close()  # a failed upload ends pg_dumpall now (SIGPIPE), not when the traceback is collected
-        pruned = prune(backup_store, target, _today(), {key}, context.log)
         context.log.info(f"{key}: {result.raw_bytes} bytes dumped, {result.bytes} stored")
-        return dg.MaterializeResult(metadata=backup_metadata(
-            commit, source, key, result.raw_bytes, result.bytes, result.sha256, result.etag, result.duration_s,
-            result.throughput_mb_s, pruned, source_image_id=image_id, compression=result.compression,
-            databases=", ".join(counts.databases), tables=len(counts.rows), rows=sum(counts.rows.values()),
-            uncounted_databases=", ".join(counts.uncounted) or "none", aborted_uploads=aborted,
-            row_counts=dg.MetadataValue.json(counts.as_json())))
+        return dg.MaterializeResult(
+            metadata=partition_metadata(
+                manifest, up, duration_s=round(result.duration_s, 3), throughput_mb_s=result.throughput_mb_s,
+                pruned_objects=pruned, superseded_deleted=superseded, aborted_uploads=aborted,
+                databases=", ".join(counts.databases), tables=len(counts.rows), rows=sum(counts.rows.values()),
+                uncounted_databases=", ".join(counts.uncounted) or "none",
+                row_counts=dg.MetadataValue.json(counts.as_json())),
+            data_version=dg.DataVersion(data_version(manifest)))
 
     return postgres_backup
 
@@ -133,6 +221,7 @@ def build_minio_backup(state: DesiredState, settings: BackupSettings, partitions
     deps = [dg.AssetKey(spec.asset)] if spec else []
     container_name = spec.container_name if spec else ""
     prefix = target.prefix
+    managed = service_assets(state)
 
     # One run at a time per target (each run cleans its partition's unfinished uploads first), and never while MinIO
     # itself is being deployed.
@@ -142,10 +231,9 @@ def build_minio_backup(state: DesiredState, settings: BackupSettings, partitions
     def minio_backup(context: dg.AssetExecutionContext, docker: DockerEngine, repo: ConfigRepo,
                      secrets: SecretSource, backup_store: BackupStore, minio_source: S3Source) \
             -> dg.MaterializeResult:
-        """Every bucket and object of MinIO, copied object by object to `minio/<day>/<bucket>/<key>` in the
-        off-site store, then `minio/<day>/manifest.json` (bucket, key, size, sha256 of each object) written last;
-        the manifest's sha256 is the partition's checksum. A failed copy leaves no manifest and removes what it
-        copied."""
+        """Every bucket and object of MinIO, each encrypted (age) and copied to `minio/<day>/<bucket>/<key>.age`
+        in the off-site store, then `minio/<day>/manifest.json` (bucket, key, sizes, sha256 and ETag of each
+        object) written last. A failed copy leaves no manifest and removes what it copied."""
         values = secrets.values()
         source_api = minio_source.with_secrets(values)
         store_scrub = scrubber(backup_store, values)
@@ -154,53 +242,78 @@ def build_minio_backup(state: DesiredState, settings: BackupSettings, partitions
             return source_api.scrub(store_scrub(text))
 
         day = context.partition_key
-        commit = run_commit(context, repo)
-        source, image_id, _ = container_source(docker.client, container_name) if container_name else ("", "", False)
-        source = f"{source}, S3 API {minio_source.endpoint_url}" if image_id else f"S3 API {minio_source.endpoint_url}"
+        source = container_source(docker.client, container_name) if container_name else None
+        source_text = (f"{source.description}, S3 API {minio_source.endpoint_url}" if source and source.image_id
+                       else f"S3 API {minio_source.endpoint_url}")
         try:
+            cap = begin_capture(context, settings, target, backup_store, repo, managed)
+            earlier = earlier_capture(context, cap, backup_store, target)
+            if earlier is not None:
+                return rerecorded(earlier, prefix)
+            started = time.monotonic()
             aborted = clean_partition(backup_store, prefix, day, context.log)
-            result = mirror_s3(source_api, backup_store, prefix, day)
-        except (ProducerFailed, StoreError) as exc:
+            result = mirror_s3(source_api, backup_store, prefix, day, cap.recipients, cap.lock)
+            manifest = _manifest(target, cap, source, source_text, MIRROR_COMPRESSION, result.entries,
+                                 buckets=list(result.buckets), object_count=len(result.entries))
+            up, superseded, pruned = finish_partition(backup_store, target, cap, manifest, result.written,
+                                                      context.log)
+        except LateCapture as exc:
+            raise dg.Failure(description=str(exc)) from None
+        except (ProducerFailed, StoreError, AgeError) as exc:
             raise dg.Failure(description=f"minio backup of {day} failed; no manifest was written: "
-                                         f"{scrub(described(exc))}", metadata={"commit": commit, "source": source}) \
-                from None
-        pruned = prune(backup_store, target, _today(), {result.manifest_key}, context.log)
-        context.log.info(f"{result.manifest_key}: {result.objects} objects, {result.bytes} bytes")
-        return dg.MaterializeResult(metadata=backup_metadata(
-            commit, source, result.manifest_key, result.bytes, result.bytes, result.manifest_sha256,
-            result.manifest_etag, result.duration_s, result.throughput_mb_s, pruned, source_image_id=image_id,
-            object_count=result.objects, manifest_bytes=result.manifest_bytes, buckets=", ".join(result.buckets),
-            stale_deleted=result.stale_deleted, aborted_uploads=aborted))
+                                         f"{scrub(described(exc))}", metadata={"source": source_text}) from None
+        duration = time.monotonic() - started
+        context.log.info(f"{up.key}: {len(result.entries)} objects, {manifest.raw_bytes} bytes")
+        return dg.MaterializeResult(
+            metadata=partition_metadata(
+                manifest, up, duration_s=round(duration, 3),
+                throughput_mb_s=round(manifest.raw_bytes / 1e6 / duration, 3) if duration > 0 else 0.0,
+                object_count=len(result.entries), manifest_bytes=up.bytes, buckets=", ".join(result.buckets),
+                pruned_objects=pruned, superseded_deleted=superseded, aborted_uploads=aborted),
+            data_version=dg.DataVersion(data_version(manifest)))
 
     return minio_backup
 
 
-def build_config_backup(settings: BackupSettings, partitions: dg.PartitionsDefinition,
+def build_config_backup(state: DesiredState, settings: BackupSettings, partitions: dg.PartitionsDefinition,
                         target: BackupTarget) -> dg.AssetsDefinition:
     prefix = target.prefix
+    managed = service_assets(state)
 
     @dg.asset(name=CONFIG_BACKUP, group_name=BACKUP_GROUP, partitions_def=partitions, kinds={"git"},
               pool="prodg_backup_configs", tags={TARGET_TAG: target.name})
     def config_backup(context: dg.AssetExecutionContext, repo: ConfigRepo,
                       backup_store: BackupStore) -> dg.MaterializeResult:
-        """The config tree as deployed — `git archive` of the config folder at the deployed commit (the run's
-        `prodg/commit` tag, else the tracked branch's head) — as `configs/<day>/config-<sha12>.tar.zst`."""
+        """The config tree live on the host — `git archive` of the config folder at the commit the newest deploy
+        materialised (else the run's `prodg/commit` tag, else the tracked branch's head) — encrypted, as
+        `configs/<day>/config-<sha12>.tar.zst.age`, then the day's manifest."""
         day = context.partition_key
-        commit = run_commit(context, repo)
-        if not commit:
-            raise dg.Failure(description=f"config backup of {day}: {repo.path} is not a git repository")
-        key = config_key(prefix, day, commit, settings.compression)
-        source = f"{repo.path}:{repo.config_subdir}/ @ {commit}"
+        key = ""
         try:
+            cap = begin_capture(context, settings, target, backup_store, repo, managed)
+            earlier = earlier_capture(context, cap, backup_store, target)
+            if earlier is not None:
+                return rerecorded(earlier, prefix)
+            if not cap.commit:
+                raise dg.Failure(description=f"config backup of {day}: {repo.path} is not a git repository")
+            key = config_key(prefix, day, cap.commit, settings.compression, settings.encrypted)
+            source = f"{repo.path}:{repo.config_subdir}/ @ {cap.commit}"
             aborted = clean_partition(backup_store, prefix, day, context.log)
-            result = stream_backup(backup_store, key, git_archive_chunks(repo.path, commit, repo.config_subdir),
-                                   settings.compression, {"partition": day, "commit": commit})
-        except (ProducerFailed, StoreError) as exc:
+            result = stream_backup(backup_store, key, git_archive_chunks(repo.path, cap.commit, repo.config_subdir),
+                                   settings.compression, {"partition": day, "commit": cap.commit}, cap.recipients,
+                                   cap.lock)
+            manifest = _manifest(target, cap, None, source, result.compression, [result.entry()])
+            up, superseded, pruned = finish_partition(backup_store, target, cap, manifest, [key], context.log)
+        except LateCapture as exc:
+            raise dg.Failure(description=str(exc)) from None
+        except (ProducerFailed, StoreError, AgeError) as exc:
             raise dg.Failure(description=f"config backup of {day} failed; nothing was kept: "
-                                         f"{backup_store.scrub(described(exc))}") from None
-        pruned = prune(backup_store, target, _today(), {key}, context.log)
-        return dg.MaterializeResult(metadata=backup_metadata(
-            commit, source, key, result.raw_bytes, result.bytes, result.sha256, result.etag, result.duration_s,
-            result.throughput_mb_s, pruned, compression=result.compression, aborted_uploads=aborted))
+                                         f"{backup_store.scrub(described(exc))}", metadata={"object_key": key}) \
+                from None
+        return dg.MaterializeResult(
+            metadata=partition_metadata(manifest, up, duration_s=round(result.duration_s, 3),
+                                        throughput_mb_s=result.throughput_mb_s, pruned_objects=pruned,
+                                        superseded_deleted=superseded, aborted_uploads=aborted),
+            data_version=dg.DataVersion(data_version(manifest)))
 
     return config_backup

@@ -1,52 +1,53 @@
-"""Audits of the backup store against what the materialisations recorded.
+"""Audits of the backup store, driven by the partitions' manifests.
 
-Choice of evidence, so that a year of partitions costs only listings:
-- The **window audit** reads nothing but ListObjectsV2 pages (1000 keys per request). A listing gives each object's
-  key, size, ETag and upload time, and the materialisation recorded the key, size, ETag and sha256 at upload. Size
-  and ETag from the listing prove the object is the one that was uploaded: any rewrite — a corrupted copy put back,
-  a different dump under the same name — changes the ETag (an MD5 for single-part objects, the MD5 of the part
-  MD5s for multipart ones), and a deletion removes the key. The sha256 is not in a listing (it sits in the object
-  metadata, x-amz-meta-sha256, which only HEAD returns), so the window audit does not read it: 365 days × 3 targets
-  would otherwise cost ~1100 HEAD requests instead of ~3 listings.
-- The **partition check** (one partition) adds a HEAD to compare the stored sha256 metadata, and for the MinIO
-  mirror downloads the small manifest and verifies its sha256 — the partition's checksum — and every object it
-  names. `deep=True` also re-hashes the data by downloading it; the restore drill does that for Postgres daily.
+Evidence, so that a year of partitions costs listings plus at most one small GET per partition:
+- One ListObjectsV2 listing of a target's prefix gives each object's key, size and ETag.
+- Each day's manifest (`<prefix><day>/manifest.json`, a few hundred bytes) names the objects the day holds with the
+  size and ETag they were uploaded with (and their sha256, the captured_at instant, the commit). A day without its
+  manifest is incomplete or missing; an object missing from the listing, or listed with another size or ETag, was
+  deleted or rewritten after the backup (an ETag is an MD5 of the bytes, or of the part MD5s).
+- The materialisation recorded the manifest's own sha256: a manifest rewritten after the backup is caught too.
+- Freshness is the newest manifest's `captured_at`, never the store's LastModified (an overwrite of an old day's
+  object would otherwise count as the newest backup).
+The partition check (`check_partition`, one day) does the same for its day; `deep=True` also downloads every object
+and compares its sha256 with the manifest's.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional, Sequence
 
-from .retention import key_date
-from .store import BackupStore, StoredObject
+from .keys import MANIFEST_NAME, key_date, manifest_key
+from .manifest import Manifest, ManifestError
+from .store import BackupStore, StoredObject, StoreError
 
 OK = "ok"
+LATE = "captured_late"  # complete, captured after its day was over (a forced backfill): reported, not a failure
 MISSING = "missing"  # no backup at all for the day
-GONE = "gone"  # the recorded object is not in the store
+INCOMPLETE = "incomplete"  # objects for the day, but no manifest: a backup that never finished
+GONE = "gone"  # an object the manifest names is not in the store
 SIZE = "size_mismatch"
 ETAG = "etag_mismatch"  # the object was rewritten after the backup
-SHA256 = "sha256_mismatch"
-OBJECTS = "objects_mismatch"  # a mirror partition's objects differ from its manifest
-UNRECORDED = "unrecorded"  # present in the store, but no materialisation recorded it (reported, not a failure)
+SHA256 = "sha256_mismatch"  # deep check: the bytes do not hash to the manifest's sha256
+MANIFEST = "manifest_mismatch"  # the manifest is unreadable, or not the one the materialisation recorded
+UNRECORDED = "unrecorded"  # complete in the store, but no materialisation recorded it (reported, not a failure)
 EXPIRED = "expired"  # older than the retention window and gone, as it should be
-NOT_PROBLEMS = (OK, UNRECORDED, EXPIRED)
+NOT_PROBLEMS = (OK, LATE, UNRECORDED, EXPIRED)
+MANIFEST_READERS = 8  # manifests fetched at once
 
 
 @dataclass(frozen=True)
 class Recorded:
-    """What a backup partition's materialisation recorded."""
+    """What a backup partition's materialisation recorded of its manifest."""
 
     partition: str
-    object_key: str
-    bytes: int
-    sha256: str = ""
-    etag: str = ""
-    object_count: Optional[int] = None  # mirror partitions: the objects besides the manifest
+    manifest_key: str
+    manifest_sha256: str
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class Finding:
     partition: str
     status: str
     detail: str = ""
+    captured_at: str = ""
+    commit: str = ""
 
     @property
     def problem(self) -> bool:
@@ -67,14 +70,15 @@ class TargetAudit:
     start: datetime.date
     end: datetime.date
     findings: tuple[Finding, ...]
-    newest_at: Optional[datetime.datetime]
+    newest_captured_at: Optional[datetime.datetime]
     age_hours: Optional[float]
     fresh: bool
     objects_listed: int = 0
+    manifests_read: int = 0
 
     @property
     def missing_days(self) -> tuple[str, ...]:
-        return tuple(f.partition for f in self.findings if f.status == MISSING)
+        return tuple(f.partition for f in self.findings if f.status in (MISSING, INCOMPLETE))
 
     @property
     def problems(self) -> tuple[Finding, ...]:
@@ -92,71 +96,118 @@ def days(start: datetime.date, end: datetime.date) -> list[datetime.date]:
     return [start + datetime.timedelta(days=i) for i in range((end - start).days + 1)]
 
 
-def audit_listing(target: str, prefix: str, listing: Iterable[StoredObject], start: datetime.date,
-                  end: datetime.date, recorded: Mapping[str, Recorded], now: datetime.datetime,
-                  freshness_hours: float, complete_marker: Optional[str] = None,
-                  retained_since: Optional[datetime.date] = None) -> TargetAudit:
-    """Per day in [start, end]: is the recorded object listed with the recorded size and ETag (and, for a mirror,
-    the recorded number of objects)? Days with no backup at all are MISSING, unless they are older than
-    `retained_since` (EXPIRED). Freshness: the newest complete backup in the prefix is younger than
-    `freshness_hours`. The listing is consumed once; only what the verdicts need is kept."""
-    wanted = {r.object_key: r for r in recorded.values()}
-    seen: dict[str, StoredObject] = {}
-    complete_days: set[datetime.date] = set()
-    object_counts: Counter = Counter()
-    newest: Optional[datetime.datetime] = None
-    listed = 0
-    for obj in listing:
-        listed += 1
+@dataclass(frozen=True)
+class _Read:
+    manifest: Optional[Manifest]
+    sha256: str
+    error: str = ""
+
+
+def _read(store: BackupStore, key: str) -> _Read:
+    try:
+        raw = store.read_bytes(key)
+    except StoreError as exc:
+        return _Read(None, "", f"{key} cannot be read: {exc}")
+    sha = hashlib.sha256(raw).hexdigest()
+    try:
+        return _Read(Manifest.from_json(raw, key), sha)
+    except ManifestError as exc:
+        return _Read(None, sha, str(exc))
+
+
+def read_manifests(store: BackupStore, keys: Iterable[str]) -> dict[str, _Read]:
+    keys = list(keys)
+    if not keys:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(MANIFEST_READERS, len(keys))) as pool:
+        return dict(zip(keys, pool.map(lambda k: _read(store, k), keys)))
+
+
+def verdict(day: str, read: _Read, listed: Mapping[str, StoredObject], rec: Optional[Recorded],
+            recorded_given: bool) -> Finding:
+    """One complete-looking day: its manifest as recorded, and every object it names listed as uploaded."""
+    if read.manifest is None:
+        return Finding(day, MANIFEST, read.error)
+    m = read.manifest
+    lineage = {"captured_at": m.captured_at, "commit": m.commit}
+    if rec is not None and rec.manifest_sha256 and rec.manifest_sha256 != read.sha256:
+        return Finding(day, MANIFEST, f"{rec.manifest_key} hashes to {read.sha256}, {rec.manifest_sha256} recorded "
+                                      f"(rewritten after the backup)", **lineage)
+    problems: list[tuple[str, str]] = []
+    for e in m.objects:
+        obj = listed.get(e.object_key)
+        if obj is None:
+            problems.append((GONE, f"{e.object_key} is not in the store"))
+        elif obj.size != e.bytes:
+            problems.append((SIZE, f"{e.object_key}: {obj.size} bytes stored, {e.bytes} in the manifest"))
+        elif e.etag and obj.etag != e.etag:
+            problems.append((ETAG, f"{e.object_key}: ETag {obj.etag} stored, {e.etag} in the manifest "
+                                   f"(rewritten after the backup)"))
+    if problems:
+        detail = "; ".join(p[1] for p in problems[:5])
+        if len(m.objects) > 1:
+            detail = f"{len(problems)} of {len(m.objects)} objects differ from the manifest: {detail}"
+        return Finding(day, problems[0][0], detail, **lineage)
+    if m.captured_late:
+        return Finding(day, LATE, f"captured on {m.captured_on}, after the day was over", **lineage)
+    if recorded_given and rec is None:
+        return Finding(day, UNRECORDED, "a backup is in the store but no materialisation records it", **lineage)
+    return Finding(day, OK, f"{len(m.objects)} objects, {m.bytes} bytes", **lineage)
+
+
+def audit_target(store: BackupStore, target: str, prefix: str, start: datetime.date, end: datetime.date,
+                 now: datetime.datetime, freshness_hours: float, recorded: Optional[Mapping[str, Recorded]] = None,
+                 retained_since: Optional[datetime.date] = None, verify: bool = True) -> TargetAudit:
+    """Per day in [start, end]: the day's manifest present (one listing of the prefix), read (one GET), as the
+    materialisation recorded it (when `recorded` is given), and every object it names listed with its size and
+    ETag. Days with nothing are MISSING, unless older than `retained_since` (EXPIRED). Freshness: the newest
+    manifest's captured_at is younger than `freshness_hours`. Without `verify`, only the newest manifest is read
+    (presence and freshness: the listing and one GET)."""
+    listed: dict[str, StoredObject] = {}
+    manifest_days: dict[datetime.date, str] = {}
+    object_days: set[datetime.date] = set()
+    count = 0
+    for obj in store.list(prefix):
+        count += 1
+        listed[obj.key] = obj
         day = key_date(obj.key, prefix)
-        if obj.key in wanted:
-            seen[obj.key] = obj
         if day is None:
             continue
-        is_marker = complete_marker is not None and obj.key.endswith("/" + complete_marker)
-        if complete_marker is None or is_marker:
-            complete_days.add(day)
-            newest = obj.last_modified if newest is None or obj.last_modified > newest else newest
-        if complete_marker is not None and not is_marker:
-            object_counts[day] += 1
+        if obj.key == manifest_key(prefix, day.isoformat()):
+            manifest_days[day] = obj.key
+        else:
+            object_days.add(day)
+    wanted = [d for d in days(start, end) if d in manifest_days] if verify else []
+    newest_day = max(manifest_days) if manifest_days else None
+    to_read = {manifest_days[d] for d in wanted} | ({manifest_days[newest_day]} if newest_day else set())
+    reads = read_manifests(store, sorted(to_read))
     findings = []
     for day in days(start, end):
         pk = day.isoformat()
-        rec = recorded.get(pk)
-        if rec is None:
-            if day in complete_days:
-                findings.append(Finding(pk, UNRECORDED, "a backup is in the store but no materialisation records it"))
-            elif retained_since and day < retained_since:
-                findings.append(Finding(pk, EXPIRED))
-            else:
-                findings.append(Finding(pk, MISSING, f"no backup under {prefix}{pk}/"))
-            continue
-        obj = seen.get(rec.object_key)
-        if obj is None:
-            if retained_since and day < retained_since and day not in complete_days:
-                findings.append(Finding(pk, EXPIRED))
-            else:
-                findings.append(Finding(pk, GONE, f"{rec.object_key} is not in the store"))
-        elif obj.size != rec.bytes:
-            findings.append(Finding(pk, SIZE, f"{rec.object_key}: {obj.size} bytes stored, {rec.bytes} recorded"))
-        elif rec.etag and obj.etag != rec.etag:
-            findings.append(Finding(pk, ETAG, f"{rec.object_key}: ETag {obj.etag} stored, {rec.etag} recorded "
-                                              f"(rewritten after the backup)"))
-        elif rec.object_count is not None and object_counts[day] != rec.object_count:
-            findings.append(Finding(pk, OBJECTS, f"{object_counts[day]} objects under {prefix}{pk}/, "
-                                                 f"{rec.object_count} recorded"))
+        if day in manifest_days and not verify:
+            findings.append(Finding(pk, OK, "manifest present"))
+        elif day in manifest_days:
+            rec = recorded.get(pk) if recorded is not None else None
+            findings.append(verdict(pk, reads[manifest_days[day]], listed, rec, recorded is not None))
+        elif day in object_days:
+            findings.append(Finding(pk, INCOMPLETE, f"objects under {prefix}{pk}/ but no {MANIFEST_NAME}: a backup "
+                                                    f"that never finished"))
+        elif retained_since and day < retained_since:
+            findings.append(Finding(pk, EXPIRED))
         else:
-            findings.append(Finding(pk, OK))
-    age = (now - newest).total_seconds() / 3600 if newest else None
-    return TargetAudit(target, prefix, start, end, tuple(findings), newest, None if age is None else round(age, 2),
-                       age is not None and age < freshness_hours, listed)
+            findings.append(Finding(pk, MISSING, f"no backup under {prefix}{pk}/"))
+    newest = reads[manifest_days[newest_day]].manifest if newest_day else None
+    captured = newest.captured if newest else None
+    age = (now - captured).total_seconds() / 3600 if captured else None
+    return TargetAudit(target, prefix, start, end, tuple(findings), captured,
+                       None if age is None else round(age, 2), age is not None and age < freshness_hours, count,
+                       len(reads))
 
 
 @dataclass(frozen=True)
 class AuditTarget:
     name: str
     prefix: str
-    complete_marker: Optional[str] = None
     retention_days: Optional[int] = None
 
 
@@ -173,68 +224,34 @@ class StoreAudit:
 def audit_store(store: BackupStore, targets: Sequence[AuditTarget], start: datetime.date, end: datetime.date,
                 recorded: Mapping[str, Mapping[str, Recorded]], now: datetime.datetime,
                 freshness_hours: float) -> StoreAudit:
-    """The window audit over every target: one listing of each prefix, nothing else. `requests` counts the API
-    calls it made, by operation."""
+    """The window audit over every target. `requests` counts the API calls it made, by operation."""
     before = Counter(store.request_counts())
     out = []
     for t in targets:
         retained_since = (now.date() - datetime.timedelta(days=t.retention_days)) if t.retention_days else None
-        out.append(audit_listing(t.name, t.prefix, store.list(t.prefix), start, end, recorded.get(t.name, {}), now,
-                                 freshness_hours, t.complete_marker, retained_since))
+        out.append(audit_target(store, t.name, t.prefix, start, end, now, freshness_hours, recorded.get(t.name, {}),
+                                retained_since))
     after = Counter(store.request_counts())
     return StoreAudit(tuple(out), dict(after - before))
 
 
-def check_object(store: BackupStore, rec: Recorded, deep: bool = False) -> Finding:
-    """One partition's object: it exists (HEAD) with the recorded size, ETag and sha256 metadata; with `deep`,
-    its bytes hash to the recorded sha256 (download)."""
-    head = store.head(rec.object_key)
-    pk = rec.partition
-    if head is None:
-        return Finding(pk, GONE, f"{rec.object_key} is not in the store")
-    if head.size != rec.bytes:
-        return Finding(pk, SIZE, f"{rec.object_key}: {head.size} bytes stored, {rec.bytes} recorded")
-    if rec.etag and head.etag != rec.etag:
-        return Finding(pk, ETAG, f"{rec.object_key}: ETag {head.etag} stored, {rec.etag} recorded")
-    if rec.sha256 and head.sha256 != rec.sha256:
-        return Finding(pk, SHA256, f"{rec.object_key}: sha256 metadata {head.sha256 or '(none)'}, "
-                                   f"{rec.sha256} recorded")
-    if deep:
-        digest, size = store.sha256_of(rec.object_key)
-        if digest != rec.sha256 or size != rec.bytes:
-            return Finding(pk, SHA256, f"{rec.object_key}: the bytes hash to {digest} ({size} bytes), "
-                                       f"{rec.sha256} recorded")
-    return Finding(pk, OK, f"{rec.object_key}: {head.size} bytes, sha256 {head.sha256[:16]}…")
-
-
-def check_mirror(store: BackupStore, rec: Recorded, deep: bool = False) -> Finding:
-    """One mirror partition: the manifest as recorded (size, ETag, sha256 — verified by downloading it, it is
-    small), and every object it names listed under the partition with its size and ETag; with `deep`, every
-    object's bytes hash to the manifest's sha256."""
-    pk = rec.partition
-    finding = check_object(store, rec)
-    if finding.status != OK:
+def check_partition(store: BackupStore, prefix: str, day: str, rec: Optional[Recorded],
+                    deep: bool = False) -> Finding:
+    """One partition: its manifest (as recorded, when `rec` is given) and every object it names listed with its
+    size and ETag; with `deep`, every object's bytes hash to the manifest's sha256."""
+    key = manifest_key(prefix, day)
+    listed = {o.key: o for o in store.list(f"{prefix}{day}/")}
+    if key not in listed:
+        status = INCOMPLETE if listed else MISSING
+        return Finding(day, status, f"no {key} in the store" + (f" ({len(listed)} objects without it)"
+                                                                 if listed else ""))
+    read = _read(store, key)
+    finding = verdict(day, read, listed, rec, False)
+    if finding.problem or not deep:
         return finding
-    raw = store.read_bytes(rec.object_key)
-    digest = hashlib.sha256(raw).hexdigest()
-    if digest != rec.sha256:
-        return Finding(pk, SHA256, f"{rec.object_key}: the manifest hashes to {digest}, {rec.sha256} recorded")
-    manifest = json.loads(raw)
-    base = rec.object_key.rsplit("/", 1)[0] + "/"
-    listed = {o.key: o for o in store.list(base)}
-    problems = []
-    for entry in manifest.get("objects") or []:
-        obj = listed.get(entry["object_key"])
-        if obj is None:
-            problems.append(f"{entry['object_key']} is missing")
-        elif obj.size != entry["size"] or (entry.get("etag") and obj.etag != entry["etag"]):
-            problems.append(f"{entry['object_key']}: {obj.size} bytes / ETag {obj.etag} stored, {entry['size']} "
-                            f"bytes / ETag {entry.get('etag')} in the manifest")
-        elif deep:
-            got, _ = store.sha256_of(entry["object_key"])
-            if got != entry["sha256"]:
-                problems.append(f"{entry['object_key']}: hashes to {got}, {entry['sha256']} in the manifest")
-    if problems:
-        return Finding(pk, OBJECTS, f"{len(problems)} of {len(manifest.get('objects') or [])} objects differ "
-                                    f"from the manifest: " + "; ".join(problems[:5]))
-    return Finding(pk, OK, f"manifest and {len(manifest.get('objects') or [])} objects as recorded")
+    for e in read.manifest.objects:
+        digest, size = store.sha256_of(e.object_key)
+        if digest != e.sha256 or size != e.bytes:
+            return Finding(day, SHA256, f"{e.object_key}: the bytes hash to {digest} ({size} bytes), {e.sha256} in "
+                                        f"the manifest", finding.captured_at, finding.commit)
+    return finding

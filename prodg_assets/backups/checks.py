@@ -1,5 +1,6 @@
-"""The backups' asset checks: each day's object intact as recorded (`object_intact`, per partition), no missing day
-in the retention window (`no_missing_days`) and the newest backup fresh (`fresh`) — the last two from listings only."""
+"""The backups' asset checks: each day's backup intact as its manifest says (`object_intact`, per partition), no
+missing day in the retention window (`no_missing_days`) and the newest backup fresh by its captured_at (`fresh`) —
+the last two from a listing and the newest manifest."""
 
 import datetime
 import warnings
@@ -8,28 +9,27 @@ import dagster as dg
 
 from ..contract import FRESH, NO_MISSING_DAYS, OBJECT_INTACT
 from ..settings import BackupSettings, BackupTarget
-from .audit import OK, audit_listing, check_mirror, check_object
+from .audit import NOT_PROBLEMS, audit_target, check_partition
 from .records import recorded_metadata, to_recorded
-from .retention import MARKER_OF_METHOD
 from .store import BackupStore
 
 
 def build_object_check(asset: str, target: BackupTarget, partitions: dg.PartitionsDefinition) \
         -> dg.AssetChecksDefinition:
-    mirror = target.method == "s3_mirror"
-
     def object_intact(context: dg.AssetCheckExecutionContext, backup_store: BackupStore) -> dg.AssetCheckResult:
-        """This partition's backup is in the store as recorded: the object exists with the recorded size, ETag and
-        sha256 (x-amz-meta-sha256); for the MinIO mirror, the manifest's own sha256 and every object it names."""
+        """This partition's backup is in the store as recorded: its manifest is the one the materialisation
+        recorded (sha256), and every object the manifest names is there with the size and ETag it was uploaded
+        with."""
         day = context.partition_key
         metadata = recorded_metadata(context.instance, asset, day)
         if metadata is None:
             return dg.AssetCheckResult(passed=False, metadata={"partition": day,
                                                                "detail": "no materialisation recorded"})
-        rec = to_recorded(day, metadata, target.method)
-        finding = (check_mirror if mirror else check_object)(backup_store, rec)
-        return dg.AssetCheckResult(passed=finding.status == OK, metadata={
-            "partition": day, "object_key": rec.object_key, "status": finding.status, "detail": finding.detail})
+        rec = to_recorded(day, metadata)
+        finding = check_partition(backup_store, target.prefix, day, rec)
+        return dg.AssetCheckResult(passed=finding.status in NOT_PROBLEMS, metadata={
+            "partition": day, "manifest_key": rec.manifest_key, "status": finding.status, "detail": finding.detail,
+            "captured_at": finding.captured_at or "unknown", "commit": finding.commit or "unknown"})
 
     # Partitioned asset checks are a preview feature of Dagster 1.13; a per-day check is exactly that, so we use them.
     with warnings.catch_warnings():
@@ -48,18 +48,17 @@ def _window(settings: BackupSettings, target: BackupTarget, today: datetime.date
 
 def build_window_checks(asset: str, target: BackupTarget, settings: BackupSettings) \
         -> list[dg.AssetChecksDefinition]:
-    marker = MARKER_OF_METHOD.get(target.method)
 
     def listing_audit(store: BackupStore):
         now = datetime.datetime.now(datetime.timezone.utc)
         start, end = _window(settings, target, now.date())
-        return audit_listing(target.name, target.prefix, store.list(target.prefix), start, end, {}, now,
-                             settings.freshness_hours, marker), start, end
+        return audit_target(store, target.name, target.prefix, start, end, now, settings.freshness_hours,
+                            verify=False), start, end
 
     @dg.asset_check(asset=asset, name=NO_MISSING_DAYS, blocking=False)
     def no_missing_days(backup_store: BackupStore) -> dg.AssetCheckResult:
-        """Every day of the retention window (up to yesterday) has a backup in the store; missing days are named.
-        Uses only listings of the target's prefix."""
+        """Every day of the retention window (up to yesterday) has a complete backup (its manifest) in the store;
+        missing and incomplete days are named. Uses a listing of the target's prefix and the newest manifest."""
         audit, start, end = listing_audit(backup_store)
         missing = audit.missing_days
         return dg.AssetCheckResult(passed=not missing, metadata={
@@ -69,10 +68,11 @@ def build_window_checks(asset: str, target: BackupTarget, settings: BackupSettin
 
     @dg.asset_check(asset=asset, name=FRESH, blocking=False)
     def fresh(backup_store: BackupStore) -> dg.AssetCheckResult:
-        """The newest complete backup of this target is younger than prodg.yaml `backups.freshness_hours`."""
+        """The newest complete backup of this target was captured less than prodg.yaml `backups.freshness_hours`
+        ago (its manifest's captured_at, not the store's upload time)."""
         audit, _, _ = listing_audit(backup_store)
         return dg.AssetCheckResult(passed=audit.fresh, metadata={
-            "newest_backup_at": audit.newest_at.isoformat() if audit.newest_at else "none",
+            "newest_captured_at": audit.newest_captured_at.isoformat() if audit.newest_captured_at else "none",
             "age_hours": float(audit.age_hours) if audit.age_hours is not None else -1.0,
             "limit_hours": float(settings.freshness_hours)})
 

@@ -78,7 +78,7 @@ def backup_definitions(state: DesiredState) -> dg.Definitions:
         elif target.method == "s3_mirror":
             assets.append(build_minio_backup(state, settings, partitions, target))
         else:
-            assets.append(build_config_backup(settings, partitions, target))
+            assets.append(build_config_backup(state, settings, partitions, target))
         checks.append(build_object_check(asset_name, target, partitions))
         checks += build_window_checks(asset_name, target, settings)
     selection = sorted(targets)

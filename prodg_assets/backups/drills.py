@@ -9,13 +9,15 @@ import re
 import secrets as pysecrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 from ..contract import LABEL_SCRATCH
 from ..engine.exec import ProducerFailed
 from ..lazy import docker_errors
+from .crypt import Identity
+from .manifest import Manifest
 from .postgres import Census, RestoreFailed, RestoreResult, census, wait_ready
-from .restore import restore_object
+from .restore import restore_postgres
 from .store import BackupStore
 
 if TYPE_CHECKING:
@@ -99,13 +101,14 @@ class DrillResult:
     rows: int = field(default=0)
 
 
-def restore_drill(store: BackupStore, key: str, expected_sha256: str, expected: Census,
+def restore_drill(store: BackupStore, manifest: Manifest, identities: Sequence[Identity], expected: Census,
                   client: docker.DockerClient, image: str, name: str, db_user: str = "postgres",
                   tolerance: float = 0.0) -> DrillResult:
-    """Restore `key` into a scratch Postgres from `image` and compare its census with `expected`."""
+    """Restore the partition of `manifest` into a scratch Postgres from `image` and compare its census with
+    `expected`."""
     started = time.monotonic()
     with scratch_postgres(client, image, name, db_user) as container:
-        result = restore_object(store, key, expected_sha256, client.api, container, db_user, verify_first=False)
+        result = restore_postgres(store, manifest, identities, client.api, container, db_user, verify_first=False)
         try:
             actual = census(client.api, container, db_user)
         except ProducerFailed as exc:

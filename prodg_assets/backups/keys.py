@@ -10,15 +10,21 @@ from typing import Optional
 from .codec import COMPRESSIONS
 
 MANIFEST_NAME = "manifest.json"
+ENCRYPTED = ".age"  # the suffix of an object encrypted in the age format
 _DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})/")
 
 
-def postgres_key(prefix: str, date: str, at: datetime.datetime, compression: str) -> str:
-    return f"{prefix}{date}/pg_dumpall-{at:%H%M%S}.sql{COMPRESSIONS[compression]}"
+def postgres_key(prefix: str, date: str, at: datetime.datetime, compression: str, encrypted: bool) -> str:
+    return f"{prefix}{date}/pg_dumpall-{at:%H%M%S}.sql{COMPRESSIONS[compression]}{ENCRYPTED if encrypted else ''}"
 
 
-def config_key(prefix: str, date: str, commit: str, compression: str) -> str:
-    return f"{prefix}{date}/config-{(commit or 'worktree')[:12]}.tar{COMPRESSIONS[compression]}"
+def config_key(prefix: str, date: str, commit: str, compression: str, encrypted: bool) -> str:
+    return (f"{prefix}{date}/config-{(commit or 'worktree')[:12]}.tar{COMPRESSIONS[compression]}"
+            f"{ENCRYPTED if encrypted else ''}")
+
+
+def mirror_key(prefix: str, date: str, bucket: str, key: str, encrypted: bool) -> str:
+    return f"{prefix}{date}/{bucket}/{key}{ENCRYPTED if encrypted else ''}"
 
 
 def mirror_base(prefix: str, date: str) -> str:

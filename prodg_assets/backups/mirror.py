@@ -1,76 +1,60 @@
-"""The MinIO mirror: every object of every bucket of an S3 API copied object by object into the store, then the
-partition's manifest written last (a partition without its manifest is not a backup)."""
+"""The MinIO mirror: every object of every bucket of an S3 API copied object by object into the store, each encrypted
+on the way (age) when recipients are given; the caller writes the partition's manifest last (a partition without
+its manifest is not a backup)."""
 
 from __future__ import annotations
 
-import datetime
-import json
-import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Iterator, Optional, Sequence
 
-from .keys import manifest_key, mirror_base
-from .store import BackupStore, S3Source
+from ..agekeys import Recipient
+from .crypt import encrypt
+from .keys import mirror_key
+from .manifest import Entry
+from .store import BackupStore, ObjectLock, S3Source
+
+COMPRESSION = "none"  # objects are stored as MinIO holds them (media is already compressed), encrypted
 
 
 @dataclass(frozen=True)
 class MirrorResult:
-    manifest_key: str
-    manifest_sha256: str
-    manifest_bytes: int
-    manifest_etag: str
-    objects: int
-    bytes: int
+    entries: tuple[Entry, ...]
+    written: list[str]
     buckets: tuple[str, ...]
-    duration_s: float
-    stale_deleted: int = 0
-
-    @property
-    def throughput_mb_s(self) -> float:
-        return round(self.bytes / 1e6 / self.duration_s, 3) if self.duration_s > 0 else 0.0
 
 
-def mirror_s3(source: S3Source, store: BackupStore, prefix: str, date: str,
-              now: Optional[datetime.datetime] = None) -> MirrorResult:
-    """Copy every object of every bucket of `source` to `<prefix><date>/<bucket>/<key>`, then write the manifest
-    (bucket, key, size, sha256 and ETag per object) last: a partition without its manifest is not a backup.
+def _counted(chunks: Iterable[bytes], into: list[int]) -> Iterator[bytes]:
+    for chunk in chunks:
+        into[0] += len(chunk)
+        yield chunk
+
+
+def mirror_s3(source: S3Source, store: BackupStore, prefix: str, date: str, recipients: Sequence[Recipient] = (),
+              lock: Optional[ObjectLock] = None) -> MirrorResult:
+    """Copy every object of every bucket of `source` to `<prefix><date>/<bucket>/<key>[.age]`, encrypted to
+    `recipients` when there are any, under `lock` when given.
 
     Object by object rather than one archive, because a restore or an audit then deals with single objects (fetch
-    one file back, verify one checksum, list sizes) without unpacking a day's tarball, and unchanged objects stay
-    byte-identical from day to day, which deduplicating or copy-on-write storage and a later incremental mirror can
-    exploit. On failure the objects this run copied are deleted again."""
-    started = time.monotonic()
-    base = mirror_base(prefix, date)
-    entries: list[dict] = []
+    one file back, verify one checksum, list sizes) without unpacking a day's tarball. On failure the objects this
+    run copied are deleted again."""
+    entries: list[Entry] = []
     written: list[str] = []
     buckets = source.bucket_names()
     try:
         for bucket in buckets:
             for obj in source.objects(bucket):
-                dest = f"{base}{bucket}/{obj.key}"
-                up = store.upload_stream(dest, source.stream(bucket, obj.key),
-                                         metadata={"source-bucket": bucket, "source-etag": obj.etag})
+                dest = mirror_key(prefix, date, bucket, obj.key, bool(recipients))
+                raw = [0]
+                data = _counted(source.stream(bucket, obj.key), raw)
+                up = store.upload_stream(dest, encrypt(data, recipients) if recipients else data,
+                                         metadata={"source-bucket": bucket, "source-etag": obj.etag}, lock=lock)
                 written.append(dest)
-                entries.append({"bucket": bucket, "key": obj.key, "size": up.bytes, "sha256": up.sha256,
-                                "etag": up.etag, "source_etag": obj.etag, "object_key": dest})
-        manifest = {
-            "format": 1, "partition": date,
-            "created_at": (now or datetime.datetime.now(datetime.timezone.utc)).isoformat(timespec="seconds"),
-            "source": source.endpoint_url, "buckets": buckets, "object_count": len(entries),
-            "bytes": sum(e["size"] for e in entries), "objects": entries,
-        }
-        up = store.put_bytes(manifest_key(prefix, date), json.dumps(manifest, indent=1, sort_keys=True).encode(),
-                             metadata={"object-count": str(len(entries))}, content_type="application/json")
+                entries.append(Entry(dest, raw[0], up.bytes, up.sha256, up.etag, bucket, obj.key, obj.etag))
     except BaseException as exc:
         if written:
             try:
                 store.delete_objects(written)
             except Exception as cleanup:  # the original failure matters more; say what was left behind
-                exc.add_note(f"{len(written)} objects copied under {base} could not be deleted: {cleanup}")
+                exc.add_note(f"{len(written)} objects copied under {prefix}{date}/ could not be deleted: {cleanup}")
         raise
-    keep = set(written) | {up.key}
-    stale = [o.key for o in store.list(base) if o.key not in keep]  # left by an earlier run of this partition
-    if stale:
-        store.delete_objects(stale)
-    return MirrorResult(up.key, up.sha256, up.bytes, up.etag, len(entries), sum(e["size"] for e in entries),
-                        tuple(buckets), time.monotonic() - started, len(stale))
+    return MirrorResult(tuple(entries), written, tuple(buckets))

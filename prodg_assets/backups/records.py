@@ -1,5 +1,5 @@
-"""What the materialisations recorded per backup partition (object key, size, sha256, ETag, object count): the
-instance's side of every audit and check."""
+"""What the materialisations recorded per backup partition (its manifest's key and sha256): the instance's side of
+every audit and check."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Mapping, Optional
 
 import dagster as dg
 
+from ..contract import META_MANIFEST_KEY, META_MANIFEST_SHA256
 from .audit import Recorded
 
 
@@ -22,16 +23,12 @@ def recorded_metadata(instance: dg.DagsterInstance, asset: str, partition: str) 
     return records[0].asset_materialization.metadata if records else None
 
 
-def to_recorded(partition: str, metadata: Mapping, method: str) -> Recorded:
-    mirror = method == "s3_mirror"
-    return Recorded(partition, str(recorded_value(metadata, "object_key", "")),
-                    int(recorded_value(metadata, "manifest_bytes" if mirror else "bytes", -1)),
-                    str(recorded_value(metadata, "sha256", "")), str(recorded_value(metadata, "etag", "")),
-                    int(recorded_value(metadata, "object_count", 0)) if mirror else None)
+def to_recorded(partition: str, metadata: Mapping) -> Recorded:
+    return Recorded(partition, str(recorded_value(metadata, META_MANIFEST_KEY, "")),
+                    str(recorded_value(metadata, META_MANIFEST_SHA256, "")))
 
 
-def recorded_partitions(instance: dg.DagsterInstance, asset: str, method: str, partitions: list[str]) \
-        -> dict[str, Recorded]:
+def recorded_partitions(instance: dg.DagsterInstance, asset: str, partitions: list[str]) -> dict[str, Recorded]:
     """Latest recorded materialisation per partition of `asset` among `partitions`."""
     out: dict[str, Recorded] = {}
     for start in range(0, len(partitions), 100):
@@ -44,7 +41,7 @@ def recorded_partitions(instance: dg.DagsterInstance, asset: str, method: str, p
             for record in result.records:  # newest first: the first seen per partition wins
                 mat = record.asset_materialization
                 if mat and mat.partition and mat.partition not in out:
-                    out[mat.partition] = to_recorded(mat.partition, mat.metadata, method)
+                    out[mat.partition] = to_recorded(mat.partition, mat.metadata)
             if not result.has_more:
                 break
             cursor = result.cursor

@@ -3,8 +3,14 @@ applied (`prune`, the only caller of the store's delete for retention).
 
 Only keys under the target's prefix are ever considered (retention by prefix, never by bucket); a key's date is the
 partition date it carries (`<prefix>YYYY-MM-DD/...`), not its upload time, so a backfill ages like the day it
-backs up. Objects older than the window go — except the newest successful backup of the target, which stays even
-when it is older than the window (a host that stopped backing up must not lose its last backup to the calendar).
+backs up. A day is a successful backup when it holds its manifest. Objects older than the window go — except the
+newest successful backup of the target, which stays even when it is older than the window (a host that stopped
+backing up must not lose its last backup to the calendar).
+
+In a versioned bucket (every bucket with Object Lock is one) a delete without a version id only adds a delete
+marker and frees nothing, so retention deletes versions, one call each, and counts a delete marker as no deletion
+at all: the versions under it age by their day like any other. A version the store refuses to delete (its Object
+Lock date not reached) is kept and reported.
 """
 
 from __future__ import annotations
@@ -16,10 +22,6 @@ from typing import Iterable, Optional, Protocol
 from ..settings import BackupTarget
 from .keys import MANIFEST_NAME, key_date
 from .store import BackupStore, StoreError
-
-# a partition is complete once this object is written (method → marker); others once any object is
-MARKER_OF_METHOD = {"s3_mirror": MANIFEST_NAME}
-
 
 class Listed(Protocol):
     key: str
@@ -73,8 +75,10 @@ def prune(store: BackupStore, target: BackupTarget, today: datetime.date, keep: 
     """Apply the target's retention to its prefix (never the newest successful backup, never `keep`). A store
     error here is logged, not raised: the backup that was just made stands; the next run prunes again."""
     try:
+        if store.versioned():
+            return _prune_versions(store, target, today, keep, log)
         plan = plan_retention(target.prefix, target.retention_days, today, store.list(target.prefix),
-                              MARKER_OF_METHOD.get(target.method), keep)
+                              MANIFEST_NAME, keep)
         if plan.delete:
             dates = sorted({k[len(target.prefix):len(target.prefix) + 10] for k in plan.delete})
             log.info(f"retention {target.retention_days} days: deleting {len(plan.delete)} objects of "
@@ -87,3 +91,32 @@ def prune(store: BackupStore, target: BackupTarget, today: datetime.date, keep: 
         log.warning(f"{len(plan.undated)} objects under {target.prefix} carry no partition date and are kept: "
                     f"{', '.join(plan.undated[:5])}")
     return len(plan.delete)
+
+
+def _prune_versions(store: BackupStore, target: BackupTarget, today: datetime.date, keep: set[str], log) -> int:
+    """Retention in a versioned bucket: every version (and delete marker) of an expired key deleted by its version
+    id; refusals (Object Lock) logged and kept. Returns how many versions were deleted."""
+    versions = list(store.versions(target.prefix))
+    plan = plan_retention(target.prefix, target.retention_days, today,
+                          [v for v in versions if not v.delete_marker], MANIFEST_NAME, keep)
+    doomed = set(plan.delete) | {v.key for v in versions if v.delete_marker and _expired(v.key, target, plan)}
+    deleted, refused = 0, []
+    for version in versions:
+        if version.key not in doomed:
+            continue
+        reason = store.delete_version(version.key, version.version_id)
+        if reason is None:
+            deleted += 1
+        else:
+            refused.append(f"{version.key} (version {version.version_id}): {reason}")
+    if deleted:
+        log.info(f"retention {target.retention_days} days: deleted {deleted} versions under {target.prefix}")
+    if refused:
+        log.warning(f"retention: the store kept {len(refused)} versions it refused to delete (Object Lock until "
+                    f"their date): {'; '.join(refused[:5])}")
+    return deleted
+
+
+def _expired(key: str, target: BackupTarget, plan: RetentionPlan) -> bool:
+    day = key_date(key, target.prefix)
+    return day is not None and day < plan.cutoff and day != plan.kept_newest

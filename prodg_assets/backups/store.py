@@ -26,9 +26,6 @@ from ..lazy import boto_errors
 
 MIB = 1024 * 1024
 MIN_PART_BYTES = 5 * MIB  # S3's minimum for every part but the last
-MAX_COPY_BYTES = 5 * 1024 ** 3  # CopyObject's limit; larger objects are copied part by part
-COPY_PART_BYTES = 1024 ** 3
-SHA256_KEY = "sha256"  # object metadata: x-amz-meta-sha256, the sha256 of the object's bytes
 
 
 class StoreError(Exception):
@@ -52,10 +49,32 @@ class ObjectHead:
     etag: str
     last_modified: datetime.datetime
     metadata: Mapping[str, str] = field(default_factory=dict)
+    lock_mode: str = ""  # GOVERNANCE | COMPLIANCE when the object is under Object Lock
+    retain_until: Optional[datetime.datetime] = None
 
-    @property
-    def sha256(self) -> str:
-        return self.metadata.get(SHA256_KEY, "")
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One version (or delete marker) as ListObjectVersions shows it, in a versioned bucket."""
+
+    key: str
+    version_id: str
+    size: int
+    last_modified: datetime.datetime
+    latest: bool
+    delete_marker: bool = False
+
+
+@dataclass(frozen=True)
+class ObjectLock:
+    """What an upload asks of a bucket with Object Lock: no version may be deleted or overwritten before
+    `retain_until` (GOVERNANCE: unless the caller holds s3:BypassGovernanceRetention; COMPLIANCE: by no one)."""
+
+    mode: str
+    retain_until: datetime.datetime
+
+    def params(self) -> dict:
+        return {"ObjectLockMode": self.mode, "ObjectLockRetainUntilDate": self.retain_until}
 
 
 @dataclass(frozen=True)
@@ -246,7 +265,8 @@ class S3Endpoint(dg.ConfigurableResource):
         except boto_errors.BotoCoreError as exc:
             raise self._error(f"reading s3://{bucket}/{key}", exc) from None
         return ObjectHead(key, int(resp["ContentLength"]), _etag(resp.get("ETag", "")), resp["LastModified"],
-                          dict(resp.get("Metadata") or {}))
+                          dict(resp.get("Metadata") or {}), str(resp.get("ObjectLockMode") or ""),
+                          resp.get("ObjectLockRetainUntilDate"))
 
     def _stream(self, bucket: str, key: str, chunk_size: int = MIB) -> Iterator[bytes]:
         resp = self._call(f"downloading s3://{bucket}/{key}", self.client.get_object, Bucket=bucket, Key=key)
@@ -261,28 +281,34 @@ class S3Endpoint(dg.ConfigurableResource):
 
 
 class BackupStore(S3Endpoint):
-    """The off-site backup bucket (`bucket` on `endpoint_url`): streamed multipart uploads that carry their sha256
-    in the object metadata (x-amz-meta-sha256), listings, downloads and batched deletes. Credentials come in through
-    `dg.EnvVar` only."""
+    """The off-site backup bucket (`bucket` on `endpoint_url`): streamed multipart uploads (under Object Lock where
+    the bucket has it), listings, downloads, batched deletes and, in a versioned bucket, version deletes. Credentials
+    come in through `dg.EnvVar` only."""
 
     bucket: str
     part_size_mb: int = 16  # multipart part size; S3 needs at least 5 MiB for all parts but the last
     delete_batch: int = 1000  # keys per DeleteObjects call (1000 is S3's maximum)
+
+    _lock_enabled: Optional[bool] = PrivateAttr(default=None)
 
     @property
     def part_bytes(self) -> int:
         return max(self.part_size_mb * MIB, MIN_PART_BYTES)
 
     def upload_stream(self, key: str, chunks: Iterable[bytes], metadata: Mapping[str, str] | None = None,
-                      content_type: str = "application/octet-stream") -> UploadResult:
+                      content_type: str = "application/octet-stream",
+                      lock: Optional[ObjectLock] = None) -> UploadResult:
         """Upload what `chunks` yields as one object, holding at most three parts in memory (the one filling, one
         queued, one in flight: parts go up in a thread of their own while the next is filled); sha256 and size are
-        computed on the way. A stream that fits one part becomes a single PUT. If the producer raises (its way of
-        saying the data is incomplete) or any call fails, the producer is closed and the multipart upload aborted —
-        or the completed object deleted — so no object remains, and the exception propagates. A lost answer to
-        CompleteMultipartUpload is recognised by the object being there with our size."""
+        computed on the way and returned (the partition's manifest records them: nothing is copied afterwards).
+        A stream that fits one part becomes a single PUT. With `lock`, the object is written under Object Lock
+        until its date. If the producer raises (its way of saying the data is incomplete) or any call fails, the
+        producer is closed and the multipart upload aborted — or the completed object deleted — so no object
+        remains, and the exception propagates. A lost answer to CompleteMultipartUpload is recognised by the object
+        being there with our size."""
         started = time.monotonic()
         user_meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+        lock_params = lock.params() if lock else {}
         digest, total, buf = hashlib.sha256(), 0, bytearray()
         upload_id: Optional[str] = None
         uploader: Optional[_PartUploader] = None
@@ -299,7 +325,7 @@ class BackupStore(S3Endpoint):
                     if upload_id is None:
                         created = self._call(f"starting the upload of s3://{self.bucket}/{key}",
                                              self.client.create_multipart_upload, Bucket=self.bucket, Key=key,
-                                             Metadata=user_meta, ContentType=content_type)
+                                             Metadata=user_meta, ContentType=content_type, **lock_params)
                         upload_id = created["UploadId"]
                         # retried: an earlier attempt may have started an upload whose answer was lost
                         orphans = bool((created.get("ResponseMetadata") or {}).get("RetryAttempts"))
@@ -311,10 +337,10 @@ class BackupStore(S3Endpoint):
                     uploader.submit(parts_sent, body)
                     del body
             sha256 = digest.hexdigest()
-            final_meta = {**user_meta, SHA256_KEY: sha256}
             if upload_id is None:
                 resp = self._call(f"uploading s3://{self.bucket}/{key}", self.client.put_object, Bucket=self.bucket,
-                                  Key=key, Body=bytes(buf), Metadata=final_meta, ContentType=content_type)
+                                  Key=key, Body=bytes(buf), Metadata=user_meta, ContentType=content_type,
+                                  **lock_params)
                 etag = _etag(resp.get("ETag", ""))
             else:
                 if buf:
@@ -323,18 +349,18 @@ class BackupStore(S3Endpoint):
                 buf = bytearray()
                 parts = uploader.finish()
                 try:
-                    self._call(f"completing the upload of s3://{self.bucket}/{key}",
-                               self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
-                               UploadId=upload_id, MultipartUpload={"Parts": parts})
+                    resp = self._call(f"completing the upload of s3://{self.bucket}/{key}",
+                                      self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
+                                      UploadId=upload_id, MultipartUpload={"Parts": parts})
+                    etag = _etag(resp.get("ETag", ""))
                 except StoreError:
                     # The answer may be what was lost (the store completed it, the connection dropped): then the
-                    # object is there with our size, and it is finished below like any other.
-                    if not self._exists_with_size(key, total):
+                    # object is there with our size, and it is finished like any other.
+                    head = self._head(self.bucket, key) if self._exists_with_size(key, total) else None
+                    if head is None:
                         raise
+                    etag = head.etag
                 completed = True
-                # The sha256 is known only now; S3 metadata is set at creation, so the object is copied onto itself
-                # (server-side) with the final metadata.
-                etag = self._replace_metadata(key, total, final_meta, content_type)
         except BaseException as exc:
             self._close_producer(chunks)
             if uploader is not None:
@@ -351,37 +377,67 @@ class BackupStore(S3Endpoint):
         return UploadResult(key, total, sha256, etag, parts_sent or 1, time.monotonic() - started)
 
     def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None,
-                  content_type: str = "application/octet-stream") -> UploadResult:
-        return self.upload_stream(key, [data], metadata, content_type)
+                  content_type: str = "application/octet-stream", lock: Optional[ObjectLock] = None) -> UploadResult:
+        return self.upload_stream(key, [data], metadata, content_type, lock)
+
+    # -- Object Lock and versions -------------------------------------------------------------------------------------
+    def object_lock_enabled(self) -> bool:
+        """Whether the bucket has Object Lock (it was created with it; it is then versioned too). Asked once per
+        resource instance."""
+        if self._lock_enabled is None:
+            try:
+                resp = self.client.get_object_lock_configuration(Bucket=self.bucket)
+                enabled = (resp.get("ObjectLockConfiguration") or {}).get("ObjectLockEnabled") == "Enabled"
+            except boto_errors.ClientError as exc:
+                code = str((exc.response.get("Error") or {}).get("Code"))
+                if code not in ("ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration"):
+                    raise self._error(f"reading the Object Lock configuration of s3://{self.bucket}", exc) from None
+                enabled = False
+            except boto_errors.BotoCoreError as exc:
+                raise self._error(f"reading the Object Lock configuration of s3://{self.bucket}", exc) from None
+            self._lock_enabled = enabled
+        return self._lock_enabled
+
+    def versioned(self) -> bool:
+        """Whether the bucket keeps versions (versioning Enabled or Suspended): a delete without a version id
+        then only adds a delete marker, and retention must delete versions."""
+        resp = self._call(f"reading the versioning of s3://{self.bucket}", self.client.get_bucket_versioning,
+                          Bucket=self.bucket)
+        return resp.get("Status") in ("Enabled", "Suspended")
+
+    def versions(self, prefix: str = "") -> Iterator[ObjectVersion]:
+        """Every version and delete marker under `prefix` (ListObjectVersions pages)."""
+        kwargs = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": self.list_page_size}
+        while True:
+            page = self._call(f"listing the versions in s3://{self.bucket}/{prefix}",
+                              self.client.list_object_versions, **kwargs)
+            for v in page.get("Versions") or []:
+                yield ObjectVersion(v["Key"], str(v.get("VersionId") or "null"), int(v.get("Size") or 0),
+                                    v["LastModified"], bool(v.get("IsLatest")))
+            for m in page.get("DeleteMarkers") or []:
+                yield ObjectVersion(m["Key"], str(m.get("VersionId") or "null"), 0, m["LastModified"],
+                                    bool(m.get("IsLatest")), delete_marker=True)
+            if not page.get("IsTruncated"):
+                return
+            kwargs.update(KeyMarker=page.get("NextKeyMarker", ""),
+                          VersionIdMarker=page.get("NextVersionIdMarker", ""))
+
+    def delete_version(self, key: str, version_id: str) -> Optional[str]:
+        """Delete one version for good (one DeleteObject call with its VersionId: each is refused or done on its
+        own). Returns None when done, else the store's reason (an Object Lock refusal: AccessDenied)."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version_id)
+        except boto_errors.ClientError as exc:
+            err = exc.response.get("Error") or {}
+            return self.scrub(f"{err.get('Code', 'error')}: {err.get('Message', '')}".strip())
+        except boto_errors.BotoCoreError as exc:
+            raise self._error(f"deleting version {version_id} of s3://{self.bucket}/{key}", exc) from None
+        return None
 
     def _upload_part(self, key: str, upload_id: str, number: int, body: bytes) -> dict:
         resp = self._call(f"uploading part {number} of s3://{self.bucket}/{key}", self.client.upload_part,
                           Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)
         return {"PartNumber": number, "ETag": resp["ETag"]}
-
-    def _replace_metadata(self, key: str, size: int, metadata: Mapping[str, str], content_type: str) -> str:
-        source = {"Bucket": self.bucket, "Key": key}
-        action = f"setting the metadata of s3://{self.bucket}/{key}"
-        if size <= MAX_COPY_BYTES:
-            resp = self._call(action, self.client.copy_object, Bucket=self.bucket, Key=key, CopySource=source,
-                              Metadata=dict(metadata), MetadataDirective="REPLACE", ContentType=content_type)
-            return _etag(resp["CopyObjectResult"]["ETag"])
-        upload_id = self._call(action, self.client.create_multipart_upload, Bucket=self.bucket, Key=key,
-                               Metadata=dict(metadata), ContentType=content_type)["UploadId"]
-        try:
-            parts = []
-            for number, start in enumerate(range(0, size, COPY_PART_BYTES), start=1):
-                end = min(start + COPY_PART_BYTES, size) - 1
-                resp = self._call(action, self.client.upload_part_copy, Bucket=self.bucket, Key=key,
-                                  UploadId=upload_id, PartNumber=number, CopySource=source,
-                                  CopySourceRange=f"bytes={start}-{end}")
-                parts.append({"PartNumber": number, "ETag": resp["CopyPartResult"]["ETag"]})
-            resp = self._call(action, self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
-                              UploadId=upload_id, MultipartUpload={"Parts": parts})
-            return _etag(resp.get("ETag", ""))
-        except BaseException as exc:
-            self._abort(key, upload_id, exc)
-            raise
 
     @staticmethod
     def _close_producer(chunks: Iterable[bytes]) -> None:

@@ -1,14 +1,16 @@
-"""One backup stream: producer → compressor → multipart upload, in constant memory, no temp file; sha256 and byte
-counts computed on the way. A failed producer or store aborts the upload and leaves no object."""
+"""One backup stream: producer → compressor → age encryption → multipart upload, in constant memory, no temp file;
+sha256 and byte counts computed on the way. A failed producer or store aborts the upload and leaves no object."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Optional
+from typing import Iterable, Mapping, Optional, Sequence
 
 from .codec import ByteCount, compress
-from .store import BackupStore
+from .crypt import Recipient, encrypt
+from .manifest import Entry
+from .store import BackupStore, ObjectLock
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,10 @@ class BackupResult:
     duration_s: float
     compression: str
 
+    def entry(self, **source) -> Entry:
+        """The object as its partition's manifest lists it."""
+        return Entry(self.key, self.raw_bytes, self.bytes, self.sha256, self.etag, **source)
+
     @property
     def throughput_mb_s(self) -> float:
         """Uncompressed MB (10^6 bytes) processed per second."""
@@ -28,12 +34,17 @@ class BackupResult:
 
 
 def stream_backup(store: BackupStore, key: str, chunks: Iterable[bytes], compression: str = "zstd",
-                  metadata: Optional[Mapping[str, str]] = None) -> BackupResult:
-    """Compress `chunks` into the object `key`. Raises (and leaves no object) if the producer or the store fails.
-    (A producer from exec_chunks reads ahead in a thread of its own, so the process keeps writing while this
-    thread compresses, hashes and uploads a part.)"""
+                  metadata: Optional[Mapping[str, str]] = None, recipients: Sequence[Recipient] = (),
+                  lock: Optional[ObjectLock] = None) -> BackupResult:
+    """Compress `chunks` — and encrypt them to `recipients`, when there are any — into the object `key` (under
+    `lock` where given). Raises (and leaves no object) if the producer or the store fails. (A producer from
+    exec_chunks reads ahead in a thread of its own, so the process keeps writing while this thread compresses,
+    encrypts, hashes and hands a part to the uploader thread.)"""
     started = time.monotonic()
     raw = ByteCount()
-    up = store.upload_stream(key, compress(chunks, compression, raw=raw),
-                             metadata={**(metadata or {}), "compression": compression})
+    data = compress(chunks, compression, raw=raw)
+    if recipients:
+        data = encrypt(data, recipients)
+    up = store.upload_stream(key, data, metadata={**(metadata or {}), "compression": compression,
+                                                  "encryption": "age" if recipients else "none"}, lock=lock)
     return BackupResult(key, raw.bytes, up.bytes, up.sha256, up.etag, time.monotonic() - started, compression)

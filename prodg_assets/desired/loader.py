@@ -14,6 +14,7 @@ import posixpath
 import re
 from typing import Any, Mapping
 
+from ..agekeys import AgeError, Recipient
 from ..settings import BackupTarget, DnsRecord, Settings, settings_from_yaml
 from .compose import read_compose
 from .errors import ConfigInvalid, SpecError
@@ -123,6 +124,33 @@ def _backup_targets(ctx: LoadContext, doc: Doc, backups: dict,
     return tuple(targets)
 
 
+def _encryption(ctx: LoadContext, doc: Doc, data: dict) -> None:
+    """Backups leave the host encrypted to age recipients, unless `encryption: none` says otherwise in so many
+    words; each recipient must parse (what the first backup would otherwise fail on)."""
+    if not isinstance(data.get("backups"), dict):
+        return
+    backups = data["backups"]
+    if "encryption" not in backups:
+        ctx.errors.append(doc.error(("backups",), "no `encryption`: every backup would leave this host in plaintext; "
+                                                  "list age recipients under encryption.recipients (age-keygen "
+                                                  "prints one) or write `encryption: none`"))
+        return
+    recipients = _map(backups["encryption"]).get("recipients")
+    if not isinstance(recipients, dict):
+        return  # `none`, or a type error the schema check reports
+    if not recipients:
+        ctx.errors.append(doc.error(("backups", "encryption", "recipients"),
+                                    "lists no recipient; write `encryption: none` to store backups unencrypted"))
+    for name, text in recipients.items():
+        if not isinstance(text, str):
+            continue  # reported by the schema check
+        try:
+            Recipient.parse(text)
+        except AgeError as exc:
+            ctx.errors.append(doc.error(("backups", "encryption", "recipients", name),
+                                        f"not an age X25519 recipient (age1…): {exc}"))
+
+
 def _schedules(ctx: LoadContext, doc: Doc, data: dict) -> None:
     """What the scheduler would refuse when the definitions are built: reported here, located."""
     backups, deploy = _map(data.get("backups")), _map(data.get("deploy"))
@@ -147,6 +175,7 @@ def _settings(ctx: LoadContext, doc: Doc, data: dict, services: Mapping[str, Ser
     host, sec = _map(data.get("host")), _map(data.get("secrets"))
     records = _dns_records(ctx, doc, _map(data.get("dns")))
     targets = _backup_targets(ctx, doc, _map(data.get("backups")), services)
+    _encryption(ctx, doc, data)
     _schedules(ctx, doc, data)
     for i, port in enumerate(_list(host.get("public_ports"))):
         if not re.match(r"^\d{1,5}/(tcp|udp)$", str(port)):

@@ -21,6 +21,13 @@ class MapOf:
         self.schema = schema
 
 
+class Either:
+    """A value that is a mapping following `mapping`, or else follows `scalar` (e.g. `none` or {recipients: …})."""
+
+    def __init__(self, scalar: Any, mapping: dict):
+        self.scalar, self.mapping = scalar, mapping
+
+
 class OneOf:
     def __init__(self, *choices: str):
         self.choices = choices
@@ -55,6 +62,8 @@ PRODG_SCHEMA = {
         "bucket": Req(str), "endpoint_url": str, "region": str, "access_key_id_env": str,
         "secret_access_key_env": str, "schedule": str, "timezone": str, "start_date": (str, object),
         "compression": OneOf("zstd", "gzip"), "freshness_hours": (int, float),
+        "encryption": Either(OneOf("none"), {"recipients": Req(MapOf(str))}),
+        "object_lock": {"mode": OneOf("governance", "compliance")},
         "targets": Req(MapOf({"method": Req(OneOf("pg_dumpall", "s3_mirror", "config_archive")),
                               "service": str, "prefix": Req(str), "retention_days": Req(int)})),
     },
@@ -88,6 +97,8 @@ def check_schema(errors: list[SpecError], doc: Doc, path: Path, value: Any, sche
     """Structural check of `value` against PRODG_SCHEMA-style `schema`."""
     if isinstance(schema, Req):
         schema = schema.schema
+    if isinstance(schema, Either):
+        schema = schema.mapping if isinstance(value, dict) else schema.scalar
     if isinstance(schema, OneOf):
         if value not in schema.choices:
             errors.append(doc.error(path, f"must be one of {', '.join(schema.choices)}, got {value!r}"))

@@ -234,14 +234,26 @@ def network_facts(client: docker.DockerClient, name: str) -> Optional[dict]:
         return None
 
 
-def container_source(client: docker.DockerClient, container: str) -> tuple[str, str, bool]:
-    """(source description, image id, running) of a data store's container, from docker inspect."""
+@dataclass(frozen=True)
+class DataSource:
+    """A data store's container as a backup names its source."""
+
+    description: str
+    image_id: str
+    running: bool
+    image_digest: str = ""  # the registry digest it was pulled as ("" for a local image)
+
+
+def container_source(client: docker.DockerClient, container: str) -> DataSource:
+    """A data store's container (description, image id, running, image digest), from docker inspect."""
     try:
         attrs = client.api.inspect_container(container)
     except errors.NotFound:
-        return f"{container} (no such container)", "", False
+        return DataSource(f"{container} (no such container)", "", False)
     image = attrs.get("Image", "")
-    return f"{container} @ {image}", image, bool((attrs.get("State") or {}).get("Running"))
+    labels = (attrs.get("Config") or {}).get("Labels") or {}
+    return DataSource(f"{container} @ {image}", image, bool((attrs.get("State") or {}).get("Running")),
+                      labels.get(LABEL_IMAGE_DIGEST, ""))
 
 
 def _requested_host_port(binding: Mapping[str, Any]) -> str:

@@ -22,7 +22,8 @@ from prodg_assets.engine.client import DockerEngine
 from prodg_assets.engine.exec import exec_run
 from prodg_assets.engine.secrets import SecretSource
 from prodg_assets.gitops.repo import ConfigRepo
-from tests.conftest import init_repo
+from prodg_assets.backups.crypt import BackupIdentity
+from tests.conftest import age_keygen, init_repo
 from tests.standins.moto import MotoServer
 
 PID = os.getpid()
@@ -83,6 +84,8 @@ class BackupBed:
     minio_url: str
     client: docker.DockerClient
     secrets_file: str
+    identity_file: str  # the host's identity (restore drills)
+    operator_identity_file: str  # the offline operator's (restores with the age CLI)
 
     def store(self, **overrides) -> BackupStore:
         return BackupStore(endpoint_url=self.store_url, region="us-east-1", bucket=BUCKET,
@@ -95,6 +98,7 @@ class BackupBed:
             "secrets": SecretSource(source="env_file", env_file=self.secrets_file),
             "backup_store": self.store(),
             "minio_source": build_backup_resources(self.state)["minio_source"],
+            "backup_identity": BackupIdentity(identity_file=self.identity_file),
         }
 
     def definitions(self) -> tuple[list, list]:
@@ -103,12 +107,12 @@ class BackupBed:
         return list(defs.assets or []), list(defs.asset_checks or [])
 
     def materialize(self, selection: list[str], partition: str, instance, run_config: dict | None = None,
-                    raise_on_error: bool = True, commit: str | None = None,
+                    raise_on_error: bool = True, commit: str | None = None, tags: dict | None = None,
                     **resources) -> dg.ExecuteInProcessResult:
         assets, checks = self.definitions()
         return dg.materialize([*assets, *checks], resources={**self.resources(), **resources},
                               partition_key=partition, instance=instance,
-                              tags={"prodg/kind": "backup", "prodg/commit": commit or self.commit},
+                              tags={"prodg/kind": "backup", "prodg/commit": commit or self.commit, **(tags or {})},
                               selection=dg.AssetSelection.assets(*selection), run_config=run_config,
                               raise_on_error=raise_on_error)
 
@@ -122,7 +126,7 @@ class BackupBed:
         return {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
 
 
-def write_config(repo: str, store_url: str, minio_port: int, secrets_file: str) -> None:
+def write_config(repo: str, store_url: str, minio_port: int, secrets_file: str, recipients: dict[str, str]) -> None:
     os.makedirs(os.path.join(repo, "config", "compose"), exist_ok=True)
     with open(os.path.join(repo, "config", "prodg.yaml"), "w") as fh:
         fh.write(textwrap.dedent(f"""\
@@ -152,6 +156,8 @@ def write_config(repo: str, store_url: str, minio_port: int, secrets_file: str) 
               start_date: "{START.isoformat()}"
               compression: zstd
               freshness_hours: 26
+              encryption:
+                recipients: {{{", ".join(f"{k}: {v}" for k, v in recipients.items())}}}
               targets:
                 postgres: {{method: pg_dumpall, service: postgres, prefix: postgres/, retention_days: 30}}
                 minio: {{method: s3_mirror, service: minio, prefix: minio/, retention_days: 30}}
@@ -227,11 +233,13 @@ def bed(tmp_path_factory, docker_client, pg_container, store_server, minio_serve
     with open(secrets_file, "w") as fh:
         fh.write("".join(f"{k}={v}\n" for k, v in SECRETS.items()))
     os.chmod(secrets_file, 0o600)
-    write_config(repo, store_server.url, minio_server.port, secrets_file)
+    host_identity, operator_identity = os.path.join(tmp, "host.agekey"), os.path.join(tmp, "operator.agekey")
+    recipients = {"operator": age_keygen(operator_identity), "host": age_keygen(host_identity)}
+    write_config(repo, store_server.url, minio_server.port, secrets_file, recipients)
     commit = init_repo(repo, "backup test bed")
     state = load_desired_state(DirTree(os.path.join(repo, "config")), {})
     return BackupBed(repo, state, commit, pg_container, store_server.url, minio_server.url,
-                     docker_client, secrets_file)
+                     docker_client, secrets_file, host_identity, operator_identity)
 
 
 @pytest.fixture()
@@ -242,6 +250,14 @@ def clean_store(bed):
         store.client.abort_multipart_upload(Bucket=BUCKET, Key=upload.key, UploadId=upload.upload_id)
     store.delete_objects([o.key for o in store.list()])
     return store
+
+
+def age_decrypt(data: bytes, identity_file: str) -> bytes:
+    """`data` decrypted by the plain `age` CLI (what an operator without prodg runs); raises on failure."""
+    proc = subprocess.run(["age", "--decrypt", "-i", identity_file], input=data, capture_output=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"age --decrypt failed: {proc.stderr.decode()[-300:]}")
+    return proc.stdout
 
 
 def wait_for(predicate, timeout_s: float = 30, what: str = "condition"):

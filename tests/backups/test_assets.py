@@ -1,18 +1,20 @@
 """The backup assets against real parts: three daily partitions of postgres_backup, minio_backup and config_backup
-materialised into the off-site store (moto), verified by downloading, then the restore drill, and finally objects
-deleted or corrupted by hand, which must fail exactly their own partition's check."""
+materialised into the off-site store (moto) — the oldest a forced late capture — encrypted (opened by the plain
+`age` CLI with the operator's identity, and by nothing else), each with its manifest, verified by downloading; then
+the restore drill, and finally objects deleted or corrupted by hand, which must fail exactly their own partition's
+check."""
 
 import datetime
 import hashlib
 import io
-import json
+import subprocess
 import tarfile
 
 import dagster as dg
 import pytest
-import zstandard
 
 from prodg_assets.backups.definitions import backup_definitions, build_backup_resources
+from prodg_assets.backups.manifest import Manifest
 from prodg_assets.contract import (
     AUDIT_CLEAN,
     BACKUP_AUDIT,
@@ -35,12 +37,15 @@ from tests.backups.conftest import (
     STORE_KEY_ID,
     STORE_SECRET,
     TODAY,
+    age_decrypt,
     s3,
 )
 
 pytestmark = pytest.mark.docker
 
+# A day's partition exists once the day is over; yesterday's is the nightly run's, the two before are late captures.
 DAYS = [(TODAY - datetime.timedelta(days=n)).isoformat() for n in (3, 2, 1)]
+YESTERDAY = DAYS[2]
 BACKUPS = [POSTGRES_BACKUP, MINIO_BACKUP, CONFIG_BACKUP]
 PREFIX = {POSTGRES_BACKUP: "postgres/", MINIO_BACKUP: "minio/", CONFIG_BACKUP: "configs/"}
 
@@ -53,10 +58,13 @@ def instance():
 
 @pytest.fixture(scope="module")
 def three_days(bed, instance):
-    """Each day's partition of the three backups (with their checks), as the nightly run would do it."""
+    """Each day's partition of the three backups (with their checks): the two days before yesterday as an
+    operator's forced late backfill (tag prodg/capture-late=true), yesterday as the nightly run would do it."""
     store = bed.store()
     store.delete_objects([o.key for o in store.list()])
-    results = {day: bed.materialize(BACKUPS, day, instance) for day in DAYS}
+    results = {day: bed.materialize(BACKUPS, day, instance,
+                                    tags={"prodg/capture-late": "true"} if day < YESTERDAY else None)
+               for day in DAYS}
     metadata = {}
     for day, result in results.items():
         for event in result.get_asset_materialization_events():
@@ -65,60 +73,122 @@ def three_days(bed, instance):
     return results, metadata
 
 
-def test_three_partitions_give_three_objects_per_target_with_checksums_verified_by_download(bed, three_days):
+def manifest_of(store, prefix: str, day: str) -> Manifest:
+    return Manifest.from_json(store.read_bytes(f"{prefix}{day}/manifest.json"))
+
+
+def test_each_partition_is_its_objects_and_a_manifest_with_checksums_verified_by_download(bed, three_days):
     results, metadata = three_days
     assert all(r.success for r in results.values())
     store = bed.store()
     listed = [o.key for o in store.list()]
-    for asset in (POSTGRES_BACKUP, CONFIG_BACKUP):
-        keys = [k for k in listed if k.startswith(PREFIX[asset])]
-        assert sorted(k.split("/")[1] for k in keys) == DAYS, keys  # one object per day
+    for asset in BACKUPS:
         for day in DAYS:
             md = metadata[(asset, day)]
-            assert md["object_key"].startswith(f"{PREFIX[asset]}{day}/") and md["object_key"] in keys
-            digest, size = store.sha256_of(md["object_key"])
-            assert (digest, size) == (md["sha256"], md["bytes"])
-            assert store.head(md["object_key"]).sha256 == md["sha256"]  # x-amz-meta-sha256
-            assert md["commit"] == bed.commit
+            manifest = manifest_of(store, PREFIX[asset], day)
+            assert md["manifest_key"] == f"{PREFIX[asset]}{day}/manifest.json" in listed
+            assert hashlib.sha256(store.read_bytes(md["manifest_key"])).hexdigest() == md["manifest_sha256"]
+            assert sorted(k for k in listed if k.startswith(f"{PREFIX[asset]}{day}/")) == \
+                sorted([md["manifest_key"], *(e.object_key for e in manifest.objects)])
+            for entry in manifest.objects:  # every object as the manifest says, hashed by downloading it
+                assert store.sha256_of(entry.object_key) == (entry.sha256, entry.bytes)
+                assert entry.object_key.endswith(".age")
+            assert manifest.commit == md["commit"] == bed.commit and md["commit_source"] == "run tag"
+            assert manifest.captured_at == md["captured_at"]
+            assert manifest.recipients == tuple(md["encryption"].removeprefix("age to ").split(", "))
+            assert len(manifest.recipients) == 2
+            assert manifest.captured_late is md["captured_late"] is (day < YESTERDAY)
+    for asset in (POSTGRES_BACKUP, CONFIG_BACKUP):
+        for day in DAYS:
+            md = metadata[(asset, day)]
+            assert md["sha256"] == manifest_of(store, PREFIX[asset], day).objects[0].sha256
             assert 0 < md["bytes"] < md["raw_bytes"]
             assert isinstance(md["duration_s"], float) and isinstance(md["throughput_mb_s"], float)
-    manifests = [k for k in listed if k.startswith("minio/") and k.endswith("/manifest.json")]
-    assert sorted(k.split("/")[1] for k in manifests) == DAYS
     for day in DAYS:
-        md = metadata[(MINIO_BACKUP, day)]
-        assert md["object_key"] == f"minio/{day}/manifest.json"
-        raw = store.read_bytes(md["object_key"])
-        assert hashlib.sha256(raw).hexdigest() == md["sha256"]  # the manifest's sha256 is the partition checksum
-        manifest = json.loads(raw)
-        assert md["object_count"] == manifest["object_count"] == len(MINIO_OBJECTS)
-        assert md["bytes"] == sum(len(v) for v in MINIO_OBJECTS.values())
-        for entry in manifest["objects"]:
-            data = MINIO_OBJECTS[(entry["bucket"], entry["key"])]
-            assert entry["object_key"] == f"minio/{day}/{entry['bucket']}/{entry['key']}"
-            assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["size"] == len(data)
-            assert store.sha256_of(entry["object_key"]) == (entry["sha256"], entry["size"])
+        manifest = manifest_of(store, "minio/", day)
+        assert manifest.extra["object_count"] == len(manifest.objects) == len(MINIO_OBJECTS)
+        assert manifest.raw_bytes == sum(len(v) for v in MINIO_OBJECTS.values())
+        for entry in manifest.objects:
+            assert entry.object_key == f"minio/{day}/{entry.bucket}/{entry.key}.age"
+            assert entry.raw_bytes == len(MINIO_OBJECTS[(entry.bucket, entry.key)])
+
+
+def test_what_leaves_the_host_is_ciphertext_that_the_age_cli_alone_opens(bed, three_days):
+    """No row value, dump text or object byte in any stored object; the plain `age` CLI with the operator's
+    identity (and `zstd`) gives back the dump, the config tree and every MinIO object; another identity gets
+    nothing."""
+    _, metadata = three_days
+    store = bed.store()
+    plain_markers = [b"event 1234", b"grace", b"label-17", b"CREATE TABLE", b"pg_dumpall",
+                     MINIO_OBJECTS[("uploads", "a/b/c.txt")]]
+    for obj in store.list():
+        data = store.read_bytes(obj.key)
+        if obj.key.endswith("/manifest.json"):
+            continue  # plain JSON of keys, sizes and hashes: no data
+        assert data.startswith(b"age-encryption.org/v1\n"), obj.key
+        assert not [m for m in plain_markers if m in data], obj.key
+        assert b"\x28\xb5\x2f\xfd" not in data[:200]  # not a zstd frame
+    dump_key = metadata[(POSTGRES_BACKUP, YESTERDAY)]["object_key"]
+    dump = subprocess.run(["zstd", "-dc"], input=age_decrypt(store.read_bytes(dump_key), bed.operator_identity_file),
+                          capture_output=True, check=True).stdout
+    assert b"CREATE DATABASE hermes" in dump and b"grace" in dump
+    tar_bytes = subprocess.run(["zstd", "-dc"], capture_output=True, check=True, input=age_decrypt(
+        store.read_bytes(metadata[(CONFIG_BACKUP, YESTERDAY)]["object_key"]), bed.operator_identity_file)).stdout
+    assert b"pg_dumpall" in tarfile.open(fileobj=io.BytesIO(tar_bytes)).extractfile("config/prodg.yaml").read()
+    for entry in manifest_of(store, "minio/", YESTERDAY).objects:
+        assert age_decrypt(store.read_bytes(entry.object_key), bed.operator_identity_file) == \
+            MINIO_OBJECTS[(entry.bucket, entry.key)]
+    stranger = subprocess.run(["age-keygen"], capture_output=True, check=True, text=True).stdout
+    with open(f"{bed.repo}/../stranger.agekey", "w") as fh:
+        fh.write(stranger)
+    with pytest.raises(AssertionError, match="no identity matched"):
+        age_decrypt(store.read_bytes(dump_key), f"{bed.repo}/../stranger.agekey")
 
 
 def test_metadata_names_commit_source_and_the_census(bed, three_days):
     _, metadata = three_days
-    pg = metadata[(POSTGRES_BACKUP, DAYS[0])]
+    pg = metadata[(POSTGRES_BACKUP, YESTERDAY)]
     image_id = bed.client.api.inspect_container(bed.pg)["Image"]
     assert pg["source"] == f"{bed.pg} @ {image_id}" and pg["source_image_id"] == image_id
-    assert pg["object_key"].endswith(".sql.zst") and pg["compression"] == "zstd"
+    assert pg["object_key"].endswith(".sql.zst.age") and pg["compression"] == "zstd"
     assert pg["row_counts"]["rows"] == EXPECTED_ROWS
     assert pg["databases"] == "hermes, infisical, postgres"
-    config = metadata[(CONFIG_BACKUP, DAYS[0])]
-    assert config["object_key"] == f"configs/{DAYS[0]}/config-{bed.commit[:12]}.tar.zst"
+    assert manifest_of(bed.store(), "postgres/", YESTERDAY).extra["row_counts"]["rows"] == EXPECTED_ROWS
+    config = metadata[(CONFIG_BACKUP, YESTERDAY)]
+    assert config["object_key"] == f"configs/{YESTERDAY}/config-{bed.commit[:12]}.tar.zst.age"
     assert bed.commit in config["source"]
 
 
-def test_config_backup_is_the_config_tree_at_the_commit(bed, three_days):
+def test_the_data_version_is_the_stored_objects_sha256(bed, three_days, instance):
     _, metadata = three_days
-    data = bed.store().read_bytes(metadata[(CONFIG_BACKUP, DAYS[1])]["object_key"])
-    tar = tarfile.open(fileobj=io.BytesIO(zstandard.ZstdDecompressor().decompressobj().decompress(data)))
-    names = set(tar.getnames())
-    assert {"config/prodg.yaml", "config/compose/docker-compose.yml"} <= names
-    assert b"pg_dumpall" in tar.extractfile("config/prodg.yaml").read()
+    for asset in (POSTGRES_BACKUP, CONFIG_BACKUP):
+        record = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[YESTERDAY]), limit=1).records[0]
+        assert record.asset_materialization.tags["dagster/data_version"] == metadata[(asset, YESTERDAY)]["sha256"]
+
+
+def test_a_late_capture_is_refused_unless_forced_and_an_earlier_one_is_recorded_again(bed, three_days, instance):
+    _, metadata = three_days
+    store = bed.store()
+    before = sorted((o.key, o.etag) for o in store.list())
+    # a day that is over and was never captured: refused, nothing written
+    never = (TODAY - datetime.timedelta(days=5)).isoformat()
+    result = bed.materialize([POSTGRES_BACKUP], never, instance, raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    text = failure.event_specific_data.error.message
+    assert f"{never}: that day is over" in text and "prodg/capture-late=true" in text
+    assert sorted((o.key, o.etag) for o in store.list()) == before
+    # a day that is over and was captured: recorded again from its manifest, nothing captured anew
+    again = bed.materialize([POSTGRES_BACKUP], DAYS[0], instance)
+    md = {k: v.value for k, v in again.get_asset_materialization_events()[0].materialization.metadata.items()}
+    assert md["recaptured"] is False and md["captured_at"] == metadata[(POSTGRES_BACKUP, DAYS[0])]["captured_at"]
+    assert md["sha256"] == metadata[(POSTGRES_BACKUP, DAYS[0])]["sha256"] and md["captured_late"] is True
+    assert sorted((o.key, o.etag) for o in store.list()) == before
+    # the forced one says both dates
+    late = metadata[(POSTGRES_BACKUP, DAYS[0])]
+    assert late["captured_late"] is True and late["late"] == f"data of {late['captured_at'][:10]} stored as {DAYS[0]}"
+    assert late["captured_at"][:10] > DAYS[0]
 
 
 def test_checks_pass_per_partition_and_name_the_missing_days_of_the_window(three_days):
@@ -138,26 +208,31 @@ def test_checks_pass_per_partition_and_name_the_missing_days_of_the_window(three
 
 
 def test_restore_drill_restores_the_dump_and_matches_the_census(bed, three_days, instance):
-    result = bed.materialize([RESTORE_DRILL], DAYS[2], instance)
+    result = bed.materialize([RESTORE_DRILL], YESTERDAY, instance)
     assert result.success
     md = {k: v.value for k, v in result.get_asset_materialization_events()[0].materialization.metadata.items()}
     assert md["rows"] == sum(EXPECTED_ROWS.values()) and md["tables"] == len(EXPECTED_ROWS)
+    host = subprocess.run(["age-keygen", "-y", bed.identity_file], capture_output=True, text=True, check=True)
+    assert md["decrypted_with"] == "sha256:" + hashlib.sha256(host.stdout.strip().encode()).hexdigest()[:16]
     assert md["databases"] == "hermes, infisical, postgres"
     assert md["findings"] == "none"
     assert not bed.client.containers.list(all=True, filters={"label": "prodg.scratch=restore"})
 
 
-def test_the_window_audit_names_missing_days_with_one_listing_per_target(bed, three_days, instance):
+def test_the_window_audit_names_missing_and_late_days_from_manifests(bed, three_days, instance):
     assets, checks = bed.definitions()
     result = dg.materialize([*assets, *checks], resources=bed.resources(), instance=instance,
                             selection=dg.AssetSelection.assets(BACKUP_AUDIT),
                             run_config={"ops": {BACKUP_AUDIT: {"config": {"days": 365}}}})
     md = {k: v.value for k, v in result.get_asset_materialization_events()[0].materialization.metadata.items()}
     missing = ", ".join((START + datetime.timedelta(days=i)).isoformat() for i in range(7))
-    assert md["window"] == f"{START} … {TODAY - datetime.timedelta(days=1)}"  # clipped to the first partition
+    assert md["window"] == f"{START} … {YESTERDAY}"  # clipped to the first partition
     for target in ("postgres", "minio", "configs"):
         assert md[f"{target}_missing_days"] == missing and md[f"{target}_problems"] == 7
-    assert md["requests"] == 3 and md["requests_by_operation"] == {"ListObjectsV2": 3}
+        late = md[f"{target}_captured_late"].split(", ")
+        assert [d.split(" ")[0] for d in late] == DAYS[:2] and f"(captured {DAYS[0]}" not in late[0]
+    # a listing per target, and one GET per manifest of the window
+    assert md["requests_by_operation"] == {"ListObjectsV2": 3, "GetObject": 9}
     (check,) = result.get_asset_check_evaluations()
     assert check.asset_check_key.name == AUDIT_CLEAN and not check.passed
     assert check.metadata["problems"].value == 21
@@ -198,19 +273,20 @@ def test_a_deleted_or_corrupted_object_fails_exactly_its_partitions_check(bed, t
     client = s3(bed.store_url)
     # postgres, 2nd day: deleted
     client.delete_object(Bucket=BUCKET, Key=metadata[(POSTGRES_BACKUP, DAYS[1])]["object_key"])
-    # configs, 3rd day: replaced by other bytes that even claim the recorded sha256
+    # configs, 3rd day: replaced by other bytes of the same size
     config_md = metadata[(CONFIG_BACKUP, DAYS[2])]
-    client.put_object(Bucket=BUCKET, Key=config_md["object_key"], Body=b"x" * config_md["bytes"],
-                      Metadata={"sha256": config_md["sha256"]})
+    client.put_object(Bucket=BUCKET, Key=config_md["object_key"], Body=b"x" * config_md["bytes"])
     # minio, 1st day: one mirrored object overwritten with different bytes of the same size
-    victim = f"minio/{DAYS[0]}/media/logo.png"
-    client.put_object(Bucket=BUCKET, Key=victim, Body=bytes(len(MINIO_OBJECTS[("media", "logo.png")])))
+    victim = f"minio/{DAYS[0]}/media/logo.png.age"
+    size = bed.store().head(victim).size
+    client.put_object(Bucket=BUCKET, Key=victim, Body=bytes(size))
     broken = {(POSTGRES_BACKUP, DAYS[1]), (CONFIG_BACKUP, DAYS[2]), (MINIO_BACKUP, DAYS[0])}
     for asset in BACKUPS:
         for day in DAYS:
             verdicts = bed.run_checks(asset, day, instance)
             assert verdicts[OBJECT_INTACT] is ((asset, day) not in broken), (asset, day, verdicts)
-    # the deleted day is now named as missing by the window check (listings only)
+    # a day whose manifest is deleted is named as missing by the window check
+    client.delete_object(Bucket=BUCKET, Key=f"postgres/{DAYS[1]}/manifest.json")
     verdicts = bed.run_checks(POSTGRES_BACKUP, DAYS[2], instance)
     assert verdicts[NO_MISSING_DAYS] is False
 

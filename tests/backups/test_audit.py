@@ -1,54 +1,68 @@
-"""The window audit: a year of daily partitions of three targets, audited against what was recorded with listings
-only (the requests are counted), and the per-partition checks that add HEAD and manifest verification."""
+"""The window audit: a year of daily partitions of three targets, each with its manifest, audited against the
+store's listing and what was recorded — one listing per prefix and at most one GET per partition (the requests are
+counted) — and the per-partition check."""
 
 import datetime
-import json
 import math
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from prodg_assets.backups.audit import (
+    ETAG,
     EXPIRED,
     GONE,
+    INCOMPLETE,
+    LATE,
+    MANIFEST,
     MISSING,
-    OBJECTS,
     OK,
     SHA256,
     SIZE,
     UNRECORDED,
     AuditTarget,
     Recorded,
-    audit_listing,
     audit_store,
-    check_mirror,
-    check_object,
+    audit_target,
+    check_partition,
 )
-from prodg_assets.backups.store import StoredObject
+from prodg_assets.backups.manifest import Entry, Manifest, write_manifest
 from tests.backups.conftest import BUCKET, s3
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 END = NOW.date() - datetime.timedelta(days=1)
 START = END - datetime.timedelta(days=364)
 YEAR = [START + datetime.timedelta(days=i) for i in range(365)]
-TARGETS = [AuditTarget("postgres", "postgres/"), AuditTarget("minio", "minio/", "manifest.json"),
-           AuditTarget("configs", "configs/")]
+TARGETS = [AuditTarget("postgres", "postgres/"), AuditTarget("minio", "minio/"), AuditTarget("configs", "configs/")]
+
+
+def manifest(target: str, day: str, entries, captured: datetime.datetime | None = None,
+             late: bool = False) -> Manifest:
+    at = captured or datetime.datetime.combine(datetime.date.fromisoformat(day) + datetime.timedelta(days=1),
+                                               datetime.time(3), datetime.timezone.utc)
+    return Manifest(target, day, at.isoformat(timespec="seconds"), "c0ffee" * 6 + "abcd", "deployed", "test",
+                    "sha256:img", "", "zstd", ("sha256:0123456789abcdef",), tuple(entries), late)
+
+
+def backup(store, target: str, prefix: str, day: str, bodies: dict[str, bytes], **kw) -> Recorded:
+    entries = []
+    for name, body in bodies.items():
+        up = store.put_bytes(f"{prefix}{day}/{name}", body)
+        entries.append(Entry(up.key, len(body), up.bytes, up.sha256, up.etag))
+    up = write_manifest(store, prefix, manifest(target, day, entries, **kw))
+    return Recorded(day, up.key, up.sha256)
 
 
 def upload_year(store) -> dict[str, dict[str, Recorded]]:
     """365 days × 3 targets, as the backups would have left them; returns what they recorded."""
     def one(day: datetime.date):
         d = day.isoformat()
-        pg = store.put_bytes(f"postgres/{d}/pg_dumpall-030000.sql.zst", f"dump of {d}".encode())
-        cfg = store.put_bytes(f"configs/{d}/config-abc.tar.zst", f"config of {d}".encode())
-        entries = []
-        for name in ("a.bin", "b.bin"):
-            up = store.put_bytes(f"minio/{d}/media/{name}", f"{name} on {d}".encode())
-            entries.append({"object_key": up.key, "size": up.bytes, "etag": up.etag, "sha256": up.sha256})
-        manifest = store.put_bytes(f"minio/{d}/manifest.json", json.dumps({"objects": entries}).encode())
-        return d, {"postgres": Recorded(d, pg.key, pg.bytes, pg.sha256, pg.etag),
-                   "configs": Recorded(d, cfg.key, cfg.bytes, cfg.sha256, cfg.etag),
-                   "minio": Recorded(d, manifest.key, manifest.bytes, manifest.sha256, manifest.etag, 2)}
+        return d, {"postgres": backup(store, "postgres", "postgres/", d, {"pg_dumpall-030000.sql.zst.age":
+                                                                             f"dump of {d}".encode()}),
+                   "configs": backup(store, "configs", "configs/", d, {"config-abc.tar.zst.age":
+                                                                          f"config of {d}".encode()}),
+                   "minio": backup(store, "minio", "minio/", d, {"media/a.bin.age": f"a on {d}".encode(),
+                                                                 "media/b.bin.age": f"b on {d}".encode()})}
 
     recorded: dict[str, dict[str, Recorded]] = {t.name: {} for t in TARGETS}
     with ThreadPoolExecutor(8) as pool:
@@ -58,6 +72,10 @@ def upload_year(store) -> dict[str, dict[str, Recorded]]:
     return recorded
 
 
+def day(n: int) -> str:
+    return YEAR[n].isoformat()
+
+
 @pytest.fixture(scope="module")
 def year(bed):
     store = bed.store()
@@ -65,87 +83,90 @@ def year(bed):
     recorded = upload_year(store)
     # damage, by hand
     client = s3(bed.store_url)
-    day = lambda n: YEAR[n].isoformat()  # noqa: E731
-    client.delete_object(Bucket=BUCKET, Key=recorded["postgres"][day(100)].object_key)  # deleted
-    client.put_object(Bucket=BUCKET, Key=recorded["configs"][day(200)].object_key, Body=b"tampered")  # rewritten
-    client.put_object(Bucket=BUCKET, Key=recorded["configs"][day(201)].object_key,  # same size, other bytes
-                      Body=b"X" * recorded["configs"][day(201)].bytes)
-    client.delete_object(Bucket=BUCKET, Key=f"minio/{day(300)}/media/b.bin")  # one mirrored object gone
+    client.delete_object(Bucket=BUCKET, Key=f"postgres/{day(100)}/pg_dumpall-030000.sql.zst.age")  # deleted
+    client.put_object(Bucket=BUCKET, Key=f"configs/{day(200)}/config-abc.tar.zst.age", Body=b"tampered")  # rewritten
+    size = len(f"config of {day(201)}")
+    client.put_object(Bucket=BUCKET, Key=f"configs/{day(201)}/config-abc.tar.zst.age", Body=b"X" * size)  # same size
+    client.delete_object(Bucket=BUCKET, Key=f"minio/{day(300)}/media/b.bin.age")  # one mirrored object gone
     for target in ("postgres", "configs"):  # a day that was never backed up at all
-        client.delete_object(Bucket=BUCKET, Key=recorded[target].pop(day(50)).object_key)
+        recorded[target].pop(day(50))
+        for o in store.list(f"{target}/{day(50)}/"):
+            client.delete_object(Bucket=BUCKET, Key=o.key)
+    client.delete_object(Bucket=BUCKET, Key=f"postgres/{day(60)}/manifest.json")  # a backup that never finished
+    client.put_object(Bucket=BUCKET, Key=f"minio/{day(70)}/manifest.json",  # a manifest rewritten afterwards
+                      Body=manifest("minio", day(70), []).to_json())
+    # a day backfilled late, on purpose: complete, reported as late, not a problem
+    recorded["configs"][day(80)] = backup(store, "configs", "configs/", day(80), {"config-late.tar.zst.age": b"x"},
+                                          captured=NOW - datetime.timedelta(hours=2), late=True)
     return recorded
 
 
-def test_a_year_of_three_targets_is_audited_with_listings_only(bed, year):
+def test_a_year_of_three_targets_is_audited_from_manifests(bed, year):
     store = bed.store()
     result = audit_store(store, TARGETS, START, END, year, NOW, 26)
     by = {t.target: t for t in result.targets}
     problems = {(t.target, f.partition): f.status for t in result.targets for f in t.problems}
-    d = lambda n: YEAR[n].isoformat()  # noqa: E731
-    assert problems == {("postgres", d(100)): GONE, ("configs", d(200)): SIZE, ("configs", d(201)): "etag_mismatch",
-                        ("minio", d(300)): OBJECTS, ("postgres", d(50)): MISSING, ("configs", d(50)): MISSING}
-    assert by["postgres"].missing_days == (d(50),) and by["configs"].missing_days == (d(50),)
-    assert by["minio"].missing_days == ()
+    assert problems == {("postgres", day(100)): GONE, ("configs", day(200)): SIZE, ("configs", day(201)): ETAG,
+                        ("minio", day(300)): GONE, ("postgres", day(50)): MISSING, ("configs", day(50)): MISSING,
+                        ("postgres", day(60)): INCOMPLETE, ("minio", day(70)): MANIFEST}
+    assert by["postgres"].missing_days == (day(50), day(60)) and by["configs"].missing_days == (day(50),)
+    assert [f.partition for f in by["configs"].findings if f.status == LATE] == [day(80)]
     assert all(t.fresh for t in result.targets)
     assert sum(len(t.findings) for t in result.targets) == 3 * 365
-    # the only requests: one ListObjectsV2 per page of each prefix
-    pages = {"postgres": 363, "configs": 364, "minio": 365 * 3 - 1}  # keys left under each prefix
-    assert result.requests == {"ListObjectsV2": sum(math.ceil(n / 1000) for n in pages.values())} == \
-        {"ListObjectsV2": 4}
-    small_pages = bed.store(list_page_size=100)
-    assert audit_store(small_pages, TARGETS, START, END, year, NOW, 26).requests == \
-        {"ListObjectsV2": sum(math.ceil(n / 100) for n in pages.values())}
+    # one ListObjectsV2 per page of each prefix, one GetObject per manifest, nothing else
+    keys = {"postgres": 2 * 365 - 4, "configs": 2 * 365 - 2 + 1, "minio": 3 * 365 - 1}  # keys left per prefix
+    manifests = {"postgres": 363, "configs": 364, "minio": 365}
+    assert result.requests == {"ListObjectsV2": sum(math.ceil(n / 1000) for n in keys.values()),
+                               "GetObject": sum(manifests.values())}
+    assert result.requests["GetObject"] <= 3 * 365
 
 
-def test_partition_checks_add_head_and_manifest_verification(bed, year):
+def test_the_partition_check(bed, year):
     store = bed.store()
-    d = lambda n: YEAR[n].isoformat()  # noqa: E731
-    assert check_object(store, year["postgres"][d(10)], deep=True).status == OK
-    assert check_object(store, year["postgres"][d(100)]).status == GONE
-    assert check_object(store, year["configs"][d(201)]).status == "etag_mismatch"
-    forged = year["postgres"][d(11)]
-    assert check_object(store, Recorded(forged.partition, forged.object_key, forged.bytes, "0" * 64)).status == SHA256
-    assert check_mirror(store, year["minio"][d(10)], deep=True).status == OK
-    finding = check_mirror(store, year["minio"][d(300)])
-    assert finding.status == OBJECTS and "media/b.bin is missing" in finding.detail
+    assert check_partition(store, "postgres/", day(10), year["postgres"][day(10)], deep=True).status == OK
+    assert check_partition(store, "postgres/", day(100), year["postgres"][day(100)]).status == GONE
+    assert check_partition(store, "configs/", day(201), year["configs"][day(201)]).status == ETAG
+    assert check_partition(store, "postgres/", day(60), None).status == INCOMPLETE
+    assert check_partition(store, "postgres/", day(50), None).status == MISSING
+    forged = year["postgres"][day(11)]
+    assert check_partition(store, "postgres/", day(11), Recorded(day(11), forged.manifest_key, "0" * 64)).status \
+        == MANIFEST
+    finding = check_partition(store, "minio/", day(300), year["minio"][day(300)])
+    assert finding.status == GONE and "media/b.bin.age is not in the store" in finding.detail
+    assert check_partition(store, "minio/", day(10), year["minio"][day(10)], deep=True).status == OK
     before = store.request_counts()
-    check_object(store, year["postgres"][d(12)])
+    check_partition(store, "postgres/", day(13), year["postgres"][day(13)])
     assert {k: v - before.get(k, 0) for k, v in store.request_counts().items() if v != before.get(k, 0)} == \
-        {"HeadObject": 1}
+        {"ListObjectsV2": 1, "GetObject": 1}
 
 
-def obj(key: str, size: int = 1, etag: str = "e", at: datetime.datetime = NOW) -> StoredObject:
-    return StoredObject(key, size, etag, at)
+def test_a_deep_check_catches_bytes_that_differ_from_the_manifest(bed, clean_store):
+    store = clean_store
+    rec = backup(store, "postgres", "postgres/", "2026-01-05", {"d.age": b"the real dump"})
+    raw = store.read_bytes(rec.manifest_key)
+    m = Manifest.from_json(raw)
+    wrong = Manifest(**{**m.__dict__, "objects": (Entry(**{**m.objects[0].__dict__, "sha256": "f" * 64}),)})
+    up = store.put_bytes(rec.manifest_key, wrong.to_json())
+    assert check_partition(store, "postgres/", "2026-01-05", Recorded("2026-01-05", up.key, up.sha256)).status == OK
+    assert check_partition(store, "postgres/", "2026-01-05", Recorded("2026-01-05", up.key, up.sha256),
+                           deep=True).status == SHA256
 
 
-LISTING_CASES = [
-    # (name, listing, recorded, retained_since, expected statuses for days 1..3)
-    ("all as recorded", [obj("p/2026-01-01/x"), obj("p/2026-01-02/x"), obj("p/2026-01-03/x")],
-     {"2026-01-0%d" % i: Recorded("2026-01-0%d" % i, f"p/2026-01-0{i}/x", 1, "", "e") for i in (1, 2, 3)}, None,
-     [OK, OK, OK]),
-    ("present but unrecorded, and a gap", [obj("p/2026-01-01/x"), obj("p/2026-01-03/x")], {}, None,
-     [UNRECORDED, MISSING, UNRECORDED]),
-    ("older than the retention window and gone: expired, not missing", [obj("p/2026-01-03/x")],
-     {"2026-01-01": Recorded("2026-01-01", "p/2026-01-01/x", 1)}, datetime.date(2026, 1, 3),
-     [EXPIRED, EXPIRED, UNRECORDED]),
-    ("size differs", [obj("p/2026-01-01/x", size=2)], {"2026-01-01": Recorded("2026-01-01", "p/2026-01-01/x", 1)},
-     datetime.date(2026, 1, 3), [SIZE, EXPIRED, MISSING]),
-]
-
-
-@pytest.mark.parametrize("name,listing,recorded,retained_since,expected", LISTING_CASES,
-                         ids=[c[0] for c in LISTING_CASES])
-def test_audit_listing(name, listing, recorded, retained_since, expected):
-    audit = audit_listing("t", "p/", listing, datetime.date(2026, 1, 1), datetime.date(2026, 1, 3), recorded, NOW,
-                          26, retained_since=retained_since)
-    assert [f.status for f in audit.findings] == expected
-
-
-def test_freshness_is_the_age_of_the_newest_complete_backup():
+def test_freshness_is_the_newest_manifests_capture_time_not_the_stores_upload_time(bed, clean_store):
+    store = clean_store
     old = NOW - datetime.timedelta(hours=30)
-    audit = audit_listing("m", "m/", [obj("m/2026-01-01/manifest.json", at=old), obj("m/2026-01-02/b/k")],
-                          datetime.date(2026, 1, 1), datetime.date(2026, 1, 2), {}, NOW, 26, "manifest.json")
+    backup(store, "m", "m/", "2026-01-01", {"x": b"x"}, captured=old)
+    store.put_bytes("m/2026-01-01/x", b"rewritten just now")  # LastModified moves; what was captured does not
+    audit = audit_target(store, "m", "m/", datetime.date(2026, 1, 1), datetime.date(2026, 1, 2), NOW, 26)
     assert not audit.fresh and audit.age_hours == pytest.approx(30, abs=0.01)
-    assert [f.status for f in audit.findings] == [UNRECORDED, MISSING]  # a day without its manifest is missing
-    assert audit_listing("m", "m/", [obj("m/2026-01-01/manifest.json")], datetime.date(2026, 1, 1),
-                         datetime.date(2026, 1, 1), {}, NOW, 26, "manifest.json").fresh
+    assert [f.status for f in audit.findings] == [SIZE, MISSING]
+    backup(store, "m", "m/", "2026-01-02", {"y": b"y"}, captured=NOW - datetime.timedelta(hours=1))
+    assert audit_target(store, "m", "m/", datetime.date(2026, 1, 1), datetime.date(2026, 1, 2), NOW, 26).fresh
+
+
+def test_unrecorded_and_expired_days(bed, clean_store):
+    store = clean_store
+    backup(store, "p", "p/", "2026-01-03", {"x": b"x"})
+    audit = audit_target(store, "p", "p/", datetime.date(2026, 1, 1), datetime.date(2026, 1, 3), NOW, 10 ** 6,
+                         recorded={}, retained_since=datetime.date(2026, 1, 2))
+    assert [f.status for f in audit.findings] == [EXPIRED, MISSING, UNRECORDED]

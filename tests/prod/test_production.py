@@ -320,6 +320,8 @@ backups:
   bucket: prodg-test-offsite
   endpoint_url: http://127.0.0.1:9
   start_date: "2026-11-01"
+  encryption:
+    recipients: {operator: age1py04q4lel6a9kcek0k90dn47v97ukkzqzxg5q240tmc2jrqja5mqjzjxm8}
   targets:
     postgres: {method: pg_dumpall, service: postgres, prefix: postgres/, retention_days: 30}
     configs: {method: config_archive, prefix: configs/, retention_days: 90}
