@@ -169,17 +169,17 @@ def build_postgres_backup(state: DesiredState, settings: BackupSettings, partiti
         key = ""
         dump = None
         try:
-            cap = begin_capture(context, settings, target, backup_store, repo, managed)
-            earlier = earlier_capture(context, cap, backup_store, target)
-            if earlier is not None:
-                return rerecorded(earlier, prefix)
             source = container_source(docker.client, spec.container_name)
             if not source.running:
                 condition = "does not exist" if not source.image_id else "is not running"
                 raise dg.Failure(description=f"postgres backup of {day}: the {target.service} service's container "
                                              f"{spec.container_name} {condition}; nothing was dumped or uploaded "
                                              f"(start it, then re-run this partition)",
-                                 metadata={"commit": cap.commit, "source": source.description})
+                                 metadata={"source": source.description})
+            cap = begin_capture(context, settings, target, backup_store, repo, managed)
+            earlier = earlier_capture(context, cap, backup_store, target)
+            if earlier is not None:
+                return rerecorded(earlier, prefix)
             db_user = env_value(spec, "POSTGRES_USER", values) or "postgres"
             key = postgres_key(prefix, day, cap.captured_at, settings.compression, settings.encrypted)
             aborted = clean_partition(backup_store, prefix, day, context.log)

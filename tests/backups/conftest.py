@@ -86,6 +86,7 @@ class BackupBed:
     secrets_file: str
     identity_file: str  # the host's identity (restore drills)
     operator_identity_file: str  # the offline operator's (restores with the age CLI)
+    recipients: dict  # name → age1… as prodg.yaml lists them
 
     def store(self, **overrides) -> BackupStore:
         return BackupStore(endpoint_url=self.store_url, region="us-east-1", bucket=BUCKET,
@@ -108,8 +109,11 @@ class BackupBed:
 
     def materialize(self, selection: list[str], partition: str, instance, run_config: dict | None = None,
                     raise_on_error: bool = True, commit: str | None = None, tags: dict | None = None,
-                    **resources) -> dg.ExecuteInProcessResult:
+                    late: bool = True, **resources) -> dg.ExecuteInProcessResult:
+        """Materialise `selection` for `partition`. `late` (the default) tags the run prodg/capture-late=true, so a
+        test may back up any day; the tests of the late rule itself pass late=False."""
         assets, checks = self.definitions()
+        tags = {**({"prodg/capture-late": "true"} if late else {}), **(tags or {})}
         return dg.materialize([*assets, *checks], resources={**self.resources(), **resources},
                               partition_key=partition, instance=instance,
                               tags={"prodg/kind": "backup", "prodg/commit": commit or self.commit, **(tags or {})},
@@ -239,7 +243,7 @@ def bed(tmp_path_factory, docker_client, pg_container, store_server, minio_serve
     commit = init_repo(repo, "backup test bed")
     state = load_desired_state(DirTree(os.path.join(repo, "config")), {})
     return BackupBed(repo, state, commit, pg_container, store_server.url, minio_server.url,
-                     docker_client, secrets_file, host_identity, operator_identity)
+                     docker_client, secrets_file, host_identity, operator_identity, recipients)
 
 
 @pytest.fixture()

@@ -62,9 +62,7 @@ def three_days(bed, instance):
     operator's forced late backfill (tag prodg/capture-late=true), yesterday as the nightly run would do it."""
     store = bed.store()
     store.delete_objects([o.key for o in store.list()])
-    results = {day: bed.materialize(BACKUPS, day, instance,
-                                    tags={"prodg/capture-late": "true"} if day < YESTERDAY else None)
-               for day in DAYS}
+    results = {day: bed.materialize(BACKUPS, day, instance, late=day < YESTERDAY) for day in DAYS}
     metadata = {}
     for day, result in results.items():
         for event in result.get_asset_materialization_events():
@@ -173,14 +171,14 @@ def test_a_late_capture_is_refused_unless_forced_and_an_earlier_one_is_recorded_
     before = sorted((o.key, o.etag) for o in store.list())
     # a day that is over and was never captured: refused, nothing written
     never = (TODAY - datetime.timedelta(days=5)).isoformat()
-    result = bed.materialize([POSTGRES_BACKUP], never, instance, raise_on_error=False)
+    result = bed.materialize([POSTGRES_BACKUP], never, instance, raise_on_error=False, late=False)
     assert not result.success
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     text = failure.event_specific_data.error.message
     assert f"{never}: that day is over" in text and "prodg/capture-late=true" in text
     assert sorted((o.key, o.etag) for o in store.list()) == before
     # a day that is over and was captured: recorded again from its manifest, nothing captured anew
-    again = bed.materialize([POSTGRES_BACKUP], DAYS[0], instance)
+    again = bed.materialize([POSTGRES_BACKUP], DAYS[0], instance, late=False)
     md = {k: v.value for k, v in again.get_asset_materialization_events()[0].materialization.metadata.items()}
     assert md["recaptured"] is False and md["captured_at"] == metadata[(POSTGRES_BACKUP, DAYS[0])]["captured_at"]
     assert md["sha256"] == metadata[(POSTGRES_BACKUP, DAYS[0])]["sha256"] and md["captured_late"] is True

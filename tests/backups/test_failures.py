@@ -20,6 +20,7 @@ from prodg_assets.backups.store import S3Source
 from prodg_assets.contract import CONFIG_BACKUP, MINIO_BACKUP, POSTGRES_BACKUP
 from prodg_assets.engine.exec import exec_run
 from tests.backups.conftest import (
+    age_decrypt,
     MINIO_OBJECTS,
     SECRETS,
     START,
@@ -148,12 +149,13 @@ CONNECT = re.compile(r"^\\connect (?:-reuse-previous=on )?(?:\"dbname='(?P<a>[^'
 COPY = re.compile(r"^COPY (?P<table>\S+) .*FROM stdin;$")
 
 
-def rows_in_the_dump(store, key: str) -> dict[str, int]:
-    """The rows of every table in the stored pg_dumpall (downloaded, decompressed, its COPY blocks counted)."""
+def rows_in_the_dump(store, key: str, identity_file: str) -> dict[str, int]:
+    """The rows of every table in the stored pg_dumpall (downloaded, decrypted by the `age` CLI, decompressed, its
+    COPY blocks counted)."""
     import zstandard
 
-    assert key.endswith(".sql.zst"), key
-    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(store.read_bytes(key)))
+    assert key.endswith(".sql.zst.age"), key
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(age_decrypt(store.read_bytes(key), identity_file)))
     rows, db, table = {}, None, None
     for line in io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8", errors="replace"):
         line = line.rstrip("\n")
@@ -174,12 +176,12 @@ def assert_the_retry_lost_no_row(bed, store, retry, prefix: str, measured):
     """The retry's one object is intact (its bytes hash to the recorded sha256) and its dump holds every row of every
     table the cluster holds."""
     meta = metadata_of(retry)
-    assert [o.key for o in store.list(prefix)] == [meta["object_key"]]
+    assert sorted(o.key for o in store.list(prefix)) == sorted([meta["object_key"], meta["manifest_key"]])
     assert store.sha256_of(meta["object_key"]) == (meta["sha256"], meta["bytes"])
     assert store.multipart_uploads(prefix) == []
     live = rows_in_the_cluster(bed)
     assert live.get("bulk/public.blob") == 400000, live
-    dumped = rows_in_the_dump(store, meta["object_key"])
+    dumped = rows_in_the_dump(store, meta["object_key"], bed.operator_identity_file)
     assert measured.compare("rows", expected=live, actual=dumped) == 0, (live, dumped)
 
 
@@ -263,6 +265,8 @@ def test_a_mirror_that_fails_halfway_removes_what_it_copied(bed, clean_store, in
     manifest = json.loads(raw)
     expected = {(b, k): hashlib.sha256(data).hexdigest() for (b, k), data in MINIO_OBJECTS.items()
                 if b in source.buckets}
-    copied = {(e["bucket"], e["key"]): clean_store.sha256_of(e["object_key"])[0] for e in manifest["objects"]}
+    copied = {(e["bucket"], e["key"]): hashlib.sha256(age_decrypt(clean_store.read_bytes(e["object_key"]),
+                                                                  bed.operator_identity_file)).hexdigest()
+              for e in manifest["objects"]}
     assert measured.compare("objects", expected=expected, actual=copied) == 0, (expected, copied)
     assert clean_store.multipart_uploads(f"minio/{DAY}/") == []

@@ -35,8 +35,9 @@ from tests.backups.conftest import (
     wait_for,
     write_config,
 )
+from prodg_assets.backups.manifest import Manifest
 from tests.backups.test_failures import rows_in_the_cluster, rows_in_the_dump
-from tests.standins.faultproxy import FaultProxy, Request, is_complete, is_upload_part
+from tests.standins.faultproxy import FaultProxy, Request, is_complete, is_upload_part, not_a_bucket_setting
 
 SECRET_VALUES = [*SECRETS.values(), STORE_SECRET]
 # ~13 MB of incompressible bytes (hex in the dump, compressed back to about their size): three 5 MiB parts.
@@ -71,7 +72,7 @@ def fault_proxy(proxy):
 def state(bed, proxy, tmp_path_factory):
     """The test bed's config with `backups.endpoint_url` = the proxy, loaded as prodg loads it."""
     root = str(tmp_path_factory.mktemp("faults"))
-    write_config(root, proxy.url, urlsplit(bed.minio_url).port, bed.secrets_file)
+    write_config(root, proxy.url, urlsplit(bed.minio_url).port, bed.secrets_file, bed.recipients)
     return load_desired_state(DirTree(os.path.join(root, "config")), {})
 
 
@@ -143,7 +144,7 @@ def materialize(bed, state, selection: list[str], partition: str, instance, stor
     defs = backup_definitions(state)
     return dg.materialize([*(defs.assets or []), *(defs.asset_checks or [])], resources={**bed.resources(), "backup_store": store},
                           partition_key=partition, instance=instance,
-                          tags={"prodg/kind": "backup", "prodg/commit": bed.commit},
+                          tags={"prodg/kind": "backup", "prodg/commit": bed.commit, "prodg/capture-late": "true"},
                           selection=dg.AssetSelection.assets(*selection), raise_on_error=False)
 
 
@@ -174,12 +175,13 @@ def assert_nothing_half_changed(store, prefix: str):
 
 
 def assert_intact(store, result, prefix: str, bulk: bool = True) -> dict:
-    """The retry's one object under `prefix`: its bytes hash to the sha256 recorded in the materialisation and in
-    the object's own metadata; no upload left in progress; its object_intact check passed."""
+    """The retry's one object and its manifest under `prefix`: its bytes hash to the sha256 recorded in the
+    materialisation and in the manifest; no upload left in progress; its object_intact check passed."""
     meta = metadata_of(result)
-    assert [o.key for o in store.list(prefix)] == [meta["object_key"]]
+    assert sorted(o.key for o in store.list(prefix)) == sorted([meta["object_key"], meta["manifest_key"]])
     sha256, size = store.sha256_of(meta["object_key"])
-    assert sha256 == meta["sha256"] == store.head(meta["object_key"]).sha256
+    manifest = Manifest.from_json(store.read_bytes(meta["manifest_key"]))
+    assert sha256 == meta["sha256"] == manifest.objects[0].sha256
     assert size == meta["bytes"]
     assert meta["raw_bytes"] > 15 * 1024 * 1024 or not bulk  # the bulk database was in it
     assert store.multipart_uploads(prefix) == []
@@ -192,7 +194,7 @@ def assert_no_row_lost(bed, store, result, measured) -> None:
     """Every row of every table the live cluster holds is in `result`'s stored dump (downloaded, its COPY blocks
     counted); recorded for docs/RELIABILITY.md."""
     live = rows_in_the_cluster(bed)
-    dumped = rows_in_the_dump(store, metadata_of(result)["object_key"])
+    dumped = rows_in_the_dump(store, metadata_of(result)["object_key"], bed.operator_identity_file)
     assert measured.compare("rows", expected=live, actual=dumped) == 0, (live, dumped)
 
 
@@ -297,12 +299,14 @@ def test_store_stopped_mid_upload_fails_clearly_and_the_retry_cleans_up_and_succ
 
 # -- (b) the store answers errors on some requests ---------------------------------------------------------------------
 UPLOAD = {"UploadPart", "CompleteMultipartUpload"}
+# every n-th request counted over the backup's own requests, not the reads of the bucket's settings before it
+OWN = not_a_bucket_setting
 FLAKY = {  # fault: (switch, operations it must have hit)
-    "503 SlowDown every 3rd request": (lambda p: p.fail_every(3, 503), UPLOAD),
-    "500 InternalError every 4th request": (lambda p: p.fail_every(4, 500), UPLOAD),
-    "connection dropped unanswered every 4th request": (lambda p: p.drop_every(4), UPLOAD),
+    "503 SlowDown every 3rd request": (lambda p: p.fail_every(3, 503, match=OWN), UPLOAD),
+    "500 InternalError every 4th request": (lambda p: p.fail_every(4, 500, match=OWN), UPLOAD),
+    "connection dropped unanswered every 4th request": (lambda p: p.drop_every(4, match=OWN), UPLOAD),
     # CreateMultipartUpload among them: the retry starts a second upload, the first one is orphaned
-    "answer lost after the store applied it, every 3rd request": (lambda p: p.drop_every(3, after=True),
+    "answer lost after the store applied it, every 3rd request": (lambda p: p.drop_every(3, after=True, match=OWN),
                                                                   UPLOAD | {"CreateMultipartUpload"}),
     # every attempt: the upload is complete, the client never hears it
     "every CompleteMultipartUpload answer lost after the store applied it": (

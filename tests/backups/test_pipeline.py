@@ -51,8 +51,11 @@ def test_a_truncated_gzip_stream_is_an_error():
 
 def test_keys_carry_the_partition_date():
     at = datetime.datetime(2026, 11, 27, 3, 0, 12, tzinfo=datetime.timezone.utc)
-    assert postgres_key("postgres/", "2026-11-26", at, "zstd") == "postgres/2026-11-26/pg_dumpall-030012.sql.zst"
-    assert config_key("configs/", "2026-11-26", "a" * 40, "gzip") == "configs/2026-11-26/config-aaaaaaaaaaaa.tar.gz"
+    assert postgres_key("postgres/", "2026-11-26", at, "zstd", True) == \
+        "postgres/2026-11-26/pg_dumpall-030012.sql.zst.age"
+    assert postgres_key("postgres/", "2026-11-26", at, "zstd", False) == "postgres/2026-11-26/pg_dumpall-030012.sql.zst"
+    assert config_key("configs/", "2026-11-26", "a" * 40, "gzip", False) == \
+        "configs/2026-11-26/config-aaaaaaaaaaaa.tar.gz"
     assert manifest_key("minio/", "2026-11-26") == "minio/2026-11-26/manifest.json"
     assert compression_of("x.sql.zst") == "zstd" and compression_of("x.tar.gz") == "gzip"
     with pytest.raises(ValueError):

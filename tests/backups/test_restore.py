@@ -1,5 +1,6 @@
 """Restores from the store into real Postgres containers: the known rows come back, a non-empty target is refused
-unless forced, a corrupt object never reaches the target."""
+unless forced, a corrupt object never reaches the target, and an identity the backup is not encrypted to opens
+nothing."""
 
 import datetime
 
@@ -20,7 +21,9 @@ from prodg_assets.backups.postgres import (
     pg_dumpall_chunks,
     target_contents,
 )
-from prodg_assets.backups.restore import restore_object
+from prodg_assets.agekeys import AgeError, Identity, Recipient, read_identities
+from prodg_assets.backups.manifest import Manifest
+from prodg_assets.backups.restore import restore_postgres
 from prodg_assets.backups.stream import stream_backup
 from tests.backups.conftest import EXPECTED_ROWS, NAME, PG_IMAGE, SECRETS, psql
 
@@ -29,13 +32,26 @@ pytestmark = pytest.mark.docker
 FINGERPRINT = "select count(*), sum(id), md5(string_agg(note, ',' order by id)) from events"
 
 
+def manifest_for(result, recipients) -> Manifest:
+    return Manifest("postgres", "2026-11-26", "2026-11-27T03:00:00+00:00", "c" * 40, "run tag", "test", "", "",
+                    "zstd", tuple(r.fingerprint for r in recipients), (result.entry(),))
+
+
 @pytest.fixture(scope="module")
 def dump(bed):
+    """The test bed's dump, encrypted to its recipients, and its manifest."""
     store = bed.store()
-    result = stream_backup(store, "restore-test/2026-11-26/pg_dumpall-030000.sql.zst",
-                           pg_dumpall_chunks(bed.client.api, bed.pg, password=SECRETS["POSTGRES_PASSWORD"]))
-    yield result
+    recipients = [Recipient.parse(t) for t in bed.recipients.values()]
+    result = stream_backup(store, "restore-test/2026-11-26/pg_dumpall-030000.sql.zst.age",
+                           pg_dumpall_chunks(bed.client.api, bed.pg, password=SECRETS["POSTGRES_PASSWORD"]),
+                           recipients=recipients)
+    yield manifest_for(result, recipients)
     store.delete_objects([result.key])
+
+
+@pytest.fixture(scope="module")
+def host(bed):
+    return read_identities(bed.identity_file)
 
 
 @pytest.fixture()
@@ -45,9 +61,9 @@ def scratch(bed):
     assert not bed.client.containers.list(all=True, filters={"name": f"{NAME}-scratch"})
 
 
-def test_a_restore_reproduces_the_rows_of_a_database_with_known_contents(bed, dump, scratch):
+def test_a_restore_reproduces_the_rows_of_a_database_with_known_contents(bed, dump, host, scratch):
     assert target_contents(bed.client.api, scratch).empty
-    result = restore_object(bed.store(), dump.key, dump.sha256, bed.client.api, scratch)
+    result = restore_postgres(bed.store(), dump, host, bed.client.api, scratch)
     assert result.sql_bytes == dump.raw_bytes and result.ignored_errors >= 1  # CREATE ROLE postgres
     api = bed.client.api
     assert psql(api, scratch, FINGERPRINT, db="hermes") == psql(api, bed.pg, FINGERPRINT, db="hermes")
@@ -58,22 +74,31 @@ def test_a_restore_reproduces_the_rows_of_a_database_with_known_contents(bed, du
     assert compare_census(census(api, bed.pg), restored) == []
 
 
-def test_a_non_empty_target_is_refused_unless_forced(bed, dump, scratch):
+def test_a_non_empty_target_is_refused_unless_forced(bed, dump, host, scratch):
     store, api = bed.store(), bed.client.api
     with pytest.raises(RestoreRefused, match="not empty"):
-        restore_object(store, dump.key, dump.sha256, api, bed.pg)  # the live database is never overwritten
-    restore_object(store, dump.key, dump.sha256, api, scratch)
+        restore_postgres(store, dump, host, api, bed.pg)  # the live database is never overwritten
+    restore_postgres(store, dump, host, api, scratch)
     psql(api, scratch, "insert into events (note) values ('written after the restore')", db="hermes")
     with pytest.raises(RestoreRefused, match="hermes, infisical"):
-        restore_object(store, dump.key, dump.sha256, api, scratch)
-    result = restore_object(store, dump.key, dump.sha256, api, scratch, force=True)
+        restore_postgres(store, dump, host, api, scratch)
+    result = restore_postgres(store, dump, host, api, scratch, force=True)
     assert set(result.wiped) == {"hermes", "infisical"}
     assert census(api, scratch).rows == EXPECTED_ROWS  # the extra row is gone: overwritten, not merged
 
 
-def test_a_corrupt_object_never_reaches_the_target(bed, dump, scratch):
+def test_a_corrupt_object_never_reaches_the_target(bed, dump, host, scratch):
+    entry = dump.objects[0]
+    forged = Manifest(**{**dump.__dict__, "objects": (type(entry)(**{**entry.__dict__, "sha256": "0" * 64}),)})
     with pytest.raises(RestoreFailed, match="hash to"):
-        restore_object(bed.store(), dump.key, "0" * 64, bed.client.api, scratch)
+        restore_postgres(bed.store(), forged, host, bed.client.api, scratch)
+    assert target_contents(bed.client.api, scratch).empty
+
+
+def test_an_identity_the_backup_is_not_encrypted_to_opens_nothing(bed, dump, scratch):
+    stranger = Identity.generate()
+    with pytest.raises(AgeError, match="is encrypted to sha256:"):
+        restore_postgres(bed.store(), dump, [stranger], bed.client.api, scratch, verify_first=False)
     assert target_contents(bed.client.api, scratch).empty
 
 

@@ -22,22 +22,29 @@ def test_prodg_restore_verifies_and_restores_the_days_dump_into_a_scratch_postgr
            "PRODG_TEST_STORE_KEY_ID": STORE_KEY_ID, "PRODG_TEST_STORE_SECRET": STORE_SECRET}
     scratch = f"prodg-restore-{day}"  # the scratch container's name, made unique by a random suffix
     try:
-        proc = subprocess.run([*PRODG_CLI, "restore", "postgres", "--date", day], env=env,
-                              capture_output=True, text=True, timeout=300, cwd=ROOT)
+        # without the identity the encrypted dump is not opened: one clear line
+        locked = subprocess.run([*PRODG_CLI, "restore", "postgres", "--date", day], env=env,
+                                capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert locked.returncode == 1 and "give the identity file with --identity" in locked.stderr
+        # with the offline operator's identity (the host's would do too)
+        proc = subprocess.run([*PRODG_CLI, "restore", "postgres", "--date", day, "--identity",
+                               bed.operator_identity_file], env=env, capture_output=True, text=True, timeout=300,
+                              cwd=ROOT)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         named = re.search(rf"into container ({re.escape(scratch)}-[0-9a-f]{{6}}):", proc.stdout)
-        assert "sha256 verified" in proc.stdout and named, proc.stdout
+        assert "sha256 verified, decrypted" in proc.stdout and named, proc.stdout
         scratch = named.group(1)
         rows = psql(bed.client.api, scratch, "select count(*) from events", db="hermes")
         assert rows.strip() == psql(bed.client.api, bed.pg, "select count(*) from events", db="hermes").strip()
         # into a target that holds data: refused, one clear line, no traceback
-        again = subprocess.run([*PRODG_CLI, "restore", "postgres", "--date", day, "--target",
-                                scratch], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        again = subprocess.run([*PRODG_CLI, "restore", "postgres", "--date", day, "--target", scratch,
+                                "--identity", bed.identity_file], env=env, capture_output=True, text=True,
+                               timeout=300, cwd=ROOT)
         assert again.returncode == 1 and "Traceback" not in again.stderr
-        assert "RestoreRefused" in again.stderr
+        assert f"{scratch} is not empty" in again.stderr
         missing = subprocess.run([*PRODG_CLI, "restore", "postgres", "--date", "2001-01-01"],
                                  env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
-        assert missing.returncode == 1 and "no Postgres backup for 2001-01-01" in missing.stderr
+        assert missing.returncode == 1 and "no complete Postgres backup for 2001-01-01" in missing.stderr
         assert not any(v in proc.stdout + proc.stderr + again.stderr for v in (*SECRETS.values(), STORE_SECRET))
     finally:
         subprocess.run(["docker", "rm", "-f", "-v", scratch], capture_output=True)

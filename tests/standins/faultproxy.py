@@ -64,6 +64,12 @@ class Request:
             return {"POST": "CompleteMultipartUpload", "DELETE": "AbortMultipartUpload"}.get(m, "ListParts")
         if "delete" in q:
             return "DeleteObjects"
+        if "object-lock" in q:
+            return "GetObjectLockConfiguration" if m == "GET" else "PutObjectLockConfiguration"
+        if "versioning" in q:
+            return "GetBucketVersioning" if m == "GET" else "PutBucketVersioning"
+        if "versions" in q:
+            return "ListObjectVersions"
         if m == "PUT":
             return "PutObject"  # CopyObject too (x-amz-copy-source): see `copy` in the record
         if m == "GET" and self.path.count("/") <= 1:
@@ -85,6 +91,14 @@ def is_put(r: Request) -> bool:
 
 def any_request(_r: Request) -> bool:
     return True
+
+
+BUCKET_SETTINGS = {"GetObjectLockConfiguration", "GetBucketVersioning"}
+
+
+def not_a_bucket_setting(r: Request) -> bool:
+    """Every request but the reads of the bucket's settings (Object Lock, versioning) a backup makes once."""
+    return r.operation not in BUCKET_SETTINGS
 
 
 @dataclass
