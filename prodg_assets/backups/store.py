@@ -9,6 +9,7 @@ multipart upload with its part pipeline and its clean-up, and MinIO's read side 
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
 import queue
@@ -94,6 +95,12 @@ class MultipartInProgress:
     initiated: Optional[datetime.datetime]
 
 
+def _content_md5(body: bytes) -> dict:
+    """Content-MD5 of a request body: S3 requires it on every write under Object Lock (boto3 sends it only when
+    asked, as request checksums are off: see `client`)."""
+    return {"ContentMD5": base64.b64encode(hashlib.md5(body).digest()).decode()}
+
+
 def _etag(value: str) -> str:
     return (value or "").strip('"')
 
@@ -103,8 +110,8 @@ class _PartUploader:
     goes on compressing and hashing (and its producer producing) while the store receives a part. The first failure
     is kept and raised to the caller at its next `submit` or at `finish`; later parts are then dropped unsent."""
 
-    def __init__(self, store: "BackupStore", key: str, upload_id: str):
-        self.store, self.key, self.upload_id = store, key, upload_id
+    def __init__(self, store: "BackupStore", key: str, upload_id: str, locked: bool = False):
+        self.store, self.key, self.upload_id, self.locked = store, key, upload_id, locked
         self.parts: list[dict] = []
         self.error: Optional[BaseException] = None
         self.cancelled = False
@@ -121,7 +128,7 @@ class _PartUploader:
                 continue  # drain, so a caller blocked in submit() is released
             number, body = item
             try:
-                self.parts.append(self.store._upload_part(self.key, self.upload_id, number, body))
+                self.parts.append(self.store._upload_part(self.key, self.upload_id, number, body, self.locked))
             except BaseException as exc:  # raised in the caller's thread
                 self.error = exc
 
@@ -329,7 +336,7 @@ class BackupStore(S3Endpoint):
                         upload_id = created["UploadId"]
                         # retried: an earlier attempt may have started an upload whose answer was lost
                         orphans = bool((created.get("ResponseMetadata") or {}).get("RetryAttempts"))
-                        uploader = _PartUploader(self, key, upload_id)
+                        uploader = _PartUploader(self, key, upload_id, locked=lock is not None)
                     with memoryview(buf) as view:
                         body = bytes(view[:self.part_bytes])
                     del buf[:self.part_bytes]
@@ -338,9 +345,10 @@ class BackupStore(S3Endpoint):
                     del body
             sha256 = digest.hexdigest()
             if upload_id is None:
+                body = bytes(buf)
                 resp = self._call(f"uploading s3://{self.bucket}/{key}", self.client.put_object, Bucket=self.bucket,
-                                  Key=key, Body=bytes(buf), Metadata=user_meta, ContentType=content_type,
-                                  **lock_params)
+                                  Key=key, Body=body, Metadata=user_meta, ContentType=content_type,
+                                  **lock_params, **(_content_md5(body) if lock else {}))
                 etag = _etag(resp.get("ETag", ""))
             else:
                 if buf:
@@ -361,6 +369,12 @@ class BackupStore(S3Endpoint):
                         raise
                     etag = head.etag
                 completed = True
+                if lock:
+                    # the same retention again, on the completed object: some S3 implementations (moto) ignore the
+                    # lock asked for at CreateMultipartUpload; S3 and B2 accept an unchanged date
+                    self._call(f"locking s3://{self.bucket}/{key}", self.client.put_object_retention,
+                               Bucket=self.bucket, Key=key,
+                               Retention={"Mode": lock.mode, "RetainUntilDate": lock.retain_until})
         except BaseException as exc:
             self._close_producer(chunks)
             if uploader is not None:
@@ -434,9 +448,10 @@ class BackupStore(S3Endpoint):
             raise self._error(f"deleting version {version_id} of s3://{self.bucket}/{key}", exc) from None
         return None
 
-    def _upload_part(self, key: str, upload_id: str, number: int, body: bytes) -> dict:
+    def _upload_part(self, key: str, upload_id: str, number: int, body: bytes, locked: bool = False) -> dict:
         resp = self._call(f"uploading part {number} of s3://{self.bucket}/{key}", self.client.upload_part,
-                          Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)
+                          Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body,
+                          **(_content_md5(body) if locked else {}))
         return {"PartNumber": number, "ETag": resp["ETag"]}
 
     @staticmethod

@@ -89,8 +89,9 @@ class BackupBed:
     recipients: dict  # name → age1… as prodg.yaml lists them
 
     def store(self, **overrides) -> BackupStore:
-        return BackupStore(endpoint_url=self.store_url, region="us-east-1", bucket=BUCKET,
-                           access_key_id=STORE_KEY_ID, secret_access_key=STORE_SECRET, part_size_mb=5, **overrides)
+        settings = {"endpoint_url": self.store_url, "region": "us-east-1", "bucket": BUCKET,
+                    "access_key_id": STORE_KEY_ID, "secret_access_key": STORE_SECRET, "part_size_mb": 5}
+        return BackupStore(**{**settings, **overrides})
 
     def resources(self) -> dict:
         return {
