@@ -137,6 +137,16 @@ def test_backup_targets_and_retention(state):
     }
 
 
+def test_backups_are_encrypted_to_the_listed_recipients_unless_none_is_written(state, config_copy: Path):
+    b = state.settings.backups
+    assert [name for name, _ in b.recipients] == ["operator", "host"] and b.encrypted
+    assert all(text.startswith("age1") for _, text in b.recipients) and b.object_lock_mode == "GOVERNANCE"
+    edit(config_copy, P, "  encryption:\n    recipients:\n      operator: ${BACKUP_OPERATOR_RECIPIENT}\n"
+                         "      host: ${BACKUP_HOST_RECIPIENT}\n", "  encryption: none\n")
+    plain = load_desired_state(tree(config_copy), {}).settings.backups
+    assert plain.recipients == () and not plain.encrypted
+
+
 def test_only_trust_tier_t1_mounts_the_docker_socket(state):
     socket_users = {name for name, s in state.services.items()
                     for m in s.volumes if m.source.endswith("docker.sock")}
@@ -346,6 +356,20 @@ CASES = [
     Case("backup-retention-zero", P, "retention_days: 90", "retention_days: 0",
          "backups.targets.configs.retention_days",
          "must be at least 1", ("retention_days: 0",)),
+    Case("backup-without-encryption", P, "  encryption:\n    recipients:\n      operator: ${BACKUP_OPERATOR_RECIPIENT}\n"
+         "      host: ${BACKUP_HOST_RECIPIENT}\n", "", "backups",
+         "no `encryption`: every backup would leave this host in plaintext", ("\nbackups:\n", "backups:")),
+    Case("backup-encryption-word", P, "  encryption:\n    recipients:\n      operator: ${BACKUP_OPERATOR_RECIPIENT}\n"
+         "      host: ${BACKUP_HOST_RECIPIENT}\n", "  encryption: plaintext\n", "backups.encryption",
+         "must be one of none, got 'plaintext'", ("encryption: plaintext",)),
+    Case("backup-recipient-not-age", P, "operator: ${BACKUP_OPERATOR_RECIPIENT}", "operator: ssh-ed25519 AAAAC3",
+         "backups.encryption.recipients.operator", "not an age X25519 recipient (age1…)", ("operator: ssh-ed25519",)),
+    Case("backup-recipient-bad-checksum", P, "BACKUP_HOST_RECIPIENT: age1kczlyajjg0g5j9az7cpw42c7vme0wn9nflzm2v4y6y7yy5m8ugxs6l74au",
+         "BACKUP_HOST_RECIPIENT: age1kczlyajjg0g5j9az7cpw42c7vme0wn9nflzm2v4y6y7yy5m8ugxs6l74aa",
+         "backups.encryption.recipients.host", "bech32: checksum mismatch", ("host: ${BACKUP_HOST_RECIPIENT}",)),
+    Case("object-lock-mode", P, "object_lock: {mode: governance}", "object_lock: {mode: legal_hold}",
+         "backups.object_lock.mode", "must be one of governance, compliance, got 'legal_hold'",
+         ("object_lock: {mode: legal_hold}",)),
     Case("dns-record-proxied", P, 'content: "${HOST_PUBLIC_IP}", proxied: false}\n    - {name: "*',
          'content: "${HOST_PUBLIC_IP}", proxied: true}\n    - {name: "*', "dns.records[0].proxied", "must be false",
          ("proxied: true",)),
