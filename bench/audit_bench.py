@@ -1,14 +1,14 @@
 """The window audit over a year of backups: 365 daily partitions × 3 targets in a moto_server bucket, written by the
-product's own writers (`stream_backup` of a small dump into `postgres/<day>/pg_dumpall-<HHMMSS>.sql.zst`,
-`mirror_s3` of a small MinIO stand-in bucket into `minio/<day>/…` with its manifest, `stream_backup` of
-`git archive` of config/ into `configs/<day>/config-<commit>.tar.zst`), what each materialisation would record kept
+product's own writers (`stream_backup` of a small dump into `postgres/<day>/pg_dumpall-<HHMMSS>.sql.zst.age`,
+`mirror_s3` of a small MinIO stand-in bucket into `minio/<day>/…`, `stream_backup` of `git archive` of config/
+into `configs/<day>/config-<commit>.tar.zst.age`, each day with its manifest), what each materialisation would record kept
 in a Dagster instance (sqlite, in a temp dir) through the same metadata the backup assets write.
 
 Measured, each against a baseline in the same run on the same bucket:
 - `audit_store` (the window audit the `backup_audit` asset runs) vs one paginated listing of the whole bucket;
 - the asset's whole audit: reading the recorded materialisations (`recorded_partitions`) + `audit_store`;
-- the S3 requests of the audit by operation (counted by the store through boto3's before-call event) vs a naive
-  audit that HEADs every recorded object (`check_object` per partition, which also compares the sha256 metadata).
+- the S3 requests of the audit by operation (counted by the store through boto3's before-call event) vs the
+  per-partition check run for every partition (`check_partition`: a listing of the day and its manifest each).
 
 Prints a table and appends to bench/RESULTS.md. Measures; never asserts.
 
@@ -51,14 +51,22 @@ def fmt_requests(counts: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
 
 
-def fill(store, source, days: list[datetime.date], commit: str, workers: int) -> dict:
-    """Back up every day of `days` with the product's writers; returns {asset: {partition: metadata}} as the
-    backup assets would record it."""
-    from prodg_assets.backups.assets import backup_metadata
+def fill(store, source, days: list[datetime.date], commit: str, workers: int, recipients: list) -> dict:
+    """Back up every day of `days` with the product's writers (objects encrypted to `recipients`, then each day's
+    manifest); returns {asset: {partition: metadata}} as the backup assets would record it."""
+    from prodg_assets.backups.assets import partition_metadata
     from prodg_assets.backups.keys import config_key, postgres_key
+    from prodg_assets.backups.manifest import Manifest, write_manifest
     from prodg_assets.backups.mirror import mirror_s3
     from prodg_assets.backups.stream import stream_backup
     from prodg_assets.gitops.repo import git_archive_chunks
+
+    fingerprints = tuple(r.fingerprint for r in recipients)
+
+    def finish(target: str, prefix: str, d: str, at: datetime.datetime, entries, compression: str) -> dict:
+        manifest = Manifest(target, d, at.isoformat(timespec="seconds"), commit, "deployed", target, "", "",
+                            compression, fingerprints, tuple(entries))
+        return partition_metadata(manifest, write_manifest(store, prefix, manifest))
 
     def one(day: datetime.date) -> tuple[str, dict]:
         d = day.isoformat()
@@ -66,23 +74,15 @@ def fill(store, source, days: list[datetime.date], commit: str, workers: int) ->
                                        datetime.timezone.utc)
         dump = [f"-- PostgreSQL database cluster dump of {d}\n".encode(),
                 b"".join(f"insert into events values ({i}, 'event {i} of {d}');\n".encode() for i in range(200))]
-        pg = stream_backup(store, postgres_key("postgres/", d, at, "zstd"), dump, "zstd",
-                           {"partition": d, "source": "postgres", "commit": commit})
-        mirror = mirror_s3(source, store, "minio/", d, now=at)
-        cfg = stream_backup(store, config_key("configs/", d, commit, "zstd"),
+        pg = stream_backup(store, postgres_key("postgres/", d, at, "zstd", True), dump, "zstd",
+                           {"partition": d, "source": "postgres", "commit": commit}, recipients)
+        mirror = mirror_s3(source, store, "minio/", d, recipients)
+        cfg = stream_backup(store, config_key("configs/", d, commit, "zstd", True),
                             git_archive_chunks(ROOT, commit, "config"), "zstd",
-                            {"partition": d, "source": "config", "commit": commit})
-        return d, {
-            "postgres_backup": backup_metadata(commit, "postgres", pg.key, pg.raw_bytes, pg.bytes, pg.sha256,
-                                               pg.etag, pg.duration_s, pg.throughput_mb_s, 0, compression="zstd"),
-            "minio_backup": backup_metadata(commit, "minio", mirror.manifest_key, mirror.bytes, mirror.bytes,
-                                            mirror.manifest_sha256, mirror.manifest_etag, mirror.duration_s,
-                                            mirror.throughput_mb_s, 0, object_count=mirror.objects,
-                                            manifest_bytes=mirror.manifest_bytes,
-                                            buckets=", ".join(mirror.buckets)),
-            "config_backup": backup_metadata(commit, "config", cfg.key, cfg.raw_bytes, cfg.bytes, cfg.sha256,
-                                             cfg.etag, cfg.duration_s, cfg.throughput_mb_s, 0, compression="zstd"),
-        }
+                            {"partition": d, "source": "config", "commit": commit}, recipients)
+        return d, {"postgres_backup": finish("postgres", "postgres/", d, at, [pg.entry()], "zstd"),
+                   "minio_backup": finish("minio", "minio/", d, at, mirror.entries, "none"),
+                   "config_backup": finish("configs", "configs/", d, at, [cfg.entry()], "zstd")}
 
     out: dict = {asset: {} for _, asset, _, _ in TARGETS}
     with ThreadPoolExecutor(workers) as pool:
@@ -114,9 +114,9 @@ def main() -> None:
     import dagster as dg
 
     from bench.common import append_result, machine
+    from prodg_assets.agekeys import Identity
+    from prodg_assets.backups.audit import OK, AuditTarget, audit_store, check_partition
     from prodg_assets.backups.records import recorded_partitions
-    from prodg_assets.backups.retention import MARKER_OF_METHOD
-    from prodg_assets.backups.audit import OK, AuditTarget, audit_store, check_object
     from prodg_assets.backups.store import BackupStore, S3Source
     from tests.standins.moto import MotoServer
 
@@ -150,7 +150,7 @@ def main() -> None:
         print(f"== filling s3://{BUCKET} on moto_server: {args.days} days × 3 targets …", flush=True)
         t0 = time.perf_counter()
         fill_store = new_store()
-        metadata = fill(fill_store, source, days, commit, args.workers)
+        metadata = fill(fill_store, source, days, commit, args.workers, [Identity.generate().recipient])
         fill_s = time.perf_counter() - t0
         objects = list(fill_store.list())
         total_bytes = sum(o.size for o in objects)
@@ -165,11 +165,10 @@ def main() -> None:
         print(f"   {sum(len(v) for v in metadata.values())} materialisations recorded in {record_s:.1f} s", flush=True)
 
         keys = [d.isoformat() for d in days]
-        audit_targets = [AuditTarget(name, prefix, MARKER_OF_METHOD.get(method)) for name, _, method, prefix in
-                         TARGETS]
+        audit_targets = [AuditTarget(name, prefix) for name, _, _, prefix in TARGETS]
 
         def read_recorded() -> dict:
-            return {name: recorded_partitions(instance, asset, method, keys) for name, asset, method, _ in TARGETS}
+            return {name: recorded_partitions(instance, asset, keys) for name, asset, _, _ in TARGETS}
 
         recorded = read_recorded()
 
@@ -201,13 +200,15 @@ def main() -> None:
 
             print(f"   repeat {r + 1}: audit_store {runs['audit'][-1]:.2f} s, recorded+audit "
                   f"{runs['asset'][-1]:.2f} s, list of the bucket {runs['list'][-1]:.2f} s", flush=True)
-        # the naive baseline, once (a HEAD per recorded object is ~100× the requests: one run tells enough)
+        # the naive baseline, once: the per-partition check for every partition (a listing + a GET each)
         store = new_store()
+        prefixes = {name: prefix for name, _, _, prefix in TARGETS}
         t0 = time.perf_counter()
-        head_findings = [check_object(store, r_) for by_day in recorded.values() for r_ in by_day.values()]
+        head_findings = [check_partition(store, prefixes[name], d, r_) for name, by_day in recorded.items()
+                         for d, r_ in by_day.items()]
         runs["heads"].append(time.perf_counter() - t0)
         last["heads"] = (head_findings, store.request_counts())
-        print(f"   HEAD per recorded object: {runs['heads'][-1]:.2f} s", flush=True)
+        print(f"   check_partition per partition: {runs['heads'][-1]:.2f} s", flush=True)
 
         med = {k: statistics.median(v) for k, v in runs.items()}
         result = last["audit"]
@@ -229,7 +230,7 @@ def main() -> None:
              f"≤ {TARGET_S:g} s"),
             (f"S3 requests of the window audit, {findings} partition verdicts ({problems} problems), "
              f"{listed} objects listed", f"{sum(result.requests.values())}: {fmt_requests(result.requests)}",
-             f"HEAD per recorded object: {sum(head_req.values())}: {fmt_requests(head_req)}, "
+             f"check_partition per partition: {sum(head_req.values())}: {fmt_requests(head_req)}, "
              f"{fmt_s(med['heads'])} (one run)",
              f"{sum(result.requests.values()) / max(sum(head_req.values()), 1):.3f}×",
              "counted and reported"),
@@ -241,7 +242,7 @@ def main() -> None:
         for row in rows:
             print(f"{row[0]:<100} {row[1]:>30}  {row[2]:<50} {row[3]:>7}  {row[4]}")
         print(f"\nmachine: {machine()}; run took {total:.0f} s (filling the bucket {fill_s:.0f} s, recording "
-              f"{record_s:.0f} s); HEAD audit: {head_ok} of {len(head_findings)} objects ok; every window-audit "
+              f"{record_s:.0f} s); per-partition checks: {head_ok} of {len(head_findings)} ok; every window-audit "
               f"verdict: {dict(sorted(last['asset'].targets[0].counts().items()))} (postgres)")
         if not args.no_record:
             append_result("audit", rows)

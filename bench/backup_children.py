@@ -19,7 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.measure import Timed, vm  # noqa: E402
+from prodg_assets.agekeys import Recipient, read_identities  # noqa: E402
 from prodg_assets.backups import restore  # noqa: E402
+from prodg_assets.backups.manifest import Entry, Manifest  # noqa: E402
 from prodg_assets.backups.postgres import pg_dumpall_chunks  # noqa: E402
 from prodg_assets.backups.stream import stream_backup  # noqa: E402
 from prodg_assets.engine.exec import ContainerExec  # noqa: E402
@@ -69,15 +71,16 @@ def _profiled(fn, enabled: bool):
 
 
 def child_backup(p: dict) -> dict:
-    """The measured thing: postgres_backup's stream_backup (exec stream → zstd → multipart upload)."""
+    """The measured thing: postgres_backup's stream_backup (exec stream → zstd → age → multipart upload)."""
     api = docker.from_env().api
     store = _store(p)
     calls = _s3_timer(store)
+    recipients = [Recipient.parse(r) for r in p.get("recipients", [])]
     rss_ready = vm("VmRSS")
     producer = Timed(pg_dumpall_chunks(api, p["container"], password=p["password"]))
     t0 = time.perf_counter()
-    result = _profiled(lambda: stream_backup(store, p["key"], producer, "zstd", {"source": p["container"]}),
-                       p.get("profile", False))
+    result = _profiled(lambda: stream_backup(store, p["key"], producer, "zstd", {"source": p["container"]},
+                                             recipients), p.get("profile", False))
     wall = time.perf_counter() - t0
     return {"wall": wall, "raw": result.raw_bytes, "stored": result.bytes, "sha256": result.sha256,
             "producer_s": producer.s, "chunks": producer.items, "s3": dict(calls), "rss_ready_mb": rss_ready}
@@ -118,14 +121,19 @@ def _instrument_restore() -> tuple[dict, Callable[[], None]]:
 
 
 def child_restore(p: dict) -> dict:
-    """The measured thing: restore_object into the empty Postgres `container`; then, apart, what verify_first adds."""
+    """The measured thing: restore_postgres (download → sha256 → age → zstd → psql) into the empty Postgres
+    `container`, from the partition's manifest; then, apart, what verify_first adds."""
     api = docker.from_env().api
     store = _store(p)
+    identities = read_identities(p["identity"]) if p.get("identity") else []
+    manifest = Manifest("postgres", "bench", "1970-01-01T00:00:00+00:00", "", "bench", p["container"], "", "", "zstd",
+                        tuple(i.recipient.fingerprint for i in identities),
+                        (Entry(p["key"], 0, p["stored"], p["sha256"], ""),))
     timers, undo = _instrument_restore()
     rss_ready = vm("VmRSS")
     t0 = time.perf_counter()
-    result = _profiled(lambda: restore.restore_object(store, p["key"], p["sha256"], api, p["container"],
-                                                      verify_first=False), p.get("profile", False))
+    result = _profiled(lambda: restore.restore_postgres(store, manifest, identities, api, p["container"],
+                                                        verify_first=False), p.get("profile", False))
     t_end = time.perf_counter()
     download_s = timers["download"].s if timers["download"] else 0.0
     undo()

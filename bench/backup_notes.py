@@ -68,27 +68,27 @@ def diagnose_backup(label: str, bk: Backups, st: Stream) -> str:
 
 
 def restore_notes(label: str, rs: Restores, driver: str) -> list[str]:
-    """The censuses after both restores, where restore_object's time went, and why it misses ≤ 1.2× if it does."""
+    """The censuses after both restores, where restore_postgres's time went, and why it misses ≤ 1.2× if it does."""
     (rr, rr_cpu, findings), (base_s, base_cpu, base_errors, base_findings) = rs.best_pipe, rs.best_base
     rres = rr.result
     own = rres["wall"] - rres["send_s"] - rres["tail_s"]
     census_text = "matches" if not findings else "DIFFERS: " + "; ".join(findings[:3])
     base_census = "matches" if not base_findings else "DIFFERS: " + "; ".join(base_findings[:3])
     notes = [
-        f"restore {label}: census after restore_object {census_text} (after the baseline: {base_census}; baseline "
+        f"restore {label}: census after restore_postgres {census_text} (after the baseline: {base_census}; baseline "
         f"psql printed {len(base_errors)} ERROR line(s){', e.g. ' + base_errors[0].strip()[:70] if base_errors else ''}"
-        f"; restore_object ignored {rres['ignored_errors']}). Of restore_object's {fmt_s(rres['wall'])}: "
+        f"; restore_postgres ignored {rres['ignored_errors']}). Of restore_postgres's {fmt_s(rres['wall'])}: "
         f"{rres['send_s']:.1f} s blocked writing to psql's stdin ({rres['sends']} writes, "
         f"{rres['sql_bytes'] / max(rres['sends'], 1) / MB:.1f} MB each on average), {rres['tail_s']:.1f} s from the "
         f"last write until psql finished, {own:.1f} s of its own serial work (download from moto "
         f"{rres['download_s']:.1f} s, zstd decompression, sha256, the emptiness check); peak RSS "
         f"{rr.maxrss_mb:.0f} MB. "
-        f"restore_object: {fmt_cpu(rr_cpu)}. Baseline: {fmt_cpu(base_cpu)}. verify_first=True (the CLI's default) "
+        f"restore_postgres: {fmt_cpu(rr_cpu)}. Baseline: {fmt_cpu(base_cpu)}. verify_first=True (the CLI's default) "
         f"adds a verifying download: {rres['verify_first_s']:.1f} s."]
     ratio = rres["wall"] / base_s
     if ratio > 1.2:
         notes.append(
-            f"restore {label} misses ≤ 1.2× ({ratio:.2f}×): restore_object's own serial work is {own:.1f} s "
+            f"restore {label} misses ≤ 1.2× ({ratio:.2f}×): restore_postgres's own serial work is {own:.1f} s "
             f"({own / base_s:.2f}× of the baseline); psql/Postgres took {rres['send_s'] + rres['tail_s']:.1f} s of it "
             f"vs the whole {fmt_s(base_s)} of the baseline. The difference in the Postgres part comes from the machine "
             f"(the scratch Postgres writes through {driver}; other processes used "

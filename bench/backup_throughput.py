@@ -1,6 +1,7 @@
-"""Backup throughput: the `postgres_backup` pipeline (pg_dumpall through the exec API → zstd → multipart upload to an
-S3 API, here moto_server) against plain `pg_dumpall`, against the seed's `pg_dumpall | gzip`, its peak memory, and
-the restore of its object into an empty Postgres against `zstd -dc dump | psql`.
+"""Backup throughput: the `postgres_backup` pipeline (pg_dumpall through the exec API → zstd → age encryption →
+multipart upload to an S3 API, here moto_server) against plain `pg_dumpall`, against the seed's
+`pg_dumpall | gzip`, its peak memory, and the restore of its object into an empty Postgres against
+`age -d | zstd -dc | psql`.
 
 For every size (--sizes, GiB; default 1,4) one Postgres container (prodg/postgres:bookworm, no network, reached only
 through exec) is grown to that size with mixed data: pgbench tables (`pgbench -i`, about a fifth of the first size,
@@ -43,8 +44,8 @@ sys.path.insert(0, ROOT)
 
 from bench.backup_notes import backup_note, diagnose_backup, restore_notes, rss_note, stream_note  # noqa: E402
 from bench.common import append_result, machine  # noqa: E402
-from bench.fixtures import (Built, ChildRun, Setup, build, moto_bucket, removed_afterwards,  # noqa: E402
-                            start_postgres, timed_exec, zstd_into_psql)
+from bench.fixtures import (Built, ChildRun, Setup, age_zstd_into_psql, build, moto_bucket,  # noqa: E402
+                            removed_afterwards, start_postgres, timed_exec)
 from bench.measure import MB, cpu_split, fmt_s, mbps  # noqa: E402
 from prodg_assets.backups.codec import ZSTD_LEVEL
 from prodg_assets.backups.keys import postgres_key
@@ -111,15 +112,15 @@ class Backups:
 
     @property
     def completion_s(self) -> float:
-        """The store's completion after the last byte: moto's CompleteMultipartUpload + the self-copy that sets
-        the sha256 metadata."""
+        """The store's completion after the last byte: moto's CompleteMultipartUpload (and the manifest's PUT)."""
         s3 = self.best[0].result["s3"]
-        return sum(v[1] for k, v in s3.items() if k in ("CompleteMultipartUpload", "CopyObject"))
+        return sum(v[1] for k, v in s3.items() if k in ("CompleteMultipartUpload", "CopyObject", "PutObject"))
 
 
 def backup(b: Setup, size_gib: float, r: int, today: str, timeout_s: float) -> tuple[ChildRun, dict, str]:
     """The measured thing: one postgres_backup to moto, in a fresh process."""
-    key = postgres_key(f"bench-{size_gib:g}gib-r{r}/", today, datetime.datetime.now(datetime.timezone.utc), "zstd")
+    key = postgres_key(f"bench-{size_gib:g}gib-r{r}/", today, datetime.datetime.now(datetime.timezone.utc), "zstd",
+                       encrypted=True)
     run, cpu = b.child("backup", timeout_s, key=key, profile=b.args.profile and r == 0)
     if b.args.profile and r == 0:
         print("   cProfile of the backup child (tottime):\n" + run.stderr[-6000:], flush=True)
@@ -154,7 +155,7 @@ def backup_rows(label: str, bk: Backups, full: bool) -> list[tuple]:
     res, plain_s = bk.best[0].result, bk.best_plain[0]
     raw, stored, wall = res["raw"], res["stored"], res["wall"]
     best = f"best of {bk.repeats}" if bk.repeats > 1 else "one run"
-    rows = [(f"postgres_backup wall, {label} → {raw / MB:.0f} MB dump ({best})",
+    rows = [(f"postgres_backup wall (encrypted), {label} → {raw / MB:.0f} MB dump ({best})",
              f"{fmt_s(wall)} ({mbps(raw, wall)})",
              f"pg_dumpall > /dev/null {fmt_s(plain_s)} ({mbps(raw, plain_s)}, best of {len(bk.plain)})",
              f"{bk.ratio:.2f}×", "≤ 1.15×")]
@@ -199,7 +200,7 @@ def stream_row(label: str, bk: Backups, st: Stream) -> tuple:
             f"— (the store's completion: {bk.completion_s:.1f} s)")
 
 
-# -- restore_object into an empty scratch Postgres vs `zstd -dc dump | psql`, order alternating ------------------------
+# -- restore_postgres into an empty scratch Postgres vs `age -d | zstd -dc | psql`, order alternating -----------------
 @dataclass
 class Restores:
     repeats: int
@@ -215,10 +216,11 @@ class Restores:
         return min(self.bases, key=lambda x: x[0])
 
 
-def restore_measured(b: Setup, scratch: str, ids: dict, key: str, sha: str, expected, profile: bool,
+def restore_measured(b: Setup, scratch: str, ids: dict, key: str, sha: str, stored: int, expected, profile: bool,
                      timeout_s: float) -> tuple[ChildRun, dict, list]:
-    """The measured thing: restore_object into the empty `scratch`, in a fresh process; the census compared."""
-    rr, cpu = b.child("restore", timeout_s, ids, container=scratch, key=key, sha256=sha, profile=profile)
+    """The measured thing: restore_postgres into the empty `scratch`, in a fresh process; the census compared."""
+    rr, cpu = b.child("restore", timeout_s, ids, container=scratch, key=key, sha256=sha, stored=stored,
+                      profile=profile)
     if profile:
         print("   cProfile of the restore child (tottime):\n" + rr.stderr[-6000:], flush=True)
     return rr, cpu, compare_census(expected, census(b.client.api, scratch))
@@ -226,18 +228,19 @@ def restore_measured(b: Setup, scratch: str, ids: dict, key: str, sha: str, expe
 
 def restore_baseline(b: Setup, scratch: str, ids: dict, dump_path: str, expected,
                      timeout_s: float) -> tuple[float, dict, list, list]:
-    """The baseline: `zstd -dc dump | psql` into the empty `scratch`; psql's ERROR lines; the census compared."""
+    """The baseline: `age -d | zstd -dc | psql` into the empty `scratch`; psql's ERROR lines; the census
+    compared."""
     s0 = b.snap(ids)
-    t, errors, host_tools = zstd_into_psql(dump_path, scratch, timeout_s)
+    t, errors, host_tools = age_zstd_into_psql(dump_path, b.child_params["identity"], scratch, timeout_s)
     return (t, cpu_split(s0, b.snap(ids), host_side_s=host_tools), errors,
             compare_census(expected, census(b.client.api, scratch)))
 
 
-def measure_restores(b: Setup, size_gib: float, key: str, sha: str, expected) -> Restores:
+def measure_restores(b: Setup, size_gib: float, key: str, sha: str, stored: int, expected) -> Restores:
     """Each repeat: both restores, each into a fresh scratch Postgres, the order alternating."""
     rs = Restores(b.args.restore_repeats)
     timeout_s = 600 + 1200 * size_gib
-    dump_path = os.path.join(b.tmp, "dump.sql.zst")
+    dump_path = os.path.join(b.tmp, "dump.sql.zst.age")
     with open(dump_path, "wb") as fh:  # for the baseline only, not timed
         for chunk in b.store.download(key):
             fh.write(chunk)
@@ -246,11 +249,12 @@ def measure_restores(b: Setup, size_gib: float, key: str, sha: str, expected) ->
             with scratch_postgres(b.client, IMAGE, f"{NAME}-r{1 if which == 'pipeline' else 2}") as scratch:
                 ids = {"src": b.src_id, "scratch": b.client.containers.get(scratch).id}
                 if which == "pipeline":
-                    rs.pipes.append(restore_measured(b, scratch, ids, key, sha, expected,
+                    rs.pipes.append(restore_measured(b, scratch, ids, key, sha, stored, expected,
                                                      b.args.profile and r == 0, timeout_s))
                 else:
                     rs.bases.append(restore_baseline(b, scratch, ids, dump_path, expected, timeout_s))
-        print(f"   restore repeat {r + 1}: restore_object {rs.pipes[-1][0].result['wall']:.1f} s, zstd -dc | psql "
+        print(f"   restore repeat {r + 1}: restore_postgres {rs.pipes[-1][0].result['wall']:.1f} s, "
+              f"age -d | zstd -dc | psql "
               f"{rs.bases[-1][0]:.1f} s", flush=True)
     os.unlink(dump_path)
     return rs
@@ -259,9 +263,10 @@ def measure_restores(b: Setup, size_gib: float, key: str, sha: str, expected) ->
 def restore_row(label: str, rs: Restores) -> tuple:
     rres, base_s = rs.best_pipe[0].result, rs.best_base[0]
     best = f"best of {rs.repeats}" if rs.repeats > 1 else "one run each"
-    return (f"restore_object into an empty Postgres, {label} ({rres['sql_bytes'] / MB:.0f} MB SQL, {best})",
+    return (f"restore (encrypted dump) into an empty Postgres, {label} ({rres['sql_bytes'] / MB:.0f} MB SQL, {best})",
             f"{fmt_s(rres['wall'])} ({mbps(rres['sql_bytes'], rres['wall'])})",
-            f"zstd -dc \\| psql {fmt_s(base_s)} ({mbps(rres['sql_bytes'], base_s)})", f"{rres['wall'] / base_s:.2f}×",
+            f"age -d \\| zstd -dc \\| psql {fmt_s(base_s)} ({mbps(rres['sql_bytes'], base_s)})",
+            f"{rres['wall'] / base_s:.2f}×",
             "≤ 1.2×")
 
 
@@ -289,7 +294,7 @@ def measure_size(b: Setup, size_gib: float, full: bool, docs_rows: int) -> tuple
         out.notes.append(rss_note(label, bk, RSS_TARGET_MB, b.args.part_size_mb))
     if full and b.args.restore_repeats >= 1:
         run, _, key = bk.best
-        rs = measure_restores(b, size_gib, key, run.result["sha256"], expected)
+        rs = measure_restores(b, size_gib, key, run.result["sha256"], run.result["stored"], expected)
         out.rows.append(restore_row(label, rs))
         out.notes += restore_notes(label, rs, b.driver)
     b.store.delete_objects([p[2] for p in bk.pipe])
@@ -363,12 +368,17 @@ def main() -> None:
           moto_bucket(BUCKET, KEY_ID, SECRET) as moto,
           removed_afterwards(client, [src, f"{NAME}-r1", f"{NAME}-r2"])):
         container = start_postgres(client, IMAGE, src, PASSWORD, label=NAME)
+        identity = os.path.join(tmp, "bench.agekey")
+        subprocess.run(["age-keygen", "-o", identity], check=True, capture_output=True)
+        recipient = subprocess.run(["age-keygen", "-y", identity], check=True, capture_output=True,
+                                   text=True).stdout.strip()
         store = BackupStore(endpoint_url=moto.url, region="us-east-1", bucket=BUCKET, access_key_id=KEY_ID,
                             secret_access_key=SECRET)
         b = Setup(args, client, moto, src, container.id, tmp, store,
                   f"the Engine's {client.info().get('Driver', '?')} storage driver", CHILDREN,
                   {"endpoint": moto.url, "bucket": BUCKET, "key_id": KEY_ID, "secret": SECRET, "container": src,
-                   "password": PASSWORD, "part_size_mb": args.part_size_mb})
+                   "password": PASSWORD, "part_size_mb": args.part_size_mb, "recipients": [recipient],
+                   "identity": identity})
         results = measure_sizes(b, sizes)
         rows = table_rows(results)
         print_table(rows, results, b.driver, time.perf_counter() - started)

@@ -65,26 +65,30 @@ def psql_parallel(container: str, statements: list[str]) -> None:
         raise errors[0]
 
 
-def zstd_into_psql(dump_path: str, container: str, timeout_s: float) -> tuple[float, list[str], float]:
-    """`zstd -dc dump | docker exec -i <scratch> psql`: (seconds, psql's ERROR lines, CPU s of zstd + docker CLI).
-    The restore's baseline in bench/backup_throughput.py."""
+def age_zstd_into_psql(dump_path: str, identity: str, container: str, timeout_s: float) \
+        -> tuple[float, list[str], float]:
+    """`age -d -i identity dump | zstd -dc | docker exec -i <scratch> psql`: (seconds, psql's ERROR lines, CPU s of
+    age + zstd + docker CLI). The restore's baseline in bench/backup_throughput.py: what an operator runs by hand."""
     before = os.times()
     t0 = time.perf_counter()
-    zst = subprocess.Popen(["zstd", "-dc", dump_path], stdout=subprocess.PIPE)
+    age = subprocess.Popen(["age", "--decrypt", "-i", identity, dump_path], stdout=subprocess.PIPE)
+    zst = subprocess.Popen(["zstd", "-dc"], stdin=age.stdout, stdout=subprocess.PIPE)
+    age.stdout.close()
     try:
         ps = subprocess.run(["docker", "exec", "-i", "-u", "postgres", container, "psql", "-X", "-q", "-U",
                              "postgres", "-d", "postgres", "-o", "/dev/null"], stdin=zst.stdout,
                             capture_output=True, timeout=timeout_s)
     finally:
         zst.stdout.close()
-        if zst.poll() is None:
-            zst.kill()
-        zst.wait()
+        for proc in (zst, age):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
     elapsed = time.perf_counter() - t0
     after = os.times()
-    if ps.returncode != 0 or zst.returncode != 0:
-        raise RuntimeError(f"baseline restore: zstd exited {zst.returncode}, psql {ps.returncode}: "
-                           f"{ps.stderr.decode('utf-8', 'replace')[-800:]}")
+    if ps.returncode != 0 or zst.returncode != 0 or age.returncode != 0:
+        raise RuntimeError(f"baseline restore: age exited {age.returncode}, zstd {zst.returncode}, psql "
+                           f"{ps.returncode}: {ps.stderr.decode('utf-8', 'replace')[-800:]}")
     errors = [ln for ln in ps.stderr.decode("utf-8", "replace").splitlines() if "ERROR:" in ln]
     host = (after.children_user + after.children_system) - (before.children_user + before.children_system)
     return elapsed, errors, host

@@ -14,6 +14,7 @@ import pytest
 
 import docker
 import prodg_assets
+from prodg_assets.agekeys import Identity
 from prodg_assets.engine.facts import network_subnets
 from tests.registry import REGISTRY_SCRIPT, local_registry
 
@@ -93,12 +94,18 @@ class Testbed:
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(text.replace(old, new, 1))
 
-    def add_postgres_backups(self, bucket: str, endpoint_url: str, start_date: str) -> str:
+    def add_postgres_backups(self, bucket: str, endpoint_url: str, start_date: str, identity_text: str = "") -> str:
         """Appends a `backups:` section (the test stack's Postgres to `bucket` at `endpoint_url`, keys from
         PRODG_TEST_STORE_KEY_ID / PRODG_TEST_STORE_SECRET) to prodg.yaml and commits it. The backups are
-        encrypted to a host identity made for the bed (PRODG_BACKUP_IDENTITY in the bed's env)."""
+        encrypted to the bed's host identity (PRODG_BACKUP_IDENTITY in the bed's env): `identity_text`, or one made
+        by age-keygen."""
         identity = os.path.join(os.path.dirname(self.repo), "backup-host.agekey")
-        recipient = age_keygen(identity)
+        if identity_text:
+            with open(os.open(identity, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+                fh.write(identity_text + "\n")
+            recipient = Identity.parse(identity_text).recipient.text
+        else:
+            recipient = age_keygen(identity)
         self.env["PRODG_BACKUP_IDENTITY"] = identity
         with open(os.path.join(self.repo, "config", "prodg.yaml"), "a") as fh:
             fh.write(f"""

@@ -296,3 +296,26 @@ def test_no_secret_reaches_logs_metadata_or_errors(three_days, instance):
             text = str(record)
             leaked = [s for s in secrets if s in text]
             assert not leaked, (run.job_name, record.dagster_event_type)
+
+
+def test_the_config_backup_records_the_commit_live_on_the_host_not_the_runs_tag(bed):
+    """The host runs what the newest service materialisation deployed; a backup run tagged with another commit (the
+    branch head moved on, nothing deployed yet) still archives and records the deployed one."""
+    bucket = f"{BUCKET}-deployed"  # its own bucket: the module's three days stay as they are
+    client = s3(bed.store_url)
+    client.create_bucket(Bucket=bucket)
+    store = bed.store(bucket=bucket)
+    try:
+        with dg.instance_for_test() as instance:
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="postgres",
+                                                                        metadata={"commit": bed.commit}))
+            result = bed.materialize([CONFIG_BACKUP], YESTERDAY, instance, commit="f" * 40, backup_store=store)
+            assert result.success
+            md = {k: v.value for k, v in
+                  result.get_asset_materialization_events()[0].materialization.metadata.items()}
+        assert md["commit"] == bed.commit and md["commit_source"] == "deployed"
+        assert md["object_key"] == f"configs/{YESTERDAY}/config-{bed.commit[:12]}.tar.zst.age"
+        assert Manifest.from_json(store.read_bytes(md["manifest_key"])).commit == bed.commit
+    finally:
+        store.delete_objects([o.key for o in store.list()])
+        client.delete_bucket(Bucket=bucket)

@@ -151,12 +151,15 @@ def test_two_deploys_and_a_backup_at_once_end_at_the_newest_commit_with_an_intac
 
             # the backup partition is intact
             objects = client.list_objects_v2(Bucket=BUCKET, Prefix=f"postgres/{TODAY}/").get("Contents", [])
-            dumps = [o["Key"] for o in objects if o["Key"].endswith(".sql.zst")]
+            dumps = [o["Key"] for o in objects if o["Key"].endswith(".sql.zst.age")]
             assert len(dumps) == 1, objects
-            body = client.get_object(Bucket=BUCKET, Key=dumps[0])
-            data = body["Body"].read()
-            assert body["Metadata"]["sha256"] == hashlib.sha256(data).hexdigest()
-            sql = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+            data = client.get_object(Bucket=BUCKET, Key=dumps[0])["Body"].read()
+            manifest = json.loads(client.get_object(Bucket=BUCKET, Key=f"postgres/{TODAY}/manifest.json")["Body"]
+                                  .read())
+            assert manifest["objects"][0]["sha256"] == hashlib.sha256(data).hexdigest()
+            plain = subprocess.run(["age", "--decrypt", "-i", bed.env["PRODG_BACKUP_IDENTITY"]], input=data,
+                                   capture_output=True, check=True).stdout
+            sql = zstandard.ZstdDecompressor().decompressobj().decompress(plain)
             assert b"CREATE TABLE public.concurrency_rows" in sql
             copy = sql.split(b"COPY public.concurrency_rows", 1)[1].split(b"\n\\.\n", 1)[0]
             assert copy.count(b"\n") == 5000

@@ -14,6 +14,7 @@ import boto3
 import dagster as dg
 import pytest
 
+from prodg_assets.agekeys import Identity
 from tests.conftest import ROOT, TEST_SECRETS, make_testbed
 from tests.gitops.test_drift_and_notify import notify
 from tests.standins.moto import MotoServer
@@ -23,7 +24,8 @@ pytestmark = pytest.mark.docker
 
 
 STORE_SECRET = "store-Secret-Key-hunted-4e5f6a"
-HUNTED = {**TEST_SECRETS, "PRODG_TEST_STORE_SECRET": STORE_SECRET}
+# the host's backup identity (an age private key) is hunted like the secrets
+HUNTED = {**TEST_SECRETS, "PRODG_TEST_STORE_SECRET": STORE_SECRET, "PRODG_BACKUP_IDENTITY": Identity.generate().text}
 # daily partitions end with the last complete day
 TODAY = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=1)).isoformat()
 
@@ -36,8 +38,9 @@ def backup_and_restore(bed, instance, s3_url: str, restore_out: list[str]) -> No
     """A backup of the test stack's Postgres, its restore drill, and `prodg restore` into a scratch container."""
     boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", aws_access_key_id="x",
                  aws_secret_access_key="x").create_bucket(Bucket="prodg-hunt")
-    sha = bed.add_postgres_backups("prodg-hunt", s3_url, TODAY)
-    os.environ.update({"PRODG_TEST_STORE_KEY_ID": "AKIDHUNT", "PRODG_TEST_STORE_SECRET": STORE_SECRET})
+    sha = bed.add_postgres_backups("prodg-hunt", s3_url, TODAY, identity_text=HUNTED["PRODG_BACKUP_IDENTITY"])
+    os.environ.update({"PRODG_TEST_STORE_KEY_ID": "AKIDHUNT", "PRODG_TEST_STORE_SECRET": STORE_SECRET,
+                       "PRODG_BACKUP_IDENTITY": bed.env["PRODG_BACKUP_IDENTITY"]})
     job = bed.defs().resolve_implicit_global_asset_job_def().get_subset(
         asset_selection={dg.AssetKey("postgres_backup"), dg.AssetKey("postgres_restore_drill")})
     result = job.execute_in_process(instance=instance, tags={"prodg/commit": sha, "prodg/kind": "backup"},
