@@ -29,6 +29,7 @@ LABEL_SPEC_HASH = "prodg.spec-hash"
 LABEL_COMMIT = "prodg.commit"
 LABEL_IMAGE_DIGEST = "prodg.image.digest"  # the registry digest the image was pulled as ("" for a local one)
 LABEL_NETWORK = "prodg.network"
+LABEL_HELPER = "prodg.helper"  # a helper container's job ("pg_dumpall of postgres"); removed when it is done
 LABEL_SCRATCH = "prodg.scratch"  # scratch containers of restores ("restore": a drill's, "manual": `prodg restore`)
 
 # -- asset keys and groups -----------------------------------------------------------------------------------------------

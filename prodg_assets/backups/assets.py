@@ -140,6 +140,9 @@ def _manifest(target: BackupTarget, cap: Capture, source: Optional[DataSource], 
 class PostgresBackupConfig(dg.Config):
     lock_wait_timeout_s: int = 300  # a table locked longer than this fails the dump instead of stalling it
     census_lock_timeout_s: int = 30  # a database whose tables stay locked longer is recorded as uncounted
+    # pg_dumpall in a helper container from the service's image, out through a FIFO under the deploy root (an Engine
+    # on this machine only); False: inside the service's container through the exec API (slower, needs no mount)
+    dump_in_helper: bool = True
 
 
 def service_assets(state: DesiredState) -> list[str]:
@@ -157,7 +160,8 @@ def build_postgres_backup(state: DesiredState, settings: BackupSettings, partiti
               tags={TARGET_TAG: target.name})
     def postgres_backup(context: dg.AssetExecutionContext, config: PostgresBackupConfig, docker: DockerEngine,
                         repo: ConfigRepo, secrets: SecretSource, backup_store: BackupStore) -> dg.MaterializeResult:
-        """The whole Postgres cluster of the day: `pg_dumpall` run inside the postgres container, zstd-compressed,
+        """The whole Postgres cluster of the day: `pg_dumpall` run in a helper container from the postgres service's
+        image on its network (its output through a FIFO; or inside the service's container), zstd-compressed,
         encrypted to the recipients of prodg.yaml (age) and streamed into the off-site store as one object
         (`postgres/<day>/pg_dumpall-<HHMMSS>.sql.zst.age`), then the day's manifest. A dump that fails leaves no
         object. Row counts of every table are recorded first, for the restore drill. A day that is over is not
@@ -166,7 +170,7 @@ def build_postgres_backup(state: DesiredState, settings: BackupSettings, partiti
         values = secrets.values()
         scrub = scrubber(backup_store, values)
         day = context.partition_key
-        key = ""
+        key = helper_root = ""
         dump = None
         try:
             source = container_source(docker.client, spec.container_name)
@@ -185,9 +189,12 @@ def build_postgres_backup(state: DesiredState, settings: BackupSettings, partiti
             aborted = clean_partition(backup_store, prefix, day, context.log)
             counts = census(docker.client.api, spec.container_name, db_user,
                             lock_timeout_s=config.census_lock_timeout_s)
+            helper_root = repo.deployed_dir if config.dump_in_helper and docker.address.startswith("unix://") else ""
             dump = pg_dumpall_chunks(docker.client.api, spec.container_name,
                                      password=env_value(spec, "POSTGRES_PASSWORD", values), db_user=db_user,
-                                     lock_wait_timeout_s=config.lock_wait_timeout_s)
+                                     lock_wait_timeout_s=config.lock_wait_timeout_s, helper_root=helper_root,
+                                     port=int(port) if (port := env_value(spec, "PGPORT", values)).isdigit()
+                                     else 5432)
             result = stream_backup(backup_store, key, dump, settings.compression,
                                    {"partition": day, "source": spec.container_name, "commit": cap.commit},
                                    cap.recipients, cap.lock)
@@ -207,6 +214,7 @@ def build_postgres_backup(state: DesiredState, settings: BackupSettings, partiti
             metadata=partition_metadata(
                 manifest, up, duration_s=round(result.duration_s, 3), throughput_mb_s=result.throughput_mb_s,
                 pruned_objects=pruned, superseded_deleted=superseded, aborted_uploads=aborted,
+                dumped_through="a helper container (FIFO)" if helper_root else "the exec API",
                 databases=", ".join(counts.databases), tables=len(counts.rows), rows=sum(counts.rows.values()),
                 uncounted_databases=", ".join(counts.uncounted) or "none",
                 row_counts=dg.MetadataValue.json(counts.as_json())),

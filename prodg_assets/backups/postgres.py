@@ -1,6 +1,7 @@
-"""Postgres, the data store: the census (databases and exact row counts), `pg_dumpall` streamed from inside its
-container, and the restore of a dump into a Postgres (refused over data unless forced). Over 300 lines because the
-three share one container, one exec path and one failure vocabulary."""
+"""Postgres, the data store: the census (databases and exact row counts), `pg_dumpall` streamed (from a helper
+container on the server's network, or from inside its container), and the restore of a dump into a Postgres
+(refused over data unless forced). Near 300 lines because the three share one container and one failure
+vocabulary."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ..engine.exec import (
     exec_run,
     reblocked,
 )
+from ..engine.helper import MOUNT, helper_chunks
 
 if TYPE_CHECKING:
     import docker
@@ -95,16 +97,27 @@ def census(api: docker.APIClient, container: str, db_user: str = "postgres",
 
 
 def pg_dumpall_chunks(api: docker.APIClient, container: str, *, password: str = "", db_user: str = "postgres",
-                      lock_wait_timeout_s: float = 300, idle_timeout_s: float = 600) -> Iterator[bytes]:
-    """`pg_dumpall` of the whole cluster, run inside `container` as the OS user postgres, its stdout streamed in
-    1 MiB writes (`reblocked`). A table locked longer than `lock_wait_timeout_s` fails the dump instead of
-    stalling it."""
-    cmd = reblocked(["pg_dumpall", "-U", db_user, "--no-password",
-                     f"--lock-wait-timeout={int(lock_wait_timeout_s * 1000)}"])
-    env = {"PGPASSWORD": password} if password else {}
+                      lock_wait_timeout_s: float = 300, idle_timeout_s: float = 600,
+                      helper_root: str = "", port: int = 5432) -> Iterator[bytes]:
+    """`pg_dumpall` of the whole cluster, streamed. With `helper_root` (a folder prodg and the Engine see at the
+    same path: the deploy root) it runs in a helper container from `container`'s image on its network (TCP to
+    127.0.0.1:`port`, the password in a pgpass file beside the FIFO) and comes out through a FIFO; without, inside
+    `container` as the OS user postgres through the exec API, in 1 MiB writes (`reblocked`). A table locked longer
+    than `lock_wait_timeout_s` fails the dump instead of stalling it."""
+    dump = ["pg_dumpall", "-U", db_user, "--no-password", f"--lock-wait-timeout={int(lock_wait_timeout_s * 1000)}"]
     redact = (lambda s: s.replace(password, "<POSTGRES_PASSWORD>")) if password else (lambda s: s)
-    return exec_chunks(api, container, cmd, user="postgres", environment=env, what="pg_dumpall", redact=redact,
-                       idle_timeout_s=idle_timeout_s)
+    if helper_root:
+        files = {"pgpass": f"127.0.0.1:{port}:*:{_pgpass_field(db_user)}:{_pgpass_field(password)}\n".encode()}
+        return helper_chunks(api, container, [*dump, "-h", "127.0.0.1", "-p", str(port)], shared_root=helper_root,
+                             files=files if password else {}, environment={"PGPASSFILE": f"{MOUNT}/pgpass"},
+                             what="pg_dumpall", redact=redact, idle_timeout_s=idle_timeout_s)
+    env = {"PGPASSWORD": password} if password else {}
+    return exec_chunks(api, container, reblocked(dump), user="postgres", environment=env, what="pg_dumpall",
+                       redact=redact, idle_timeout_s=idle_timeout_s)
+
+
+def _pgpass_field(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
 
 
 class RestoreRefused(Exception):

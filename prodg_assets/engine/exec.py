@@ -214,20 +214,12 @@ class TailBuffer:
 READ_AHEAD = 24  # reads (≤ READ_BYTES each) an exec_chunks producer holds ahead of its consumer
 
 
-def exec_chunks(api: docker.APIClient, container: str, cmd: Sequence[str], *, user: str = "",
-                environment: Optional[Mapping[str, str]] = None, what: str = "",
-                redact: Callable[[str], str] = lambda s: s, idle_timeout_s: float = 600.0,
-                read_ahead: int = READ_AHEAD) -> Iterator[bytes]:
-    """The stdout of `cmd` run in `container`, streamed; raises ProducerFailed after the last chunk when the exit
-    status is non-zero or unknown (stderr's tail, redacted, in the message).
-
-    A thread reads the exec socket up to `read_ahead` reads ahead of the consumer, so the process keeps writing
-    while the consumer compresses or uploads. The generator itself stays in the consumer's thread: closing it
-    (or an error) shuts the socket down there and then, which ends the process by SIGPIPE and the reader with it."""
-    proc = ContainerExec(api, container, cmd, user=user, environment=environment, what=what,
-                         idle_timeout_s=idle_timeout_s).start()
-    stderr = TailBuffer()
-    ahead: queue.Queue = queue.Queue(max(1, read_ahead))
+def read_ahead(source: Iterator[bytes], depth: int, name: str, unblock: Callable[[], None]) -> Iterator[bytes]:
+    """The items of `source`, read in a thread of their own up to `depth` items ahead of the consumer, so the
+    producer keeps writing while the consumer compresses or uploads. An exception of `source` reaches the consumer
+    in order. The generator itself stays in the consumer's thread: when it is closed early (or fails), `unblock`
+    runs there and then — it must make a thread blocked inside `source` return (shut its socket, kill its writer)."""
+    ahead: queue.Queue = queue.Queue(max(1, depth))
     stop = threading.Event()
     end = object()
 
@@ -242,18 +234,16 @@ def exec_chunks(api: docker.APIClient, container: str, cmd: Sequence[str], *, us
 
     def read() -> None:
         try:
-            for out, err in proc.output():
-                if err:
-                    stderr.write(err)
-                if out and not put(out):
+            for item in source:
+                if not put(item):
                     return
             put(end)
         except BaseException as exc:  # handed to the consumer (or dropped once it has gone)
             put(exc)
 
-    reader = threading.Thread(target=read, name=f"exec-reader-{proc.what}", daemon=True)
+    reader = threading.Thread(target=read, name=f"reader-{name}", daemon=True)
+    finished = False
     try:
-        proc.close_stdin()
         reader.start()
         while True:
             item = ahead.get()
@@ -263,12 +253,39 @@ def exec_chunks(api: docker.APIClient, container: str, cmd: Sequence[str], *, us
                 raise item
             yield item
         reader.join()
-        code = proc.exit_code()
+        finished = True
     finally:
         stop.set()
-        proc.close()
+        if not finished:
+            unblock()
         if reader.ident is not None:
             reader.join(timeout=10)
+
+
+def exec_chunks(api: docker.APIClient, container: str, cmd: Sequence[str], *, user: str = "",
+                environment: Optional[Mapping[str, str]] = None, what: str = "",
+                redact: Callable[[str], str] = lambda s: s, idle_timeout_s: float = 600.0,
+                read_ahead_reads: int = READ_AHEAD) -> Iterator[bytes]:
+    """The stdout of `cmd` run in `container`, streamed `read_ahead` of the consumer; raises ProducerFailed after
+    the last chunk when the exit status is non-zero or unknown (stderr's tail, redacted, in the message). Closing
+    the generator early shuts the exec socket down, which ends the process by SIGPIPE (and kills what is left)."""
+    proc = ContainerExec(api, container, cmd, user=user, environment=environment, what=what,
+                         idle_timeout_s=idle_timeout_s).start()
+    stderr = TailBuffer()
+
+    def stdout() -> Iterator[bytes]:
+        for out, err in proc.output():
+            if err:
+                stderr.write(err)
+            if out:
+                yield out
+
+    try:
+        proc.close_stdin()
+        yield from read_ahead(stdout(), read_ahead_reads, proc.what, proc.close)
+        code = proc.exit_code()
+    finally:
+        proc.close()
     if code != 0:
         status = "did not report an exit status" if code is None else f"exited with status {code}"
         detail = stderr.text(redact)

@@ -17,6 +17,7 @@ import docker
 from prodg_assets.backups.definitions import backup_definitions, build_backup_resources
 from prodg_assets.backups.postgres import wait_ready
 from prodg_assets.backups.store import BackupStore
+from prodg_assets.contract import LABEL_HELPER
 from prodg_assets.desired import DirTree, load_desired_state
 from prodg_assets.engine.client import DockerEngine
 from prodg_assets.engine.exec import exec_run
@@ -92,6 +93,11 @@ class BackupBed:
         settings = {"endpoint_url": self.store_url, "region": "us-east-1", "bucket": BUCKET,
                     "access_key_id": STORE_KEY_ID, "secret_access_key": STORE_SECRET, "part_size_mb": 5}
         return BackupStore(**{**settings, **overrides})
+
+    def helpers(self) -> list:
+        """The helper containers working on this bed's Postgres (another run on the same Engine has its own)."""
+        return [c for c in self.client.containers.list(all=True, filters={"label": LABEL_HELPER})
+                if c.labels[LABEL_HELPER].endswith(f" of {self.pg}")]
 
     def resources(self) -> dict:
         return {

@@ -151,6 +151,7 @@ def test_metadata_names_commit_source_and_the_census(bed, three_days):
     assert pg["object_key"].endswith(".sql.zst.age") and pg["compression"] == "zstd"
     assert pg["row_counts"]["rows"] == EXPECTED_ROWS
     assert pg["databases"] == "hermes, infisical, postgres"
+    assert pg["dumped_through"] == "a helper container (FIFO)"  # an Engine on this machine: the fast route
     assert manifest_of(bed.store(), "postgres/", YESTERDAY).extra["row_counts"]["rows"] == EXPECTED_ROWS
     config = metadata[(CONFIG_BACKUP, YESTERDAY)]
     assert config["object_key"] == f"configs/{YESTERDAY}/config-{bed.commit[:12]}.tar.zst.age"

@@ -4,8 +4,10 @@ holding constant memory however much flows through it."""
 import datetime
 import gzip
 import io
+import json
 import os
 import tarfile
+import time
 import tracemalloc
 
 import pytest
@@ -24,6 +26,7 @@ from prodg_assets.engine.exec import (
     exec_run,
     reblocked,
 )
+from prodg_assets.engine.helper import HELPER_FOLDER, helper_chunks
 from prodg_assets.gitops.repo import git_archive_chunks
 from tests.backups.conftest import NAME, SECRETS
 
@@ -77,6 +80,63 @@ def test_pg_dumpall_streams_the_cluster_from_inside_the_container(bed):
     assert dump.startswith(b"--\n-- PostgreSQL database cluster dump\n--")
     assert b"COPY public.events (id, note) FROM stdin;" in dump and b"\\connect infisical" in dump
     assert dump.rstrip().endswith(b"-- PostgreSQL database cluster dump complete\n--")
+
+
+@pytest.mark.docker
+def test_pg_dumpall_through_a_helper_container_gives_the_same_dump_and_leaves_nothing_behind(bed, tmp_path):
+    """The dump's fast route: a helper container from the service's image on its network, its output through a
+    FIFO. Same cluster dump as through exec (the password reaches it in a pgpass file, never in its config), and the
+    helper, its FIFO and its password file are gone afterwards — as is what a killed run had left."""
+    api = bed.client.api
+    stale = tmp_path / HELPER_FOLDER / "run-left-by-a-killed-run"  # its password file with it
+    stale.mkdir(parents=True)
+    (stale / "pgpass").write_text("*:*:*:postgres:old\n")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    chunks = pg_dumpall_chunks(api, bed.pg, password=SECRETS["POSTGRES_PASSWORD"], helper_root=str(tmp_path))
+    first = next(chunks)
+    seen = bed.helpers()
+    helper = api.inspect_container(seen[0].id)
+    dump = first + b"".join(chunks)
+    assert dump.startswith(b"--\n-- PostgreSQL database cluster dump\n--")
+    assert b"COPY public.events (id, note) FROM stdin;" in dump and b"\\connect infisical" in dump
+    assert dump.rstrip().endswith(b"-- PostgreSQL database cluster dump complete\n--")
+    through_exec = b"".join(pg_dumpall_chunks(api, bed.pg, password=SECRETS["POSTGRES_PASSWORD"]))
+    assert dump.count(b"\n") == through_exec.count(b"\n")
+    assert helper["Image"] == api.inspect_container(bed.pg)["Image"]
+    assert helper["HostConfig"]["NetworkMode"] == f"container:{api.inspect_container(bed.pg)['Id']}"
+    assert helper["HostConfig"]["ReadonlyRootfs"] and helper["HostConfig"]["CapDrop"] == ["ALL"]
+    assert SECRETS["POSTGRES_PASSWORD"] not in json.dumps(helper)
+    assert bed.helpers() == []
+    assert os.listdir(os.path.join(tmp_path, HELPER_FOLDER)) == []
+
+
+@pytest.mark.docker
+def test_a_helper_dump_that_fails_says_why_without_the_password_and_keeps_nothing(bed, tmp_path):
+    api = bed.client.api
+    wrong = f"{SECRETS['POSTGRES_PASSWORD']}-but:not\\this-one"
+    with pytest.raises(ProducerFailed) as err:
+        list(pg_dumpall_chunks(api, bed.pg, password=wrong, helper_root=str(tmp_path)))
+    assert "pg_dumpall (helper container of" in str(err.value) and "exited with status 1" in str(err.value)
+    assert "password authentication failed" in str(err.value) and wrong not in str(err.value)
+    assert bed.helpers() == [] and os.listdir(os.path.join(tmp_path, HELPER_FOLDER)) == []
+    with pytest.raises(ProducerFailed, match="does not exist"):
+        list(pg_dumpall_chunks(api, f"{NAME}-no-such-container", helper_root=str(tmp_path)))
+    unwritable = tmp_path / "file"
+    unwritable.write_text("not a folder")
+    with pytest.raises(ProducerFailed, match="cannot make the helper's folder"):
+        list(pg_dumpall_chunks(api, bed.pg, password=SECRETS["POSTGRES_PASSWORD"], helper_root=str(unwritable)))
+
+
+@pytest.mark.docker
+def test_a_consumer_that_gives_up_on_a_helper_ends_its_dump(bed, tmp_path):
+    """pg_dumpall holds its locks until it ends: a consumer that stops reading (a failed upload) removes the helper,
+    and every process in it with it."""
+    api = bed.client.api
+    chunks = helper_chunks(api, bed.pg, ["sh", "-c", "yes prodg-endless"], shared_root=str(tmp_path), what="endless")
+    assert next(chunks).startswith(b"prodg-endless")
+    assert len(bed.helpers()) == 1
+    chunks.close()
+    assert bed.helpers() == [] and os.listdir(os.path.join(tmp_path, HELPER_FOLDER)) == []
 
 
 @pytest.mark.docker
