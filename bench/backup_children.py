@@ -71,13 +71,14 @@ def _profiled(fn, enabled: bool):
 
 
 def child_backup(p: dict) -> dict:
-    """The measured thing: postgres_backup's stream_backup (exec stream → zstd → age → multipart upload)."""
+    """The measured thing: postgres_backup's stream_backup (helper container's FIFO → zstd → age → multipart upload),
+    the route postgres_backup takes with an Engine on this machine."""
     api = docker.from_env().api
     store = _store(p)
     calls = _s3_timer(store)
     recipients = [Recipient.parse(r) for r in p.get("recipients", [])]
     rss_ready = vm("VmRSS")
-    producer = Timed(pg_dumpall_chunks(api, p["container"], password=p["password"]))
+    producer = Timed(pg_dumpall_chunks(api, p["container"], password=p["password"], helper_root=p["helper_root"]))
     t0 = time.perf_counter()
     result = _profiled(lambda: stream_backup(store, p["key"], producer, "zstd", {"source": p["container"]},
                                              recipients), p.get("profile", False))
@@ -87,10 +88,12 @@ def child_backup(p: dict) -> dict:
 
 
 def child_stream(p: dict) -> dict:
-    """Baseline: pg_dumpall's output streamed out of the container through the exec API, and dropped."""
+    """Baseline: pg_dumpall's output streamed out by one route (p["route"]: "helper", the FIFO of a helper container;
+    "exec", the Engine's exec API), and dropped."""
     api = docker.from_env().api
+    root = p["helper_root"] if p["route"] == "helper" else ""
     t0 = time.perf_counter()
-    total = sum(len(c) for c in pg_dumpall_chunks(api, p["container"], password=p["password"]))
+    total = sum(len(c) for c in pg_dumpall_chunks(api, p["container"], password=p["password"], helper_root=root))
     return {"wall": time.perf_counter() - t0, "raw": total}
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Optional, Sequenc
 
 from ..contract import LABEL_HELPER
 from ..lazy import docker_errors
-from .exec import READ_AHEAD, READ_BYTES, ProducerFailed, read_ahead
+from .exec import READ_BYTES, ProducerFailed, read_ahead
 
 if TYPE_CHECKING:
     import docker
@@ -35,7 +35,7 @@ PIPE_BYTES = 1 << 20
 def helper_chunks(api: docker.APIClient, container: str, cmd: Sequence[str], *, shared_root: str,
                   files: Optional[Mapping[str, bytes]] = None, environment: Optional[Mapping[str, str]] = None,
                   what: str = "", redact: Callable[[str], str] = lambda s: s, idle_timeout_s: float = 600.0,
-                  read_ahead_reads: int = READ_AHEAD) -> Iterator[bytes]:
+                  read_ahead_reads: int = 8) -> Iterator[bytes]:
     """The stdout of `cmd` run in a helper container from `container`'s image and network namespace, streamed
     through a FIFO under `shared_root`. `files` are written (0600) beside the FIFO; the command finds them under
     MOUNT and its stdout must go to MOUNT/out (the helper's shell redirects it there). Raises ProducerFailed after
@@ -146,31 +146,41 @@ def _start_helper(api: docker.APIClient, target: dict, cmd: Sequence[str], folde
 
 def _fifo_output(api: docker.APIClient, fd: int, helper_id: str, container: str, what: str,
                  idle_timeout_s: float) -> Iterator[bytes]:
-    """What the helper writes into the FIFO, until it closes it. A helper that exits without ever opening it ends
-    the output (its exit status says why); `idle_timeout_s` without a byte is a failure."""
+    """What the helper writes into the FIFO, until it closes it, in pieces of READ_BYTES (the writer's small writes
+    gathered here: one hand-over to the consumer per MiB, not per write). A helper that exits without ever opening
+    the FIFO ends the output (its exit status says why); `idle_timeout_s` without a byte is a failure."""
+    pending = bytearray()
     last = time.monotonic()
     while True:
         ready, _, _ = select.select([fd], [], [], 1.0)
         if ready:
-            data = _read(fd)
+            data = _read(fd, READ_BYTES - len(pending))
             if data is None:  # EAGAIN: woken without data
                 continue
             if not data:  # every writer has closed it
-                return
+                break
             last = time.monotonic()
-            yield data
+            pending += data
+            if len(pending) >= READ_BYTES:
+                yield bytes(pending)
+                pending.clear()
             continue
+        if pending:  # the writer paused: hand over what has come
+            yield bytes(pending)
+            pending.clear()
         if not _running(api, helper_id):  # exited without opening the FIFO (or just closed it: drain)
-            while data := _read(fd):
-                yield data
-            return
+            while data := _read(fd, READ_BYTES):
+                pending += data
+            break
         if time.monotonic() - last > idle_timeout_s:
             raise ProducerFailed(f"{what} (helper container of {container}): no output for {idle_timeout_s:.0f}s")
+    if pending:
+        yield bytes(pending)
 
 
-def _read(fd: int) -> Optional[bytes]:
+def _read(fd: int, n: int) -> Optional[bytes]:
     try:
-        return os.read(fd, READ_BYTES)
+        return os.read(fd, n)
     except BlockingIOError:
         return None
 
