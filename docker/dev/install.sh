@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what prodg needs on a fresh machine of this kind, idempotently: Debian packages, the venv, the locally
-# built images. Sourced by docker/dev/up (the main job) and .ci/run (the tests).
+# Installs what prodg needs on a fresh machine of this kind, idempotently: Debian packages, the venv, s3s-fs (the
+# local backup store), the locally built images. Sourced by docker/dev/up (the main job) and .ci/run (the tests).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo"
@@ -69,6 +69,17 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e ".[test]"
   echo "$want" >"$stamp"
+fi
+
+# The dev profile's backup store, and the tests' second S3 implementation: s3s-fs (the s3s project's S3 server that
+# keeps objects as files), built from crates.io at a pinned version with its locked dependencies. 0.14.1 is the
+# newest that builds with this machine's rustc 1.95 (0.15+ needs 1.96). About 3.5 minutes the first time.
+s3s_fs=.prodg/tools/bin/s3s-fs
+if [ ! -x "$s3s_fs" ]; then
+  cargo=$(command -v cargo || echo "$HOME/.cargo/bin/cargo")
+  [ -x "$cargo" ] || { echo "prodg: cargo (Rust) is needed to build s3s-fs, the local backup store" >&2; exit 1; }
+  echo "prodg: building s3s-fs 0.14.1 (cargo install, into .prodg/tools)"
+  "$cargo" install -q s3s-fs --version 0.14.1 --features binary --locked --root .prodg/tools
 fi
 
 bash docker/images/build.sh

@@ -124,8 +124,10 @@ def read_manifests(store: BackupStore, keys: Iterable[str]) -> dict[str, _Read]:
 
 
 def verdict(day: str, read: _Read, listed: Mapping[str, StoredObject], rec: Optional[Recorded],
-            recorded_given: bool) -> Finding:
-    """One complete-looking day: its manifest as recorded, and every object it names listed as uploaded."""
+            recorded_given: bool, store: Optional[BackupStore] = None) -> Finding:
+    """One complete-looking day: its manifest as recorded, and every object it names listed as uploaded. A store
+    whose listing carries no ETags (s3s-fs) is asked for the ETag of each such object (a HEAD), so that a rewrite of
+    the same size is still seen."""
     if read.manifest is None:
         return Finding(day, MANIFEST, read.error)
     m = read.manifest
@@ -140,8 +142,8 @@ def verdict(day: str, read: _Read, listed: Mapping[str, StoredObject], rec: Opti
             problems.append((GONE, f"{e.object_key} is not in the store"))
         elif obj.size != e.bytes:
             problems.append((SIZE, f"{e.object_key}: {obj.size} bytes stored, {e.bytes} in the manifest"))
-        elif e.etag and obj.etag != e.etag:
-            problems.append((ETAG, f"{e.object_key}: ETag {obj.etag} stored, {e.etag} in the manifest "
+        elif e.etag and (etag := obj.etag or _head_etag(store, e.object_key)) and etag != e.etag:
+            problems.append((ETAG, f"{e.object_key}: ETag {etag} stored, {e.etag} in the manifest "
                                    f"(rewritten after the backup)"))
     if problems:
         detail = "; ".join(p[1] for p in problems[:5])
@@ -153,6 +155,11 @@ def verdict(day: str, read: _Read, listed: Mapping[str, StoredObject], rec: Opti
     if recorded_given and rec is None:
         return Finding(day, UNRECORDED, "a backup is in the store but no materialisation records it", **lineage)
     return Finding(day, OK, f"{len(m.objects)} objects, {m.bytes} bytes", **lineage)
+
+
+def _head_etag(store: Optional[BackupStore], key: str) -> str:
+    head = store.head(key) if store is not None else None
+    return head.etag if head is not None else ""
 
 
 def audit_target(store: BackupStore, target: str, prefix: str, start: datetime.date, end: datetime.date,
@@ -188,7 +195,7 @@ def audit_target(store: BackupStore, target: str, prefix: str, start: datetime.d
             findings.append(Finding(pk, OK, "manifest present"))
         elif day in manifest_days:
             rec = recorded.get(pk) if recorded is not None else None
-            findings.append(verdict(pk, reads[manifest_days[day]], listed, rec, recorded is not None))
+            findings.append(verdict(pk, reads[manifest_days[day]], listed, rec, recorded is not None, store))
         elif day in object_days:
             findings.append(Finding(pk, INCOMPLETE, f"objects under {prefix}{pk}/ but no {MANIFEST_NAME}: a backup "
                                                     f"that never finished"))
@@ -246,7 +253,7 @@ def check_partition(store: BackupStore, prefix: str, day: str, rec: Optional[Rec
         return Finding(day, status, f"no {key} in the store" + (f" ({len(listed)} objects without it)"
                                                                  if listed else ""))
     read = _read(store, key)
-    finding = verdict(day, read, listed, rec, False)
+    finding = verdict(day, read, listed, rec, False, store)
     if finding.problem or not deep:
         return finding
     for e in read.manifest.objects:

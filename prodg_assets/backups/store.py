@@ -287,6 +287,11 @@ class S3Endpoint(dg.ConfigurableResource):
             body.close()
 
 
+def not_implemented(exc) -> bool:
+    """The store does not implement the call (HTTP 501 NotImplemented): an optional S3 feature it lacks."""
+    return str((exc.response.get("Error") or {}).get("Code")) == "NotImplemented"
+
+
 class BackupStore(S3Endpoint):
     """The off-site backup bucket (`bucket` on `endpoint_url`): streamed multipart uploads (under Object Lock where
     the bucket has it), listings, downloads, batched deletes and, in a versioned bucket, version deletes. Credentials
@@ -404,7 +409,9 @@ class BackupStore(S3Endpoint):
                 enabled = (resp.get("ObjectLockConfiguration") or {}).get("ObjectLockEnabled") == "Enabled"
             except boto_errors.ClientError as exc:
                 code = str((exc.response.get("Error") or {}).get("Code"))
-                if code not in ("ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration"):
+                # a bucket without a lock configuration; a store without Object Lock at all (s3s-fs: 501)
+                if code not in ("ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration") \
+                        and not not_implemented(exc):
                     raise self._error(f"reading the Object Lock configuration of s3://{self.bucket}", exc) from None
                 enabled = False
             except boto_errors.BotoCoreError as exc:
@@ -415,8 +422,14 @@ class BackupStore(S3Endpoint):
     def versioned(self) -> bool:
         """Whether the bucket keeps versions (versioning Enabled or Suspended): a delete without a version id
         then only adds a delete marker, and retention must delete versions."""
-        resp = self._call(f"reading the versioning of s3://{self.bucket}", self.client.get_bucket_versioning,
-                          Bucket=self.bucket)
+        try:
+            resp = self.client.get_bucket_versioning(Bucket=self.bucket)
+        except boto_errors.ClientError as exc:
+            if not_implemented(exc):  # a store without versions (s3s-fs)
+                return False
+            raise self._error(f"reading the versioning of s3://{self.bucket}", exc) from None
+        except boto_errors.BotoCoreError as exc:
+            raise self._error(f"reading the versioning of s3://{self.bucket}", exc) from None
         return resp.get("Status") in ("Enabled", "Suspended")
 
     def versions(self, prefix: str = "") -> Iterator[ObjectVersion]:
@@ -542,12 +555,19 @@ class BackupStore(S3Endpoint):
         return deleted
 
     def multipart_uploads(self, prefix: str = "") -> list[MultipartInProgress]:
-        """Multipart uploads started under `prefix` and neither completed nor aborted."""
+        """Multipart uploads started under `prefix` and neither completed nor aborted. A store that cannot list
+        them (s3s-fs answers 501) shows none: prodg aborts its own failed uploads as they fail."""
         out: list[MultipartInProgress] = []
         kwargs = {"Bucket": self.bucket, "Prefix": prefix}
         while True:
-            page = self._call(f"listing uploads in progress in s3://{self.bucket}/{prefix}",
-                              self.client.list_multipart_uploads, **kwargs)
+            try:
+                page = self.client.list_multipart_uploads(**kwargs)
+            except boto_errors.ClientError as exc:
+                if not_implemented(exc):
+                    return out
+                raise self._error(f"listing uploads in progress in s3://{self.bucket}/{prefix}", exc) from None
+            except boto_errors.BotoCoreError as exc:
+                raise self._error(f"listing uploads in progress in s3://{self.bucket}/{prefix}", exc) from None
             out += [MultipartInProgress(u["Key"], u["UploadId"], u.get("Initiated")) for u in page.get("Uploads") or []]
             if not page.get("IsTruncated"):
                 return out

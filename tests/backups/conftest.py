@@ -236,9 +236,9 @@ def minio_server():
         yield server
 
 
-@pytest.fixture(scope="session")
-def bed(tmp_path_factory, docker_client, pg_container, store_server, minio_server) -> BackupBed:
-    tmp = str(tmp_path_factory.mktemp("backups"))
+def make_bed(tmp: str, docker_client, pg_container: str, store_url: str, minio_server) -> BackupBed:
+    """A config repo whose off-site store is `store_url` (bucket BUCKET, keys STORE_KEY_ID / STORE_SECRET), its
+    MinIO `minio_server`, and both age identities."""
     repo = os.path.join(tmp, "repo")
     secrets_file = os.path.join(tmp, "secrets.env")
     with open(secrets_file, "w") as fh:
@@ -246,11 +246,17 @@ def bed(tmp_path_factory, docker_client, pg_container, store_server, minio_serve
     os.chmod(secrets_file, 0o600)
     host_identity, operator_identity = os.path.join(tmp, "host.agekey"), os.path.join(tmp, "operator.agekey")
     recipients = {"operator": age_keygen(operator_identity), "host": age_keygen(host_identity)}
-    write_config(repo, store_server.url, minio_server.port, secrets_file, recipients)
+    write_config(repo, store_url, minio_server.port, secrets_file, recipients)
     commit = init_repo(repo, "backup test bed")
     state = load_desired_state(DirTree(os.path.join(repo, "config")), {})
-    return BackupBed(repo, state, commit, pg_container, store_server.url, minio_server.url,
+    return BackupBed(repo, state, commit, pg_container, store_url, minio_server.url,
                      docker_client, secrets_file, host_identity, operator_identity, recipients)
+
+
+@pytest.fixture(scope="session")
+def bed(tmp_path_factory, docker_client, pg_container, store_server, minio_server) -> BackupBed:
+    return make_bed(str(tmp_path_factory.mktemp("backups")), docker_client, pg_container, store_server.url,
+                    minio_server)
 
 
 @pytest.fixture()
@@ -261,6 +267,15 @@ def clean_store(bed):
         store.client.abort_multipart_upload(Bucket=BUCKET, Key=upload.key, UploadId=upload.upload_id)
     store.delete_objects([o.key for o in store.list()])
     return store
+
+
+def expected_requests(store: BackupStore, listings: int, manifests: int, objects: int) -> dict:
+    """The S3 requests of an audit reading `manifests` manifests that name `objects` objects: the listings and a GET
+    per manifest; plus a HEAD per object where the store's listing carries no ETags (s3s-fs)."""
+    expected = {"ListObjectsV2": listings, "GetObject": manifests}
+    if not any(o.etag for o in store.list()):
+        expected["HeadObject"] = objects
+    return expected
 
 
 def age_decrypt(data: bytes, identity_file: str) -> bytes:

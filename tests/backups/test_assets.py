@@ -38,7 +38,7 @@ from tests.backups.conftest import (
     STORE_SECRET,
     TODAY,
     age_decrypt,
-    s3,
+    expected_requests,
 )
 
 pytestmark = pytest.mark.docker
@@ -231,7 +231,9 @@ def test_the_window_audit_names_missing_and_late_days_from_manifests(bed, three_
         late = md[f"{target}_captured_late"].split(", ")
         assert [d.split(" ")[0] for d in late] == DAYS[:2] and f"(captured {DAYS[0]}" not in late[0]
     # a listing per target, and one GET per manifest of the window
-    assert md["requests_by_operation"] == {"ListObjectsV2": 3, "GetObject": 9}
+    named = sum(len(manifest_of(bed.store(), prefix, day).objects) for prefix in ("postgres/", "minio/", "configs/")
+                for day in DAYS)
+    assert md["requests_by_operation"] == expected_requests(bed.store(), 3, 9, named)
     (check,) = result.get_asset_check_evaluations()
     assert check.asset_check_key.name == AUDIT_CLEAN and not check.passed
     assert check.metadata["problems"].value == 21
@@ -269,7 +271,7 @@ def test_schedule_backs_up_the_previous_utc_day_at_03_00(bed, instance):
 
 def test_a_deleted_or_corrupted_object_fails_exactly_its_partitions_check(bed, three_days, instance):
     _, metadata = three_days
-    client = s3(bed.store_url)
+    client = bed.store().client
     # postgres, 2nd day: deleted
     client.delete_object(Bucket=BUCKET, Key=metadata[(POSTGRES_BACKUP, DAYS[1])]["object_key"])
     # configs, 3rd day: replaced by other bytes of the same size
@@ -303,7 +305,7 @@ def test_the_config_backup_records_the_commit_live_on_the_host_not_the_runs_tag(
     """The host runs what the newest service materialisation deployed; a backup run tagged with another commit (the
     branch head moved on, nothing deployed yet) still archives and records the deployed one."""
     bucket = f"{BUCKET}-deployed"  # its own bucket: the module's three days stay as they are
-    client = s3(bed.store_url)
+    client = bed.store().client
     client.create_bucket(Bucket=bucket)
     store = bed.store(bucket=bucket)
     try:

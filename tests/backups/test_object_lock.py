@@ -16,7 +16,7 @@ from prodg_assets.backups.retention import prune
 from prodg_assets.backups.store import ObjectLock
 from prodg_assets.contract import POSTGRES_BACKUP
 from prodg_assets.settings import BackupTarget
-from tests.backups.conftest import BUCKET, EXPECTED_ROWS, TODAY, s3
+from tests.backups.conftest import BUCKET, EXPECTED_ROWS, TODAY
 
 pytestmark = pytest.mark.docker
 
@@ -37,7 +37,7 @@ class Collected(logging.Handler):
 def locked(bed):
     """A bucket created with Object Lock (hence versioned), emptied of what the module's tests wrote at the end by
     lifting governance retention (as only a key with s3:BypassGovernanceRetention may)."""
-    client = s3(bed.store_url)
+    client = bed.store().client
     client.create_bucket(Bucket=LOCKED, ObjectLockEnabledForBucket=True)
     try:
         yield bed.store(bucket=LOCKED)
@@ -64,7 +64,7 @@ def test_a_backup_into_a_locked_bucket_is_locked_until_its_day_plus_retention(be
     assert manifest.object_lock == md["object_lock"]
 
     # a compromised host deletes the version: refused, and the dump is still there byte for byte
-    client = s3(bed.store_url)
+    client = bed.store().client
     (version,) = [v for v in locked.versions(md["object_key"])]
     assert "AccessDenied" in locked.delete_version(md["object_key"], version.version_id)
     # a batch delete with version ids is refused as well (moto enforces it too, since its issue 8017)
@@ -101,7 +101,7 @@ def test_retention_deletes_versions_whose_lock_ran_out_and_reports_the_refused(b
     locked.put_bytes(f"ret/{late}/manifest.json", b"{}", lock=week)
     for key in (f"ret/{recent}/dump.age", f"ret/{recent}/manifest.json"):
         locked.put_bytes(key, b"recent", lock=week)
-    s3(bed.store_url).delete_object(Bucket=LOCKED, Key=f"ret/{recent}/dump.age")  # hidden by a marker, not gone
+    bed.store().client.delete_object(Bucket=LOCKED, Key=f"ret/{recent}/dump.age")  # hidden by a marker, not gone
     time.sleep(max(0.0, (now + datetime.timedelta(seconds=2) - datetime.datetime.now(datetime.timezone.utc))
                    .total_seconds()))  # until the old day's lock has run out
     handler = Collected()
