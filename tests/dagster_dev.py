@@ -7,7 +7,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import time
 import requests
 
 from prodg_assets.contract import SENSOR_NAME
+from tests.standins.process import free_port
 
 from .conftest import ROOT, Testbed
 
@@ -71,12 +71,6 @@ class Dagster:
         runs = self.wait(f"the run of {commit[:12]}", done, budget=600)
         assert len(runs) == 1, runs
         return runs[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

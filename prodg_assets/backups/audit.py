@@ -124,7 +124,7 @@ def read_manifests(store: BackupStore, keys: Iterable[str]) -> dict[str, _Read]:
 
 
 def verdict(day: str, read: _Read, listed: Mapping[str, StoredObject], rec: Optional[Recorded],
-            recorded_given: bool, store: Optional[BackupStore] = None) -> Finding:
+            recorded_given: bool, store: BackupStore) -> Finding:
     """One complete-looking day: its manifest as recorded, and every object it names listed as uploaded. A store
     whose listing carries no ETags (s3s-fs) is asked for the ETag of each such object (a HEAD), so that a rewrite of
     the same size is still seen."""
@@ -157,8 +157,8 @@ def verdict(day: str, read: _Read, listed: Mapping[str, StoredObject], rec: Opti
     return Finding(day, OK, f"{len(m.objects)} objects, {m.bytes} bytes", **lineage)
 
 
-def _head_etag(store: Optional[BackupStore], key: str) -> str:
-    head = store.head(key) if store is not None else None
+def _head_etag(store: BackupStore, key: str) -> str:
+    head = store.head(key)
     return head.etag if head is not None else ""
 
 

@@ -107,9 +107,10 @@ def pg_dumpall_chunks(api: docker.APIClient, container: str, *, password: str = 
     dump = ["pg_dumpall", "-U", db_user, "--no-password", f"--lock-wait-timeout={int(lock_wait_timeout_s * 1000)}"]
     redact = (lambda s: s.replace(password, "<POSTGRES_PASSWORD>")) if password else (lambda s: s)
     if helper_root:
-        files = {"pgpass": f"127.0.0.1:{port}:*:{_pgpass_field(db_user)}:{_pgpass_field(password)}\n".encode()}
+        files = {"pgpass": f"127.0.0.1:{port}:*:{_pgpass_field(db_user)}:{_pgpass_field(password)}\n".encode()} \
+            if password else {}
         return helper_chunks(api, container, [*dump, "-h", "127.0.0.1", "-p", str(port)], shared_root=helper_root,
-                             files=files if password else {}, environment={"PGPASSFILE": f"{MOUNT}/pgpass"},
+                             files=files, environment={"PGPASSFILE": f"{MOUNT}/pgpass"},
                              what="pg_dumpall", redact=redact, idle_timeout_s=idle_timeout_s)
     env = {"PGPASSWORD": password} if password else {}
     return exec_chunks(api, container, reblocked(dump), user="postgres", environment=env, what="pg_dumpall",

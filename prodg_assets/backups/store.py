@@ -249,6 +249,19 @@ class S3Endpoint(dg.ConfigurableResource):
         except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
             raise self._error(action, exc) from None
 
+    def _optional_call(self, action: str, fn, absent: tuple[str, ...] = (), **kwargs) -> Optional[dict]:
+        """`_call`, but None when the store answers that there is nothing of the kind: one of the error codes
+        `absent`, or 501 NotImplemented (an optional S3 feature the store lacks: s3s-fs has no Object Lock,
+        versions or listing of uploads in progress)."""
+        try:
+            return fn(**kwargs)
+        except boto_errors.ClientError as exc:
+            if str((exc.response.get("Error") or {}).get("Code")) in (*absent, "NotImplemented"):
+                return None
+            raise self._error(action, exc) from None
+        except boto_errors.BotoCoreError as exc:
+            raise self._error(action, exc) from None
+
     # -- reads shared by the store and the source -----------------------------------------------------------------
     def _list(self, bucket: str, prefix: str = "") -> Iterator[StoredObject]:
         """Every object under `prefix`, one ListObjectsV2 call per page of `list_page_size` keys."""
@@ -285,11 +298,6 @@ class S3Endpoint(dg.ConfigurableResource):
             raise self._error(f"downloading s3://{bucket}/{key}", exc) from None
         finally:
             body.close()
-
-
-def not_implemented(exc) -> bool:
-    """The store does not implement the call (HTTP 501 NotImplemented): an optional S3 feature it lacks."""
-    return str((exc.response.get("Error") or {}).get("Code")) == "NotImplemented"
 
 
 class BackupStore(S3Endpoint):
@@ -404,33 +412,21 @@ class BackupStore(S3Endpoint):
         """Whether the bucket has Object Lock (it was created with it; it is then versioned too). Asked once per
         resource instance."""
         if self._lock_enabled is None:
-            try:
-                resp = self.client.get_object_lock_configuration(Bucket=self.bucket)
-                enabled = (resp.get("ObjectLockConfiguration") or {}).get("ObjectLockEnabled") == "Enabled"
-            except boto_errors.ClientError as exc:
-                code = str((exc.response.get("Error") or {}).get("Code"))
-                # a bucket without a lock configuration; a store without Object Lock at all (s3s-fs: 501)
-                if code not in ("ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration") \
-                        and not not_implemented(exc):
-                    raise self._error(f"reading the Object Lock configuration of s3://{self.bucket}", exc) from None
-                enabled = False
-            except boto_errors.BotoCoreError as exc:
-                raise self._error(f"reading the Object Lock configuration of s3://{self.bucket}", exc) from None
+            # absent: a bucket without a lock configuration, or a store without Object Lock at all
+            resp = self._optional_call(f"reading the Object Lock configuration of s3://{self.bucket}",
+                                       self.client.get_object_lock_configuration,
+                                       ("ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration"),
+                                       Bucket=self.bucket)
+            enabled = ((resp or {}).get("ObjectLockConfiguration") or {}).get("ObjectLockEnabled") == "Enabled"
             self._lock_enabled = enabled
         return self._lock_enabled
 
     def versioned(self) -> bool:
         """Whether the bucket keeps versions (versioning Enabled or Suspended): a delete without a version id
         then only adds a delete marker, and retention must delete versions."""
-        try:
-            resp = self.client.get_bucket_versioning(Bucket=self.bucket)
-        except boto_errors.ClientError as exc:
-            if not_implemented(exc):  # a store without versions (s3s-fs)
-                return False
-            raise self._error(f"reading the versioning of s3://{self.bucket}", exc) from None
-        except boto_errors.BotoCoreError as exc:
-            raise self._error(f"reading the versioning of s3://{self.bucket}", exc) from None
-        return resp.get("Status") in ("Enabled", "Suspended")
+        resp = self._optional_call(f"reading the versioning of s3://{self.bucket}", self.client.get_bucket_versioning,
+                                   Bucket=self.bucket)
+        return (resp or {}).get("Status") in ("Enabled", "Suspended")
 
     def versions(self, prefix: str = "") -> Iterator[ObjectVersion]:
         """Every version and delete marker under `prefix` (ListObjectVersions pages)."""
@@ -560,14 +556,10 @@ class BackupStore(S3Endpoint):
         out: list[MultipartInProgress] = []
         kwargs = {"Bucket": self.bucket, "Prefix": prefix}
         while True:
-            try:
-                page = self.client.list_multipart_uploads(**kwargs)
-            except boto_errors.ClientError as exc:
-                if not_implemented(exc):
-                    return out
-                raise self._error(f"listing uploads in progress in s3://{self.bucket}/{prefix}", exc) from None
-            except boto_errors.BotoCoreError as exc:
-                raise self._error(f"listing uploads in progress in s3://{self.bucket}/{prefix}", exc) from None
+            page = self._optional_call(f"listing uploads in progress in s3://{self.bucket}/{prefix}",
+                                       self.client.list_multipart_uploads, **kwargs)
+            if page is None:
+                return out
             out += [MultipartInProgress(u["Key"], u["UploadId"], u.get("Initiated")) for u in page.get("Uploads") or []]
             if not page.get("IsTruncated"):
                 return out

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 HELPER_FOLDER = ".helpers"  # under the deploy root: one private folder per running helper
 MOUNT = "/prodg-helper"  # where the helper sees its folder
-F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Python ≥ 3.10 on Linux has the name; the number is the kernel's)
 PIPE_BYTES = 1 << 20
 
 
@@ -60,7 +59,7 @@ def helper_chunks(api: docker.APIClient, container: str, cmd: Sequence[str], *, 
         os.mkfifo(fifo, 0o600)
         fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # before the writer: its open then never blocks
         try:
-            fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_BYTES)
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         except OSError:  # above the host's pipe-max-size: the default 64 KiB pipe still works, only slower
             pass
         helper_id = _start_helper(api, target, cmd, folder, environment or {}, what)
@@ -89,8 +88,8 @@ def _sweep(api: docker.APIClient, shared_root: str, grace_s: float = 600) -> Non
         for helper in api.containers(all=True, filters={"label": LABEL_HELPER}):
             if helper["State"] == "running":
                 in_use.update(m.get("Source", "") for m in helper.get("Mounts", []))
-            elif helper["State"] in ("exited", "dead") and _exited_for(api, helper["Id"]) > grace_s:  # its run had time to read its status and remove it
-                _remove(api, helper["Id"])
+            elif helper["State"] in ("exited", "dead") and _exited_for(api, helper["Id"]) > grace_s:
+                _remove(api, helper["Id"])  # its run had had time to read its status and remove it
         for name in os.listdir(parent) if os.path.isdir(parent) else []:
             path = os.path.join(parent, name)
             if path not in in_use and time.time() - os.stat(path).st_mtime > grace_s:

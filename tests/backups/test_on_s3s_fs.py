@@ -39,7 +39,9 @@ from tests.backups.test_restore import (  # noqa: F401
     test_a_restore_reproduces_the_rows_of_a_database_with_known_contents,
     test_a_corrupt_object_never_reaches_the_target,
 )
-from tests.backups.test_retention import test_retention_on_the_store_deletes_exactly_the_oldest_ten_of_one_prefix  # noqa: F401,E501
+from tests.backups.test_retention import (  # noqa: F401
+    test_retention_on_the_store_deletes_exactly_the_oldest_ten_of_one_prefix,
+)
 from tests.backups.test_store import (  # noqa: F401
     test_a_small_stream_is_one_put,
     test_a_producer_that_fails_midway_leaves_no_object_and_no_upload,
