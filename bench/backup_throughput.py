@@ -394,7 +394,7 @@ def main() -> None:
         rows = table_rows(results)
         print_table(rows, results, b.driver, time.perf_counter() - started)
         if rows and not args.no_record:
-            append_result("backup_throughput", rows)
+            append_result("backup_throughput", rows, [note for r in results for note in r.notes])
 
 
 if __name__ == "__main__":

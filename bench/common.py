@@ -12,8 +12,9 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {mem_kb / 1024 / 1024:.0f} GiB"
 
 
-def append_result(bench: str, rows: list[tuple]) -> None:
-    """rows: (figure, measured, baseline, ratio, target)."""
+def append_result(bench: str, rows: list[tuple], notes: list[str] | None = None) -> None:
+    """rows: (figure, measured, baseline, ratio, target); notes: what the script printed under its table (where the
+    time and CPU went, what limits a missed target), kept with the figures they explain."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     new = not os.path.exists(RESULTS)
     with open(RESULTS, "a", encoding="utf-8") as fh:
@@ -24,3 +25,5 @@ def append_result(bench: str, rows: list[tuple]) -> None:
                  "|---|---|---|---|---|\n")
         for row in rows:
             fh.write("| " + " | ".join(str(c) for c in row) + " |\n")
+        if notes:
+            fh.write("\nNotes:\n\n" + "".join(f"- {note}\n" for note in notes))
