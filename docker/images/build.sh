@@ -68,4 +68,5 @@ build_service() { # NAME -> prodg/NAME:SUITE from docker/images/NAME/Dockerfile
 }
 
 build_base
-for svc in postgres redis caddy prometheus node-exporter; do build_service "$svc"; done
+# sqlite-app: a test-bed stand-in for the SQLite-backed services (not in seed-names: pushed under no seed name).
+for svc in postgres redis caddy prometheus node-exporter sqlite-app; do build_service "$svc"; done
