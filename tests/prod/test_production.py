@@ -26,6 +26,7 @@ import prodg_assets
 from prodg_assets.contract import REMAINDER_TAG
 from prodg_assets.desired import LAYERS, DirTree, load_desired_state
 from prodg_assets.gitops.impact import impacted_assets
+from tests.browser import look, shown
 from tests.conftest import ROOT, Testbed, make_testbed
 
 # The first test's setup builds the images when they are missing (about 4 minutes on 2 cores), hence the timeout.
@@ -33,7 +34,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
 PROD = os.path.join(ROOT, "docker", "prod")
 COMPOSE_FILE = os.path.join(PROD, "docker-compose.yml")
-OUTPUT = os.path.join(ROOT, "tests", "output")
 PROD_ROOT = "/opt/prodg"  # the Compose file's root for repo, data and deployed tree; the test's tmp folder here
 LOCATION = "prodg"
 REPOSITORY = "__repository__"
@@ -566,36 +566,13 @@ def test_upgrade_and_backup_commands_of_the_docs_work(deployment: Deployment):
     assert "TABLE DATA public runs" in listing and "TABLE DATA public event_logs" in listing, listing[-2000:]
 
 
-def chromium() -> str:
-    proc = subprocess.run(["bash", os.path.join(PROD, "install-chromium.sh")], capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout.strip().splitlines()[-1]
-
-
-def shown(text: str, dom: str) -> bool:
-    """`text` is a whole text node of the page (a group's label; asset names such as docker_network don't count)."""
-    return re.search(rf">\s*{re.escape(text)}\s*<", dom) is not None
-
-
 def test_ui_asset_graph_shows_the_layer_groups(deployment: Deployment, tmp_path):
     dep = deployment
-    browser = chromium()
     expected = {spec.group_name for spec in prodg_assets.build_defs(dep.bed.env).resolve_all_asset_specs()}
     assert expected == set(LAYERS)  # the eight layer groups
     url = f"{dep.url}/asset-groups"
-    base = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            f"--user-data-dir={tmp_path}/chromium", "--window-size=1800,1100", "--hide-scrollbars"]
-    dom = ""
-    for budget in (15000, 30000, 60000):  # virtual time for the page's GraphQL queries and the graph layout
-        proc = subprocess.run([*base, f"--virtual-time-budget={budget}", "--dump-dom", url],
-                              capture_output=True, text=True, timeout=180)
-        dom = proc.stdout
-        if not (absent := [g for g in sorted(expected) if not shown(g, dom)]):
-            break
-    os.makedirs(OUTPUT, exist_ok=True)
-    shot = os.path.join(OUTPUT, "ui-asset-graph.png")
-    subprocess.run([*base, f"--virtual-time-budget={budget}", f"--screenshot={shot}", url],
-                   capture_output=True, text=True, timeout=180)
+    dom, shot = look(url, f"{tmp_path}/chromium", "ui-asset-graph.png",
+                     ready=lambda dom: all(shown(g, dom) for g in expected))
+    absent = [g for g in sorted(expected) if not shown(g, dom)]
     assert not absent, f"{url} does not show the groups {absent} (of {sorted(expected)}); screenshot: {shot}"
     assert os.path.getsize(shot) > 10_000

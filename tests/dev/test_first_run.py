@@ -1,0 +1,225 @@
+"""The README's main command as a newcomer runs it: `bash docker/dev/up` in a fresh clone of this repository, on this
+machine's Engine. It installs, starts its own image registry and backup store, and Dagster's sensor deploys the
+bundled config/ at the clone's commit. Then, as a person would see it — through the webserver's GraphQL and a
+screenshot of the UI — every service this machine can run is materialised with that commit and healthy in `docker ps`,
+the host check is red saying why, each service without a runnable image failed naming the image and the registry,
+and Ctrl-C stops every process `up` started.
+
+The bundled config names fixed containers (caddy, postgres, …) and host ports (80, 443, 5432, …): one run of this
+test at a time on an Engine, behind a host-wide lock, and never over containers it did not make."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from contextlib import contextmanager
+
+import pytest
+import requests
+
+import docker
+from prodg_assets.contract import HOST_CONFORMS, SENSOR_NAME
+from prodg_assets.desired import DirTree, load_desired_state
+from tests.browser import look
+from tests.conftest import ROOT, free_subnet, git
+from tests.dagster_dev import Dagster
+from tests.standins.process import free_port
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(2400)]
+
+LOCK = "/tmp/prodg-bundled-config.lock"  # every run of this test on the machine, whichever clone it runs from
+SEED_NAMES = os.path.join(ROOT, "docker", "images", "seed-names")
+TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+@contextmanager
+def bundled_config_lock():
+    with open(LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # another run's test waits here until that one has cleaned up
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def stand_in_images() -> set[str]:
+    """The seed's images docker/dev/up pushes into its registry (docker/images/seed-names' second column)."""
+    with open(SEED_NAMES, encoding="utf-8") as fh:
+        return {line.split()[1] for line in fh if line.strip() and not line.startswith("#")}
+
+
+def answers(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def clean_engine(client: docker.DockerClient, names: list[str], networks: list[str]) -> None:
+    for name in names:
+        try:
+            client.containers.get(name).remove(force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+    for name in networks:
+        try:
+            client.networks.get(name).remove()
+        except docker.errors.NotFound:
+            pass
+
+
+def test_the_readme_main_command_on_a_fresh_clone_deploys_what_this_machine_can_run(tmp_path, docker_client):
+    client = docker_client
+    with bundled_config_lock():
+        clone = str(tmp_path / "prodg")
+        subprocess.run(["git", "clone", "-q", ROOT, clone], check=True)
+        commit = git(clone, "rev-parse", "HEAD")
+        # s3s-fs is built from crates.io by install.sh (about 3.5 minutes); the clone gets this checkout's build
+        # when there is one, the rest of the install runs as written.
+        built = os.path.join(ROOT, ".prodg", "tools", "bin", "s3s-fs")
+        if os.access(built, os.X_OK):
+            os.makedirs(os.path.join(clone, ".prodg", "tools", "bin"))
+            shutil.copy2(built, os.path.join(clone, ".prodg", "tools", "bin", "s3s-fs"))
+
+        subnet = free_subnet(client)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("PRODG_", "DAGSTER_", "BACKUP_", "B2_", "PYTEST_", "VIRTUAL_ENV"))}
+        ports = {"DAGSTER_PORT": free_port(), "PRODG_WEBHOOK_PORT": free_port(), "PRODG_BACKUP_STORE_PORT": free_port()}
+        env.update({k: str(v) for k, v in ports.items()})
+        env.update({"PRODG_NETWORK_SUBNET": subnet, "PRODG_SENSOR_INTERVAL_S": "10"})
+        state = load_desired_state(DirTree(os.path.join(clone, "config")), {**env, "PRODG_DATA": "/x",
+                                                                              "PRODG_SECRETS_FILE": "/x/.env"})
+        containers = [s.container_name for s in state.services.values()] + ["dagster-postgres"]
+        networks = [n.name for n in state.networks.values() if not n.external] + ["prodg-dagster"]
+        present = [c.name for c in client.containers.list(all=True) if c.name in containers]
+        present += [n.name for n in client.networks.list() if n.name in networks]
+        assert not present, (f"containers or networks of the bundled config already exist on this Engine: {present} "
+                             f"(an operator's `docker/dev/up`?); this test does not touch them")
+        runnable, unrunnable = [], []
+        local = {img for img in {s.image for s in state.services.values()} if _local(client, img)}
+        for spec in state.services.values():
+            (runnable if spec.build or spec.image in stand_in_images() or spec.image in local
+             else unrunnable).append(spec)
+        assert {"caddy", "postgres", "redis", "prometheus", "node-exporter", "hermes-api"} <= \
+            {s.name for s in runnable}
+
+        log_path = str(tmp_path / "up.log")
+        with open(log_path, "w") as log:
+            up = subprocess.Popen(["bash", "docker/dev/up"], cwd=clone, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{ports['DAGSTER_PORT']}"
+        dagster = Dagster(url, log_path)
+        registry_port = None
+        try:
+            dagster.wait("the Dagster UI of docker/dev/up", lambda: up.poll() is None and requests.get(
+                f"{url}/server_info", timeout=5).ok, budget=1500)
+            with open(os.path.join(clone, ".prodg", "registry", "port"), encoding="utf-8") as fh:
+                registry_port = int(fh.read())
+            keys = [{"path": [s.asset]} for s in runnable]
+
+            def deployed() -> dict | None:
+                runs = _sensor_runs(dagster, commit)
+                if not runs or any(r["status"] not in TERMINAL for r in runs):
+                    return None
+                latest = _latest_materialisations(dagster, keys)
+                return latest if all(m and m["commit"] == commit for m in latest.values()) else None
+
+            latest = dagster.wait(f"the sensor's runs of {commit[:12]} to deploy {sorted(s.name for s in runnable)}",
+                                  deployed, budget=1500)
+            assert set(latest) == {s.asset for s in runnable}
+
+            # docker ps: each runnable service's container runs (healthy where it has a health check)
+            for spec in runnable:
+                state_ = client.containers.get(spec.container_name).attrs["State"]
+                assert state_["Status"] == "running", (spec.name, state_)
+                if spec.healthcheck:
+                    assert state_.get("Health", {}).get("Status") == "healthy", (spec.name, state_.get("Health"))
+
+            # the services without a runnable image failed, naming the image and the registry
+            failures = _step_failures(dagster, commit)
+            registry = f"127.0.0.1:{registry_port}"
+            for spec in unrunnable:
+                said = failures.get(spec.asset, "")
+                assert f"image {spec.image} is not in the registry mirror {registry}" in said, (spec.name, said)
+
+            # the host check is red, and says why (this is Debian, the config describes Ubuntu 24.04)
+            check = _check(dagster, "host_baseline", HOST_CONFORMS)
+            assert check["status"] == "FAILED", check
+            assert "Debian" in json.dumps(check), check
+
+            # the UI, as a person sees it: Postgres' asset page with its latest materialisation's commit
+            dom, shot = look(f"{url}/assets/postgres", str(tmp_path / "chromium"), "first-run-postgres.png",
+                             ready=lambda dom: commit in dom)
+            assert commit in dom, f"{url}/assets/postgres does not show the commit {commit}; screenshot: {shot}"
+            assert os.path.getsize(shot) > 10_000
+        finally:
+            if up.poll() is None:
+                os.killpg(up.pid, signal.SIGINT)  # Ctrl-C: the terminal's foreground process group
+                try:
+                    up.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    os.killpg(up.pid, signal.SIGKILL)
+                    up.wait()
+            still = {name: port for name, port in {**ports, "registry": registry_port}.items()
+                     if port and answers(port)}
+            clean_engine(client, containers, networks)
+        assert up.returncode == 130, f"docker/dev/up ended with {up.returncode}: see {log_path}"
+        assert not still, f"after Ctrl-C these of up's servers still answer: {still}"
+
+
+def _local(client: docker.DockerClient, image: str) -> bool:
+    try:
+        client.images.get(image)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def _sensor_runs(dagster: Dagster, commit: str) -> list[dict]:
+    data = dagster.gql("""query($tags: [ExecutionTag!]) { runsOrError(filter: {tags: $tags}) { __typename
+          ... on Runs { results { runId status } } } }""",
+                       tags=[{"key": "prodg/commit", "value": commit},
+                             {"key": "dagster/sensor_name", "value": SENSOR_NAME}])
+    return data["runsOrError"]["results"]
+
+
+def _latest_materialisations(dagster: Dagster, keys: list[dict]) -> dict[str, dict | None]:
+    data = dagster.gql("""query($keys: [AssetKeyInput!]) { assetNodes(assetKeys: $keys) { assetKey { path }
+          assetMaterializations(limit: 1) { runId metadataEntries { label
+            ... on TextMetadataEntry { text } } } } }""", keys=keys)
+    latest = {}
+    for node in data["assetNodes"]:
+        events = node["assetMaterializations"]
+        meta = {e["label"]: e.get("text") for e in events[0]["metadataEntries"]} if events else {}
+        latest["/".join(node["assetKey"]["path"])] = {"run": events[0]["runId"], "commit": meta.get("commit")} \
+            if events else None
+    return latest
+
+
+def _step_failures(dagster: Dagster, commit: str) -> dict[str, str]:
+    """asset (= step key) → the error messages of its failed steps, over the sensor's runs of `commit`."""
+    said: dict[str, str] = {}
+    for run in _sensor_runs(dagster, commit):
+        data = dagster.gql("""query($id: ID!) { logsForRun(runId: $id, limit: 100000) { __typename
+              ... on EventConnection { events { __typename ... on ExecutionStepFailureEvent { stepKey
+                error { message causes { message } } } } } } }""", id=run["runId"])
+        for event in data["logsForRun"].get("events") or []:
+            if event["__typename"] == "ExecutionStepFailureEvent":
+                error = event["error"]
+                text = "\n".join([error["message"], *(c["message"] for c in error.get("causes") or [])])
+                said[event["stepKey"]] = said.get(event["stepKey"], "") + text
+    return said
+
+
+def _check(dagster: Dagster, asset: str, name: str) -> dict:
+    data = dagster.gql("""query($key: AssetKeyInput!, $name: String!) { assetCheckExecutions(assetKey: $key,
+          checkName: $name, limit: 1) { status evaluation { description metadataEntries { label
+            ... on TextMetadataEntry { text } ... on MarkdownMetadataEntry { mdStr } } } } }""",
+                       key={"path": [asset]}, name=name)
+    executions = data["assetCheckExecutions"]
+    assert executions, f"no execution of the check {name} on {asset}"
+    return executions[0]
