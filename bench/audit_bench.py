@@ -1,6 +1,6 @@
 """The window audit over a year of backups: 365 daily partitions × 3 targets in a moto_server bucket, written by the
 product's own writers (`stream_backup` of a small dump into `postgres/<day>/pg_dumpall-<HHMMSS>.sql.zst.age`,
-`mirror_s3` of a small MinIO stand-in bucket into `minio/<day>/…`, `stream_backup` of `git archive` of config/
+`mirror_s3` of a small MinIO stand-in bucket (stored once by content under `minio/objects/`, named by each day), `stream_backup` of `git archive` of config/
 into `configs/<day>/config-<commit>.tar.zst.age`, each day with its manifest), what each materialisation would record kept
 in a Dagster instance (sqlite, in a temp dir) through the same metadata the backup assets write.
 
@@ -57,11 +57,14 @@ def fill(store, source, days: list[datetime.date], commit: str, workers: int, re
     from prodg_assets.backups.assets import partition_metadata
     from prodg_assets.backups.keys import config_key, postgres_key
     from prodg_assets.backups.manifest import Manifest, write_manifest
-    from prodg_assets.backups.mirror import mirror_s3
+    from prodg_assets.backups.mirror import ContentIndex, mirror_s3
     from prodg_assets.backups.stream import stream_backup
     from prodg_assets.gitops.repo import git_archive_chunks
 
     fingerprints = tuple(r.fingerprint for r in recipients)
+    # MinIO's objects stored once by content (as the first day's backup does); every day then names them
+    index = ContentIndex()
+    mirror_s3(source, store, "minio/", recipients, index=index)
 
     def finish(target: str, prefix: str, d: str, at: datetime.datetime, entries, compression: str) -> dict:
         manifest = Manifest(target, d, at.isoformat(timespec="seconds"), commit, "deployed", target, "", "",
@@ -76,7 +79,7 @@ def fill(store, source, days: list[datetime.date], commit: str, workers: int, re
                 b"".join(f"insert into events values ({i}, 'event {i} of {d}');\n".encode() for i in range(200))]
         pg = stream_backup(store, postgres_key("postgres/", d, at, "zstd", True), dump, "zstd",
                            {"partition": d, "source": "postgres", "commit": commit}, recipients)
-        mirror = mirror_s3(source, store, "minio/", d, recipients)
+        mirror = mirror_s3(source, store, "minio/", recipients, index=index)
         cfg = stream_backup(store, config_key("configs/", d, commit, "zstd", True),
                             git_archive_chunks(ROOT, commit, "config"), "zstd",
                             {"partition": d, "source": "config", "commit": commit}, recipients)

@@ -108,58 +108,33 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    """Restore the day's Postgres backup: read the day's manifest, download the dump, verify the sha256 the manifest
-    recorded, decrypt it with the identity file (--identity, else PRODG_BACKUP_IDENTITY) and restore it into a
-    Postgres container: --target (refused when it holds data, unless --force), or by default a fresh scratch
-    container that is left running for the operator (its name is printed)."""
+    """Restore a target's backup of a day (backups/commands.py says where each goes), or list what the store holds
+    (--list). The identity file is --identity, else PRODG_BACKUP_IDENTITY."""
     import datetime
-    import secrets as pysecrets
 
-    from .agekeys import AgeError, read_identities
-    from .backups.manifest import ManifestError, read_manifest
-    from .backups.postgres import RestoreFailed, RestoreRefused, wait_ready
-    from .backups.restore import restore_postgres
+    from .agekeys import AgeError
+    from .backups.commands import RestoreUsage, list_backups, restore
+    from .backups.manifest import ManifestError
+    from .backups.postgres import RestoreFailed, RestoreRefused
     from .backups.store import StoreError
-    from .contract import LABEL_SCRATCH
     from .settings import EnvSettings
 
-    if args.what != "postgres":
-        print("prodg restore: only `postgres` restores from the command line; MinIO restores run as the drill",
-              file=sys.stderr)
-        return 1
-    day = datetime.date.fromisoformat(args.date)
     state, commit, resources = _state(argparse.Namespace(path=None, commit=None))
-    store = resources["backup_store"].process_config_and_initialize()  # resolves its EnvVar credentials
-    target = next(t for t in state.settings.backup_targets if t.method == "pg_dumpall")
     try:
-        manifest = read_manifest(store, target.prefix, day.isoformat())
-        if manifest is None:
-            print(f"prodg restore: no complete Postgres backup for {day}: no {target.prefix}{day}/manifest.json in "
-                  f"{store.bucket}", file=sys.stderr)
-            return 1
-        identity_file = args.identity or EnvSettings.from_env(os.environ).backup_identity
-        identities = read_identities(identity_file) if manifest.encrypted and identity_file else []
-        if manifest.encrypted and not identities:
-            print("prodg restore: the backup is encrypted; give the identity file with --identity (or "
-                  "PRODG_BACKUP_IDENTITY)", file=sys.stderr)
-            return 1
-        client = resources["docker"].client
-        container = args.target
-        if not container:
-            spec = state.services[target.service]
-            image, _ = resources["docker"].resolve_image(spec, state, commit, build=False)
-            container = f"prodg-restore-{day.isoformat()}-{pysecrets.token_hex(3)}"  # unique on a shared Engine
-            client.containers.run(image, detach=True, name=container, network_mode="none",
-                                  environment={"POSTGRES_PASSWORD": pysecrets.token_urlsafe(18)},
-                                  labels={LABEL_SCRATCH: "manual"})
-            wait_ready(client.api, container)
-        result = restore_postgres(store, manifest, identities, client.api, container, force=args.force)
-    except (AgeError, ManifestError, StoreError, RestoreFailed, RestoreRefused) as exc:
+        if args.list:
+            store = resources["backup_store"].process_config_and_initialize()
+            if not list_backups(state, store):
+                print(f"prodg restore: no backups in {store.bucket}", file=sys.stderr)
+            return 0
+        if not args.what or not args.date:
+            print("prodg restore: give a target and --date (or --list)", file=sys.stderr)
+            return 2
+        print(restore(state, commit, resources, args.what, datetime.date.fromisoformat(args.date), to=args.to or "",
+                      force=args.force, pg_container=args.target or "", only=args.only or "",
+                      identity_file=args.identity or EnvSettings.from_env(os.environ).backup_identity))
+    except (AgeError, ManifestError, StoreError, RestoreFailed, RestoreRefused, RestoreUsage) as exc:
         print(f"prodg restore: {exc}", file=sys.stderr)
         return 1
-    print(f"restored {result.key} (captured {manifest.captured_at} at commit {manifest.commit[:12]}; sha256 "
-          f"verified{', decrypted' if manifest.encrypted else ''}) into container {container}: {result.sql_bytes} "
-          f"bytes of SQL in {result.duration_s:.1f}s")
     return 0
 
 
@@ -253,11 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--commit", help="commit (or ref) of the config repo to deploy")
     p.add_argument("--select", help="comma-separated asset keys (default: every deploy asset)")
     p.set_defaults(func=cmd_deploy)
-    p = sub.add_parser("restore", help="restore a day's backup (verified by sha256) into a Postgres container")
-    p.add_argument("what", choices=["postgres"])
-    p.add_argument("--date", required=True, help="the backup's day, YYYY-MM-DD (UTC)")
-    p.add_argument("--target", help="an existing Postgres container (default: a new scratch container)")
-    p.add_argument("--force", action="store_true", help="restore even though the target already holds data")
+    p = sub.add_parser("restore", help="restore a target's backup of a day (verified by sha256), or --list them")
+    p.add_argument("what", nargs="?", help="the backup target (prodg.yaml backups.targets: postgres, redis, …)")
+    p.add_argument("--date", help="the backup's day, YYYY-MM-DD (UTC)")
+    p.add_argument("--list", action="store_true", help="list every target's days in the store, with sizes")
+    p.add_argument("--to", help="a service's data: the folder (default: its data folder); secrets: the file "
+                                "(default: secrets.env_file); configs: the folder (required); minio: one bucket "
+                                "for every object (default: each object's own)")
+    p.add_argument("--only", help="minio: only objects whose BUCKET/KEY starts with this")
+    p.add_argument("--target", help="postgres: an existing Postgres container (default: a new scratch container)")
+    p.add_argument("--force", action="store_true",
+                   help="restore over existing data (Postgres: wiped; files and folders: moved aside first)")
     p.add_argument("--identity", help="the age identity file that decrypts it (default: $PRODG_BACKUP_IDENTITY)")
     p.set_defaults(func=cmd_restore)
     p = sub.add_parser("notify-push", help="the branch moved: evaluate the git sensor now (for a post-receive hook)")

@@ -46,7 +46,8 @@ CONFIG_BACKUP = "config_backup"
 RESTORE_DRILL = "postgres_restore_drill"
 BACKUP_AUDIT = "backup_audit"
 BACKUP_GROUP = "backups"
-# backup method (prodg.yaml backups.targets.*.method) → its asset
+# backup method (prodg.yaml backups.targets.*.method) → its one target's asset; any other method (volume,
+# secrets_file) names its asset after the target: `<target>_backup`
 ASSET_OF_METHOD = {"pg_dumpall": POSTGRES_BACKUP, "s3_mirror": MINIO_BACKUP, "config_archive": CONFIG_BACKUP}
 
 # -- asset checks ------------------------------------------------------------------------------------------------------
@@ -58,11 +59,14 @@ OBJECT_INTACT = "object_intact"
 NO_MISSING_DAYS = "no_missing_days"
 FRESH = "fresh"
 AUDIT_CLEAN = "audit_clean"
+RESTORED = "restored"  # per target and day: the day's backup restored into scratch and verified (the rotating drill)
 
 # -- jobs, schedules, sensors ------------------------------------------------------------------------------------------
 BACKUP_JOB = "backup_job"
 AUDIT_JOB = "backup_audit_job"
 BACKUP_SCHEDULE = "backup_schedule"
+DRILL_JOB = "restore_drill_job"
+DRILL_SCHEDULE = "restore_drill_rotation"  # each night one target and one day of its window, restored and verified
 DRIFT_SCHEDULE = "drift_schedule"
 SENSOR_NAME = "config_repo_sensor"
 DEPLOY_FAILURE_NOTIFIER = "deploy_failure_notifier"

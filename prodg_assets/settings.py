@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+from .contract import ASSET_OF_METHOD
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -163,13 +165,24 @@ class SecretsSettings:
         return tuple(sorted(self.required))
 
 
+# How a `volume` target's data is read consistently (prodg.yaml backups.targets.*.capture)
+VOLUME_CAPTURES = ("redis_bgsave", "sqlite", "files")
+
+
 @dataclass(frozen=True)
 class BackupTarget:
-    name: str  # postgres | minio | configs
-    method: str  # pg_dumpall | s3_mirror | config_archive
+    name: str  # postgres | minio | configs | a service's data (redis, vaultwarden, …) | secrets
+    method: str  # pg_dumpall | s3_mirror | config_archive | volume | secrets_file
     prefix: str
     retention_days: int
     service: Optional[str] = None
+    capture: str = ""  # volume: redis_bgsave | sqlite | files
+    path: str = ""  # volume: the folder in the service's container that holds its data (one of its mounts)
+    helper_image: str = ""  # volume with capture sqlite: an image with python3 for the helper ("" = the service's)
+
+    @property
+    def asset(self) -> str:
+        return ASSET_OF_METHOD.get(self.method) or f"{self.name}_backup"
 
 
 @dataclass(frozen=True)

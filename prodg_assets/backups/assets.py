@@ -33,9 +33,9 @@ from .capture import Capture, LateCapture, begin_capture, earlier_capture
 from .keys import config_key, manifest_key, mirror_base, postgres_key
 from .manifest import Manifest, write_manifest
 from .mirror import COMPRESSION as MIRROR_COMPRESSION
-from .mirror import mirror_s3
+from .mirror import mirror_s3, stored_content
 from .postgres import census, pg_dumpall_chunks
-from .retention import prune
+from .retention import prune, prune_content
 from .store import BackupStore, S3Source, StoreError, UploadResult
 from .stream import stream_backup
 
@@ -53,6 +53,26 @@ def scrubber(store: BackupStore, values: Mapping[str, str]) -> Callable[[str], s
 def described(exc: BaseException) -> str:
     """The exception's message and its notes (what the clean-up after it could not do), one line each."""
     return "\n".join([str(exc), *(str(n) for n in getattr(exc, "__notes__", None) or [])])
+
+
+def running_source(client, spec, what: str, day: str, verb: str = "captured") -> DataSource:
+    """The service's container as the capture's source; a dg.Failure when it does not run (nothing is `verb`)."""
+    source = container_source(client, spec.container_name)
+    if not source.running:
+        condition = "does not exist" if not source.image_id else "is not running"
+        raise dg.Failure(description=f"{what} backup of {day}: the {spec.name} service's container "
+                                     f"{spec.container_name} {condition}; nothing was {verb} or uploaded "
+                                     f"(start it, then re-run this partition)", metadata={"source": source.description})
+    return source
+
+
+def backup_failure(what: str, day: str, exc: BaseException, scrub: Callable[[str], str], **metadata) -> dg.Failure:
+    """The dg.Failure of a backup that failed: a late day refused as it says, anything else with what the clean-up
+    could not do (secrets scrubbed)."""
+    if isinstance(exc, LateCapture):
+        return dg.Failure(description=str(exc))
+    return dg.Failure(description=f"{what} backup of {day} failed; nothing was kept: {scrub(described(exc))}",
+                      metadata=metadata)
 
 
 def clean_partition(store: BackupStore, prefix: str, day: str, log) -> int:
@@ -126,11 +146,13 @@ def finish_partition(store: BackupStore, target: BackupTarget, cap: Capture, man
     if superseded:
         store.delete_objects(superseded)
     pruned = prune(store, target, _today(), keep, log)
+    if target.method == "s3_mirror":
+        pruned += prune_content(store, target.prefix, log)
     return up, len(superseded), pruned
 
 
-def _manifest(target: BackupTarget, cap: Capture, source: Optional[DataSource], source_text: str, compression: str,
-              entries, **extra) -> Manifest:
+def partition_manifest(target: BackupTarget, cap: Capture, source: Optional[DataSource], source_text: str,
+                       compression: str, entries, **extra) -> Manifest:
     return Manifest(target.name, cap.day, cap.captured_at.isoformat(timespec="seconds"), cap.commit,
                     cap.commit_source, source_text, source.image_id if source else "",
                     source.image_digest if source else "", compression, cap.fingerprints, tuple(entries), cap.late,
@@ -173,13 +195,7 @@ def build_postgres_backup(state: DesiredState, settings: BackupSettings, partiti
         key = helper_root = ""
         dump = None
         try:
-            source = container_source(docker.client, spec.container_name)
-            if not source.running:
-                condition = "does not exist" if not source.image_id else "is not running"
-                raise dg.Failure(description=f"postgres backup of {day}: the {target.service} service's container "
-                                             f"{spec.container_name} {condition}; nothing was dumped or uploaded "
-                                             f"(start it, then re-run this partition)",
-                                 metadata={"source": source.description})
+            source = running_source(docker.client, spec, "postgres", day, "dumped")
             cap = begin_capture(context, settings, target, backup_store, repo, managed)
             earlier = earlier_capture(context, cap, backup_store, target)
             if earlier is not None:
@@ -198,8 +214,8 @@ def build_postgres_backup(state: DesiredState, settings: BackupSettings, partiti
             result = stream_backup(backup_store, key, dump, settings.compression,
                                    {"partition": day, "source": spec.container_name, "commit": cap.commit},
                                    cap.recipients, cap.lock)
-            manifest = _manifest(target, cap, source, source.description, result.compression, [result.entry()],
-                                 row_counts=counts.as_json())
+            manifest = partition_manifest(target, cap, source, source.description, result.compression,
+                                          [result.entry()], row_counts=counts.as_json())
             up, superseded, pruned = finish_partition(backup_store, target, cap, manifest, [key], context.log)
         except LateCapture as exc:
             raise dg.Failure(description=str(exc)) from None
@@ -239,9 +255,10 @@ def build_minio_backup(state: DesiredState, settings: BackupSettings, partitions
     def minio_backup(context: dg.AssetExecutionContext, docker: DockerEngine, repo: ConfigRepo,
                      secrets: SecretSource, backup_store: BackupStore, minio_source: S3Source) \
             -> dg.MaterializeResult:
-        """Every bucket and object of MinIO, each encrypted (age) and copied to `minio/<day>/<bucket>/<key>.age`
-        in the off-site store, then `minio/<day>/manifest.json` (bucket, key, sizes, sha256 and ETag of each
-        object) written last. A failed copy leaves no manifest and removes what it copied."""
+        """Every bucket and object of MinIO, stored once by content (encrypted, `minio/objects/<ab>/<sha256>.age`;
+        an object a kept day already stores is not uploaded again), then `minio/<day>/manifest.json` (bucket, key,
+        ETag, sizes, content sha256 and the stored object of each) written last. A failed day leaves no manifest
+        and removes what it uploaded."""
         values = secrets.values()
         source_api = minio_source.with_secrets(values)
         store_scrub = scrubber(backup_store, values)
@@ -260,9 +277,11 @@ def build_minio_backup(state: DesiredState, settings: BackupSettings, partitions
                 return rerecorded(earlier, prefix)
             started = time.monotonic()
             aborted = clean_partition(backup_store, prefix, day, context.log)
-            result = mirror_s3(source_api, backup_store, prefix, day, cap.recipients, cap.lock)
-            manifest = _manifest(target, cap, source, source_text, MIRROR_COMPRESSION, result.entries,
-                                 buckets=list(result.buckets), object_count=len(result.entries))
+            result = mirror_s3(source_api, backup_store, prefix, cap.recipients, cap.lock,
+                               stored_content(backup_store, prefix, exclude_day=day))
+            manifest = partition_manifest(target, cap, source, source_text, MIRROR_COMPRESSION, result.entries,
+                                          buckets=list(result.buckets), object_count=len(result.entries),
+                                          reused_objects=result.reused, uploaded_bytes=result.uploaded_bytes)
             up, superseded, pruned = finish_partition(backup_store, target, cap, manifest, result.written,
                                                       context.log)
         except LateCapture as exc:
@@ -277,6 +296,8 @@ def build_minio_backup(state: DesiredState, settings: BackupSettings, partitions
                 manifest, up, duration_s=round(duration, 3),
                 throughput_mb_s=round(manifest.raw_bytes / 1e6 / duration, 3) if duration > 0 else 0.0,
                 object_count=len(result.entries), manifest_bytes=up.bytes, buckets=", ".join(result.buckets),
+                reused_objects=result.reused, uploaded_objects=len(result.written),
+                uploaded_bytes=result.uploaded_bytes + up.bytes,
                 pruned_objects=pruned, superseded_deleted=superseded, aborted_uploads=aborted),
             data_version=dg.DataVersion(data_version(manifest)))
 
@@ -310,7 +331,7 @@ def build_config_backup(state: DesiredState, settings: BackupSettings, partition
             result = stream_backup(backup_store, key, git_archive_chunks(repo.path, cap.commit, repo.config_subdir),
                                    settings.compression, {"partition": day, "commit": cap.commit}, cap.recipients,
                                    cap.lock)
-            manifest = _manifest(target, cap, None, source, result.compression, [result.entry()])
+            manifest = partition_manifest(target, cap, None, source, result.compression, [result.entry()])
             up, superseded, pruned = finish_partition(backup_store, target, cap, manifest, [key], context.log)
         except LateCapture as exc:
             raise dg.Failure(description=str(exc)) from None

@@ -245,7 +245,8 @@ def audit_store(store: BackupStore, targets: Sequence[AuditTarget], start: datet
 def check_partition(store: BackupStore, prefix: str, day: str, rec: Optional[Recorded],
                     deep: bool = False) -> Finding:
     """One partition: its manifest (as recorded, when `rec` is given) and every object it names listed with its
-    size and ETag; with `deep`, every object's bytes hash to the manifest's sha256."""
+    size and ETag (a listing of the day; a HEAD per object stored outside it); with `deep`, every object's bytes
+    hash to the manifest's sha256."""
     key = manifest_key(prefix, day)
     listed = {o.key: o for o in store.list(f"{prefix}{day}/")}
     if key not in listed:
@@ -253,6 +254,11 @@ def check_partition(store: BackupStore, prefix: str, day: str, rec: Optional[Rec
         return Finding(day, status, f"no {key} in the store" + (f" ({len(listed)} objects without it)"
                                                                  if listed else ""))
     read = _read(store, key)
+    if read.manifest is not None:
+        # objects stored outside the day's folder (MinIO's, stored once by content): asked one by one
+        for e in read.manifest.objects:
+            if not e.object_key.startswith(f"{prefix}{day}/") and (head := store.head(e.object_key)) is not None:
+                listed[e.object_key] = StoredObject(head.key, head.size, head.etag, head.last_modified)
     finding = verdict(day, read, listed, rec, False, store)
     if finding.problem or not deep:
         return finding

@@ -9,7 +9,6 @@ from typing import Mapping
 import dagster as dg
 
 from ..contract import (
-    ASSET_OF_METHOD,
     AUDIT_JOB,
     BACKUP_AUDIT,
     BACKUP_JOB,
@@ -18,6 +17,7 @@ from ..contract import (
     KIND_TAG,
     POSTGRES_BACKUP,
     RESTORE_DRILL,
+    RESTORED,
 )
 from ..desired import DesiredState
 from ..desired.interpolate import secret_reference
@@ -26,11 +26,13 @@ from ..settings import BackupSettings, BackupTarget, store_settings
 from .assets import build_config_backup, build_minio_backup, build_postgres_backup
 from .checks import build_object_check, build_window_checks
 from .proofs import build_audit_asset, build_restore_drill
+from .rotation import build_drill_rotation, build_restored_check
+from .volume_assets import build_secrets_backup, build_volume_backup
 from .store import BackupStore, S3Source
 
 
 def targets_by_asset(settings: BackupSettings) -> dict[str, BackupTarget]:
-    return {ASSET_OF_METHOD[t.method]: t for t in settings.targets if t.method in ASSET_OF_METHOD}
+    return {t.asset: t for t in settings.targets}
 
 
 def backup_partitions(settings: BackupSettings) -> dg.DailyPartitionsDefinition:
@@ -61,7 +63,8 @@ def build_backup_resources(state: DesiredState, environ: Mapping[str, str] | Non
 
 
 def backup_definitions(state: DesiredState) -> dg.Definitions:
-    """One asset per configured target (postgres_backup, minio_backup, config_backup) on one UTC
+    """One asset per configured target (postgres_backup, minio_backup, config_backup, `<name>_backup` of each
+    service volume, secrets_backup) on one UTC
     DailyPartitionsDefinition, the restore drill, the window audit, their checks, `backup_job` (the day's backups
     and the drill, tagged prodg/kind=backup) with its schedule at prodg.yaml `backups.schedule` (03:00 UTC) for the
     previous day, and `backup_audit_job`. No targets: an empty slice. (The resources are the root's.)"""
@@ -77,9 +80,14 @@ def backup_definitions(state: DesiredState) -> dg.Definitions:
             assets.append(build_postgres_backup(state, settings, partitions, target))
         elif target.method == "s3_mirror":
             assets.append(build_minio_backup(state, settings, partitions, target))
-        else:
+        elif target.method == "config_archive":
             assets.append(build_config_backup(state, settings, partitions, target))
+        elif target.method == "volume":
+            assets.append(build_volume_backup(state, settings, partitions, target))
+        else:
+            assets.append(build_secrets_backup(state, settings, partitions, target))
         checks.append(build_object_check(asset_name, target, partitions))
+        checks.append(build_restored_check(state, asset_name, target, partitions))
         checks += build_window_checks(asset_name, target, settings)
     selection = sorted(targets)
     if POSTGRES_BACKUP in targets:
@@ -87,7 +95,9 @@ def backup_definitions(state: DesiredState) -> dg.Definitions:
         selection.append(RESTORE_DRILL)
     assets.append(build_audit_asset(settings, targets))
     tags = {KIND_TAG: BACKUP_KIND}
-    backup_job = dg.define_asset_job(BACKUP_JOB, selection=dg.AssetSelection.assets(*selection),
+    # the `restored` checks are the rotating drill's (one target and day a night), not every backup's
+    restores = dg.AssetSelection.checks(*(dg.AssetCheckKey(dg.AssetKey(a), RESTORED) for a in targets))
+    backup_job = dg.define_asset_job(BACKUP_JOB, selection=dg.AssetSelection.assets(*selection) - restores,
                                      partitions_def=partitions, tags=tags,
                                      description="The day's backups of every target, then the restore drill.")
     audit_job = dg.define_asset_job(AUDIT_JOB, selection=dg.AssetSelection.assets(BACKUP_AUDIT), tags=tags,
@@ -97,4 +107,6 @@ def backup_definitions(state: DesiredState) -> dg.Definitions:
         backup_job, name=BACKUP_SCHEDULE, hour_of_day=hour, minute_of_hour=minute,
         default_status=dg.DefaultScheduleStatus.RUNNING, tags=tags,
         description="Backs up the previous UTC day's partition of every target (prodg.yaml backups.schedule).")
-    return dg.Definitions(assets=assets, asset_checks=checks, schedules=[schedule], jobs=[backup_job, audit_job])
+    drill_job, drill_schedule = build_drill_rotation(settings, targets)
+    return dg.Definitions(assets=assets, asset_checks=checks, schedules=[schedule, drill_schedule],
+                          jobs=[backup_job, audit_job, drill_job])

@@ -10,6 +10,7 @@ from typing import Optional
 from .codec import COMPRESSIONS
 
 MANIFEST_NAME = "manifest.json"
+CONTENT_FOLDER = "objects/"  # under the MinIO target's prefix: objects stored once by content, referenced by days
 ENCRYPTED = ".age"  # the suffix of an object encrypted in the age format
 _DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})/")
 
@@ -23,8 +24,19 @@ def config_key(prefix: str, date: str, commit: str, compression: str, encrypted:
             f"{ENCRYPTED if encrypted else ''}")
 
 
+def archive_key(prefix: str, date: str, at: datetime.datetime, stem: str, suffix: str, compression: str,
+                encrypted: bool) -> str:
+    """A day's one object: a service's data (`<name>-HHMMSS.tar…`) or the secrets file (`secrets-….env…`)."""
+    return f"{prefix}{date}/{stem}-{at:%H%M%S}{suffix}{COMPRESSIONS[compression]}{ENCRYPTED if encrypted else ''}"
+
+
 def mirror_key(prefix: str, date: str, bucket: str, key: str, encrypted: bool) -> str:
     return f"{prefix}{date}/{bucket}/{key}{ENCRYPTED if encrypted else ''}"
+
+
+def content_key(prefix: str, content_sha256: str, encrypted: bool) -> str:
+    """Where an object whose plaintext hashes to `content_sha256` is stored, once, for every day that holds it."""
+    return f"{prefix}{CONTENT_FOLDER}{content_sha256[:2]}/{content_sha256}{ENCRYPTED if encrypted else ''}"
 
 
 def mirror_base(prefix: str, date: str) -> str:

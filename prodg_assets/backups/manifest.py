@@ -33,6 +33,7 @@ class Entry:
     bucket: str = ""
     key: str = ""
     source_etag: str = ""
+    content_sha256: str = ""  # MinIO: the sha256 of the object's own bytes (its stored object is named after it)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional, Protocol
 
 from ..settings import BackupTarget
-from .keys import MANIFEST_NAME, key_date
+from .keys import CONTENT_FOLDER, MANIFEST_NAME, key_date
 from .store import BackupStore, StoreError
 
 class Listed(Protocol):
@@ -51,8 +51,8 @@ def plan_retention(prefix: str, retention_days: int, today: datetime.date, objec
     undated: list[str] = []
     successful: set[datetime.date] = set()
     for obj in objects:
-        if not obj.key.startswith(prefix):
-            continue
+        if not obj.key.startswith(prefix) or obj.key.startswith(prefix + CONTENT_FOLDER):
+            continue  # stored content belongs to the days that name it: prune_content
         day = key_date(obj.key, prefix)
         if day is None:
             undated.append(obj.key)
@@ -120,3 +120,46 @@ def _prune_versions(store: BackupStore, target: BackupTarget, today: datetime.da
 def _expired(key: str, target: BackupTarget, plan: RetentionPlan) -> bool:
     day = key_date(key, target.prefix)
     return day is not None and day < plan.cutoff and day != plan.kept_newest
+
+
+CONTENT_GRACE = datetime.timedelta(days=1)  # a backup in progress has stored content its manifest does not name yet
+
+
+def prune_content(store: BackupStore, prefix: str, log, grace: datetime.timedelta = CONTENT_GRACE) -> int:
+    """Delete stored content (`<prefix>objects/`) that no kept day's manifest names, once older than `grace`.
+    Nothing is deleted when a manifest cannot be read (what it names is unknown). Logged, never raised."""
+    from .audit import read_manifests
+
+    try:
+        listed = list(store.list(prefix))
+        manifests = [o.key for o in listed if o.key.endswith(f"/{MANIFEST_NAME}") and key_date(o.key, prefix)]
+        named: set[str] = set()
+        for key, read in read_manifests(store, manifests).items():
+            if read.manifest is None:
+                log.warning(f"stored content under {prefix}{CONTENT_FOLDER} not pruned: {read.error}")
+                return 0
+            named.update(e.object_key for e in read.manifest.objects)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        doomed = [o.key for o in listed if o.key.startswith(prefix + CONTENT_FOLDER) and o.key not in named
+                  and now - o.last_modified > grace]
+        if not doomed:
+            return 0
+        log.info(f"retention: deleting {len(doomed)} stored objects under {prefix}{CONTENT_FOLDER} that no kept day "
+                 f"names")
+        if store.versioned():
+            deleted, refused = 0, []
+            for v in [v for v in store.versions(prefix + CONTENT_FOLDER) if v.key in set(doomed)]:
+                reason = store.delete_version(v.key, v.version_id)
+                if reason is None:
+                    deleted += 1
+                else:
+                    refused.append(f"{v.key}: {reason}")
+            if refused:
+                log.warning(f"retention: the store kept {len(refused)} versions (Object Lock until their date): "
+                            f"{'; '.join(refused[:5])}")
+            return deleted
+        store.delete_objects(doomed)
+        return len(doomed)
+    except StoreError as exc:
+        log.error(f"retention of {prefix}{CONTENT_FOLDER} failed (the backup itself is kept): {exc}")
+        return -1

@@ -428,6 +428,13 @@ class BackupStore(S3Endpoint):
                                    Bucket=self.bucket)
         return (resp or {}).get("Status") in ("Enabled", "Suspended")
 
+    def extend_lock(self, key: str, lock: ObjectLock) -> None:
+        """Keep `key`'s current version locked until `lock.retain_until` (a later date than it had: an object a new
+        day references lives as long as that day). Extending is allowed in both modes without bypassGovernance."""
+        self._call(f"extending the Object Lock of s3://{self.bucket}/{key}", self.client.put_object_retention,
+                   Bucket=self.bucket, Key=key,
+                   Retention={"Mode": lock.mode, "RetainUntilDate": lock.retain_until})
+
     def versions(self, prefix: str = "") -> Iterator[ObjectVersion]:
         """Every version and delete marker under `prefix` (ListObjectVersions pages)."""
         kwargs = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": self.list_page_size}
@@ -622,3 +629,16 @@ class S3Source(S3Endpoint):
 
     def stream(self, bucket: str, key: str, chunk_size: int = MIB) -> Iterator[bytes]:
         return self._stream(bucket, key, chunk_size)
+
+    # -- writes, for a restore --------------------------------------------------------------------------------------
+    def exists(self, bucket: str, key: str) -> bool:
+        return self._head(bucket, key) is not None
+
+    def ensure_bucket(self, bucket: str) -> None:
+        if bucket not in self.bucket_names():
+            self._call(f"creating bucket {bucket}", self.client.create_bucket, Bucket=bucket)
+
+    def put_stream(self, bucket: str, key: str, reader) -> None:
+        """Upload what the file-like `reader` reads as s3://bucket/key (multipart above 8 MiB, by boto3)."""
+        self._call(f"writing s3://{bucket}/{key}", self.client.upload_fileobj, Fileobj=reader, Bucket=bucket,
+                   Key=key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 from .codec import ByteCount, compress
 from .crypt import Recipient, encrypt
@@ -48,3 +48,25 @@ def stream_backup(store: BackupStore, key: str, chunks: Iterable[bytes], compres
     up = store.upload_stream(key, data, metadata={**(metadata or {}), "compression": compression,
                                                   "encryption": "age" if recipients else "none"}, lock=lock)
     return BackupResult(key, raw.bytes, up.bytes, up.sha256, up.etag, time.monotonic() - started, compression)
+
+
+class ChunkReader:
+    """A file object over an iterator of byte chunks (what tarfile's stream mode reads), copying each byte once."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks, self._chunk, self._at = chunks, b"", 0
+
+    def read(self, n: int = -1) -> bytes:
+        parts, wanted = [], n
+        while wanted != 0:
+            if self._at >= len(self._chunk):
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                self._chunk, self._at = chunk, 0
+                continue
+            end = len(self._chunk) if wanted < 0 else min(len(self._chunk), self._at + wanted)
+            parts.append(self._chunk[self._at:end])
+            wanted = wanted - (end - self._at) if wanted > 0 else wanted
+            self._at = end
+        return b"".join(parts)

@@ -15,6 +15,7 @@ import re
 from typing import Any, Mapping
 
 from ..agekeys import AgeError, Recipient
+from ..contract import ASSET_OF_METHOD
 from ..settings import BackupTarget, DnsRecord, Settings, settings_from_yaml
 from .compose import read_compose
 from .errors import ConfigInvalid, SpecError
@@ -23,6 +24,8 @@ from .model import DesiredState, ServiceSpec
 from .schema import PRODG_SCHEMA, check_schema, kind_of
 from .tree import ConfigTree
 from .yamldoc import Doc, load_yaml
+
+_ASSET_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 PRODG_FILE = "prodg.yaml"
 DEFAULT_COMPOSE = "compose/docker-compose.yml"
@@ -98,11 +101,43 @@ def _backup_targets(ctx: LoadContext, doc: Doc, backups: dict,
         service = t.get("service")
         if not isinstance(service, (str, type(None))):
             continue  # reported by the schema check
-        if t.get("method") in ("pg_dumpall", "s3_mirror") and not service:
-            ctx.errors.append(doc.error(("backups", "targets", name), f"method {t.get('method')} needs `service`"))
+        method = t.get("method")
+        if method in ("pg_dumpall", "s3_mirror", "volume") and not service:
+            ctx.errors.append(doc.error(("backups", "targets", name), f"method {method} needs `service`"))
         elif service and service not in services:
             ctx.errors.append(doc.error(("backups", "targets", name, "service"),
                                         f"names service {service!r}, which the Compose file does not declare"))
+        capture, path = str(t.get("capture") or ""), str(t.get("path") or "")
+        if capture == "redis_bgsave" and not path:
+            path = "/data"  # the redis image's working folder, where BGSAVE writes dump.rdb
+        if method in ("volume", "secrets_file") and not _ASSET_NAME.match(str(name)):
+            ctx.errors.append(doc.error(("backups", "targets", name),
+                                        f"a {method} target's name becomes its asset `<name>_backup`: use lower-case "
+                                        f"letters, digits and _ (got {name!r})"))
+        if method == "volume":
+            spec = services.get(service) if isinstance(service, str) else None
+            if not capture:
+                ctx.errors.append(doc.error(("backups", "targets", name),
+                                            "method volume needs `capture` (redis_bgsave, sqlite or files)"))
+            elif not path:
+                ctx.errors.append(doc.error(("backups", "targets", name),
+                                            f"capture {capture} needs `path`: the folder of the service's data"))
+            if spec is not None and path and path.rstrip("/") not in {m.target.rstrip("/") for m in spec.volumes}:
+                mounts = ", ".join(sorted(m.target for m in spec.volumes)) or "none"
+                ctx.errors.append(doc.error(("backups", "targets", name, "path"),
+                                            f"{path!r} is not one of service {service}'s mounts ({mounts}); its data "
+                                            f"would not survive the container"))
+        elif capture or path:
+            ctx.errors.append(doc.error(("backups", "targets", name, "capture" if capture else "path"),
+                                        f"only a volume target takes `capture` and `path` (method is {method})"))
+        if method == "secrets_file" and backups.get("encryption") == "none":
+            ctx.errors.append(doc.error(("backups", "targets", name),
+                                        "the secrets file is never uploaded unencrypted: give backups.encryption "
+                                        "recipients, or remove this target"))
+        helper_image = str(t.get("helper_image") or "")
+        if helper_image and capture != "sqlite":
+            ctx.errors.append(doc.error(("backups", "targets", name, "helper_image"),
+                                        "only a target with `capture: sqlite` runs a helper image"))
         prefix = str(t.get("prefix", ""))
         if not prefix.endswith("/") or prefix.startswith("/"):
             ctx.errors.append(doc.error(("backups", "targets", name, "prefix"),
@@ -111,16 +146,24 @@ def _backup_targets(ctx: LoadContext, doc: Doc, backups: dict,
         days = days if isinstance(days, int) and not isinstance(days, bool) else 0
         if days < 1 and "retention_days" in t:
             ctx.errors.append(doc.error(("backups", "targets", name, "retention_days"), "must be at least 1"))
-        targets.append(BackupTarget(str(name), str(t.get("method")), prefix, days, service))
+        targets.append(BackupTarget(str(name), str(method), prefix, days, service, capture, path.rstrip("/"),
+                                    helper_image))
     for t in targets:
         if any(o.prefix != t.prefix and o.prefix.startswith(t.prefix) for o in targets):
             ctx.errors.append(doc.error(("backups", "targets", t.name, "prefix"),
                                         "overlaps another target's prefix; retention works per prefix"))
     methods = [t.method for t in targets]
+    assets = [t.asset for t in targets]
     for t in targets:
-        if methods.count(t.method) > 1:
+        if t.method in ASSET_OF_METHOD and methods.count(t.method) > 1:
             ctx.errors.append(doc.error(("backups", "targets", t.name, "method"),
                                         f"only one target may use {t.method} (its asset is named after the method)"))
+        elif t.method == "secrets_file" and methods.count(t.method) > 1:
+            ctx.errors.append(doc.error(("backups", "targets", t.name, "method"),
+                                        "only one target may back up the secrets file"))
+        elif assets.count(t.asset) > 1:
+            ctx.errors.append(doc.error(("backups", "targets", t.name),
+                                        f"its asset {t.asset} is another target's too; rename the target"))
     return tuple(targets)
 
 

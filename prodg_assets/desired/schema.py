@@ -64,8 +64,11 @@ PRODG_SCHEMA = {
         "compression": OneOf("zstd", "gzip"), "freshness_hours": (int, float),
         "encryption": Either(OneOf("none"), {"recipients": Req(MapOf(str))}),
         "object_lock": {"mode": OneOf("governance", "compliance")},
-        "targets": Req(MapOf({"method": Req(OneOf("pg_dumpall", "s3_mirror", "config_archive")),
-                              "service": str, "prefix": Req(str), "retention_days": Req(int)})),
+        "targets": Req(MapOf({"method": Req(OneOf("pg_dumpall", "s3_mirror", "config_archive", "volume",
+                                                    "secrets_file")),
+                              "service": str, "prefix": Req(str), "retention_days": Req(int),
+                              "capture": OneOf("redis_bgsave", "sqlite", "files"), "path": str,
+                              "helper_image": str})),
     },
     "notifications": {
         "telegram": {"api_base_url": str, "bot_token_secret": str, "chat_id": (str, int),

@@ -34,11 +34,15 @@ PIPE_BYTES = 1 << 20
 def helper_chunks(api: docker.APIClient, container: str, cmd: Sequence[str], *, shared_root: str,
                   files: Optional[Mapping[str, bytes]] = None, environment: Optional[Mapping[str, str]] = None,
                   what: str = "", redact: Callable[[str], str] = lambda s: s, idle_timeout_s: float = 600.0,
-                  read_ahead_reads: int = 8) -> Iterator[bytes]:
+                  read_ahead_reads: int = 8, image: str = "", with_volumes: bool = False,
+                  user: str = "") -> Iterator[bytes]:
     """The stdout of `cmd` run in a helper container from `container`'s image and network namespace, streamed
     through a FIFO under `shared_root`. `files` are written (0600) beside the FIFO; the command finds them under
     MOUNT and its stdout must go to MOUNT/out (the helper's shell redirects it there). Raises ProducerFailed after
-    the last chunk when the helper's exit status is not 0 (its stderr's tail, redacted, in the message)."""
+    the last chunk when the helper's exit status is not 0 (its stderr's tail, redacted, in the message).
+    `with_volumes`: the helper has `container`'s mounts at the same paths instead of its network (no network at
+    all), runs as `container`'s user (so it reads what the service reads) unless `user` says otherwise, and from
+    `image` when given."""
     what = what or cmd[0]
     try:
         target = api.inspect_container(container)
@@ -62,7 +66,8 @@ def helper_chunks(api: docker.APIClient, container: str, cmd: Sequence[str], *, 
             fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         except OSError:  # above the host's pipe-max-size: the default 64 KiB pipe still works, only slower
             pass
-        helper_id = _start_helper(api, target, cmd, folder, environment or {}, what)
+        helper_id = _start_helper(api, target, cmd, folder, environment or {}, what, image, with_volumes,
+                                  user or (target["Config"].get("User") if with_volumes else "") or "0")
         yield from read_ahead(_fifo_output(api, fd, helper_id, container, what, idle_timeout_s), read_ahead_reads,
                               what, lambda: _remove(api, helper_id))
         code = _exit_code(api, helper_id)
@@ -123,16 +128,20 @@ def _write_private(path: str, data: bytes) -> None:
 
 
 def _start_helper(api: docker.APIClient, target: dict, cmd: Sequence[str], folder: str,
-                  environment: Mapping[str, str], what: str) -> str:
+                  environment: Mapping[str, str], what: str, image: str, with_volumes: bool, user: str) -> str:
     source = target["Name"].lstrip("/")
+    if with_volumes:
+        isolation = {"network_mode": "none", "volumes_from": [target["Id"]]}
+    else:
+        isolation = {"network_mode": f"container:{target['Id']}"}
     host_config = api.create_host_config(
-        network_mode=f"container:{target['Id']}", binds={folder: {"bind": MOUNT, "mode": "rw"}},
+        **isolation, binds={folder: {"bind": MOUNT, "mode": "rw"}},
         read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"])
     created: dict = {}
     try:
         created = api.create_container(
-            image=target["Image"], entrypoint=["sh", "-c", f'exec "$@" >{MOUNT}/out', "sh"], command=list(cmd),
-            user="0", environment=dict(environment), labels={LABEL_HELPER: f"{what} of {source}"},
+            image=image or target["Image"], entrypoint=["sh", "-c", f'exec "$@" >{MOUNT}/out', "sh"],
+            command=list(cmd), user=user, environment=dict(environment), labels={LABEL_HELPER: f"{what} of {source}"},
             name=f"{source}-{what}-{os.path.basename(folder)[4:]}", host_config=host_config, detach=True)
         api.start(created["Id"])
     except docker_errors.APIError as exc:

@@ -17,7 +17,7 @@ import docker
 from prodg_assets.backups.definitions import backup_definitions, build_backup_resources
 from prodg_assets.backups.postgres import wait_ready
 from prodg_assets.backups.store import BackupStore
-from prodg_assets.contract import LABEL_HELPER
+from prodg_assets.contract import LABEL_HELPER, RESTORED
 from prodg_assets.desired import DirTree, load_desired_state
 from prodg_assets.engine.client import DockerEngine
 from prodg_assets.engine.exec import exec_run
@@ -96,8 +96,12 @@ class BackupBed:
 
     def helpers(self) -> list:
         """The helper containers working on this bed's Postgres (another run on the same Engine has its own)."""
+        return self.helpers_of(self.pg)
+
+    def helpers_of(self, container: str) -> list:
+        """The helper containers working on `container`."""
         return [c for c in self.client.containers.list(all=True, filters={"label": LABEL_HELPER})
-                if c.labels[LABEL_HELPER].endswith(f" of {self.pg}")]
+                if c.labels[LABEL_HELPER].endswith(f" of {container}")]
 
     def resources(self) -> dict:
         return {
@@ -121,11 +125,24 @@ class BackupBed:
         test may back up any day; the tests of the late rule itself pass late=False."""
         assets, checks = self.definitions()
         tags = {**({"prodg/capture-late": "true"} if late else {}), **(tags or {})}
+        # as backup_job runs them: without the rotating drill's `restored` checks (tests run those on their own)
+        restores = [k for c in checks for k in c.check_keys if k.name == RESTORED]
         return dg.materialize([*assets, *checks], resources={**self.resources(), **resources},
                               partition_key=partition, instance=instance,
                               tags={"prodg/kind": "backup", "prodg/commit": commit or self.commit, **(tags or {})},
-                              selection=dg.AssetSelection.assets(*selection), run_config=run_config,
-                              raise_on_error=raise_on_error)
+                              selection=dg.AssetSelection.assets(*selection) - dg.AssetSelection.checks(*restores),
+                              run_config=run_config, raise_on_error=raise_on_error)
+
+    def run_check_results(self, asset: str, partition: str, instance, name: str):
+        """One check of `asset` for one partition (no materialisation): its evaluation (passed, metadata)."""
+        assets, checks = self.definitions()
+        key = dg.AssetCheckKey(dg.AssetKey(asset), name)
+        job = dg.define_asset_job("one_check", selection=dg.AssetSelection.checks(key))
+        defs = dg.Definitions(assets=assets, asset_checks=checks, jobs=[job], resources=self.resources())
+        result = defs.resolve_job_def("one_check").execute_in_process(
+            instance=instance, tags={"dagster/partition": partition}, raise_on_error=False)
+        (evaluation,) = result.get_asset_check_evaluations()
+        return evaluation
 
     def run_checks(self, asset: str, partition: str, instance) -> dict[str, bool]:
         """The checks of `asset` alone, for one partition (no materialisation): {check name: passed}."""
@@ -236,16 +253,23 @@ def minio_server():
         yield server
 
 
+def secrets_and_keys(tmp: str, secrets: dict[str, str]) -> tuple[str, str, str, dict[str, str]]:
+    """A bed's secrets file (mode 600) and both age identities: (secrets file, host identity, operator identity,
+    recipients as prodg.yaml lists them)."""
+    secrets_file = os.path.join(tmp, "secrets.env")
+    with open(secrets_file, "w") as fh:
+        fh.write("".join(f"{k}={v}\n" for k, v in secrets.items()))
+    os.chmod(secrets_file, 0o600)
+    host_identity, operator_identity = os.path.join(tmp, "host.agekey"), os.path.join(tmp, "operator.agekey")
+    recipients = {"operator": age_keygen(operator_identity), "host": age_keygen(host_identity)}
+    return secrets_file, host_identity, operator_identity, recipients
+
+
 def make_bed(tmp: str, docker_client, pg_container: str, store_url: str, minio_server) -> BackupBed:
     """A config repo whose off-site store is `store_url` (bucket BUCKET, keys STORE_KEY_ID / STORE_SECRET), its
     MinIO `minio_server`, and both age identities."""
     repo = os.path.join(tmp, "repo")
-    secrets_file = os.path.join(tmp, "secrets.env")
-    with open(secrets_file, "w") as fh:
-        fh.write("".join(f"{k}={v}\n" for k, v in SECRETS.items()))
-    os.chmod(secrets_file, 0o600)
-    host_identity, operator_identity = os.path.join(tmp, "host.agekey"), os.path.join(tmp, "operator.agekey")
-    recipients = {"operator": age_keygen(operator_identity), "host": age_keygen(host_identity)}
+    secrets_file, host_identity, operator_identity, recipients = secrets_and_keys(tmp, SECRETS)
     write_config(repo, store_url, minio_server.port, secrets_file, recipients)
     commit = init_repo(repo, "backup test bed")
     state = load_desired_state(DirTree(os.path.join(repo, "config")), {})

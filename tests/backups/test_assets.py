@@ -7,6 +7,7 @@ check."""
 import datetime
 import hashlib
 import io
+import os
 import subprocess
 import tarfile
 
@@ -27,6 +28,7 @@ from prodg_assets.contract import (
     OBJECT_INTACT,
     POSTGRES_BACKUP,
     RESTORE_DRILL,
+    RESTORED,
 )
 from tests.backups.conftest import (
     BUCKET,
@@ -87,7 +89,9 @@ def test_each_partition_is_its_objects_and_a_manifest_with_checksums_verified_by
             assert md["manifest_key"] == f"{PREFIX[asset]}{day}/manifest.json" in listed
             assert hashlib.sha256(store.read_bytes(md["manifest_key"])).hexdigest() == md["manifest_sha256"]
             assert sorted(k for k in listed if k.startswith(f"{PREFIX[asset]}{day}/")) == \
-                sorted([md["manifest_key"], *(e.object_key for e in manifest.objects)])
+                sorted([md["manifest_key"], *(e.object_key for e in manifest.objects
+                                              if asset != MINIO_BACKUP)])  # MinIO's: stored by content, elsewhere
+            assert {e.object_key for e in manifest.objects} <= set(listed)
             for entry in manifest.objects:  # every object as the manifest says, hashed by downloading it
                 assert store.sha256_of(entry.object_key) == (entry.sha256, entry.bytes)
                 assert entry.object_key.endswith(".age")
@@ -102,13 +106,22 @@ def test_each_partition_is_its_objects_and_a_manifest_with_checksums_verified_by
             assert md["sha256"] == manifest_of(store, PREFIX[asset], day).objects[0].sha256
             assert 0 < md["bytes"] < md["raw_bytes"]
             assert isinstance(md["duration_s"], float) and isinstance(md["throughput_mb_s"], float)
-    for day in DAYS:
+    for n, day in enumerate(DAYS):
         manifest = manifest_of(store, "minio/", day)
         assert manifest.extra["object_count"] == len(manifest.objects) == len(MINIO_OBJECTS)
         assert manifest.raw_bytes == sum(len(v) for v in MINIO_OBJECTS.values())
         for entry in manifest.objects:
-            assert entry.object_key == f"minio/{day}/{entry.bucket}/{entry.key}.age"
+            content = hashlib.sha256(MINIO_OBJECTS[(entry.bucket, entry.key)]).hexdigest()
+            assert entry.content_sha256 == content  # stored once by content, named by every day that holds it
+            assert entry.object_key == f"minio/objects/{content[:2]}/{content}.age"
             assert entry.raw_bytes == len(MINIO_OBJECTS[(entry.bucket, entry.key)])
+        # MinIO did not change between the days: the first uploads every object, the others their manifest alone
+        md = metadata[(MINIO_BACKUP, day)]
+        if n == 0:
+            assert md["uploaded_objects"] == len(MINIO_OBJECTS) and md["reused_objects"] == 0
+        else:
+            assert md["uploaded_objects"] == 0 and md["reused_objects"] == len(MINIO_OBJECTS)
+            assert md["uploaded_bytes"] == md["manifest_bytes"]
 
 
 def test_what_leaves_the_host_is_ciphertext_that_the_age_cli_alone_opens(bed, three_days):
@@ -215,7 +228,9 @@ def test_restore_drill_restores_the_dump_and_matches_the_census(bed, three_days,
     assert md["decrypted_with"] == "sha256:" + hashlib.sha256(host.stdout.strip().encode()).hexdigest()[:16]
     assert md["databases"] == "hermes, infisical, postgres"
     assert md["findings"] == "none"
-    assert not bed.client.containers.list(all=True, filters={"label": "prodg.scratch=restore"})
+    # this drill's scratch Postgres is gone (named with the day and this process; other runs' drills may be running)
+    assert not bed.client.containers.list(all=True, filters={"label": "prodg.scratch=restore",
+                                                             "name": f"prodg-restore-drill-{YESTERDAY}-{os.getpid()}-"})
 
 
 def test_the_window_audit_names_missing_and_late_days_from_manifests(bed, three_days, instance):
@@ -252,10 +267,10 @@ def test_resources_take_secrets_from_the_environment_and_the_secrets_source(bed)
 
 def test_schedule_backs_up_the_previous_utc_day_at_03_00(bed, instance):
     backups = backup_definitions(bed.state)
-    (schedule,), jobs = backups.schedules, list(backups.jobs)
-    assert schedule.name == BACKUP_SCHEDULE
-    defs = dg.Definitions(assets=bed.definitions()[0], schedules=[schedule], jobs=jobs,
-                          resources=bed.resources())
+    schedule = next(s for s in backups.schedules if s.name == BACKUP_SCHEDULE)
+    jobs = list(backups.jobs)
+    defs = dg.Definitions(assets=bed.definitions()[0], asset_checks=bed.definitions()[1], schedules=[schedule],
+                          jobs=jobs, resources=bed.resources())
     resolved = defs.resolve_schedule_def(BACKUP_SCHEDULE)
     assert resolved.cron_schedule == "0 3 * * *" and resolved.execution_timezone == "UTC"
     assert resolved.job_name == BACKUP_JOB
@@ -267,6 +282,9 @@ def test_schedule_backs_up_the_previous_utc_day_at_03_00(bed, instance):
     backup_job = next(j for j in jobs if j.name == BACKUP_JOB)
     selected = backup_job.selection.resolve(defs.resolve_asset_graph())
     assert {k.to_user_string() for k in selected} == {*BACKUPS, RESTORE_DRILL}
+    # the nightly run checks each day's objects, and leaves the full restores to the rotating drill
+    checks = {k.name for k in backup_job.selection.resolve_checks(defs.resolve_asset_graph())}
+    assert OBJECT_INTACT in checks and RESTORED not in checks
 
 
 def test_a_deleted_or_corrupted_object_fails_exactly_its_partitions_check(bed, three_days, instance):
@@ -277,11 +295,13 @@ def test_a_deleted_or_corrupted_object_fails_exactly_its_partitions_check(bed, t
     # configs, 3rd day: replaced by other bytes of the same size
     config_md = metadata[(CONFIG_BACKUP, DAYS[2])]
     client.put_object(Bucket=BUCKET, Key=config_md["object_key"], Body=b"x" * config_md["bytes"])
-    # minio, 1st day: one mirrored object overwritten with different bytes of the same size
-    victim = f"minio/{DAYS[0]}/media/logo.png.age"
+    # minio: one stored object overwritten with different bytes of the same size — every day names it (MinIO did
+    # not change), so every day's check fails
+    victim = next(e.object_key for e in manifest_of(bed.store(), "minio/", DAYS[0]).objects
+                  if (e.bucket, e.key) == ("media", "logo.png"))
     size = bed.store().head(victim).size
     client.put_object(Bucket=BUCKET, Key=victim, Body=bytes(size))
-    broken = {(POSTGRES_BACKUP, DAYS[1]), (CONFIG_BACKUP, DAYS[2]), (MINIO_BACKUP, DAYS[0])}
+    broken = {(POSTGRES_BACKUP, DAYS[1]), (CONFIG_BACKUP, DAYS[2]), *((MINIO_BACKUP, d) for d in DAYS)}
     for asset in BACKUPS:
         for day in DAYS:
             verdicts = bed.run_checks(asset, day, instance)

@@ -134,7 +134,23 @@ def test_backup_targets_and_retention(state):
         "postgres": ("pg_dumpall", "postgres", "postgres/", 30),
         "minio": ("s3_mirror", "minio", "minio/", 30),
         "configs": ("config_archive", None, "configs/", 90),
+        "redis": ("volume", "redis", "redis/", 30),
+        "vaultwarden": ("volume", "vaultwarden", "vaultwarden/", 30),
+        "headscale": ("volume", "headscale", "headscale/", 30),
+        "grafana": ("volume", "grafana", "grafana/", 30),
+        "caddy": ("volume", "caddy", "caddy/", 30),
+        "secrets": ("secrets_file", None, "secrets/", 90),
     }
+    captures = {t.name: (t.capture, t.path) for t in state.settings.backup_targets if t.method == "volume"}
+    assert captures == {"redis": ("redis_bgsave", "/data"), "vaultwarden": ("sqlite", "/data"),
+                        "headscale": ("sqlite", "/var/lib/headscale"), "grafana": ("sqlite", "/var/lib/grafana"),
+                        "caddy": ("files", "/data")}
+    # every service with a data folder under PRODG_DATA is backed up, except Prometheus' and Loki's time series
+    # (rebuilt by scraping) and the seed's own backup targets (dumped and mirrored, not copied)
+    data_services = {s.name for s in state.services.values()
+                     if any(m.kind == "bind" and m.source.startswith("/opt/prodg/data/") for m in s.volumes)}
+    backed_up = {t.service for t in state.settings.backup_targets if t.service}
+    assert data_services - backed_up == {"prometheus", "loki"}
 
 
 def test_backups_are_encrypted_to_the_listed_recipients_unless_none_is_written(state, config_copy: Path):
@@ -143,6 +159,11 @@ def test_backups_are_encrypted_to_the_listed_recipients_unless_none_is_written(s
     assert all(text.startswith("age1") for _, text in b.recipients) and b.object_lock_mode == "GOVERNANCE"
     edit(config_copy, P, "  encryption:\n    recipients:\n      operator: ${BACKUP_OPERATOR_RECIPIENT}\n"
                          "      host: ${BACKUP_HOST_RECIPIENT}\n", "  encryption: none\n")
+    # the secrets file is never uploaded in plaintext: with `none`, its target is an error …
+    with pytest.raises(ConfigInvalid, match="the secrets file is never uploaded unencrypted"):
+        load_desired_state(tree(config_copy), {})
+    # … and without it, `none` is accepted for the rest
+    edit(config_copy, P, "    secrets: {method: secrets_file, prefix: secrets/, retention_days: 90}\n", "")
     plain = load_desired_state(tree(config_copy), {}).settings.backups
     assert plain.recipients == () and not plain.encrypted
 
@@ -353,7 +374,7 @@ CASES = [
          "overlaps another target's prefix", ("postgres: {method",)),
     Case("backup-prefix-absolute", P, "prefix: configs/,", "prefix: /configs/,", "backups.targets.configs.prefix",
          "must be a relative prefix ending in '/'", ("prefix: /configs/",)),
-    Case("backup-retention-zero", P, "retention_days: 90", "retention_days: 0",
+    Case("backup-retention-zero", P, "prefix: configs/, retention_days: 90", "prefix: configs/, retention_days: 0",
          "backups.targets.configs.retention_days",
          "must be at least 1", ("retention_days: 0",)),
     Case("backup-without-encryption", P, "  encryption:\n    recipients:\n      operator: ${BACKUP_OPERATOR_RECIPIENT}\n"
@@ -367,6 +388,30 @@ CASES = [
     Case("backup-recipient-bad-checksum", P, "BACKUP_HOST_RECIPIENT: age1kczlyajjg0g5j9az7cpw42c7vme0wn9nflzm2v4y6y7yy5m8ugxs6l74au",
          "BACKUP_HOST_RECIPIENT: age1kczlyajjg0g5j9az7cpw42c7vme0wn9nflzm2v4y6y7yy5m8ugxs6l74aa",
          "backups.encryption.recipients.host", "bech32: checksum mismatch", ("host: ${BACKUP_HOST_RECIPIENT}",)),
+    Case("volume-target-without-capture", P, "{method: volume, service: caddy, capture: files, path: /data,",
+         "{method: volume, service: caddy, path: /data,", "backups.targets.caddy",
+         "method volume needs `capture` (redis_bgsave, sqlite or files)", ("caddy: {method: volume",)),
+    Case("volume-target-path-not-mounted", P, "capture: files, path: /data,", "capture: files, path: /srv,",
+         "backups.targets.caddy.path", "'/srv' is not one of service caddy's mounts (/config, /data, /etc/caddy/Caddyfile)",
+         ("path: /srv",)),
+    Case("volume-target-needs-path", P, "capture: files, path: /data,", "capture: files,",
+         "backups.targets.caddy", "capture files needs `path`: the folder of the service's data",
+         ("caddy: {method: volume",)),
+    Case("volume-target-unknown-capture", P, "capture: files, path: /data,", "capture: rsync, path: /data,",
+         "backups.targets.caddy.capture", "must be one of redis_bgsave, sqlite, files, got 'rsync'",
+         ("capture: rsync",)),
+    Case("helper-image-without-sqlite", P, "capture: files, path: /data,",
+         "capture: files, path: /data, helper_image: prodg/dagster-code:latest,", "backups.targets.caddy.helper_image",
+         "only a target with `capture: sqlite` runs a helper image", ("caddy: {method: volume",)),
+    Case("capture-on-a-dump-target", P, "{method: pg_dumpall, service: postgres, prefix",
+         "{method: pg_dumpall, service: postgres, capture: files, prefix", "backups.targets.postgres.capture",
+         "only a volume target takes `capture` and `path` (method is pg_dumpall)", ("postgres: {method",)),
+    Case("volume-target-name-not-an-asset-name", P, "    caddy: {method: volume", "    Caddy-Data: {method: volume",
+         "backups.targets.Caddy-Data", "a volume target's name becomes its asset `<name>_backup`",
+         ("Caddy-Data: {method",)),
+    Case("volume-target-asset-taken", P, "    caddy: {method: volume", "    config: {method: volume",
+         "backups.targets.config", "its asset config_backup is another target's too; rename the target",
+         ("config: {method",)),
     Case("object-lock-mode", P, "object_lock: {mode: governance}", "object_lock: {mode: legal_hold}",
          "backups.object_lock.mode", "must be one of governance, compliance, got 'legal_hold'",
          ("object_lock: {mode: legal_hold}",)),

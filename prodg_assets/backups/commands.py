@@ -1,0 +1,170 @@
+"""`prodg restore`: one command for every target, driven by the day's manifest (sha256 verified before a byte is
+written, decrypted with the operator's or the host's identity), and `prodg restore --list`, what the store holds
+per target and day.
+
+- `postgres`: into a fresh scratch container (left running, its name printed) or --target (refused over data
+  unless --force).
+- a `volume` target: into the service's data folder on this machine (or --to), refused while the service's
+  container runs on that folder and over existing data unless --force (then the old data is moved aside).
+- `secrets`: the secrets file (prodg.yaml secrets.env_file, or --to), mode 600, same refusal.
+- `configs`: into --to, then compared file by file with its commit in the config repo when the repo has it.
+- `minio`: back through MinIO's S3 API, into the objects' own buckets or --to BUCKET, --only BUCKET/PREFIX,
+  refused over existing objects unless --force."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import secrets as pysecrets
+from typing import Callable
+
+from ..agekeys import read_identities
+from ..contract import LABEL_SCRATCH
+from ..desired import DesiredState
+from ..settings import BackupTarget
+from .audit import read_manifests
+from .keys import MANIFEST_NAME, key_date
+from .manifest import Manifest, read_manifest
+from .postgres import RestoreFailed, RestoreRefused, wait_ready
+from .restore import restore_minio, restore_postgres
+from .restore_files import RestoredFiles, compare_with_commit, redis_aof_from_rdb, restore_file, restore_folder
+from .store import BackupStore
+
+
+class RestoreUsage(Exception):
+    """The command cannot run as asked (unknown target, no backup that day, no identity); nothing was changed."""
+
+
+def find_target(state: DesiredState, name: str) -> BackupTarget:
+    targets = {t.name: t for t in state.settings.backup_targets}
+    if name not in targets:
+        raise RestoreUsage(f"no backup target {name!r} in prodg.yaml (targets: {', '.join(sorted(targets))})")
+    return targets[name]
+
+
+def day_manifest(store: BackupStore, target: BackupTarget, day: datetime.date) -> Manifest:
+    manifest = read_manifest(store, target.prefix, day.isoformat())
+    if manifest is None:
+        raise RestoreUsage(f"no complete {target.name} backup for {day}: no {target.prefix}{day}/{MANIFEST_NAME} in "
+                           f"{store.bucket} (`prodg restore --list` shows the days there are)")
+    return manifest
+
+
+def identities_for(manifest: Manifest, identity_file: str) -> list:
+    identities = read_identities(identity_file) if manifest.encrypted and identity_file else []
+    if manifest.encrypted and not identities:
+        raise RestoreUsage("the backup is encrypted; give the identity file with --identity (or "
+                           "PRODG_BACKUP_IDENTITY)")
+    return identities
+
+
+def data_folder(state: DesiredState, target: BackupTarget) -> str:
+    """Where the service keeps the target's data on this machine: the source of its bind mount of the path."""
+    spec = state.services[target.service or ""]
+    mount = next((m for m in spec.volumes if m.target.rstrip("/") == target.path), None)
+    if mount is None or mount.kind != "bind":
+        raise RestoreUsage(f"the {spec.name} service keeps {target.path} in "
+                           f"{'a named volume' if mount else 'no mount'}; give the folder to restore into with --to")
+    return mount.source
+
+
+def refuse_running(client, state: DesiredState, target: BackupTarget, folder: str) -> None:
+    """A service must not be running on the folder being restored into: it would overwrite or ignore it."""
+    spec = state.services[target.service or ""]
+    try:
+        container = client.containers.get(spec.container_name)
+    except Exception:  # no such container (or no Engine): nothing runs on the folder
+        return
+    sources = {m.get("Source", "") for m in container.attrs.get("Mounts", [])}
+    if container.status == "running" and os.path.abspath(folder) in sources:
+        raise RestoreRefused(f"the {spec.name} service's container {spec.container_name} is running on {folder}; "
+                             f"stop it first (docker stop {spec.container_name}), restore, then start it — or "
+                             f"restore elsewhere with --to")
+
+
+def restore(state: DesiredState, commit: str, resources: dict, name: str, day: datetime.date, *, to: str = "",
+            force: bool = False, identity_file: str = "", pg_container: str = "", only: str = "") -> str:
+    """Restore target `name`'s backup of `day`; returns what was done, in one line."""
+    target = find_target(state, name)
+    store = resources["backup_store"].process_config_and_initialize()  # resolves its EnvVar credentials
+    manifest = day_manifest(store, target, day)
+    identities = identities_for(manifest, identity_file)
+    origin = f"captured {manifest.captured_at} at commit {manifest.commit[:12]}; sha256 verified" \
+             f"{', decrypted' if manifest.encrypted else ''}"
+    if target.method == "pg_dumpall":
+        docker = resources["docker"]
+        client = docker.client
+        container = pg_container
+        if not container:
+            spec = state.services[target.service or ""]
+            image, _ = docker.resolve_image(spec, state, commit, build=False)
+            container = f"prodg-restore-{day.isoformat()}-{pysecrets.token_hex(3)}"  # unique on a shared Engine
+            client.containers.run(image, detach=True, name=container, network_mode="none",
+                                  environment={"POSTGRES_PASSWORD": pysecrets.token_urlsafe(18)},
+                                  labels={LABEL_SCRATCH: "manual"})
+            wait_ready(client.api, container)
+        result = restore_postgres(store, manifest, identities, client.api, container, force=force)
+        return (f"restored {result.key} ({origin}) into container {container}: {result.sql_bytes} bytes of SQL in "
+                f"{result.duration_s:.1f}s")
+    if target.method == "volume":
+        folder = to or data_folder(state, target)
+        refuse_running(resources["docker"].client, state, target, folder)
+        done = restore_folder(store, manifest, identities, folder, force=force)
+        if target.capture == "redis_bgsave":
+            redis_aof_from_rdb(done.path)
+        return _files_line(manifest, origin, done)
+    if target.method == "secrets_file":
+        done = restore_file(store, manifest, identities, to or resources["secrets"].env_file, force=force)
+        return _files_line(manifest, origin, done)
+    if target.method == "config_archive":
+        if not to:
+            raise RestoreUsage("give the folder to restore the config tree into with --to (the live config is "
+                               "the git repo: deploy a commit to roll back)")
+        done = restore_folder(store, manifest, identities, to, force=force)
+        repo = resources["repo"]
+        differ = compare_with_commit(repo.path, repo.config_subdir, manifest.commit, done.path)
+        if differ:
+            raise RestoreFailed(f"the restored config in {done.path} differs from commit {manifest.commit[:12]} in: "
+                                f"{', '.join(differ[:10])}")
+        return _files_line(manifest, origin, done) + f"; identical to commit {manifest.commit[:12]}"
+    if target.method == "s3_mirror":
+        source = resources["minio_source"].with_secrets(resources["secrets"].values())
+        done = restore_minio(store, manifest, identities, source, to_bucket=to, only=only, force=force)
+        return (f"restored {done.objects} objects ({done.bytes} bytes; {origin}, each object's sha256 as captured) "
+                f"into MinIO {source.endpoint_url}, buckets {', '.join(done.buckets)}")
+    raise RestoreUsage(f"{target.name}: no restore for method {target.method}")
+
+
+def _files_line(manifest: Manifest, origin: str, done: RestoredFiles) -> str:
+    aside = f"; what was there is in {done.moved_aside}" if done.moved_aside else ""
+    return (f"restored {manifest.objects[0].object_key} ({origin}) into {done.path}: {done.files} files, "
+            f"{done.bytes} bytes{aside}")
+
+
+def list_backups(state: DesiredState, store: BackupStore, out: Callable[[str], None] = print) -> int:
+    """Every target's days in the store with their captured_at, objects and sizes; returns how many days."""
+    rows = []
+    for target in state.settings.backup_targets:
+        keys = sorted(o.key for o in store.list(target.prefix)
+                      if o.key.endswith(f"/{MANIFEST_NAME}") and key_date(o.key, target.prefix))
+        for key, read in sorted(read_manifests(store, keys).items()):
+            day = key_date(key, target.prefix)
+            if read.manifest is None:
+                rows.append((target.name, str(day), "unreadable manifest", "", "", "", read.error))
+                continue
+            m = read.manifest
+            rows.append((target.name, m.partition, m.captured_at, str(len(m.objects)), _size(m.raw_bytes),
+                         _size(m.bytes), "captured late" if m.captured_late else ""))
+    header = ("target", "day", "captured_at", "objects", "data", "stored", "note")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        out("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return len(rows)
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
