@@ -116,3 +116,20 @@ def test_retention_deletes_versions_whose_lock_ran_out_and_reports_the_refused(b
     assert deleted == 2  # the old day's two versions; the late day's are refused and kept
     refused = [line for line in handler.lines if "refused" in line]
     assert len(refused) == 1 and f"ret/{late}/dump.age" in refused[0] and "AccessDenied" in refused[0]
+
+
+def test_a_minio_object_a_later_day_names_is_locked_as_long_as_that_day(bed, locked):
+    """MinIO's objects are stored once by content: the day that names an unchanged object again moves its lock to
+    its own date, so the object outlives every day that needs it."""
+    first = (TODAY - datetime.timedelta(days=3)).isoformat()
+    with dg.instance_for_test() as instance:
+        assert bed.materialize(["minio_backup"], first, instance, backup_store=locked).success
+        stored = Manifest.from_json(locked.read_bytes(f"minio/{first}/manifest.json")).objects
+        assert bed.materialize(["minio_backup"], YESTERDAY, instance, backup_store=locked).success
+    later = Manifest.from_json(locked.read_bytes(f"minio/{YESTERDAY}/manifest.json"))
+    assert {e.object_key for e in later.objects} == {e.object_key for e in stored}  # nothing uploaded again
+    until = datetime.datetime.combine(datetime.date.fromisoformat(YESTERDAY) + datetime.timedelta(days=31),
+                                      datetime.time(), datetime.timezone.utc)
+    for entry in later.objects:
+        head = locked.head(entry.object_key)
+        assert head.lock_mode == "GOVERNANCE" and head.retain_until == until, entry.object_key
