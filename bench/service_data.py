@@ -69,16 +69,19 @@ def write_config(repo: str, data: str, store_url: str, secrets_file: str, recipi
                 command: [sh, -c, 'exec redis-server --appendonly yes --requirepass "$$REDIS_PASSWORD"']
                 environment: {{REDIS_PASSWORD: "${{REDIS_PASSWORD}}"}}
                 volumes: ["{data}/redis:/data"]
+                x-prodg: {{layer: data_stores}}
               sqlite:
                 image: prodg/sqlite-app:bookworm
                 container_name: {NAME}-sqlite
                 environment: {{SQLITE_APP_DB: /data/db.sqlite3, SQLITE_APP_SEED_ROWS: "{rows}"}}
                 volumes: ["{data}/sqlite:/data"]
+                x-prodg: {{layer: data_stores}}
               caddy:
                 image: prodg/base:bookworm
                 container_name: {NAME}-caddy
                 command: [sleep, infinity]
                 volumes: ["{data}/caddy:/data"]
+                x-prodg: {{layer: tls}}
             """))
 
 
@@ -146,9 +149,11 @@ def main() -> None:
                     detach=True, network_mode="none", environment=env,
                     volumes=[f"{m.source}:{m.target}" for m in spec.volumes]))
             time.sleep(2)
-            script = (f"for i in $(seq 0 1000 {args.redis_keys - 1}); do echo \"DEBUG POPULATE 1000 k$i 200\"; "
-                      f"done | REDISCLI_AUTH={REDIS_PASSWORD} redis-cli --no-auth-warning >/dev/null")
-            exec_run(client.api, f"{NAME}-redis", ["sh", "-c", script], timeout_s=600)
+            fill = "for i=1,tonumber(ARGV[1]) do redis.call('SET', 'key:' .. i, string.rep('v', 200) .. i) end"
+            code, _, err = exec_run(client.api, f"{NAME}-redis", ["redis-cli", "--no-auth-warning", "EVAL", fill, "0",
+                                                                  str(args.redis_keys)],
+                                    environment={"REDISCLI_AUTH": REDIS_PASSWORD}, timeout_s=600)
+            assert code == 0, err
             store = BackupStore(endpoint_url=moto.url, region="us-east-1", bucket=BUCKET, access_key_id=KEY_ID,
                                 secret_access_key=SECRET, part_size_mb=16)
             resources = {"docker": DockerEngine(), "repo": ConfigRepo(repo_path=repo, config_subdir="config"),
@@ -180,15 +185,17 @@ def main() -> None:
                     source = os.path.join(data, target.name)
                     member = "dump.rdb" if target.capture == "redis_bgsave" else "."
                     tar = os.path.join(tmp, f"{target.name}.tar.zst")
-                    base_backup_s, _ = timed(lambda: sh(f"tar -C {source} -cf - {member} | zstd -3 -q -o {tar}"))
+                    # tar says 1 for "file changed as we read it" (the SQLite service writes): a copy, not a backup
+                    base_backup_s, _ = timed(lambda: sh(f"{{ tar -C {source} -cf - {member}; test $? -le 1; }} | "
+                                                        f"zstd -3 -q -o {tar}"))
                     base_out = os.path.join(tmp, f"baseline-{target.name}")
                     os.makedirs(base_out)
                     base_restore_s, _ = timed(lambda: sh(f"zstd -dc {tar} | tar -C {base_out} -xf -"))
                 rows.append((f"{target.name} backup ({target.capture or target.method}, {raw / 1e6:.1f} MB)",
-                             f"{backup_s:.2f} s", f"{base_backup_s:.2f} s (tar | zstd)",
+                             f"{backup_s:.2f} s", f"{base_backup_s:.2f} s (tar, zstd -3)",
                              f"{backup_s / base_backup_s:.1f}×" if base_backup_s else "—", "reported"))
                 rows.append((f"{target.name} restore (verified, decrypted, each file's sha256)",
-                             f"{restore_s:.2f} s", f"{base_restore_s:.2f} s (zstd -dc | tar -x)"
+                             f"{restore_s:.2f} s", f"{base_restore_s:.2f} s (zstd -dc, tar -x)"
                              if base_restore_s else "—",
                              f"{restore_s / base_restore_s:.1f}×" if base_restore_s else "—", "reported"))
     finally:
@@ -202,7 +209,9 @@ def main() -> None:
         "backup: materialising the target's asset in process (capture, zstd-3, age, multipart upload to moto_server "
         "on the same 2 cores, the manifest); the baseline only compresses the same bytes to a local file",
         "restore: download, sha256 check of the whole object first, download again, decrypt, extract, each file's "
-        "sha256 against the manifest; the baseline only decompresses and extracts a local file"])
+        "sha256 against the manifest; the baseline only decompresses and extracts a local file",
+        "the small targets' backup times are a run's fixed cost (a Dagster run, the capture's lineage, the manifest, "
+        "the retention listing: compare the secrets file, a few hundred bytes), not their data"])
 
 
 if __name__ == "__main__":
