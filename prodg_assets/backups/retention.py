@@ -100,6 +100,15 @@ def _prune_versions(store: BackupStore, target: BackupTarget, today: datetime.da
     plan = plan_retention(target.prefix, target.retention_days, today,
                           [v for v in versions if not v.delete_marker], MANIFEST_NAME, keep)
     doomed = set(plan.delete) | {v.key for v in versions if v.delete_marker and _expired(v.key, target, plan)}
+    deleted = _delete_versions(store, versions, doomed, log)
+    if deleted:
+        log.info(f"retention {target.retention_days} days: deleted {deleted} versions under {target.prefix}")
+    return deleted
+
+
+def _delete_versions(store: BackupStore, versions, doomed: set[str], log) -> int:
+    """Every version of the `doomed` keys deleted by its version id; refusals (Object Lock) logged and kept.
+    Returns how many were deleted."""
     deleted, refused = 0, []
     for version in versions:
         if version.key not in doomed:
@@ -109,8 +118,6 @@ def _prune_versions(store: BackupStore, target: BackupTarget, today: datetime.da
             deleted += 1
         else:
             refused.append(f"{version.key} (version {version.version_id}): {reason}")
-    if deleted:
-        log.info(f"retention {target.retention_days} days: deleted {deleted} versions under {target.prefix}")
     if refused:
         log.warning(f"retention: the store kept {len(refused)} versions it refused to delete (Object Lock until "
                     f"their date): {'; '.join(refused[:5])}")
@@ -147,17 +154,7 @@ def prune_content(store: BackupStore, prefix: str, log, grace: datetime.timedelt
         log.info(f"retention: deleting {len(doomed)} stored objects under {prefix}{CONTENT_FOLDER} that no kept day "
                  f"names")
         if store.versioned():
-            deleted, refused = 0, []
-            for v in [v for v in store.versions(prefix + CONTENT_FOLDER) if v.key in set(doomed)]:
-                reason = store.delete_version(v.key, v.version_id)
-                if reason is None:
-                    deleted += 1
-                else:
-                    refused.append(f"{v.key}: {reason}")
-            if refused:
-                log.warning(f"retention: the store kept {len(refused)} versions (Object Lock until their date): "
-                            f"{'; '.join(refused[:5])}")
-            return deleted
+            return _delete_versions(store, list(store.versions(prefix + CONTENT_FOLDER)), set(doomed), log)
         store.delete_objects(doomed)
         return len(doomed)
     except StoreError as exc:

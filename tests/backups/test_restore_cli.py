@@ -15,12 +15,17 @@ from tests.conftest import PRODG_CLI, ROOT
 pytestmark = pytest.mark.docker
 
 
+def cli_env(bed) -> dict:
+    """The operator's environment: where the config repo is and the store's keys, nothing else."""
+    return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "PRODG_REPO": bed.repo,
+            "PRODG_TEST_STORE_KEY_ID": STORE_KEY_ID, "PRODG_TEST_STORE_SECRET": STORE_SECRET}
+
+
 def test_prodg_restore_verifies_and_restores_the_days_dump_into_a_scratch_postgres(bed, clean_store):
     day = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=2)).isoformat()
     with dg.instance_for_test() as instance:
         assert bed.materialize(["postgres_backup"], day, instance).success
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "PRODG_REPO": bed.repo,
-           "PRODG_TEST_STORE_KEY_ID": STORE_KEY_ID, "PRODG_TEST_STORE_SECRET": STORE_SECRET}
+    env = cli_env(bed)
     scratch = f"prodg-restore-{day}"  # the scratch container's name, made unique by a random suffix
     try:
         # without the identity the encrypted dump is not opened: one clear line
@@ -55,8 +60,7 @@ def test_prodg_restore_minio_puts_the_days_objects_back_through_the_s3_api(bed, 
     day = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=2)).isoformat()
     with dg.instance_for_test() as instance:
         assert bed.materialize(["minio_backup"], day, instance).success
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "PRODG_REPO": bed.repo,
-           "PRODG_TEST_STORE_KEY_ID": STORE_KEY_ID, "PRODG_TEST_STORE_SECRET": STORE_SECRET}
+    env = cli_env(bed)
     minio = s3(bed.minio_url)
     restored = f"restored-{os.getpid()}"
 
