@@ -18,6 +18,7 @@ RUN_KEY_TAG = "dagster/run_key"  # Dagster's own: a sensor run's run key (what t
 SENSOR_NAME_TAG = "dagster/sensor_name"  # Dagster's own: the sensor that launched a run
 
 BACKUP_KIND = "backup"
+DRILL_KIND = "drill"  # the rotating restore drill's runs
 DRIFT_KIND = "drift"
 SELF_HEAL_KIND = "self_heal"
 MANUAL_DEPLOY_KIND = "manual_deploy"
@@ -71,6 +72,7 @@ DRIFT_SCHEDULE = "drift_schedule"
 SENSOR_NAME = "config_repo_sensor"
 DEPLOY_FAILURE_NOTIFIER = "deploy_failure_notifier"
 BACKUP_SUCCESS_NOTIFIER = "backup_success_notifier"
+DRILL_NOTIFIER = "restore_drill_notifier"
 BACKUP_FAILURE_NOTIFIER = "backup_failure_notifier"
 HOST_CHECK_NOTIFIER = "host_check_notifier"
 

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import dagster as dg
 
-from ..contract import BACKUP_KIND, DRILL_JOB, DRILL_SCHEDULE, KIND_TAG, RESTORED
+from ..contract import DRILL_JOB, DRILL_KIND, DRILL_SCHEDULE, KIND_TAG, RESTORED
 from ..desired import DesiredState
 from ..engine.client import DockerEngine
 from ..engine.exec import ProducerFailed
@@ -107,7 +107,7 @@ def build_drill_rotation(settings: BackupSettings, targets: dict[str, BackupTarg
     # A job of checks alone does not carry a partitions definition in Dagster 1.13: the day goes in the run's
     # dagster/partition tag, which the partitioned checks read as their partition.
     job = dg.define_asset_job(DRILL_JOB, selection=dg.AssetSelection.checks(*keys.values()),
-                              tags={KIND_TAG: BACKUP_KIND},
+                              tags={KIND_TAG: DRILL_KIND},
                               description="Restores one day of backup targets into scratch and verifies it.")
 
     @dg.schedule(name=DRILL_SCHEDULE, job=job, cron_schedule=f"0 {DRILL_HOUR} * * *", execution_timezone="UTC",

@@ -12,10 +12,11 @@ from .notifications import (
     backup_success_notifier,
     deploy_failure_notifier,
     host_check_notifier,
+    restore_drill_notifier,
 )
 
 
 def watch_definitions(state: DesiredState, deploy_target: dg.AssetSelection) -> dg.Definitions:
     return dg.Definitions(schedules=[build_drift_schedule(state, deploy_target)],
                           sensors=[deploy_failure_notifier, backup_success_notifier, backup_failure_notifier,
-                                   host_check_notifier])
+                                   host_check_notifier, restore_drill_notifier])

@@ -17,6 +17,8 @@ from ..contract import (
     DEPLOY_FAILURE,
     DEPLOY_FAILURE_NOTIFIER,
     DRIFT_KIND,
+    DRILL_KIND,
+    DRILL_NOTIFIER,
     EXPOSURE,
     HOST_ASSET,
     HOST_CHECK,
@@ -25,6 +27,7 @@ from ..contract import (
     HOST_SAFE_TO_DEPLOY,
     KIND_TAG,
     PARTITION_TAG,
+    RESTORED,
 )
 from ..desired import sha256_hex
 from ..engine.secrets import SecretSource, redact
@@ -111,7 +114,8 @@ def deploy_failure_notifier(context: dg.RunFailureSensorContext, telegram: Teleg
 
 def backup_message(run: dg.DagsterRun, ok: bool, notifier: TelegramNotifier, assets: str, reason: str = "") -> str:
     day = run.tags.get(PARTITION_TAG, "?")
-    head = f"✅ backup of {day} succeeded" if ok else f"❌ backup of {day} failed"
+    what = "restore drill" if run.tags.get(KIND_TAG) == DRILL_KIND else "backup"
+    head = f"✅ {what} of {day} succeeded" if ok else f"❌ {what} of {day} failed"
     tail = f"\nreason: {reason[:500]}" if reason else ""
     return f"{head}\nassets: {assets}\ncommit: {run.tags.get(COMMIT_TAG, '')[:12]}{tail}\n{run_link(notifier, run.run_id)}"
 
@@ -132,13 +136,47 @@ def backup_failure_notifier(context: dg.RunFailureSensorContext, telegram: Teleg
                             secrets: SecretSource) -> None:
     """Tells Telegram when a backup run fails: the day, the targets, the reason, a link."""
     run = context.dagster_run
-    if run.tags.get(KIND_TAG) != BACKUP_KIND or BACKUP_FAILURE not in telegram.events:
+    if run.tags.get(KIND_TAG) not in (BACKUP_KIND, DRILL_KIND) or BACKUP_FAILURE not in telegram.events:
         return
     reason = "; ".join(f"{e.step_key}: {e.event_specific_data.error.message.strip().splitlines()[0]}"
                        for e in context.get_step_failure_events()
                        if e.event_specific_data and e.event_specific_data.error) or (context.failure_event.message or "")
     telegram.send(backup_message(run, False, telegram, run_assets(context.instance, run),
                                  redact(reason, secrets.values())), secrets, context.log)
+
+
+def drill_results(instance: dg.DagsterInstance, run_id: str) -> list[tuple[str, bool, str]]:
+    """(target asset, passed, what failed) of each `restored` check the drill run evaluated."""
+    out = []
+    for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records:
+        evaluation = record.event_log_entry.dagster_event.event_specific_data
+        if not isinstance(evaluation, dg.AssetCheckEvaluation) or evaluation.asset_check_key.name != RESTORED:
+            continue
+        verified = evaluation.metadata.get("verified")
+        failed = [line for line in str(getattr(verified, "value", verified or "")).splitlines() if "❌" in line]
+        out.append((evaluation.asset_key.to_user_string(), evaluation.passed, "; ".join(failed)))
+    return out
+
+
+@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, name=DRILL_NOTIFIER,
+                      default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=15)
+def restore_drill_notifier(context: dg.RunStatusSensorContext, telegram: TelegramNotifier,
+                           secrets: SecretSource) -> None:
+    """Tells Telegram what the night's restore drill proved: restored and verified (with backup_success), or a
+    day that did not restore (with backup_failure) and what failed. A drill run that crashed is the failure
+    notifier's."""
+    run = context.dagster_run
+    if run.tags.get(KIND_TAG) != DRILL_KIND:
+        return
+    day = run.tags.get(PARTITION_TAG, "?")
+    for asset, passed, failed in drill_results(context.instance, run.run_id):
+        if passed and BACKUP_SUCCESS in telegram.events:
+            text = f"✅ restore drill: {asset} of {day} restored and verified"
+        elif not passed and BACKUP_FAILURE in telegram.events:
+            text = f"❌ restore drill: {asset} of {day} did NOT restore\n{redact(failed, secrets.values())[:500]}"
+        else:
+            continue
+        telegram.send(f"{text}\n{run_link(telegram, run.run_id)}", secrets, context.log)
 
 
 HOST_CHECKS = (HOST_CONFORMS, HOST_SAFE_TO_DEPLOY, EXPOSURE)

@@ -133,16 +133,20 @@ class BackupBed:
                               selection=dg.AssetSelection.assets(*selection) - dg.AssetSelection.checks(*restores),
                               run_config=run_config, raise_on_error=raise_on_error)
 
-    def run_check_results(self, asset: str, partition: str, instance, name: str):
+    def run_check_results(self, asset: str, partition: str, instance, name: str, tags: dict | None = None):
         """One check of `asset` for one partition (no materialisation): its evaluation (passed, metadata)."""
+        return self.run_check(asset, partition, instance, name, tags)[0]
+
+    def run_check(self, asset: str, partition: str, instance, name: str, tags: dict | None = None):
+        """(evaluation, run result) of one check of `asset` for one partition, the run tagged `tags` too."""
         assets, checks = self.definitions()
         key = dg.AssetCheckKey(dg.AssetKey(asset), name)
         job = dg.define_asset_job("one_check", selection=dg.AssetSelection.checks(key))
         defs = dg.Definitions(assets=assets, asset_checks=checks, jobs=[job], resources=self.resources())
         result = defs.resolve_job_def("one_check").execute_in_process(
-            instance=instance, tags={"dagster/partition": partition}, raise_on_error=False)
+            instance=instance, tags={"dagster/partition": partition, **(tags or {})}, raise_on_error=False)
         (evaluation,) = result.get_asset_check_evaluations()
-        return evaluation
+        return evaluation, result
 
     def run_checks(self, asset: str, partition: str, instance) -> dict[str, bool]:
         """The checks of `asset` alone, for one partition (no materialisation): {check name: passed}."""

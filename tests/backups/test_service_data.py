@@ -17,12 +17,15 @@ import pytest
 
 import docker
 from prodg_assets.backups.restore_files import file_sha256
-from prodg_assets.contract import RESTORED
+from prodg_assets.contract import DRILL_KIND, KIND_TAG, RESTORED
 from prodg_assets.desired import DirTree, load_desired_state
 from prodg_assets.engine.exec import exec_run
+from prodg_assets.engine.secrets import SecretSource
 from prodg_assets.gitops.repo import ConfigRepo
+from prodg_assets.watch.notifications import TelegramNotifier, restore_drill_notifier
 from tests.backups.conftest import BUCKET, START, STORE_KEY_ID, STORE_SECRET, BackupBed, secrets_and_keys
 from tests.conftest import PRODG_CLI, ROOT, init_repo
+from tests.standins.telegram import TelegramStandIn
 
 pytestmark = pytest.mark.docker
 
@@ -34,6 +37,7 @@ FILES_IMAGE = "prodg/base:bookworm"
 SECRETS = {"REDIS_PASSWORD": f"redis-Data-Secret-{PID}-77ab", "INFISICAL_ENCRYPTION_KEY": f"infisical-{PID}-0f0f1e2d"}
 REDIS_KEYS = 1000
 SEED_ROWS = 3000
+TOKEN = "4242:drill-notify-Token"
 DAY = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=1)).isoformat()
 
 
@@ -319,15 +323,36 @@ def test_the_restored_check_restores_each_target_into_scratch_and_verifies_it(sb
     assert not os.path.isdir(drills) or not os.listdir(drills)
 
 
-def test_the_restored_check_fails_on_a_stored_object_that_is_not_the_captured_one(sbed):
+def test_a_drill_on_a_stored_object_that_is_not_the_captured_one_fails_and_telegram_hears_both(sbed, tmp_path):
     meta = backed_up(sbed, "caddy_backup")
     client = sbed.store().client
     original = stored(sbed, meta["object_key"])
-    client.put_object(Bucket=BUCKET, Key=meta["object_key"], Body=original[:-64] + os.urandom(64))
-    try:
-        with dg.instance_for_test() as instance:
-            result = sbed.run_check_results("caddy_backup", DAY, instance, RESTORED)
-        assert not result.passed
-        assert "expected " + meta["sha256"] in result.metadata["verified"].value
-    finally:
-        client.put_object(Bucket=BUCKET, Key=meta["object_key"], Body=original)
+    secrets_file = tmp_path / "notify.env"
+    secrets_file.write_text(f"TELEGRAM_BOT_TOKEN={TOKEN}\n")
+    drill = {KIND_TAG: DRILL_KIND}
+    with TelegramStandIn(TOKEN) as telegram, dg.instance_for_test() as instance:
+        good, ok_run = sbed.run_check("caddy_backup", DAY, instance, RESTORED, drill)
+        assert good.passed
+        notify(instance, ok_run, telegram.url, secrets_file)
+        client.put_object(Bucket=BUCKET, Key=meta["object_key"], Body=original[:-64] + os.urandom(64))
+        try:
+            bad, bad_run = sbed.run_check("caddy_backup", DAY, instance, RESTORED, drill)
+        finally:
+            client.put_object(Bucket=BUCKET, Key=meta["object_key"], Body=original)
+        assert not bad.passed
+        assert "expected " + meta["sha256"] in bad.metadata["verified"].value
+        notify(instance, bad_run, telegram.url, secrets_file)
+        told_ok, told_bad = (m["text"] for m in telegram.messages)
+    assert f"restore drill: caddy_backup of {DAY} restored and verified" in told_ok
+    assert f"restore drill: caddy_backup of {DAY} did NOT restore" in told_bad and meta["sha256"] in told_bad
+    assert f"/runs/{bad_run.run_id}" in told_bad and TOKEN not in told_bad
+
+
+def notify(instance, result, telegram_url: str, secrets_file) -> None:
+    """restore_drill_notifier's tick for the drill run `result`."""
+    run = instance.get_run_by_id(result.run_id)
+    event = [r.dagster_event for r in instance.all_logs(result.run_id, of_type=dg.DagsterEventType.RUN_SUCCESS)][0]
+    restore_drill_notifier(dg.build_run_status_sensor_context(
+        sensor_name=restore_drill_notifier.name, dagster_event=event, dagster_instance=instance, dagster_run=run,
+        resources={"telegram": TelegramNotifier(api_base_url=telegram_url, chat_id="-100777"),
+                   "secrets": SecretSource(source="env_file", env_file=str(secrets_file))}))
