@@ -3,8 +3,8 @@
 
 - `redis_bgsave`: Redis writes a snapshot itself (BGSAVE, waited for until its save counter moves and the status is
   ok); the stream holds that finished RDB file, read through the Engine's archive API. The append-only files are
-  not taken: mid-write, they are exactly what a copy must not catch. Restored alone into an empty folder, Redis
-  loads the RDB and starts a new append-only log from it.
+  not taken: mid-write, they are exactly what a copy must not catch. (A Redis with `appendonly yes` ignores an RDB
+  that has no log beside it: a restore makes the RDB the base of a new log, restore_files.redis_aof_from_rdb.)
 - `sqlite`: in a helper container with the service's mounts, every SQLite database under the folder is copied by
   SQLite's online backup API (a consistent snapshot while the service keeps writing; its -wal/-shm files are not
   taken), every other file as it is.

@@ -41,8 +41,8 @@ def helper_chunks(api: docker.APIClient, container: str, cmd: Sequence[str], *, 
     MOUNT and its stdout must go to MOUNT/out (the helper's shell redirects it there). Raises ProducerFailed after
     the last chunk when the helper's exit status is not 0 (its stderr's tail, redacted, in the message).
     `with_volumes`: the helper has `container`'s mounts at the same paths instead of its network (no network at
-    all), runs as `container`'s user (so it reads what the service reads) unless `user` says otherwise, and from
-    `image` when given."""
+    all), runs as `container`'s user (so it reads what the service reads; a numeric one, to which the folder is
+    handed over) unless `user` says otherwise, and from `image` when given."""
     what = what or cmd[0]
     try:
         target = api.inspect_container(container)
@@ -66,8 +66,9 @@ def helper_chunks(api: docker.APIClient, container: str, cmd: Sequence[str], *, 
             fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         except OSError:  # above the host's pipe-max-size: the default 64 KiB pipe still works, only slower
             pass
-        helper_id = _start_helper(api, target, cmd, folder, environment or {}, what, image, with_volumes,
-                                  user or (target["Config"].get("User") if with_volumes else "") or "0")
+        runs_as = _helper_user(user or (target["Config"].get("User") if with_volumes else ""))
+        _hand_over(folder, runs_as)
+        helper_id = _start_helper(api, target, cmd, folder, environment or {}, what, image, with_volumes, runs_as)
         yield from read_ahead(_fifo_output(api, fd, helper_id, container, what, idle_timeout_s), read_ahead_reads,
                               what, lambda: _remove(api, helper_id))
         code = _exit_code(api, helper_id)
@@ -110,6 +111,24 @@ def _exited_for(api: docker.APIClient, helper_id: str) -> float:
     except ValueError:  # never ran
         return float("inf")
     return (datetime.datetime.now(datetime.timezone.utc) - at).total_seconds()
+
+
+def _helper_user(user: str) -> str:
+    """The helper's user: a numeric `uid[:gid]` as given (the service's own, e.g. Grafana's 472), else root. A user
+    name is not looked up: the host cannot hand the helper's folder to a name it may not know."""
+    uid, _, gid = user.partition(":")
+    if uid.isdigit() and (not gid or gid.isdigit()):
+        return user
+    return "0"
+
+
+def _hand_over(folder: str, user: str) -> None:
+    """The private folder and everything in it (FIFO, files) owned by the helper's user, still 0700/0600."""
+    uid, _, gid = user.partition(":")
+    if int(uid) == 0:
+        return
+    for path in [folder, *(os.path.join(folder, name) for name in os.listdir(folder))]:
+        os.chown(path, int(uid), int(gid) if gid else -1)
 
 
 def _private_folder(shared_root: str, what: str) -> str:

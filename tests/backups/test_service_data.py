@@ -36,6 +36,7 @@ SQLITE_IMAGE = "prodg/sqlite-app:bookworm"
 FILES_IMAGE = "prodg/base:bookworm"
 SECRETS = {"REDIS_PASSWORD": f"redis-Data-Secret-{PID}-77ab", "INFISICAL_ENCRYPTION_KEY": f"infisical-{PID}-0f0f1e2d"}
 REDIS_KEYS = 1000
+SERVICE_UID = 472
 SEED_ROWS = 3000
 TOKEN = "4242:drill-notify-Token"
 DAY = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=1)).isoformat()
@@ -90,6 +91,8 @@ def write_config(repo: str, data: str, store_url: str, secrets_file: str, recipi
               vaultwarden:
                 image: {SQLITE_IMAGE}
                 container_name: {NAME}-vaultwarden
+                # not root, as Grafana's image runs (472): the capture must read what the service can
+                user: "{SERVICE_UID}:{SERVICE_UID}"
                 environment: {{SQLITE_APP_DB: /data/db.sqlite3, SQLITE_APP_SEED_ROWS: "{SEED_ROWS}"}}
                 volumes: ["{data}/vaultwarden:/data"]
                 x-prodg: {{layer: data_stores}}
@@ -129,9 +132,12 @@ def sbed(tmp_path_factory, docker_client, store_server):
             mounts = [f"{m.source}:{m.target}" for m in spec.volumes]
             for m in spec.volumes:
                 os.makedirs(m.source, exist_ok=True)
+                if spec.user:
+                    os.chown(m.source, SERVICE_UID, SERVICE_UID)
             env = {k: (SECRETS["REDIS_PASSWORD"] if v == "${REDIS_PASSWORD}" else v) for k, v in spec.environment}
             containers.append(docker_client.containers.run(
                 spec.image, list(spec.command) if spec.command else None, name=spec.container_name, detach=True,
+                user=spec.user or "",
                 network_mode="none", volumes=mounts, environment=env, labels={"prodg.test": NAME}))
         redis_cli(docker_client, bed, "PING")
         pipe = "".join(f"SET key:{i} value-{i}-{'x' * (i % 50)}\n" for i in range(REDIS_KEYS))
