@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(default: secrets.env_file); configs: the folder (required); minio: one bucket "
                                 "for every object (default: each object's own)")
     p.add_argument("--only", help="minio: only objects whose BUCKET/KEY starts with this")
-    p.add_argument("--target", help="postgres: an existing Postgres container (default: a new scratch container)")
+    p.add_argument("--target", help="postgres: an existing Postgres container, or the config's service whose "
+                                    "container it is (default: a new scratch container)")
     p.add_argument("--force", action="store_true",
                    help="restore over existing data (Postgres: wiped; files and folders: moved aside first)")
     p.add_argument("--identity", help="the age identity file that decrypts it (default: $PRODG_BACKUP_IDENTITY)")

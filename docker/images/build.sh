@@ -67,6 +67,19 @@ build_service() { # NAME -> prodg/NAME:SUITE from docker/images/NAME/Dockerfile
   echo "image $tag: built"
 }
 
+# s3-store: MinIO's stand-in, s3s-fs (built by docker/dev/install.sh into .prodg/tools) in the base image.
+build_s3_store() {
+  local tag="prodg/s3-store:$suite" binary="$here/../../.prodg/tools/bin/s3s-fs" context
+  if have "$tag"; then echo "image $tag: present"; return; fi
+  [ -x "$binary" ] || { echo "build.sh: $binary is missing (docker/dev/install.sh builds it)" >&2; exit 1; }
+  context=$(mktemp -d /var/tmp/prodg-s3-store.XXXXXX)
+  cp "$here/s3-store/Dockerfile" "$here/s3-store/entrypoint.sh" "$binary" "$context/"
+  docker build -q --build-arg "BASE_IMAGE=$base" -t "$tag" "$context" >/dev/null || { rm -rf "$context"; exit 1; }
+  rm -rf "$context"
+  echo "image $tag: built"
+}
+
 build_base
 # sqlite-app: a test-bed stand-in for the SQLite-backed services (not in seed-names: pushed under no seed name).
 for svc in postgres redis caddy prometheus node-exporter sqlite-app; do build_service "$svc"; done
+build_s3_store

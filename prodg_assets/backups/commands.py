@@ -2,12 +2,13 @@
 written, decrypted with the operator's or the host's identity), and `prodg restore --list`, what the store holds
 per target and day.
 
-- `postgres`: into a fresh scratch container (left running, its name printed) or --target (refused over data
-  unless --force).
+- `postgres`: into a fresh scratch container (left running, its name printed) or --target, a container or a
+  service of the config (refused over data unless --force).
 - a `volume` target: into the service's data folder on this machine (or --to), refused while the service's
   container runs on that folder and over existing data unless --force (then the old data is moved aside).
 - `secrets`: the secrets file (prodg.yaml secrets.env_file, or --to), mode 600, same refusal.
-- `configs`: into --to, then compared file by file with its commit in the config repo when the repo has it.
+- `configs`: into --to, laid out as the repo is (`config/…`), then compared file by file with its commit in the
+  config repo.
 - `minio`: back through MinIO's S3 API, into the objects' own buckets or --to BUCKET, --only BUCKET/PREFIX,
   refused over existing objects unless --force."""
 
@@ -94,7 +95,8 @@ def restore(state: DesiredState, commit: str, resources: dict, name: str, day: d
     if target.method == "pg_dumpall":
         docker = resources["docker"]
         client = docker.client
-        container = pg_container
+        # --target: a container, or a service of the config (its container: what a rebuilt host just deployed)
+        container = state.services[pg_container].container_name if pg_container in state.services else pg_container
         if not container:
             spec = state.services[target.service or ""]
             image, _ = docker.resolve_image(spec, state, commit, build=False)

@@ -49,6 +49,15 @@ def _make_room(path: str, force: bool, is_folder: bool) -> str:
     return aside
 
 
+def _as_captured(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """tarfile's `data` filter (nothing outside the folder, no device files, no links out of it), but owners and
+    permission bits as captured: a service that runs as its own user (Grafana's 472) must be able to write to its
+    restored folder — the `data` filter alone makes everything root's, with default directory modes."""
+    safe = tarfile.data_filter(member, dest)
+    return safe.replace(uid=member.uid, gid=member.gid, uname=None, gname=None,
+                        mode=None if member.issym() else member.mode & 0o777, deep=False)
+
+
 def restore_folder(store: BackupStore, manifest: Manifest, identities: Sequence[Identity], folder: str,
                    force: bool = False) -> RestoredFiles:
     """Extract the day's tar into `folder` (created; owners and modes as captured, nothing outside it)."""
@@ -59,7 +68,7 @@ def restore_folder(store: BackupStore, manifest: Manifest, identities: Sequence[
     os.makedirs(folder, exist_ok=True)
     try:
         with tarfile.open(fileobj=ChunkReader(plaintext(store, manifest, entry, identities)), mode="r|") as tar:
-            tar.extractall(folder, numeric_owner=True, filter="data")
+            tar.extractall(folder, numeric_owner=True, filter=_as_captured)
     except (tarfile.TarError, OSError) as exc:
         raise RestoreFailed(f"{entry.object_key}: extracting into {folder} failed: {exc}") from None
     hashes, total = {}, 0
@@ -121,15 +130,16 @@ def redis_aof_from_rdb(folder: str, rdb: str = "dump.rdb", aof_dir: str = "appen
 
 def compare_with_commit(repo_path: str, subdir: str, commit: str, folder: str) -> list[str]:
     """The files of `folder` whose git blob ids differ from (or are missing in, or are extra to) `subdir/` of
-    `commit` in the repo; raises RestoreFailed when the repo does not have the commit."""
-    listing = subprocess.run(["git", "-C", repo_path, "ls-tree", "-r", commit, "--", f"{subdir}/"],
+    `commit` in the repo; raises RestoreFailed when the repo does not have the commit. `folder` is laid out as the
+    repo is (the config archive holds `<subdir>/…`, as `git archive` writes it)."""
+    listing = subprocess.run(["git", "-C", repo_path, "ls-tree", "-r", "-z", commit, "--", f"{subdir}/"],
                              capture_output=True, text=True)
     if listing.returncode != 0:
         raise RestoreFailed(f"cannot compare with commit {commit[:12]}: {listing.stderr.strip()[:200]}")
     expected = {}
-    for line in listing.stdout.splitlines():
+    for line in filter(None, listing.stdout.split("\0")):
         meta, path = line.split("\t", 1)
-        expected[os.path.relpath(path, subdir)] = meta.split()[2]
+        expected[path] = meta.split()[2]
     paths = [os.path.join(root, n) for root, _, names in os.walk(folder) for n in names]
     blobs = subprocess.run(["git", "hash-object", "--no-filters", "--stdin-paths"], input="\n".join(paths),
                            capture_output=True, text=True, check=True).stdout.split() if paths else []

@@ -625,7 +625,15 @@ class S3Source(S3Endpoint):
         return sorted(b["Name"] for b in resp.get("Buckets") or [])
 
     def objects(self, bucket: str, prefix: str = "") -> Iterator[StoredObject]:
-        return self._list(bucket, prefix)
+        """The bucket's objects, each with its ETag: an S3 API that lists none (s3s-fs) is asked with a HEAD per
+        object, since the mirror takes an object with the same ETag and size as unchanged."""
+        for obj in self._list(bucket, prefix):
+            if not obj.etag:
+                head = self._head(bucket, obj.key)
+                if head is None:  # deleted since it was listed
+                    continue
+                obj = StoredObject(obj.key, head.size, head.etag, head.last_modified)
+            yield obj
 
     def stream(self, bucket: str, key: str, chunk_size: int = MIB) -> Iterator[bytes]:
         return self._stream(bucket, key, chunk_size)

@@ -4,6 +4,7 @@ servers (one standing in for MinIO, one for the off-site store), and a real git 
 
 import datetime
 import os
+import re
 import subprocess
 import textwrap
 import time
@@ -24,7 +25,7 @@ from prodg_assets.engine.exec import exec_run
 from prodg_assets.engine.secrets import SecretSource
 from prodg_assets.gitops.repo import ConfigRepo
 from prodg_assets.backups.crypt import BackupIdentity
-from tests.conftest import age_keygen, init_repo
+from tests.conftest import ROOT, age_keygen, init_repo
 from tests.standins.moto import MotoServer
 
 PID = os.getpid()
@@ -322,3 +323,13 @@ def wait_for(predicate, timeout_s: float = 30, what: str = "condition"):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def documented_block(marker: str) -> str:
+    """The shell block of docs/OPERATIONS.md under the comment that starts with `marker` (the suite runs it as
+    written)."""
+    with open(os.path.join(ROOT, "docs", "OPERATIONS.md"), encoding="utf-8") as fh:
+        text = fh.read()
+    match = re.search(re.escape(marker) + r".*?-->\n```sh\n(.*?)```", text, re.S)
+    assert match, f"docs/OPERATIONS.md has no block marked {marker}"
+    return match.group(1)

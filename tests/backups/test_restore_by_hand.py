@@ -4,7 +4,6 @@ empty Postgres container — the rows come back."""
 
 import datetime
 import os
-import re
 import secrets
 import shutil
 import subprocess
@@ -14,20 +13,13 @@ import pytest
 
 from prodg_assets.backups.postgres import census, wait_ready
 from prodg_assets.contract import POSTGRES_BACKUP
-from tests.backups.conftest import BUCKET, EXPECTED_ROWS, NAME, PG_IMAGE, STORE_KEY_ID, STORE_SECRET, TODAY
+from tests.backups.conftest import BUCKET, EXPECTED_ROWS, NAME, PG_IMAGE, STORE_KEY_ID, STORE_SECRET, TODAY, \
+    documented_block
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.docker
 
 MARKER = "<!-- restore-without-prodg"
-
-
-def documented_block() -> str:
-    with open(os.path.join(ROOT, "docs", "OPERATIONS.md"), encoding="utf-8") as fh:
-        text = fh.read()
-    match = re.search(re.escape(MARKER) + r".*?-->\n```sh\n(.*?)```", text, re.S)
-    assert match, "docs/OPERATIONS.md has no restore-without-prodg block"
-    return match.group(1)
 
 
 def test_the_documented_restore_without_prodg_brings_the_rows_back(bed, clean_store, tmp_path):
@@ -43,7 +35,7 @@ def test_the_documented_restore_without_prodg_brings_the_rows_back(bed, clean_st
         env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "REGION": "us-east-1", "ENDPOINT": bed.store_url,
                "BUCKET": BUCKET, "B2_KEY_ID": STORE_KEY_ID, "B2_KEY_SECRET": STORE_SECRET, "DAY": day,
                "TARGET": target.name, **{k: v for k, v in os.environ.items() if k.startswith("DOCKER_")}}
-        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", documented_block()], cwd=tmp_path, env=env,
+        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", documented_block(MARKER)], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "dump.sql.zst.age: OK" in proc.stdout  # sha256sum -c against the manifest

@@ -95,3 +95,28 @@ def test_prodg_restore_minio_puts_the_days_objects_back_through_the_s3_api(bed, 
                 minio.delete_object(Bucket=bucket, Key=o["Key"])
             if bucket in {b["Name"] for b in minio.list_buckets()["Buckets"]}:
                 minio.delete_bucket(Bucket=bucket)
+
+
+def test_prodg_restore_configs_lays_the_tree_out_as_the_repo_and_checks_it_against_its_commit(bed, clean_store,
+                                                                                              tmp_path):
+    day = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=2)).isoformat()
+    with dg.instance_for_test() as instance:
+        assert bed.materialize(["config_backup"], day, instance).success
+    env = cli_env(bed)
+
+    def cli(*args):
+        return subprocess.run([*PRODG_CLI, "restore", "configs", "--date", day, "--identity", bed.identity_file,
+                               *args], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+    no_folder = cli()
+    assert no_folder.returncode == 1 and "--to" in no_folder.stderr
+    done = cli("--to", str(tmp_path / "restored"))
+    assert done.returncode == 0, done.stderr
+    assert f"identical to commit {bed.commit[:12]}" in done.stdout
+    with open(tmp_path / "restored" / "config" / "prodg.yaml", "rb") as fh, \
+            open(os.path.join(bed.repo, "config", "prodg.yaml"), "rb") as live:
+        assert fh.read() == live.read()
+    # over the tree it restored before: refused, then moved aside with --force
+    assert "already holds data" in cli("--to", str(tmp_path / "restored")).stderr
+    again = cli("--to", str(tmp_path / "restored"), "--force")
+    assert again.returncode == 0 and "what was there is in" in again.stdout, again.stderr

@@ -7,7 +7,8 @@ Environment:
                                 in WAL mode (PRAGMA journal_mode=WAL) with the table
                                 entries(id INTEGER PRIMARY KEY, written_at TEXT, payload BLOB).
   SQLITE_APP_WRITE_INTERVAL_MS  one transaction inserting one row (a random payload of 1-4 KiB) every this many
-                                milliseconds (default 50).
+                                milliseconds (default 50); 0: none after the seed (the database is still opened
+                                for writing, in WAL mode, as the service would open it).
   SQLITE_APP_SEED_ROWS          rows inserted at start, in one transaction, when the table is empty (default 0), so a
                                 test can have some MiB of data at once.
   SQLITE_APP_PORT               the HTTP port, on 0.0.0.0 (default 8080).
@@ -160,9 +161,12 @@ def main():
         log(f"read-only on {DB}")
     else:
         writer_conn = open_writer()
-        writer = threading.Thread(target=write_loop, args=(writer_conn,), name="writer")
-        writer.start()
-        log(f"writing to {DB} every {WRITE_INTERVAL * 1000:g} ms")
+        if WRITE_INTERVAL > 0:
+            writer = threading.Thread(target=write_loop, args=(writer_conn,), name="writer")
+            writer.start()
+            log(f"writing to {DB} every {WRITE_INTERVAL * 1000:g} ms")
+        else:
+            log(f"{DB} open for writing; no writes after the seed (SQLITE_APP_WRITE_INTERVAL_MS=0)")
     server = http.server.ThreadingHTTPServer(("0.0.0.0", PORT), Handler)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     log(f"listening on 0.0.0.0:{PORT}")
