@@ -40,14 +40,17 @@ def backup_partitions(settings: BackupSettings) -> dg.DailyPartitionsDefinition:
 
 
 def build_backup_resources(state: DesiredState, environ: Mapping[str, str] | None = None) -> dict:
-    """`backup_store` (the off-site bucket; keys from the environment variables prodg.yaml names; timeouts,
+    """`backup_store` (the off-site bucket; keys by the names prodg.yaml gives, from the environment or the secrets
+    file; timeouts,
     attempts and part size from STORE_SETTINGS) and `minio_source` (MinIO's S3 API where the minio service publishes
     port 9000, with its root credentials)."""
     b = state.settings.backups
     resources: dict = {
         "backup_store": BackupStore(endpoint_url=b.endpoint_url, region=b.region, bucket=b.bucket,
-                                    access_key_id=dg.EnvVar(b.access_key_id_env),
-                                    secret_access_key=dg.EnvVar(b.secret_access_key_env),
+                                    access_key_id_env=b.access_key_id_env,
+                                    secret_access_key_env=b.secret_access_key_env,
+                                    secrets_file=state.settings.secrets.env_file
+                                    if state.settings.secrets.source == "env_file" else "",
                                     **store_settings(environ)),
     }
     target = next((t for t in b.targets if t.method == "s3_mirror"), None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import os
 import queue
 import threading
 import time
@@ -22,7 +23,7 @@ from typing import Iterable, Iterator, Mapping, Optional
 import dagster as dg
 from pydantic import PrivateAttr
 
-from ..engine.secrets import redact
+from ..engine.secrets import parse_env_file, redact
 from ..lazy import boto_errors
 
 MIB = 1024 * 1024
@@ -303,13 +304,39 @@ class S3Endpoint(dg.ConfigurableResource):
 class BackupStore(S3Endpoint):
     """The off-site backup bucket (`bucket` on `endpoint_url`): streamed multipart uploads (under Object Lock where
     the bucket has it), listings, downloads, batched deletes and, in a versioned bucket, version deletes. Credentials
-    come in through `dg.EnvVar` only."""
+    come by name only (the UI shows a resource's config): the environment variables prodg.yaml names
+    (`backups.access_key_id_env`, `secret_access_key_env`), else the secrets file's keys of those names — where the
+    host keeps B2_KEY_SECRET, and what a run container reads from its mount (docker/prod passes it no such variable).
+    Tests give the keys themselves."""
 
     bucket: str
     part_size_mb: int = 16  # multipart part size; S3 needs at least 5 MiB for all parts but the last
     delete_batch: int = 1000  # keys per DeleteObjects call (1000 is S3's maximum)
+    access_key_id_env: str = ""
+    secret_access_key_env: str = ""
+    secrets_file: str = ""  # the env_file secrets source, if that is the host's
 
     _lock_enabled: Optional[bool] = PrivateAttr(default=None)
+
+    def _credentials(self) -> tuple[str, str]:
+        names = {"key": self.access_key_id_env, "secret": self.secret_access_key_env}
+        given = {"key": self.access_key_id, "secret": self.secret_access_key}
+        wanted = {k: n for k, n in names.items() if n and not given[k]}
+        if not wanted:
+            return given["key"], given["secret"]
+        found = {k: os.environ.get(n, "") for k, n in wanted.items()}
+        if not all(found.values()) and self.secrets_file:
+            try:
+                with open(self.secrets_file, encoding="utf-8") as fh:
+                    from_file = parse_env_file(fh.read())
+            except FileNotFoundError:
+                from_file = {}
+            found = {k: v or from_file.get(wanted[k], "") for k, v in found.items()}
+        missing = [wanted[k] for k, v in found.items() if not v]
+        if missing:
+            raise StoreError(f"no key for the backup store {self.bucket}: {', '.join(missing)} is set neither in the "
+                             f"environment nor in {self.secrets_file or 'a secrets file'}")
+        return given["key"] or found.get("key", ""), given["secret"] or found.get("secret", "")
 
     @property
     def part_bytes(self) -> int:

@@ -16,6 +16,7 @@ import pytest
 
 from prodg_assets.backups.definitions import backup_definitions, build_backup_resources
 from prodg_assets.backups.manifest import Manifest
+from prodg_assets.backups.store import BackupStore, StoreError
 from prodg_assets.contract import (
     AUDIT_CLEAN,
     BACKUP_AUDIT,
@@ -254,12 +255,35 @@ def test_the_window_audit_names_missing_and_late_days_from_manifests(bed, three_
     assert check.metadata["problems"].value == 21
 
 
-def test_resources_take_secrets_from_the_environment_and_the_secrets_source(bed):
+def test_resources_take_secrets_from_the_environment_and_the_secrets_source(bed, tmp_path, monkeypatch):
     resources = build_backup_resources(bed.state)
     store = resources["backup_store"]
-    assert isinstance(store.access_key_id, dg.EnvVar) and store.access_key_id == "PRODG_TEST_STORE_KEY_ID"
-    assert isinstance(store.secret_access_key, dg.EnvVar) and store.secret_access_key == "PRODG_TEST_STORE_SECRET"
+    # only names and a path are config (the UI shows it): never a key
+    assert (store.access_key_id, store.secret_access_key) == ("", "")
+    assert store.access_key_id_env == "PRODG_TEST_STORE_KEY_ID"
+    assert store.secret_access_key_env == "PRODG_TEST_STORE_SECRET"
+    assert store.secrets_file == bed.secrets_file
     assert store.bucket == BUCKET and store.endpoint_url == bed.store_url
+    config = {k: getattr(store, k) for k in ("endpoint_url", "region", "bucket", "access_key_id_env",
+                                             "secret_access_key_env")}
+    # neither in the environment nor in the secrets file: one clear line naming what is missing
+    monkeypatch.delenv("PRODG_TEST_STORE_KEY_ID", raising=False)
+    monkeypatch.delenv("PRODG_TEST_STORE_SECRET", raising=False)
+    with pytest.raises(StoreError, match="PRODG_TEST_STORE_KEY_ID, PRODG_TEST_STORE_SECRET is set neither"):
+        list(BackupStore(**config, secrets_file=bed.secrets_file).list())
+    # in the secrets file (how a run container of docker/prod gets B2_KEY_SECRET: from its mount)
+    keys_file = tmp_path / "secrets.env"
+    keys_file.write_text(f"PRODG_TEST_STORE_KEY_ID={STORE_KEY_ID}\nPRODG_TEST_STORE_SECRET={STORE_SECRET}\n")
+    from_file = BackupStore(**config, secrets_file=str(keys_file))
+    list(from_file.list())
+    assert from_file._credentials() == (STORE_KEY_ID, STORE_SECRET)
+    # the environment wins over the file
+    keys_file.write_text("PRODG_TEST_STORE_KEY_ID=wrong\nPRODG_TEST_STORE_SECRET=wrong\n")
+    monkeypatch.setenv("PRODG_TEST_STORE_KEY_ID", STORE_KEY_ID)
+    monkeypatch.setenv("PRODG_TEST_STORE_SECRET", STORE_SECRET)
+    store = BackupStore(**config, secrets_file=str(keys_file))
+    list(store.list())
+    assert store._credentials() == (STORE_KEY_ID, STORE_SECRET)
     source = resources["minio_source"]
     assert source.endpoint_url == bed.minio_url and source.access_key_id == "minio-admin"
     assert source.secret_access_key == "" and source.secret_access_key_secret == "MINIO_ROOT_PASSWORD"

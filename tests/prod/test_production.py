@@ -8,6 +8,7 @@ failed; the upgrade and backup commands of docs/PRODUCTION.md work; the asset gr
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -261,12 +262,14 @@ class Deployment:
             return False
         return True
 
-    def launch(self, assets: list[str], tags: dict[str, str]) -> str:
+    def launch(self, assets: list[str], tags: dict[str, str], checks: bool = True) -> str:
+        """A run of `assets` (with their checks, unless `checks` is False) launched as the UI launches it."""
         data = self.gql("""mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
               __typename ... on LaunchRunSuccess { run { runId } } ... on Error { message } } }""",
                         params={"selector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY,
                                              "jobName": "__ASSET_JOB",
-                                             "assetSelection": [{"path": [a]} for a in assets]},
+                                             "assetSelection": [{"path": [a]} for a in assets],
+                                             **({} if checks else {"assetCheckSelection": []})},
                                 "mode": "default",
                                 "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]}})
         result = data["launchRun"]
@@ -314,12 +317,14 @@ def build_images() -> dict[str, str]:
     return images
 
 
-# Backups of the test stack's Postgres and config (never run here: the endpoint is a placeholder), so the UI has
-# all eight layer groups to show.
+# Backups of the test stack's Postgres and config, so the UI has all eight layer groups to show. The off-site store is
+# the container `<deployment>-offsite` on the deployment's network (prodg/s3-store), started by the test that backs
+# up; its keys are B2_KEY_ID / B2_KEY_SECRET (the defaults), which that test writes into the stack's secrets file.
+OFFSITE_BUCKET = "prodg-test-offsite"
 BACKUPS = """
 backups:
   bucket: prodg-test-offsite
-  endpoint_url: http://127.0.0.1:9
+  endpoint_url: http://{name}-offsite:9000
   start_date: "2026-11-01"
   encryption:
     recipients: {operator: age1py04q4lel6a9kcek0k90dn47v97ukkzqzxg5q240tmc2jrqja5mqjzjxm8}
@@ -336,7 +341,7 @@ def deployment(tmp_path_factory, docker_client) -> Deployment:
     name = f"prodgprod{os.getpid() % 100000}"
     bed = make_testbed(root, docker_client, name)
     with open(os.path.join(bed.repo, "config", "prodg.yaml"), "a") as fh:
-        fh.write(BACKUPS)  # so the code location defines every layer group, backups included
+        fh.write(BACKUPS.replace("{name}", name))  # so the code location defines every layer group, backups too
     bed.commit("backups layer")
     dep = Deployment(docker_client, bed, root, name, images)
     try:
@@ -407,6 +412,30 @@ def test_materialisation_runs_in_its_own_container_and_logs_to_postgres(deployme
                                         volumes=[f"{dep.volume}:/storage:ro"], labels={TEST_LABEL: dep.name},
                                         remove=True).decode()
     assert ".out" in listing and ".err" in listing, listing
+
+
+def test_a_nightly_backup_in_its_run_container_reaches_the_store_with_keys_from_the_secrets_file(
+        deployment: Deployment):
+    """The run container gets no store key in its environment (dagster.yaml passes none): it reads B2_KEY_ID and
+    B2_KEY_SECRET from the secrets file on its mount, as the host keeps them."""
+    dep, bed = deployment, deployment.bed
+    key_id, secret = f"prodg-{dep.name}", f"b2-Secret-{os.urandom(8).hex()}"
+    with open(bed.env["PRODG_SECRETS_FILE"], "a", encoding="utf-8") as fh:
+        fh.write(f"B2_KEY_ID={key_id}\nB2_KEY_SECRET={secret}\n")
+    offsite = dep.client.containers.run("prodg/s3-store:bookworm", name=f"{dep.name}-offsite", detach=True,
+                                        network=dep.network, labels={TEST_LABEL: dep.name},
+                                        environment={"MINIO_ROOT_USER": key_id, "MINIO_ROOT_PASSWORD": secret})
+    try:
+        assert offsite.exec_run(["mkdir", "-p", f"/data/{OFFSITE_BUCKET}"]).exit_code == 0  # a bucket is a folder
+        day = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=1)).isoformat()
+        run_id = dep.launch(["config_backup"], {"dagster/partition": day, "prodg/kind": "backup"}, checks=False)
+        dep.wait_run(run_id)
+        code, out = offsite.exec_run(["find", f"/data/{OFFSITE_BUCKET}/configs/{day}", "-type", "f"])
+        assert code == 0 and f"configs/{day}/manifest.json" in out.decode(), out.decode()
+        assert ".tar.zst.age" in out.decode()
+        assert secret not in dep.run_messages(run_id)
+    finally:
+        offsite.remove(force=True, v=True)
 
 
 def set_stop_timeout(bed, seconds: int) -> None:
