@@ -115,10 +115,11 @@ def verify_volume(found, state, target, manifest, identities, docker, repo, stor
             binds = [f"{m.source}:{m.target}:ro" for m in spec.volumes if m.kind == "bind"
                      and m.target.rstrip("/") != target.path and not m.source.endswith("docker.sock")]
             with ScratchContainer(docker, image, done.path, target.path, manifest.partition, env=env, binds=binds,
-                                  command=list(spec.command) if spec.command else None) as name:
+                                  command=list(spec.command) if spec.command else None, user=spec.user) as name:
                 health = _wait_health(docker, name)
-            found.add("service", health == "healthy", f"a scratch {spec.name} container on the restored data: "
-                                                        f"{health}")
+            as_user = f" as user {spec.user}" if spec.user else ""
+            found.add("service", health == "healthy", f"a scratch {spec.name} container{as_user} on the restored "
+                                                        f"data: {health}")
 
 
 VERIFY = {"pg_dumpall": verify_postgres, "s3_mirror": verify_mirror, "config_archive": verify_config,
@@ -126,13 +127,15 @@ VERIFY = {"pg_dumpall": verify_postgres, "s3_mirror": verify_mirror, "config_arc
 
 
 class ScratchContainer:
-    """A container from `image` on `folder` (mounted at `path`), no network, labelled scratch; removed on exit."""
+    """A container from `image` on `folder` (mounted at `path`), no network, labelled scratch, as the service's
+    `user` (the restored folder keeps its owners: Grafana's 472 reads and writes it as in production); removed on
+    exit."""
 
     def __init__(self, docker: DockerEngine, image: str, folder: str, path: str, day: str, env: dict | None = None,
-                 command: list | None = None, binds: Sequence[str] = ()):
+                 command: list | None = None, binds: Sequence[str] = (), user: str = ""):
         self.docker, self.args = docker, dict(image=image, command=command, detach=True, network_mode="none",
                                               volumes=[f"{folder}:{path}", *binds], environment=env or {},
-                                              labels={SCRATCH_LABEL: "restore"})
+                                              labels={SCRATCH_LABEL: "restore"}, user=user or None)
         self.name = f"prodg-drill-{day}-{pysecrets.token_hex(3)}"
 
     def __enter__(self) -> str:

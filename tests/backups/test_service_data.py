@@ -321,7 +321,9 @@ def test_the_restored_check_restores_each_target_into_scratch_and_verifies_it(sb
             if asset == "redis_backup":
                 assert f"loaded {REDIS_KEYS} keys" in verified, verified
             if asset == "vaultwarden_backup":
-                assert "integrity_check: ok" in verified and "container on the restored data: healthy" in verified
+                assert "integrity_check: ok" in verified, verified
+                # as the service runs (Grafana's uid), on a folder restored with its owners
+                assert f"container as user {SERVICE_UID}:{SERVICE_UID} on the restored data: healthy" in verified
     # nothing the drills started is left: scratch containers and folders
     assert not docker_client.containers.list(all=True, filters={"label": "prodg.scratch=restore",
                                                                 "name": f"prodg-drill-{DAY}"})
