@@ -33,7 +33,7 @@ from .capture import Capture, LateCapture, begin_capture, earlier_capture
 from .keys import config_key, manifest_key, mirror_base, postgres_key
 from .manifest import Manifest, write_manifest
 from .mirror import COMPRESSION as MIRROR_COMPRESSION
-from .mirror import mirror_s3, stored_content
+from .mirror import minio_endpoint, mirror_s3, stored_content
 from .postgres import census, pg_dumpall_chunks
 from .retention import prune, prune_content
 from .store import BackupStore, S3Source, StoreError, UploadResult
@@ -260,7 +260,7 @@ def build_minio_backup(state: DesiredState, settings: BackupSettings, partitions
         ETag, sizes, content sha256 and the stored object of each) written last. A failed day leaves no manifest
         and removes what it uploaded."""
         values = secrets.values()
-        source_api = minio_source.with_secrets(values)
+        source_api = minio_source.with_secrets(values, minio_endpoint(docker, spec))
         store_scrub = scrubber(backup_store, values)
 
         def scrub(text: str) -> str:
@@ -268,8 +268,8 @@ def build_minio_backup(state: DesiredState, settings: BackupSettings, partitions
 
         day = context.partition_key
         source = container_source(docker.client, container_name) if container_name else None
-        source_text = (f"{source.description}, S3 API {minio_source.endpoint_url}" if source and source.image_id
-                       else f"S3 API {minio_source.endpoint_url}")
+        source_text = (f"{source.description}, S3 API {source_api.endpoint_url}" if source and source.image_id
+                       else f"S3 API {source_api.endpoint_url}")
         try:
             cap = begin_capture(context, settings, target, backup_store, repo, managed)
             earlier = earlier_capture(context, cap, backup_store, target)

@@ -26,6 +26,7 @@ from ..settings import BackupTarget
 from .audit import read_manifests
 from .keys import MANIFEST_NAME, key_date
 from .manifest import Manifest, read_manifest
+from .mirror import minio_endpoint
 from .postgres import RestoreFailed, RestoreRefused, wait_ready
 from .restore import restore_minio, restore_postgres
 from .restore_files import RestoredFiles, compare_with_commit, redis_aof_from_rdb, restore_file, restore_folder
@@ -130,7 +131,8 @@ def restore(state: DesiredState, commit: str, resources: dict, name: str, day: d
                                 f"{', '.join(differ[:10])}")
         return _files_line(manifest, origin, done) + f"; identical to commit {manifest.commit[:12]}"
     if target.method == "s3_mirror":
-        source = resources["minio_source"].with_secrets(resources["secrets"].values())
+        source = resources["minio_source"].with_secrets(
+            resources["secrets"].values(), minio_endpoint(resources["docker"], state.services.get(target.service or "")))
         done = restore_minio(store, manifest, identities, source, to_bucket=to, only=only, force=force)
         return (f"restored {done.objects} objects ({done.bytes} bytes; {origin}, each object's sha256 as captured) "
                 f"into MinIO {source.endpoint_url}, buckets {', '.join(done.buckets)}")

@@ -53,6 +53,17 @@ class MirrorResult:
     uploaded_bytes: int  # stored bytes this run uploaded
 
 
+def minio_endpoint(docker, spec) -> str:
+    """Where the MinIO service's S3 port (9000) answers from here, read from the Engine: its publication (an
+    Engine-picked port read back), or its address on the probe network when prodg runs in a container (a run
+    container's 127.0.0.1 is its own); "" when it cannot be found (the configured address is used)."""
+    where = docker.endpoint(spec, 9000) if spec is not None else None
+    if not where:
+        return ""
+    host, port = where
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def stored_content(store: BackupStore, prefix: str, exclude_day: str = "") -> ContentIndex:
     """The content index of what the store holds under `prefix`: one listing and one GET per kept day's manifest
     (`exclude_day`: the day being backed up again, whose old manifest is replaced)."""

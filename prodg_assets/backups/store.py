@@ -634,12 +634,13 @@ class S3Source(S3Endpoint):
     access_key_id_secret: str = ""
     secret_access_key_secret: str = ""
 
-    def with_secrets(self, values: Mapping[str, str]) -> "S3Source":
-        """This source with credentials filled in from the secrets source where only their names were given."""
+    def with_secrets(self, values: Mapping[str, str], endpoint_url: str = "") -> "S3Source":
+        """This source with credentials filled in from the secrets source where only their names were given (and at
+        `endpoint_url`, where MinIO answers from here, when given)."""
         key = self.access_key_id or (values.get(self.access_key_id_secret, "") if self.access_key_id_secret else "")
         secret = self.secret_access_key or (values.get(self.secret_access_key_secret, "")
                                             if self.secret_access_key_secret else "")
-        return S3Source(endpoint_url=self.endpoint_url, region=self.region, access_key_id=key,
+        return S3Source(endpoint_url=endpoint_url or self.endpoint_url, region=self.region, access_key_id=key,
                         secret_access_key=secret, addressing_style=self.addressing_style,
                         connect_timeout_s=self.connect_timeout_s, read_timeout_s=self.read_timeout_s,
                         max_attempts=self.max_attempts, list_page_size=self.list_page_size,

@@ -27,11 +27,11 @@ import pytest
 from prodg_assets.backups.postgres import census
 from prodg_assets.contract import BACKUP_KIND, KIND_TAG, LABEL_HELPER, LABEL_SCRATCH, PARTITION_TAG
 from prodg_assets.engine.exec import exec_run
+from prodg_assets.engine.facts import published_port
 from tests.backups.conftest import EXPECTED_ROWS, MINIO_OBJECTS, SEED_SQL, STORE_KEY_ID, STORE_SECRET, TODAY, \
     documented_block, psql, s3
 from tests.backups.test_service_data import tree_hashes, wait
 from tests.conftest import ROOT, age_keygen, git, init_repo
-from tests.standins.process import free_port
 
 pytestmark = pytest.mark.docker
 
@@ -51,7 +51,7 @@ SEED_ROWS = 2000
 MARKER = "<!-- bare-metal-rebuild"
 
 
-def write_config(repo: str, minio_port: int, recipients: dict[str, str]) -> None:
+def write_config(repo: str, recipients: dict[str, str]) -> None:
     """The bed's config: the bundled config's target names and methods, its services on stand-ins."""
     os.makedirs(os.path.join(repo, "config", "compose"))
     sqlite_targets = "".join(
@@ -141,7 +141,7 @@ def write_config(repo: str, minio_port: int, recipients: dict[str, str]) -> None
                 image: prodg/s3-store:bookworm
                 container_name: {NAME}-minio
                 environment: {{MINIO_ROOT_USER: "${{MINIO_ROOT_USER}}", MINIO_ROOT_PASSWORD: "${{MINIO_ROOT_PASSWORD}}"}}
-                ports: ["127.0.0.1:{minio_port}:9000"]
+                ports: ["127.0.0.1::9000"] # the Engine picks the host port; prodg reads it back
                 volumes: ["${{PRODG_DATA}}/minio:/data"]
                 networks: [internal]
                 x-prodg: {{layer: data_stores}}
@@ -186,6 +186,13 @@ def sqlite_probe(client, name: str) -> dict:
     return json.loads(out)
 
 
+def minio_port(client) -> int:
+    """The host port the Engine picked for MinIO's 9000 (a new one after the rebuild)."""
+    port = published_port(client.api.inspect_container(f"{NAME}-minio"), 9000)
+    assert port, "MinIO's 9000 is not published"
+    return port
+
+
 def minio_client(port: int):
     """MinIO's S3 API as the bed's applications reach it, with its root user."""
     return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
@@ -207,7 +214,7 @@ def file_sha256(path: str) -> str:
         return hashlib.sha256(fh.read()).hexdigest()
 
 
-def fingerprint(client, repo: str, data: str, secrets_file: str, minio_port: int) -> dict:
+def fingerprint(client, repo: str, data: str, secrets_file: str) -> dict:
     """What the bed holds, as an operator would compare it."""
     rows = census(client.api, f"{NAME}-postgres").rows
     events = psql(client.api, f"{NAME}-postgres", "select md5(string_agg(id || ':' || note, ',' order by id)) "
@@ -215,7 +222,7 @@ def fingerprint(client, repo: str, data: str, secrets_file: str, minio_port: int
     return {
         "postgres rows": rows,
         "postgres hermes.events md5": events,
-        "minio objects": minio_content(minio_port),
+        "minio objects": minio_content(minio_port(client)),
         "redis": redis_content(client),
         **{f"{name} probe": {k: v for k, v in sqlite_probe(client, name).items()} for name in SQLITE_SERVICES},
         "caddy files": tree_hashes(os.path.join(data, "caddy")),
@@ -246,7 +253,6 @@ def test_the_documented_rebuild_brings_every_target_back_from_the_store_and_the_
     repo, data = os.path.join(host, "config-repo"), os.path.join(host, "data")
     secrets_file = os.path.join(host, "secrets.env")
     operator_identity = os.path.join(safe, "operator.agekey")  # kept off the host
-    minio_port = free_port()
     env = {"PATH": f"{ROOT}/.venv/bin:{os.environ['PATH']}", "HOME": os.environ.get("HOME", "/root"),
            "PRODG_REPO": repo, "PRODG_DEPLOY_ROOT": os.path.join(host, "deployed"), "PRODG_DATA": data,
            "PRODG_SECRETS_FILE": secrets_file, "DAGSTER_HOME": os.path.join(host, "dagster"),
@@ -261,13 +267,13 @@ def test_the_documented_rebuild_brings_every_target_back_from_the_store_and_the_
         with open(os.open(secrets_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
             fh.write("".join(f"{k}={v}\n" for k, v in SECRETS.items()))
         recipients = {"operator": age_keygen(operator_identity), "host": age_keygen(env["PRODG_BACKUP_IDENTITY"])}
-        write_config(repo, minio_port, recipients)
+        write_config(repo, recipients)
         init_repo(repo, "the rebuild test bed")
         os.makedirs(os.path.join(data, "grafana"))
         os.chown(os.path.join(data, "grafana"), GRAFANA_UID, GRAFANA_UID)  # as Grafana's image expects its folder
         assert "succeeded" in run(["prodg", "deploy"], env, ROOT)
         psql(docker_client.api, f"{NAME}-postgres", SEED_SQL)
-        objects = minio_client(minio_port)
+        objects = minio_client(minio_port(docker_client))
         for bucket in sorted({b for b, _ in MINIO_OBJECTS}):
             objects.create_bucket(Bucket=bucket)
         for (bucket, key), body in MINIO_OBJECTS.items():
@@ -283,7 +289,7 @@ def test_the_documented_rebuild_brings_every_target_back_from_the_store_and_the_
         for name, size in (("example.test.crt", 3000), ("example.test.key", 227), ("example.test.json", 140)):
             with open(os.path.join(certs, name), "wb") as fh:
                 fh.write(os.urandom(size))
-        before = fingerprint(docker_client, repo, data, secrets_file, minio_port)
+        before = fingerprint(docker_client, repo, data, secrets_file)
         assert before["postgres rows"] == EXPECTED_ROWS
         assert len(before["minio objects"]) == len(MINIO_OBJECTS)
 
@@ -316,7 +322,7 @@ def test_the_documented_rebuild_brings_every_target_back_from_the_store_and_the_
         assert running == {s: "running" for s in ("postgres", "redis", "minio", "caddy", *(f"{n}-app" for n in SQLITE_SERVICES))}
         for name in SQLITE_SERVICES:
             wait(lambda: sqlite_probe(docker_client, name)["integrity"] == "ok", f"{name} on its restored data")
-        after = fingerprint(docker_client, repo, data, secrets_file, minio_port)
+        after = fingerprint(docker_client, repo, data, secrets_file)
         for what in before:
             assert after[what] == before[what], what
         stat = os.stat(os.path.join(data, "grafana", "db.sqlite3"))
