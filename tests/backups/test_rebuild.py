@@ -54,6 +54,9 @@ MARKER = "<!-- bare-metal-rebuild"
 def write_config(repo: str, recipients: dict[str, str]) -> None:
     """The bed's config: the bundled config's target names and methods, its services on stand-ins."""
     os.makedirs(os.path.join(repo, "config", "compose"))
+    os.makedirs(os.path.join(repo, "config", "scripts", "postgres-init"))
+    shutil.copy(os.path.join(ROOT, "config", "scripts", "postgres-init", "01-databases.sql"),
+                os.path.join(repo, "config", "scripts", "postgres-init"))
     sqlite_targets = "".join(
         f"    {name}: {{method: volume, service: {name}-app, capture: sqlite, path: {path}, prefix: {name}/, "
         f"retention_days: 30}}\n" for name, path in SQLITE_SERVICES.items())
@@ -118,7 +121,9 @@ def write_config(repo: str, recipients: dict[str, str]) -> None:
                 image: postgres:16-alpine
                 container_name: {NAME}-postgres
                 environment: {{POSTGRES_USER: postgres, POSTGRES_PASSWORD: "${{POSTGRES_PASSWORD}}"}}
-                volumes: ["${{PRODG_DATA}}/postgres:/var/lib/postgresql/data"]
+                # as the bundled config: init scripts make the services' (empty) databases on a new data folder
+                volumes: ["${{PRODG_DATA}}/postgres:/var/lib/postgresql/data",
+                          "../scripts/postgres-init:/docker-entrypoint-initdb.d:ro"]
                 networks: [internal]
                 healthcheck:
                   test: [CMD-SHELL, pg_isready -U postgres -h 127.0.0.1]
@@ -272,7 +277,10 @@ def test_the_documented_rebuild_brings_every_target_back_from_the_store_and_the_
         os.makedirs(os.path.join(data, "grafana"))
         os.chown(os.path.join(data, "grafana"), GRAFANA_UID, GRAFANA_UID)  # as Grafana's image expects its folder
         assert "succeeded" in run(["prodg", "deploy"], env, ROOT)
-        psql(docker_client.api, f"{NAME}-postgres", SEED_SQL)
+        assert {"hermes", "infisical"} <= set(psql(docker_client.api, f"{NAME}-postgres",
+                                                 "select datname from pg_database").split())  # the init script's
+        psql(docker_client.api, f"{NAME}-postgres",
+             SEED_SQL.replace("create database hermes;\ncreate database infisical;\n", ""))
         objects = minio_client(minio_port(docker_client))
         for bucket in sorted({b for b, _ in MINIO_OBJECTS}):
             objects.create_bucket(Bucket=bucket)

@@ -1,6 +1,8 @@
 #!/bin/sh
 # Minimal stand-in for the official postgres image's entrypoint: POSTGRES_PASSWORD / POSTGRES_USER / POSTGRES_DB,
-# initdb on first start, then postgres in the foreground as PID 1 (so `docker stop` shuts it down cleanly).
+# initdb on first start and then, as the official image does, the *.sql and *.sh of /docker-entrypoint-initdb.d in
+# order against a server listening on its socket only; then postgres in the foreground as PID 1 (so `docker stop`
+# shuts it down cleanly).
 set -eu
 bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
 user=${POSTGRES_USER:-postgres}
@@ -19,6 +21,19 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   if [ "$db" != postgres ]; then
     echo "CREATE DATABASE \"$db\" OWNER \"$user\";" | setpriv --reuid=postgres --regid=postgres --init-groups \
       "$bin/postgres" --single -D "$PGDATA" postgres >/dev/null
+  fi
+  if [ -n "$(ls -A /docker-entrypoint-initdb.d 2>/dev/null)" ]; then
+    as_postgres="setpriv --reuid=postgres --regid=postgres --init-groups"
+    $as_postgres "$bin/pg_ctl" -D "$PGDATA" -o "-c listen_addresses=''" -w start >/dev/null
+    for f in /docker-entrypoint-initdb.d/*; do
+      case "$f" in
+        *.sql) echo "entrypoint: running $f"
+               $as_postgres "$bin/psql" -X -q -v ON_ERROR_STOP=1 -U "$user" -d "$db" -f "$f" ;;
+        *.sh) echo "entrypoint: sourcing $f"; . "$f" ;;
+        *) echo "entrypoint: ignoring $f" ;;
+      esac
+    done
+    $as_postgres "$bin/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null
   fi
 fi
 exec setpriv --reuid=postgres --regid=postgres --init-groups "$bin/postgres" -D "$PGDATA" "$@"
