@@ -219,7 +219,10 @@ class S3Endpoint(dg.ConfigurableResource):
 
     def scrub(self, text: str) -> str:
         """`text` without this endpoint's credentials (nor any user:password@ in a URL)."""
-        key, secret = self._credentials()
+        try:
+            key, secret = self._credentials()
+        except StoreError:  # no keys found: none to hide
+            key = secret = ""
         return redact(text, {"access_key_id": key, "secret_access_key": secret}, mask="***")
 
     def _error(self, action: str, exc: BaseException) -> StoreError:

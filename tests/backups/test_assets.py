@@ -271,6 +271,8 @@ def test_resources_take_secrets_from_the_environment_and_the_secrets_source(bed,
     monkeypatch.delenv("PRODG_TEST_STORE_SECRET", raising=False)
     with pytest.raises(StoreError, match="PRODG_TEST_STORE_KEY_ID, PRODG_TEST_STORE_SECRET is set neither"):
         list(BackupStore(**config, secrets_file=bed.secrets_file).list())
+    # and the error path's scrubbing still works without keys (there are none to hide)
+    assert BackupStore(**config, secrets_file=bed.secrets_file).scrub("listing failed") == "listing failed"
     # in the secrets file (how a run container of docker/prod gets B2_KEY_SECRET: from its mount)
     keys_file = tmp_path / "secrets.env"
     keys_file.write_text(f"PRODG_TEST_STORE_KEY_ID={STORE_KEY_ID}\nPRODG_TEST_STORE_SECRET={STORE_SECRET}\n")
