@@ -120,21 +120,45 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from .settings import EnvSettings
 
     state, commit, resources = _state(argparse.Namespace(path=None, commit=None))
+    failures = (AgeError, ManifestError, StoreError, RestoreFailed, RestoreRefused, RestoreUsage)
     try:
         if args.list:
             store = resources["backup_store"].process_config_and_initialize()
             if not list_backups(state, store):
                 print(f"prodg restore: no backups in {store.bucket}", file=sys.stderr)
             return 0
+        identity = args.identity or EnvSettings.from_env(os.environ).backup_identity
+        if args.files:
+            if args.what or args.to or not args.date:
+                print("prodg restore --files: give --date and no target or --to (each goes where it belongs)",
+                      file=sys.stderr)
+                return 2
+            return _restore_files(state, commit, resources, datetime.date.fromisoformat(args.date), args.force,
+                                  identity, failures)
         if not args.what or not args.date:
             print("prodg restore: give a target and --date (or --list)", file=sys.stderr)
             return 2
         print(restore(state, commit, resources, args.what, datetime.date.fromisoformat(args.date), to=args.to or "",
                       force=args.force, pg_container=args.target or "", only=args.only or "",
-                      identity_file=args.identity or EnvSettings.from_env(os.environ).backup_identity))
-    except (AgeError, ManifestError, StoreError, RestoreFailed, RestoreRefused, RestoreUsage) as exc:
+                      identity_file=identity))
+    except failures as exc:
         print(f"prodg restore: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _restore_files(state, commit: str, resources: dict, day, force: bool, identity: str, failures: tuple) -> int:
+    """`prodg restore --files`: the secrets file, then every service's data folder; stops at the first failure."""
+    from .backups.commands import file_targets, restore
+
+    for name in file_targets(state):
+        try:
+            done = restore(state, commit, resources, name, day, force=force, identity_file=identity)
+        except failures as exc:
+            print(f"prodg restore --files: {name} failed, the targets after it were not restored: {exc}",
+                  file=sys.stderr)
+            return 1
+        print(f"{name}: {done}", flush=True)
     return 0
 
 
@@ -232,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", nargs="?", help="the backup target (prodg.yaml backups.targets: postgres, redis, …)")
     p.add_argument("--date", help="the backup's day, YYYY-MM-DD (UTC)")
     p.add_argument("--list", action="store_true", help="list every target's days in the store, with sizes")
+    p.add_argument("--files", action="store_true",
+                   help="the secrets file, then every service's data folder, each where it belongs (a rebuilt host, "
+                        "before its first deploy)")
     p.add_argument("--to", help="a service's data: the folder (default: its data folder); secrets: the file "
                                 "(default: secrets.env_file); configs: the folder (required); minio: one bucket "
                                 "for every object (default: each object's own)")

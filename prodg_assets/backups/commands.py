@@ -10,7 +10,9 @@ per target and day.
 - `configs`: into --to, laid out as the repo is (`config/…`), then compared file by file with its commit in the
   config repo.
 - `minio`: back through MinIO's S3 API, into the objects' own buckets or --to BUCKET, --only BUCKET/PREFIX,
-  refused over existing objects unless --force."""
+  refused over existing objects unless --force.
+- `--files`: the secrets file, then every service's data folder, each where it belongs (a rebuilt host, before its
+  first deploy)."""
 
 from __future__ import annotations
 
@@ -82,6 +84,14 @@ def refuse_running(client, state: DesiredState, target: BackupTarget, folder: st
         raise RestoreRefused(f"the {spec.name} service's container {spec.container_name} is running on {folder}; "
                              f"stop it first (docker stop {spec.container_name}), restore, then start it — or "
                              f"restore elsewhere with --to")
+
+
+def file_targets(state: DesiredState) -> list[str]:
+    """The targets restored onto this host's filesystem, in the order a rebuilt host needs them before its first
+    deploy: the secrets file, then every service's data folder (`prodg restore --files`)."""
+    order = {"secrets_file": 0, "volume": 1}
+    targets = [t for t in state.settings.backup_targets if t.method in order]
+    return [t.name for t in sorted(targets, key=lambda t: (order[t.method], t.name))]
 
 
 def restore(state: DesiredState, commit: str, resources: dict, name: str, day: datetime.date, *, to: str = "",

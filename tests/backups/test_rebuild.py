@@ -323,6 +323,13 @@ def test_the_documented_rebuild_brings_every_target_back_from_the_store_and_the_
         assert proc.returncode == 0, summary(proc.stdout + proc.stderr)
         assert "config.tar.zst.age: OK" in proc.stdout
         assert "succeeded" in proc.stdout and "sha256 verified" in proc.stdout
+        # `prodg restore --files`: the secrets file first, then every service's data folder
+        restored = [line.split(":")[0] for line in proc.stdout.splitlines() if ": restored " in line]
+        assert restored[:6] == ["secrets", "caddy", "grafana", "headscale", "redis", "vaultwarden"], restored
+        # and, run again over the rebuilt host, it refuses at the first target and says so; nothing is touched
+        again = subprocess.run(["prodg", "restore", "--files", "--date", DAY, "--identity", operator_identity],
+                               env=rebuild_env, cwd=workdir, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 1 and "prodg restore --files: secrets failed" in again.stderr, again.stderr
 
         # -- the bed is back, with its data --------------------------------------------------------------------------
         running = {c.labels["prodg.service"]: c.status for c in
