@@ -112,15 +112,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
     (--list). The identity file is --identity, else PRODG_BACKUP_IDENTITY."""
     import datetime
 
-    from .agekeys import AgeError
-    from .backups.commands import RestoreUsage, list_backups, restore
-    from .backups.manifest import ManifestError
-    from .backups.postgres import RestoreFailed, RestoreRefused
-    from .backups.store import StoreError
+    from .backups.commands import RESTORE_FAILURES, list_backups, restore
     from .settings import EnvSettings
 
     state, commit, resources = _state(argparse.Namespace(path=None, commit=None))
-    failures = (AgeError, ManifestError, StoreError, RestoreFailed, RestoreRefused, RestoreUsage)
     try:
         if args.list:
             store = resources["backup_store"].process_config_and_initialize()
@@ -134,27 +129,27 @@ def cmd_restore(args: argparse.Namespace) -> int:
                       file=sys.stderr)
                 return 2
             return _restore_files(state, commit, resources, datetime.date.fromisoformat(args.date), args.force,
-                                  identity, failures)
+                                  identity)
         if not args.what or not args.date:
             print("prodg restore: give a target and --date (or --list)", file=sys.stderr)
             return 2
         print(restore(state, commit, resources, args.what, datetime.date.fromisoformat(args.date), to=args.to or "",
                       force=args.force, pg_container=args.target or "", only=args.only or "",
                       identity_file=identity))
-    except failures as exc:
+    except RESTORE_FAILURES as exc:
         print(f"prodg restore: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-def _restore_files(state, commit: str, resources: dict, day, force: bool, identity: str, failures: tuple) -> int:
+def _restore_files(state, commit: str, resources: dict, day, force: bool, identity: str) -> int:
     """`prodg restore --files`: the secrets file, then every service's data folder; stops at the first failure."""
-    from .backups.commands import file_targets, restore
+    from .backups.commands import RESTORE_FAILURES, file_targets, restore
 
     for name in file_targets(state):
         try:
             done = restore(state, commit, resources, name, day, force=force, identity_file=identity)
-        except failures as exc:
+        except RESTORE_FAILURES as exc:
             print(f"prodg restore --files: {name} failed, the targets after it were not restored: {exc}",
                   file=sys.stderr)
             return 1

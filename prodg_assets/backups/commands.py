@@ -21,22 +21,26 @@ import os
 import secrets as pysecrets
 from typing import Callable
 
-from ..agekeys import read_identities
+from ..agekeys import AgeError, read_identities
 from ..contract import LABEL_SCRATCH
 from ..desired import DesiredState
 from ..settings import BackupTarget
 from .audit import read_manifests
 from .keys import MANIFEST_NAME, key_date
-from .manifest import Manifest, read_manifest
+from .manifest import Manifest, ManifestError, read_manifest
 from .mirror import minio_endpoint
 from .postgres import RestoreFailed, RestoreRefused, wait_ready
 from .restore import restore_minio, restore_postgres
 from .restore_files import RestoredFiles, compare_with_commit, redis_aof_from_rdb, restore_file, restore_folder
-from .store import BackupStore
+from .store import BackupStore, StoreError
 
 
 class RestoreUsage(Exception):
     """The command cannot run as asked (unknown target, no backup that day, no identity); nothing was changed."""
+
+
+# What a restore fails with, each message one line for the operator (no traceback)
+RESTORE_FAILURES = (AgeError, ManifestError, StoreError, RestoreFailed, RestoreRefused, RestoreUsage)
 
 
 def find_target(state: DesiredState, name: str) -> BackupTarget:

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator, Mapping, Optional
 import dagster as dg
 from pydantic import PrivateAttr
 
-from ..engine.secrets import parse_env_file, redact
+from ..engine.secrets import SecretSource, redact
 from ..lazy import boto_errors
 
 MIB = 1024 * 1024
@@ -329,11 +329,7 @@ class BackupStore(S3Endpoint):
             return given["key"], given["secret"]
         found = {k: os.environ.get(n, "") for k, n in wanted.items()}
         if not all(found.values()) and self.secrets_file:
-            try:
-                with open(self.secrets_file, encoding="utf-8") as fh:
-                    from_file = parse_env_file(fh.read())
-            except FileNotFoundError:
-                from_file = {}
+            from_file = SecretSource(source="env_file", env_file=self.secrets_file).values()
             found = {k: v or from_file.get(wanted[k], "") for k, v in found.items()}
         missing = [wanted[k] for k, v in found.items() if not v]
         if missing:

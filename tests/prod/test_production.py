@@ -420,6 +420,8 @@ def test_a_nightly_backup_in_its_run_container_reaches_the_store_with_keys_from_
     B2_KEY_SECRET from the secrets file on its mount, as the host keeps them."""
     dep, bed = deployment, deployment.bed
     key_id, secret = f"prodg-{dep.name}", f"b2-Secret-{os.urandom(8).hex()}"
+    with open(bed.env["PRODG_SECRETS_FILE"], encoding="utf-8") as fh:
+        secrets_before = fh.read()
     with open(bed.env["PRODG_SECRETS_FILE"], "a", encoding="utf-8") as fh:
         fh.write(f"B2_KEY_ID={key_id}\nB2_KEY_SECRET={secret}\n")
     offsite = dep.client.containers.run("prodg/s3-store:bookworm", name=f"{dep.name}-offsite", detach=True,
@@ -436,6 +438,8 @@ def test_a_nightly_backup_in_its_run_container_reaches_the_store_with_keys_from_
         assert secret not in dep.run_messages(run_id)
     finally:
         offsite.remove(force=True, v=True)
+        with open(bed.env["PRODG_SECRETS_FILE"], "w", encoding="utf-8") as fh:  # as the other tests know it
+            fh.write(secrets_before)
 
 
 def set_stop_timeout(bed, seconds: int) -> None:
