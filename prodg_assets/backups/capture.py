@@ -12,7 +12,7 @@ import dagster as dg
 
 from ..agekeys import Recipient
 from ..contract import CAPTURE_LATE_TAG, COMMIT_TAG, META_COMMIT
-from ..gitops.repo import ConfigRepo
+from ..gitops.repo import ConfigRepo, commit_id
 from ..gitops.run import run_commit
 from ..settings import BackupSettings, BackupTarget
 from .manifest import Manifest, read_manifest
@@ -65,13 +65,11 @@ def deployed_commit(context, repo: ConfigRepo, service_assets: Iterable[str]) ->
             commit = str(getattr(entry, "value", entry) or "")
             if commit and (newest is None or event.timestamp > newest[0]):
                 newest = (event.timestamp, commit)
-    if newest:
-        return newest[1], "deployed"
+    if newest:  # recorded metadata reaches git's arguments too (a runless event can record anything)
+        return commit_id(newest[1], "the commit the newest service materialisation recorded"), "deployed"
     tagged = context.run.tags.get(COMMIT_TAG) if context.run else None
-    if tagged:
-        return tagged, "run tag"
-    commit = run_commit(context, repo)
-    return commit, "branch head" if commit else "none"
+    commit = run_commit(context, repo)  # the tag when there is one, checked to be a commit id
+    return commit, "run tag" if tagged else "branch head" if commit else "none"
 
 
 def retain_until(day: str, retention_days: int, now: datetime.datetime) -> datetime.datetime:

@@ -29,6 +29,19 @@ class GitError(Exception):
     pass
 
 
+COMMIT_ID = re.compile(r"[0-9a-f]{40}")  # what a run tag, a label or recorded metadata may name: a full commit id
+
+
+def commit_id(value: str, where: str = "commit") -> str:
+    """`value` if it is a full commit id (40 lowercase hex digits), else GitError naming `where`. Every commit that
+    reaches git's arguments from outside git itself (a run tag, a container label, recorded metadata) passes here
+    first: git reads `--output=FILE` as an option, and `git archive --output` empties FILE before it fails."""
+    if isinstance(value, str) and COMMIT_ID.fullmatch(value):
+        return value
+    shown = repr(value[:48] + ("…" if len(value) > 48 else "")) if isinstance(value, str) else type(value).__name__
+    raise GitError(f"{where} is not a commit id (40 lowercase hex digits): {shown}")
+
+
 def git(repo: str, *args: str, input: bytes | None = None, timeout: float = 60) -> bytes:
     try:
         proc = subprocess.run(["git", "-C", repo, *args], input=input, capture_output=True, timeout=timeout)
@@ -42,10 +55,25 @@ def git(repo: str, *args: str, input: bytes | None = None, timeout: float = 60) 
     return proc.stdout
 
 
+def no_filters(repo_path: str) -> list[str]:
+    """`-c` options that switch off every content filter the repo's config defines (`filter.<name>.smudge` or
+    `.process`): `git archive` would run them — as root, beside the Docker socket — for any path a `.gitattributes`
+    names. The archive is then the blobs as committed, as GitTree reads them."""
+    try:
+        listing = git(repo_path, "config", "--null", "--name-only", "--get-regexp", r"^filter\..*\.(smudge|process)$")
+    except GitError:  # none defined (git config exits 1 when nothing matches)
+        return []
+    names = {key.rsplit(".", 1)[0] for key in listing.decode("utf-8", "replace").split("\0") if key}
+    return [opt for name in sorted(names) for opt in ("-c", f"{name}.smudge=", "-c", f"{name}.process=",
+                                                      "-c", f"{name}.required=false")]
+
+
 def git_archive_chunks(repo_path: str, commit: str, subdir: str, chunk_size: int = MIB,
                        timeout_s: float = 600) -> Iterator[bytes]:
-    """`git archive --format=tar <commit> -- <subdir>`, streamed."""
-    proc = subprocess.Popen(["git", "-C", repo_path, "archive", "--format=tar", commit, "--", subdir],
+    """`git archive --format=tar <commit> <subdir>`, streamed; `commit` must be a commit id (`commit_id`)."""
+    commit = commit_id(commit)
+    proc = subprocess.Popen(["git", "-C", repo_path, *no_filters(repo_path), "archive", "--format=tar",
+                             "--end-of-options", commit, subdir],  # no `--`: after --end-of-options it is a path
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stderr = TailBuffer(16 * 1024)
     drain = threading.Thread(target=lambda: [stderr.write(b) for b in iter(lambda: proc.stderr.read(4096), b"")],
@@ -71,9 +99,9 @@ class GitTree:
     """The config tree at one commit, read straight from git objects (no checkout)."""
 
     def __init__(self, repo: str, commit: str, subdir: str = "config"):
-        self.repo, self.commit, self.subdir = repo, commit, subdir.strip("/")
+        self.repo, self.commit, self.subdir = repo, commit_id(commit), subdir.strip("/")
         self.label = f"{self.subdir}@{commit[:12]}"
-        listing = git(repo, "ls-tree", "-r", "-z", "--name-only", commit, "--", self.subdir + "/")
+        listing = git(repo, "ls-tree", "-r", "-z", "--name-only", "--end-of-options", commit, "--", self.subdir + "/")
         prefix = self.subdir + "/"
         self._files = sorted(p[len(prefix):] for p in listing.decode().split("\0") if p.startswith(prefix))
         self._cache: dict[str, bytes] = {}
@@ -136,17 +164,20 @@ class ConfigRepo(dg.ConfigurableResource):
 
     def is_ancestor(self, older: str, newer: str) -> bool:
         try:
-            git(self.path, "merge-base", "--is-ancestor", older, newer)
+            git(self.path, "merge-base", "--is-ancestor", "--end-of-options", commit_id(older), commit_id(newer))
             return True
         except GitError:
             return False
 
     def commits_between(self, older: str, newer: str, limit: int = 200) -> list[str]:
         """Commits in older..newer, newest first (at most `limit`)."""
-        out = git(self.path, "rev-list", f"--max-count={limit}", f"{older}..{newer}").decode().split()
-        return out
+        older, newer = commit_id(older), commit_id(newer)
+        listing = git(self.path, "rev-list", f"--max-count={limit}", "--end-of-options", f"{older}..{newer}")
+        return listing.decode().split()
 
     def has_commit(self, sha: str) -> bool:
+        if not COMMIT_ID.fullmatch(sha or ""):
+            return False
         try:
             git(self.path, "cat-file", "-e", f"{sha}^{{commit}}")
             return True

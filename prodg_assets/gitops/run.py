@@ -7,17 +7,18 @@ import dagster as dg
 
 from ..contract import COMMIT_TAG, FORCE_TAG
 from ..desired import DesiredState
-from .repo import ConfigRepo
+from .repo import ConfigRepo, commit_id
 
 _STATES: dict[tuple[str, str, str, bool], DesiredState] = {}  # (run id, repo, commit, laid out) → state
 
 
 def run_commit(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, repo: ConfigRepo) -> str:
     """The commit this run deploys: the `prodg/commit` tag (set by the git sensor or an operator), else the tracked
-    branch's head; "" when the config folder is not in git."""
+    branch's head; "" when the config folder is not in git. A tag that is not a commit id fails the run (GitError)
+    before git sees it."""
     tagged = context.run.tags.get(COMMIT_TAG) if context.run else None
     if tagged:
-        return tagged
+        return commit_id(tagged, f"the run's {COMMIT_TAG} tag")
     return repo.head() if repo.is_git() else ""
 
 

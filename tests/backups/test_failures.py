@@ -240,6 +240,26 @@ def test_a_config_archive_of_an_unknown_commit_keeps_nothing(bed, clean_store, i
     assert_nothing_kept(clean_store, f"configs/{DAY}/")
 
 
+def test_a_crafted_commit_tag_or_recorded_commit_changes_no_file(bed, clean_store, instance, tmp_path):
+    """A run launched with `prodg/commit=--output=FILE` (or a runless event recording such a `commit`) used to reach
+    `git archive` as an option, which empties FILE before it fails: as root, any file. Now the run fails naming the
+    tag, git never runs with it, and the file is untouched."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    result = bed.materialize([CONFIG_BACKUP], DAY, instance, raise_on_error=False, commit=f"--output={victim}")
+    assert victim.read_bytes() == b"precious\n"
+    assert not result.success
+    assert "prodg/commit tag is not a commit id" in failure_text(result)
+
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="postgres",
+                                                                metadata={"commit": f"--output={victim}"}))
+    result = bed.materialize([CONFIG_BACKUP], DAY, instance, raise_on_error=False)
+    assert victim.read_bytes() == b"precious\n"
+    assert not result.success
+    assert "the commit the newest service materialisation recorded is not a commit id" in failure_text(result)
+    assert_nothing_kept(clean_store, f"configs/{DAY}/")
+
+
 @pytest.mark.fault
 def test_a_mirror_that_fails_halfway_removes_what_it_copied(bed, clean_store, instance, measured):
     source = S3Source(endpoint_url=bed.minio_url, access_key_id="minio-admin",
