@@ -17,12 +17,15 @@ RUN /opt/dagster/venv/bin/pip install -q --no-index --find-links /tmp/wheelhouse
 
 FROM ${BASE_IMAGE}
 ARG IMAGE
+# The one repository git may read when another user owns it: the config repo's mount (PRODG_REPO in the Compose
+# files). Never '*': root with the Docker socket must not run git in a repository someone else prepared.
+ARG PRODG_REPO=/opt/prodg/repo
 LABEL org.opencontainers.image.title="prodg/dagster-code" \
       org.opencontainers.image.description="prodg's Dagster code location"
 COPY .debs/ /tmp/debs/
 # git reads the config repo; the repo is mounted from the host, often owned by another uid than the container's.
 RUN dpkg -i /tmp/debs/*.deb >/dev/null && rm -rf /tmp/debs \
- && git config --system --add safe.directory '*'
+ && git config --system --add safe.directory "$PRODG_REPO"
 COPY --from=venv /opt/dagster/venv /opt/dagster/venv
 COPY dagster.yaml /opt/dagster/dagster_home/
 COPY src/definitions.py /opt/dagster/app/
