@@ -139,6 +139,23 @@ def test_the_readme_main_command_on_a_fresh_clone_deploys_what_this_machine_can_
                 if spec.healthcheck:
                     assert state_.get("Health", {}).get("Status") == "healthy", (spec.name, state_.get("Health"))
 
+            # what an application container on the mainframe's network reaches: the data stores and Caddy's sites,
+            # never Dagster's GraphQL or gRPC (either launches runs as root with the Docker socket) nor Caddy's admin
+            said = _reach_from(client, "hermes-api", {"postgres": 5432, "caddy": 80, "caddy-metrics": ("caddy", 2020),
+                                                      "caddy-admin": ("caddy", 2019),
+                                                      "dagster-webserver": 3000, "dagster-code": 4000})
+            assert said["postgres"] == said["caddy"] == said["caddy-metrics"] == "open", said
+            assert said["caddy-admin"] == "refused", said
+            names = {s.name for s in runnable}
+            for control_plane in ("dagster-webserver", "dagster-code"):
+                if control_plane in names:
+                    assert said[control_plane] == "no such host", said
+            # ... while Caddy reaches the console it gates, over the network the two share alone
+            if "dagster-webserver" in names:
+                code, out = client.containers.get("caddy").exec_run(
+                    ["wget", "-q", "-O", "-", "http://dagster-webserver:3000/server_info"])
+                assert code == 0 and b"dagster_webserver_version" in out, out
+
             # the services without a runnable image failed, naming the image and the registry
             failures = _step_failures(dagster, commit)
             registry = f"127.0.0.1:{registry_port}"
@@ -169,6 +186,22 @@ def test_the_readme_main_command_on_a_fresh_clone_deploys_what_this_machine_can_
             clean_engine(client, containers, networks)
         assert up.returncode == 130, f"docker/dev/up ended with {up.returncode}: see {log_path}"
         assert not still, f"after Ctrl-C these of up's servers still answer: {still}"
+
+
+def _reach_from(client: docker.DockerClient, container: str, targets: dict) -> dict[str, str]:
+    """{name: "open" | "refused" | "no such host" | "timeout"} of a TCP connection to each target (a port on the
+    host of that name, or (host, port)), tried from inside `container` (an image with python3)."""
+    pairs = {name: t if isinstance(t, tuple) else (name, t) for name, t in targets.items()}
+    probe = ("import json, socket, sys\nout = {}\n"
+             "for name, (host, port) in json.loads(sys.argv[1]).items():\n"
+             "    try:\n        socket.create_connection((host, port), timeout=5).close(); out[name] = 'open'\n"
+             "    except socket.gaierror:\n        out[name] = 'no such host'\n"
+             "    except ConnectionRefusedError:\n        out[name] = 'refused'\n"
+             "    except OSError:\n        out[name] = 'timeout'\n"
+             "print(json.dumps(out))\n")
+    code, out = client.containers.get(container).exec_run(["python3", "-c", probe, json.dumps(pairs)])
+    assert code == 0, out.decode()
+    return json.loads(out.decode().strip().splitlines()[-1])
 
 
 def _local(client: docker.DockerClient, image: str) -> bool:

@@ -112,6 +112,18 @@ def test_test_stack_answers_on_its_real_protocols(deployed):
             break
         time.sleep(1)
     assert health == {"prometheus": "up", "caddy": "up", "node-exporter": "up", "hermes-api": "up"}
+    # From an application container on the same network, Caddy's admin API does not answer (a `POST /load` there
+    # would rewrite every site); its metrics listener does, and serves nothing else.
+    probe = ("import socket, urllib.request, urllib.error\n"
+             "try:\n    socket.create_connection(('caddy', 2019), timeout=3).close(); print('admin: open')\n"
+             "except OSError as exc:\n    print('admin: closed', type(exc).__name__)\n"
+             "print('metrics:', b'caddy_' in urllib.request.urlopen('http://caddy:2020/metrics', timeout=5).read())\n"
+             "try:\n    urllib.request.urlopen('http://caddy:2020/config/', timeout=5); print('config: served')\n"
+             "except urllib.error.HTTPError as exc:\n    print('config:', exc.code)\n")
+    said = subprocess.run(["docker", "exec", f"{bed.project}-hermes-api", "python3", "-c", probe],
+                          capture_output=True, text=True, timeout=60)
+    assert said.stdout.splitlines() == ["admin: closed ConnectionRefusedError", "metrics: True", "config: 404"], \
+        said.stdout + said.stderr
 
 
 def test_second_apply_recreates_nothing(deployed):

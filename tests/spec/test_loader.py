@@ -42,7 +42,7 @@ HOST_ROOT = "/opt/prodg/config"  # where the tree lives on the Docker host; fixe
 # -- the bundled config, as the seed describes the mainframe -----------------------------------------------------------
 
 SEED = {  # service: (image, layer, published ports)
-    "caddy": ("caddy:2", "tls", {"0.0.0.0:80->80/tcp", "0.0.0.0:443->443/tcp", "127.0.0.1:2019->2019/tcp"}),
+    "caddy": ("caddy:2", "tls", {"0.0.0.0:80->80/tcp", "0.0.0.0:443->443/tcp"}),
     "headscale": ("headscale/headscale:0.23.0", "network",
                   {"0.0.0.0:8080->8080/tcp", "127.0.0.1:9090->9090/tcp", "0.0.0.0:3478->3478/udp"}),
     "postgres": ("postgres:16-alpine", "data_stores", {"127.0.0.1:5432->5432/tcp"}),
@@ -85,6 +85,19 @@ def test_bundled_config_has_the_seed_services_images_and_layers(state):
     extra = {name: (s.layer, s.trust_tier) for name, s in state.services.items() if name not in SEED}
     assert extra == {n: ("observability", "T1") for n in ("dagster-code", "dagster-webserver", "dagster-daemon")}
     assert {str(p) for p in state.services["dagster-webserver"].ports} == {"127.0.0.1:3300->3000/tcp"}
+
+
+def test_bundled_config_keeps_the_control_plane_off_the_applications_network(state):
+    """No application container shares a network with Dagster's gRPC or GraphQL (either launches runs as root with
+    the Docker socket): dagster-code and the daemon are on prodg-dagster alone, and the webserver shares a network with
+    Caddy only, which passes requests through its tailnet and basic-auth gate (tests/dev/test_first_run.py tries it
+    from a live application container)."""
+    on = {name: {net for net, _ in s.networks} for name, s in state.services.items()}
+    assert on["dagster-code"] == on["dagster-daemon"] == {"prodg-dagster"}
+    assert on["dagster-webserver"] == {"prodg-dagster", "compose_prodg-console"}
+    assert {name for name, nets in on.items() if "compose_prodg-console" in nets} == {"caddy", "dagster-webserver"}
+    assert {name for name, nets in on.items() if "prodg-dagster" in nets} == {"dagster-code", "dagster-daemon",
+                                                                             "dagster-webserver"}
 
 
 def test_bundled_config_publishes_on_wildcard_addresses_only_what_host_public_ports_allows(state):
