@@ -111,7 +111,8 @@ def pg_dumpall_chunks(api: docker.APIClient, container: str, *, password: str = 
             if password else {}
         return helper_chunks(api, container, [*dump, "-h", "127.0.0.1", "-p", str(port)], shared_root=helper_root,
                              files=files, environment={"PGPASSFILE": f"{MOUNT}/pgpass"},
-                             what="pg_dumpall", redact=redact, idle_timeout_s=idle_timeout_s)
+                             what="pg_dumpall", redact=redact, idle_timeout_s=idle_timeout_s,
+                             user="postgres")  # the image's postgres user, never root
     env = {"PGPASSWORD": password} if password else {}
     return exec_chunks(api, container, reblocked(dump), user="postgres", environment=env, what="pg_dumpall",
                        redact=redact, idle_timeout_s=idle_timeout_s)

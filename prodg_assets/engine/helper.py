@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Optional, Sequenc
 
 from ..contract import LABEL_HELPER
 from ..lazy import docker_errors
-from .exec import READ_BYTES, ProducerFailed, read_ahead
+from .exec import READ_BYTES, ProducerFailed, exec_run, read_ahead
 
 if TYPE_CHECKING:
     import docker
@@ -41,8 +41,8 @@ def helper_chunks(api: docker.APIClient, container: str, cmd: Sequence[str], *, 
     MOUNT and its stdout must go to MOUNT/out (the helper's shell redirects it there). Raises ProducerFailed after
     the last chunk when the helper's exit status is not 0 (its stderr's tail, redacted, in the message).
     `with_volumes`: the helper has `container`'s mounts at the same paths instead of its network (no network at
-    all), runs as `container`'s user (so it reads what the service reads; a numeric one, to which the folder is
-    handed over) unless `user` says otherwise, and from `image` when given."""
+    all), runs as `container`'s user (so it reads what the service reads) unless `user` says otherwise, and from
+    `image` when given. A user name is looked up in `container` and the folder handed over to its uid."""
     what = what or cmd[0]
     try:
         target = api.inspect_container(container)
@@ -66,7 +66,7 @@ def helper_chunks(api: docker.APIClient, container: str, cmd: Sequence[str], *, 
             fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         except OSError:  # above the host's pipe-max-size: the default 64 KiB pipe still works, only slower
             pass
-        runs_as = _helper_user(user or (target["Config"].get("User") if with_volumes else ""))
+        runs_as = _helper_user(api, container, user or (target["Config"].get("User") if with_volumes else ""), what)
         _hand_over(folder, runs_as)
         helper_id = _start_helper(api, target, cmd, folder, environment or {}, what, image, with_volumes, runs_as)
         yield from read_ahead(_fifo_output(api, fd, helper_id, container, what, idle_timeout_s), read_ahead_reads,
@@ -113,13 +113,24 @@ def _exited_for(api: docker.APIClient, helper_id: str) -> float:
     return (datetime.datetime.now(datetime.timezone.utc) - at).total_seconds()
 
 
-def _helper_user(user: str) -> str:
-    """The helper's user: a numeric `uid[:gid]` as given (the service's own, e.g. Grafana's 472), else root. A user
-    name is not looked up: the host cannot hand the helper's folder to a name it may not know."""
+def _helper_user(api: docker.APIClient, container: str, user: str, what: str) -> str:
+    """The helper's user as a numeric `uid[:gid]` (the host hands the helper's folder to it): as given when numeric
+    (the service's own, e.g. Grafana's 472); a name (`postgres`) looked up in `container`, whose image the helper
+    runs — 70 in Alpine's Postgres, 999 in Debian's; root only when no user is asked for."""
+    if not user:
+        return "0"
     uid, _, gid = user.partition(":")
     if uid.isdigit() and (not gid or gid.isdigit()):
         return user
-    return "0"
+    name = uid
+    code, out, err = exec_run(api, container, ["sh", "-c", 'printf "%s:%s" "$(id -u "$1")" "$(id -g "$1")"', "sh",
+                                               name], what=f"{what}: id {name}", timeout_s=30)
+    ids = out.decode(errors="replace").strip()
+    uid, _, gid = ids.partition(":")
+    if code != 0 or not uid.isdigit() or not gid.isdigit():
+        detail = err.decode(errors="replace").strip()[:200] or f"exit {code}"
+        raise ProducerFailed(f"{what}: container {container} has no user {name!r} to run the helper as ({detail})")
+    return ids
 
 
 def _hand_over(folder: str, user: str) -> None:

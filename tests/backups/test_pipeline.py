@@ -105,6 +105,9 @@ def test_pg_dumpall_through_a_helper_container_gives_the_same_dump_and_leaves_no
     assert helper["Image"] == api.inspect_container(bed.pg)["Image"]
     assert helper["HostConfig"]["NetworkMode"] == f"container:{api.inspect_container(bed.pg)['Id']}"
     assert helper["HostConfig"]["ReadonlyRootfs"] and helper["HostConfig"]["CapDrop"] == ["ALL"]
+    # as the image's postgres user, never root (docs/SECURITY.md)
+    code, ids = bed.client.containers.get(bed.pg).exec_run(["sh", "-c", "echo $(id -u postgres):$(id -g postgres)"])
+    assert helper["Config"]["User"] == ids.decode().strip() and not ids.startswith(b"0:"), helper["Config"]["User"]
     assert SECRETS["POSTGRES_PASSWORD"] not in json.dumps(helper)
     assert bed.helpers() == []
     assert os.listdir(os.path.join(tmp_path, HELPER_FOLDER)) == []
