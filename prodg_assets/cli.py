@@ -222,14 +222,16 @@ def cmd_webhook(args: argparse.Namespace) -> int:
     import logging
 
     from .gitops.webhook import serve
-    from .settings import EnvSettings
+    from .listener import Limits
+    from .settings import EnvSettings, listener_settings
 
     host, _, port = args.listen.rpartition(":")
     if not port.isdigit():
         raise ValueError(f"--listen: expected HOST:PORT, got {args.listen!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     serve(host.strip("[]") or "127.0.0.1", int(port), os.environ.get("PRODG_WEBHOOK_SECRET", ""),
-          EnvSettings.from_env(os.environ).branch, _dagster_url(args), args.location)
+          EnvSettings.from_env(os.environ).branch, _dagster_url(args), args.location,
+          Limits(**listener_settings(os.environ)))
     return 0
 
 

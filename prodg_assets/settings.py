@@ -76,11 +76,32 @@ STORE_SETTINGS = {
 }
 
 
+# Every HTTP listener prodg serves (`listener.Listener`: the webhook, and what else listens): variable → (field,
+# type, default, lowest allowed). A client gets `timeout_s` for its whole request, at most `per_client` connections
+# at once out of `workers`, and `rate_per_minute` requests (a burst of a quarter of that) before 429.
+LISTENER_SETTINGS = {
+    "PRODG_LISTEN_TIMEOUT_S": ("timeout_s", float, 10.0, 0.1),
+    "PRODG_LISTEN_WORKERS": ("workers", int, 16, 2),
+    "PRODG_LISTEN_PER_CLIENT": ("per_client", int, 4, 1),
+    "PRODG_LISTEN_RATE_PER_MINUTE": ("rate_per_minute", int, 120, 1),
+}
+
+
 def store_settings(environ: Mapping[str, str] | None = None) -> dict:
     """The BackupStore fields set by STORE_SETTINGS' environment variables (their defaults when unset)."""
+    return numeric_settings(STORE_SETTINGS, environ)
+
+
+def listener_settings(environ: Mapping[str, str] | None = None) -> dict:
+    """The listener limits set by LISTENER_SETTINGS' environment variables (their defaults when unset)."""
+    return numeric_settings(LISTENER_SETTINGS, environ)
+
+
+def numeric_settings(table: Mapping[str, tuple], environ: Mapping[str, str] | None = None) -> dict:
+    """{field: value} of a table of numeric environment settings (variable → field, type, default, lowest)."""
     environ = os.environ if environ is None else environ
     out = {}
-    for name, (fld, kind, default, lowest) in STORE_SETTINGS.items():
+    for name, (fld, kind, default, lowest) in table.items():
         raw = (environ.get(name) or "").strip()
         try:
             value = kind(raw) if raw else default
