@@ -1,0 +1,178 @@
+"""Backup tars laid out by prodg itself (backups/untar.py), through the public restore path: crafted tars — built by
+tarfile, compressed, encrypted to a real age recipient and stored in an S3 stand-in like a real backup — restored
+with restore_folder. A refused member fails the restore naming the member and why, leaves nothing where the folder
+was to go (no half-written folder, no scratch sibling) and writes nothing outside it; an Engine-shaped tar comes back
+with its owners, its hard link and its inside symlink, modes without group/other write or setuid/setgid/sticky bits.
+A destination reached through a symlink (planted in a writable parent) is refused, and nothing is written where the
+link points."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import tarfile
+
+import pytest
+
+from prodg_assets.agekeys import Recipient, read_identities
+from prodg_assets.backups.manifest import Manifest
+from prodg_assets.backups.postgres import RestoreFailed, RestoreRefused
+from prodg_assets.backups.restore_files import restore_file, restore_folder
+from prodg_assets.backups.store import BackupStore
+from prodg_assets.backups.stream import stream_backup
+from tests.backups.conftest import s3
+from tests.conftest import age_keygen
+from tests.standins.moto import MotoServer
+
+BUCKET = f"prodg-untar-{os.getpid()}"
+OWNER = 472  # Grafana's uid: a service that must write its restored folder
+MTIME = 1_764_000_000
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", mode: int = 0o644, link: str = "",
+           uid: int = OWNER) -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.linkname, info.uid, info.gid, info.mtime = kind, mode, link, uid, uid, MTIME
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    return info, data if kind == tarfile.REGTYPE else None
+
+
+def tar_of(*members) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """An S3 stand-in holding the crafted backups, and the operator's age identity they are encrypted to."""
+    keys = tmp_path_factory.mktemp("untar-keys")
+    recipient = Recipient.parse(age_keygen(str(keys / "operator.agekey")))
+    with MotoServer() as server:
+        s3(server.url).create_bucket(Bucket=BUCKET)
+        backups = BackupStore(endpoint_url=server.url, region="us-east-1", bucket=BUCKET, access_key_id="testing",
+                              secret_access_key="testing")
+        yield backups, recipient, read_identities(str(keys / "operator.agekey"))
+
+
+def backed_up(store, name: str, data: bytes, files: dict | None = None) -> Manifest:
+    """`data` stored as a day's backup is (zstd, age), and its manifest."""
+    backups, recipient, _ = store
+    result = stream_backup(backups, f"untar/2026-11-26/{name}.tar.zst.age", iter([data]), recipients=[recipient])
+    return Manifest("data", "2026-11-26", "2026-11-27T03:00:00+00:00", "c" * 40, "run tag", "test", "", "", "zstd",
+                    (recipient.fingerprint,), (result.entry(),), extra={"files": files} if files is not None else {})
+
+
+GOOD = member("ok.txt", data=b"written before the bad member\n")  # first in each refused tar: nothing half-written
+REFUSED = {
+    "dotdot": ([member("../escaped.txt", data=b"x")], "'../escaped.txt' refused: a '..' component"),
+    "absolute": ([member("/tmp/prodg-untar-absolute.txt", data=b"x")],
+                 "'/tmp/prodg-untar-absolute.txt' refused: an absolute path"),
+    "hardlink out": ([member("passwd", tarfile.LNKTYPE, link="/etc/passwd")],
+                     "'passwd' refused: a hard link to '/etc/passwd': an absolute path"),
+    "hardlink up": ([member("up", tarfile.LNKTYPE, link="../outside/target.txt")],
+                    "'up' refused: a hard link to '../outside/target.txt': a '..' component"),
+    "hardlink to nothing restored": ([member("ghost", tarfile.LNKTYPE, link="never-written")],
+                                     "'ghost' refused: a hard link to 'never-written', which is not a regular file "
+                                     "restored before it"),
+    "symlink up": ([member("etc", tarfile.SYMTYPE, link="../../../../../etc")],
+                   "'etc' refused: a symlink to '../../../../../etc', which leads outside the folder"),
+    "symlink absolute": ([member("etc", tarfile.SYMTYPE, link="/etc")],
+                         "'etc' refused: a symlink to an absolute path ('/etc')"),
+    # the classic: a link to a folder outside, then a file written through it
+    "through a symlink": ([member("out", tarfile.SYMTYPE, link="../outside"),
+                           member("out/target.txt", data=b"overwritten\n")],
+                          "'out/target.txt' refused: its path passes through the symlink 'out' restored before it"),
+    # each link inside by itself; followed through the first, the second leads out (the 2025 chain bypasses)
+    "symlink chain": ([member("a/b/c/x", tarfile.SYMTYPE, link="../../../y"),
+                       member("a/b/c/l", tarfile.SYMTYPE, link="x/../../../..")],
+                      "'a/b/c/l' refused: a symlink to 'x/../../../..', which leads outside the folder"),
+    "device": ([member("sda", tarfile.BLKTYPE)], "'sda' refused: a device file"),
+    "character device": ([member("mem", tarfile.CHRTYPE)], "'mem' refused: a device file"),
+    "fifo": ([member("pipe", tarfile.FIFOTYPE)], "'pipe' refused: a FIFO"),
+    "setuid": ([member("sh", data=b"#!/bin/sh\n", mode=0o4755)], "'sh' refused: a setuid or setgid file (mode 4755)"),
+    "setgid": ([member("sh", data=b"#!/bin/sh\n", mode=0o2755)], "'sh' refused: a setuid or setgid file (mode 2755)"),
+    "directory replaced": ([member("d", tarfile.DIRTYPE, mode=0o755), member("d", tarfile.SYMTYPE, link="..")],
+                           "'d' refused: it would replace the directory 'd' restored before it"),
+    "symlink replaced": ([member("s", tarfile.SYMTYPE, link="ok.txt"), member("s", data=b"x")],
+                         "'s' refused: it would replace the symlink 's' restored before it"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_a_refused_member_fails_the_restore_naming_it_and_leaves_nothing(store, tmp_path, case):
+    members, message = REFUSED[case]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "target.txt").write_bytes(b"original\n")
+    parent = tmp_path / "restore-here"
+    parent.mkdir()
+    manifest = backed_up(store, case.replace(" ", "-"), tar_of(GOOD, *members))
+    with pytest.raises(RestoreFailed) as refused:
+        restore_folder(store[0], manifest, store[2], str(parent / "data"))
+    assert f"member {message}" in str(refused.value), str(refused.value)
+    assert manifest.objects[0].object_key in str(refused.value)
+    # nothing half-written (no folder, no scratch sibling) and nothing outside
+    assert os.listdir(parent) == []
+    assert sorted(os.listdir(tmp_path)) == ["outside", "restore-here"]
+    assert os.listdir(outside) == ["target.txt"] and (outside / "target.txt").read_bytes() == b"original\n"
+    assert not os.path.lexists("/tmp/prodg-untar-absolute.txt")
+
+
+def test_an_engine_shaped_tar_comes_back_with_owners_links_and_safe_modes(store, tmp_path):
+    """What the Engine's archive API writes for a service's folder: the folder itself first, files owned by the
+    service's uid, a second name of a file as a hard link, a relative symlink — and modes a service may have left
+    too open."""
+    files = {"grafana.db": b"SQLite format 3\x00" + os.urandom(5000), "plugins/readme.txt": b"plugins\n"}
+    tar = tar_of(member(".", tarfile.DIRTYPE, mode=0o775),
+                 member("grafana.db", data=files["grafana.db"], mode=0o666),
+                 member("plugins", tarfile.DIRTYPE, mode=0o3777),
+                 member("plugins/readme.txt", data=files["plugins/readme.txt"], mode=0o640),
+                 member("plugins/also.db", tarfile.LNKTYPE, link="grafana.db"),
+                 member("current", tarfile.SYMTYPE, link="plugins/readme.txt"),
+                 member("csv/exports/today.csv", data=b"a,b\n", uid=0))  # its parents not listed
+    hashes = {p: hashlib.sha256(d).hexdigest() for p, d in {**files, "plugins/also.db": files["grafana.db"],
+                                                           "csv/exports/today.csv": b"a,b\n"}.items()}
+    folder = tmp_path / "grafana"
+    done = restore_folder(store[0], backed_up(store, "engine-shaped", tar, hashes), store[2], str(folder))
+    assert done.sha256 == hashes and done.files == 4
+    modes = {p: (stat.S_IMODE(os.lstat(folder / p).st_mode), os.lstat(folder / p).st_uid)
+             for p in (".", "grafana.db", "plugins", "plugins/readme.txt", "csv", "csv/exports")}
+    assert modes == {".": (0o755, OWNER), "grafana.db": (0o644, OWNER), "plugins": (0o755, OWNER),
+                     "plugins/readme.txt": (0o640, OWNER), "csv": (0o755, 0), "csv/exports": (0o755, 0)}
+    assert os.stat(folder / "plugins/also.db").st_ino == os.stat(folder / "grafana.db").st_ino
+    assert os.readlink(folder / "current") == "plugins/readme.txt" and os.lstat(folder / "current").st_uid == OWNER
+    assert sorted(os.listdir(tmp_path)) == ["grafana"]
+
+
+def test_a_file_that_differs_from_the_capture_leaves_nothing(store, tmp_path):
+    manifest = backed_up(store, "differs", tar_of(GOOD), {"ok.txt": "0" * 64})
+    with pytest.raises(RestoreFailed, match="1 restored files differ from the capture's hashes: ok.txt"):
+        restore_folder(store[0], manifest, store[2], str(tmp_path / "data"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_destination_through_a_planted_symlink_is_refused_and_nothing_is_written_there(store, tmp_path):
+    """`prodg restore … --to shared/link/…` where someone who can write to `shared` planted `link -> elsewhere`."""
+    shared, elsewhere = tmp_path / "shared", tmp_path / "elsewhere"
+    shared.mkdir(mode=0o777)
+    elsewhere.mkdir()
+    os.symlink(elsewhere, shared / "link")
+    folder = backed_up(store, "to-link", tar_of(GOOD))
+    for to in (shared / "link" / "data", shared / "link"):
+        with pytest.raises(RestoreRefused) as refused:
+            restore_folder(store[0], folder, store[2], str(to))
+        assert f"{shared / 'link'} is a symbolic link (to {elsewhere}); a restore never follows one" in \
+            str(refused.value)
+    secrets = backed_up(store, "to-link-file", b"API_TOKEN=restored\n")
+    for to in (shared / "link" / "secrets.env", shared / "link"):
+        with pytest.raises(RestoreRefused, match="is a symbolic link"):
+            restore_file(store[0], secrets, store[2], str(to), force=True)
+    assert os.listdir(elsewhere) == [] and os.listdir(shared) == ["link"]
+    # the same destination, reached without the link: restored
+    done = restore_folder(store[0], folder, store[2], str(elsewhere / "data"))
+    assert done.sha256 and os.listdir(elsewhere / "data") == ["ok.txt"]
