@@ -3,12 +3,14 @@ restores that day into scratch containers and folders and verifies its content; 
 nightly schedule that picks one target and one day of its retention window, so that over time every target and
 every day within the window is proven. The UI shows, per target and day, "restored and verified on …"."""
 
+import contextlib
 import datetime
+import fcntl
 import os
 import shutil
 import tempfile
 import warnings
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import dagster as dg
 
@@ -16,6 +18,7 @@ from ..contract import DRILL_JOB, DRILL_KIND, DRILL_SCHEDULE, KIND_TAG, RESTORED
 from ..desired import DesiredState
 from ..engine.client import DockerEngine
 from ..engine.exec import ProducerFailed
+from ..engine.locks import LOCK_FOLDER
 from ..engine.secrets import SecretSource
 from ..gitops.repo import ConfigRepo
 from ..settings import BackupSettings, BackupTarget
@@ -28,6 +31,7 @@ from .store import BackupStore, StoreError
 from .verify import VERIFY, Verified
 
 DRILL_FOLDER = ".drills"  # under the deploy root (the Engine sees it at the same path): scratch folders of drills
+DRILL_LOCK = "drills.lock"  # in the deploy root's lock folder: held shared by each running drill
 DRILL_HOUR = 5  # UTC: after the 03:00 backups and their own drill
 
 
@@ -67,16 +71,13 @@ def build_restored_check(state: DesiredState, asset: str, target: BackupTarget,
         if manifest is None:
             return _result(day, False, f"no manifest under {target.prefix}{day}/: nothing to restore")
         found = Verified()
-        scratch = ""
         try:
             identities = backup_identity.identities() if manifest.encrypted else []
-            scratch = _scratch_folder(repo, day)
-            VERIFY[target.method](found, state, target, manifest, identities, docker, repo, backup_store, scratch)
+            with drill_scratch(repo, day) as scratch:
+                VERIFY[target.method](found, state, target, manifest, identities, docker, repo, backup_store,
+                                      scratch)
         except (RestoreFailed, StoreError, ProducerFailed, AgeError, OSError) as exc:
             found.add("restore", False, scrub(str(exc)))
-        finally:
-            if scratch:
-                shutil.rmtree(scratch, ignore_errors=True)
         return _result(day, found.passed, found.markdown(), manifest)
 
     with warnings.catch_warnings():  # partitioned asset checks are a preview feature of Dagster 1.13
@@ -94,10 +95,41 @@ def _result(day: str, passed: bool, detail: str, manifest: Optional[Manifest] = 
                                description=f"{'restored and verified' if passed else 'restore FAILED'} on {now}")
 
 
-def _scratch_folder(repo: ConfigRepo, day: str) -> str:
+@contextlib.contextmanager
+def drill_scratch(repo: ConfigRepo, day: str) -> Iterator[str]:
+    """A drill's scratch folder in .drills/ (both 0700), removed when the drill ends. It holds decrypted data (the
+    secrets file too), so what a killed drill left there is removed by the next drill that finds no other running:
+    each running drill holds .locks/drills.lock shared, and one that gets it exclusive first empties .drills/ (a
+    flock: the kernel drops it with its process, and every run container sharing the deploy root sees it)."""
     parent = os.path.join(repo.deployed_dir, DRILL_FOLDER)
     os.makedirs(parent, mode=0o700, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f"{day}-", dir=parent)
+    os.chmod(parent, 0o700)
+    locks = os.path.join(repo.deployed_dir, LOCK_FOLDER)
+    os.makedirs(locks, exist_ok=True)
+    lock = os.open(os.path.join(locks, DRILL_LOCK), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _remove_stale_drills(parent)
+        except BlockingIOError:  # another drill is running: its folder is not stale; the next quiet drill cleans
+            pass
+        fcntl.flock(lock, fcntl.LOCK_SH)  # held until this drill's folder is gone
+        scratch = tempfile.mkdtemp(prefix=f"{day}-", dir=parent)
+        try:
+            yield scratch
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    finally:
+        os.close(lock)
+
+
+def _remove_stale_drills(parent: str) -> None:
+    """Everything in .drills/: left by drills that were killed (none is running)."""
+    for entry in os.scandir(parent):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            os.unlink(entry.path)
 
 
 def build_drill_rotation(settings: BackupSettings, targets: dict[str, BackupTarget]) \
