@@ -91,8 +91,8 @@ def _holds_data(parent: int, name: str) -> bool:
 
 
 def _refuse_data(path: str, parent: int, name: str, force: bool) -> None:
-    """Refuse existing data unless `force` (checked before a byte is downloaded; moved aside only once the restore
-    is complete, by _put_in_place)."""
+    """Refuse existing data unless `force` (with it, the data is moved aside only once the restore is complete, by
+    _put_in_place)."""
     if _holds_data(parent, name) and not force:
         raise RestoreRefused(f"{path} already holds data; nothing was written (give --force to move it aside to "
                              f"{path}.replaced-<time> and restore)")
@@ -122,11 +122,11 @@ def restore_folder(store: BackupStore, manifest: Manifest, identities: Sequence[
     outside it), each file's sha256 checked against the capture's. It is laid out in a scratch sibling (0700) and
     renamed into place only when complete: a refused member or a differing file leaves nothing behind."""
     entry = manifest.objects[0]
+    verify_object(store, entry.object_key, entry.sha256)
     folder = os.path.abspath(folder)
     parent, name = open_parent(folder)
     try:
         _refuse_data(folder, parent, name, force)
-        verify_object(store, entry.object_key, entry.sha256)
         empty = _lstat(parent, name)  # an empty folder there lends its owner and mode if the tar has none
         scratch = _scratch_name(name)
         os.mkdir(scratch, 0o700, dir_fd=parent)
@@ -134,8 +134,9 @@ def restore_folder(store: BackupStore, manifest: Manifest, identities: Sequence[
             root = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
             try:
                 done = extract_tar(plaintext(store, manifest, entry, identities), root, entry.object_key)
-                if empty is not None and not done.root_listed:
-                    os.fchown(root, empty.st_uid, empty.st_gid)
+                if empty is not None and stat.S_ISDIR(empty.st_mode) and not done.root_listed:
+                    if os.geteuid() == 0:
+                        os.fchown(root, empty.st_uid, empty.st_gid)
                     os.fchmod(root, empty.st_mode & KEPT_MODE_BITS)
             finally:
                 os.close(root)
@@ -158,11 +159,11 @@ def restore_file(store: BackupStore, manifest: Manifest, identities: Sequence[Id
     """Write the day's single file to `path` with `mode` (the secrets file: 600, set before any byte is written),
     through a new sibling (O_EXCL|O_NOFOLLOW) renamed into place when complete."""
     entry = manifest.objects[0]
+    verify_object(store, entry.object_key, entry.sha256)
     path = os.path.abspath(path)
     parent, name = open_parent(path)
     try:
         _refuse_data(path, parent, name, force)
-        verify_object(store, entry.object_key, entry.sha256)
         partial = _scratch_name(name)
         digest, size = hashlib.sha256(), 0
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,

@@ -67,6 +67,21 @@ def backed_up(store, name: str, data: bytes, files: dict | None = None) -> Manif
                     (recipient.fingerprint,), (result.entry(),), extra={"files": files} if files is not None else {})
 
 
+def realpath_overflow() -> list:
+    """CVE-2025-4517's shape, which tarfile's `data` filter of Python before 3.11.13 lets out: a chain of short
+    symlinks to 247-character folders whose real path outgrows PATH_MAX, where os.path.realpath stops resolving links
+    and goes on lexically, so `escape` looks inside to the filter and points one folder above it to the kernel."""
+    comp, steps, members, path = "d" * 247, "abcdefghijklmnop", [], ""
+    for step in steps:
+        members += [member(os.path.join(path, comp), tarfile.DIRTYPE, mode=0o755),
+                    member(os.path.join(path, step), tarfile.SYMTYPE, link=comp)]
+        path = os.path.join(path, comp)
+    deep = os.path.join(*steps, "l" * 254)
+    return members + [member(deep, tarfile.SYMTYPE, link="../" * len(steps)),
+                      member("escape", tarfile.SYMTYPE, link=deep + "/.."),
+                      member("escape/escaped.txt", data=b"written outside\n")]
+
+
 GOOD = member("ok.txt", data=b"written before the bad member\n")  # first in each refused tar: nothing half-written
 REFUSED = {
     "dotdot": ([member("../escaped.txt", data=b"x")], "'../escaped.txt' refused: a '..' component"),
@@ -91,6 +106,8 @@ REFUSED = {
     "symlink chain": ([member("a/b/c/x", tarfile.SYMTYPE, link="../../../y"),
                        member("a/b/c/l", tarfile.SYMTYPE, link="x/../../../..")],
                       "'a/b/c/l' refused: a symlink to 'x/../../../..', which leads outside the folder"),
+    "realpath overflow": (realpath_overflow(), f"{os.path.join(*'abcdefghijklmnop', 'l' * 254)!r} refused: its path "
+                                               f"passes through the symlink 'a' restored before it"),
     "device": ([member("sda", tarfile.BLKTYPE)], "'sda' refused: a device file"),
     "character device": ([member("mem", tarfile.CHRTYPE)], "'mem' refused: a device file"),
     "fifo": ([member("pipe", tarfile.FIFOTYPE)], "'pipe' refused: a FIFO"),
@@ -147,6 +164,15 @@ def test_an_engine_shaped_tar_comes_back_with_owners_links_and_safe_modes(store,
     assert os.stat(folder / "plugins/also.db").st_ino == os.stat(folder / "grafana.db").st_ino
     assert os.readlink(folder / "current") == "plugins/readme.txt" and os.lstat(folder / "current").st_uid == OWNER
     assert sorted(os.listdir(tmp_path)) == ["grafana"]
+
+
+def test_an_empty_folder_prepared_for_the_service_keeps_its_owner_when_the_tar_does_not_list_it(store, tmp_path):
+    folder = tmp_path / "prepared"
+    folder.mkdir(mode=0o770)
+    os.chown(folder, OWNER, OWNER)
+    done = restore_folder(store[0], backed_up(store, "unlisted-root", tar_of(GOOD)), store[2], str(folder))
+    assert done.files == 1 and os.listdir(folder) == ["ok.txt"]
+    assert (stat.S_IMODE(os.stat(folder).st_mode), os.stat(folder).st_uid) == (0o750, OWNER)
 
 
 def test_a_file_that_differs_from_the_capture_leaves_nothing(store, tmp_path):
