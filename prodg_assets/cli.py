@@ -225,14 +225,37 @@ def cmd_webhook(args: argparse.Namespace) -> int:
     from .listener import Limits
     from .settings import EnvSettings, listener_settings
 
-    host, _, port = args.listen.rpartition(":")
-    if not port.isdigit():
-        raise ValueError(f"--listen: expected HOST:PORT, got {args.listen!r}")
+    host, port = _listen_address(args.listen)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    serve(host.strip("[]") or "127.0.0.1", int(port), os.environ.get("PRODG_WEBHOOK_SECRET", ""),
-          EnvSettings.from_env(os.environ).branch, _dagster_url(args), args.location,
-          Limits(**listener_settings(os.environ)))
+    serve(host, port, os.environ.get("PRODG_WEBHOOK_SECRET", ""), EnvSettings.from_env(os.environ).branch,
+          _dagster_url(args), args.location, Limits(**listener_settings(os.environ)))
     return 0
+
+
+def cmd_exporter(args: argparse.Namespace) -> int:
+    """Serve prodg's metrics for Prometheus, read from the Dagster instance of DAGSTER_HOME (not the daemon)."""
+    import logging
+
+    import dagster as dg
+
+    from . import build_defs
+    from .listener import Limits
+    from .settings import listener_settings
+    from .watch.metrics import graph_of, serve
+
+    host, port = _listen_address(args.listen)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    with dg.DagsterInstance.get() as instance:
+        serve(host, port, os.environ.get("PRODG_METRICS_TOKEN", ""), instance, lambda: graph_of(build_defs()),
+              Limits(**listener_settings(os.environ)))
+    return 0
+
+
+def _listen_address(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit():
+        raise ValueError(f"--listen: expected HOST:PORT, got {listen!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -275,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dagster-url", help="the webserver (default: $PRODG_DAGSTER_URL)")
     p.add_argument("--location", default="prodg", help="the code location's name (default: prodg)")
     p.set_defaults(func=cmd_webhook)
+    p = sub.add_parser("exporter", help="serve prodg's metrics for Prometheus (read from the Dagster instance)")
+    p.add_argument("--listen", default="127.0.0.1:9464", help="HOST:PORT (default: 127.0.0.1:9464)")
+    p.set_defaults(func=cmd_exporter)
     p = sub.add_parser("demo-secrets", help="print a secrets env file with random values for every required key")
     p.add_argument("path", nargs="?")
     p.set_defaults(func=cmd_demo_secrets)

@@ -63,6 +63,7 @@ REQUIRED_SECRETS = {
     "VAULTWARDEN_ADMIN_TOKEN", "MINIO_ROOT_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "TELEGRAM_BOT_TOKEN",
     "HERMES_API_TOKEN", "B2_KEY_SECRET",
     "DAGSTER_POSTGRES_PASSWORD",  # not in the seed: prodg's own Dagster storage
+    "PRODG_METRICS_TOKEN",  # not in the seed: Prometheus scraping prodg's exporter
 }
 
 
@@ -83,7 +84,8 @@ def test_bundled_config_has_the_seed_services_images_and_layers(state):
         {name: (image, layer) for name, (image, layer, _) in SEED.items()}
     # beyond the seed: prodg's own Dagster deployment, as an observability layer of T1 (Docker socket) services
     extra = {name: (s.layer, s.trust_tier) for name, s in state.services.items() if name not in SEED}
-    assert extra == {n: ("observability", "T1") for n in ("dagster-code", "dagster-webserver", "dagster-daemon")}
+    assert extra == {n: ("observability", "T1") for n in ("dagster-code", "dagster-webserver", "dagster-daemon",
+                                                          "prodg-exporter")}
     assert {str(p) for p in state.services["dagster-webserver"].ports} == {"127.0.0.1:3300->3000/tcp"}
 
 
@@ -97,7 +99,10 @@ def test_bundled_config_keeps_the_control_plane_off_the_applications_network(sta
     assert on["dagster-webserver"] == {"prodg-dagster", "compose_prodg-console"}
     assert {name for name, nets in on.items() if "compose_prodg-console" in nets} == {"caddy", "dagster-webserver"}
     assert {name for name, nets in on.items() if "prodg-dagster" in nets} == {"dagster-code", "dagster-daemon",
-                                                                             "dagster-webserver"}
+                                                                             "dagster-webserver", "prodg-exporter"}
+    # prodg's exporter holds Dagster's storage password: Prometheus alone reaches it
+    assert on["prodg-exporter"] == {"prodg-dagster", "compose_prodg-metrics"}
+    assert {name for name, nets in on.items() if "compose_prodg-metrics" in nets} == {"prometheus", "prodg-exporter"}
 
 
 def test_bundled_config_publishes_on_wildcard_addresses_only_what_host_public_ports_allows(state):
@@ -122,11 +127,11 @@ def test_asset_keys_replace_dashes_with_underscores(state):
     assets = {s.asset for s in state.services.values()}
     assert {"node_exporter", "hermes_api"} <= assets
     assert not any("-" in a for a in assets)
-    assert len(assets) == len(state.services) == 17
+    assert len(assets) == len(state.services) == 18
     assert state.service_for_asset("hermes_api").name == "hermes-api"
 
 
-def test_ten_required_secrets_and_each_is_used_where_prodg_yaml_says(state):
+def test_the_required_secrets_and_each_is_used_where_prodg_yaml_says(state):
     assert set(state.settings.required_secrets) == REQUIRED_SECRETS
     declared = state.settings.secrets.required
     for name, spec in state.services.items():
@@ -738,7 +743,7 @@ def test_spec_hash_is_stable_across_loads_and_tree_locations(config_copy: Path):
     assert hashes(CONFIG) == first
     assert hashes(config_copy) == first  # same content elsewhere on disk: nothing to recreate
     assert all(re.fullmatch(r"[0-9a-f]{32}", h) for h in first.values())
-    assert len(set(first.values())) == len(first) == 17
+    assert len(set(first.values())) == len(first) == 18
 
 
 def test_spec_hash_ignores_comments_layout_and_environment_form(config_copy: Path):

@@ -1,0 +1,114 @@
+"""`prodg exporter` beside a real `dagster dev` (webserver + daemon) over the test stack, scraped by a real
+Prometheus loading the bundled alert rules: the deployed commit, each service's deploy result and checks, the daemon's
+heartbeat and the git sensor's tick come out of the Dagster instance's storage; a scrape without the bearer token is
+refused; and when every Dagster process has stopped the exporter still answers with the last heartbeat, so the
+heartbeat rule (its firing is unit-tested in test_rules.py) has something to go stale on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import make_testbed
+from tests.dagster_dev import dagster_dev, free_port, stop
+
+pytestmark = pytest.mark.docker
+TOKEN = "exporter-test-token"
+RULES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "config",
+                     "compose", "prometheus", "rules")
+
+
+def scrape(url: str, token: str | None = TOKEN) -> dict[tuple[str, frozenset], float]:
+    resp = requests.get(url, timeout=30, headers={"Authorization": f"Bearer {token}"} if token else {})
+    assert resp.status_code == 200, resp.status_code
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(resp.text) for s in family.samples}
+
+
+def sample(metrics: dict, name: str, **labels) -> float | None:
+    return next((v for (n, ls), v in metrics.items() if n == name and set(labels.items()) <= ls), None)
+
+
+def test_the_exporter_reports_the_instance_and_prometheus_scrapes_it(tmp_path, docker_client):
+    bed = make_testbed(str(tmp_path), docker_client, f"prodgx{os.getpid() % 10000}")
+    port, prometheus_port = free_port(), free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    exporter = prometheus = None
+    try:
+        with dagster_dev(tmp_path, bed, interval_s=600) as dagster:
+            first = dagster.finished_run(bed.commits[-1])  # the sensor's first tick deploys the stack
+            assert first["status"] == "SUCCESS", first
+            exporter = subprocess.Popen(
+                [sys.executable, "-m", "prodg_assets.cli", "exporter", "--listen", f"127.0.0.1:{port}"],
+                env={**os.environ, **bed.env, "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+                     "PRODG_METRICS_TOKEN": TOKEN}, stdout=open(tmp_path / "exporter.log", "w"),
+                stderr=subprocess.STDOUT, start_new_session=True)
+            dagster.wait("the exporter", lambda: requests.get(url, timeout=5).status_code == 401)
+            assert requests.get(url, timeout=5, headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+            metrics = scrape(url)
+            assert sample(metrics, "prodg_exporter_config_loaded") == 1
+            assert sample(metrics, "prodg_service_info", service="redis", commit=bed.commits[-1]) == 1
+            assert sample(metrics, "prodg_service_last_deploy_success", service="redis") == 1
+            assert sample(metrics, "prodg_check_passed", asset="redis", check="in_sync") == 1
+            assert sample(metrics, "prodg_last_tick_timestamp_seconds", instigator="config_repo_sensor",
+                          kind="sensor") is not None
+            beat = sample(metrics, "prodg_daemon_heartbeat_timestamp_seconds", daemon="SCHEDULER")
+            assert beat is not None
+            # the daemon is alive: its heartbeat moves on (it beats every 30 s or so)
+            dagster.wait("a newer daemon heartbeat", lambda: sample(
+                scrape(url), "prodg_daemon_heartbeat_timestamp_seconds", daemon="SCHEDULER") > beat, budget=180)
+
+            # the stack's Prometheus, with the bundled rules, scrapes it with the token from a file
+            (tmp_path / "token").write_text(TOKEN)
+            (tmp_path / "token").chmod(0o644)
+            (tmp_path / "prometheus.yml").write_text(
+                "global: {scrape_interval: 2s, evaluation_interval: 2s}\n"
+                "rule_files: [/etc/prometheus/rules/*.yml]\n"
+                "scrape_configs:\n  - job_name: prodg\n"
+                "    authorization: {credentials_file: /etc/prometheus/token}\n"
+                f"    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n")
+            prometheus = docker_client.containers.run(
+                "prodg/prometheus:bookworm", ["--config.file=/etc/prometheus/prometheus.yml",
+                                              "--storage.tsdb.path=/tmp/tsdb",
+                                              f"--web.listen-address=127.0.0.1:{prometheus_port}"],
+                detach=True, network_mode="host", volumes={
+                    str(tmp_path / "prometheus.yml"): {"bind": "/etc/prometheus/prometheus.yml", "mode": "ro"},
+                    str(tmp_path / "token"): {"bind": "/etc/prometheus/token", "mode": "ro"},
+                    RULES: {"bind": "/etc/prometheus/rules", "mode": "ro"}})
+            api = f"http://127.0.0.1:{prometheus_port}/api/v1"
+
+            def deployed_commit_in_prometheus():
+                result = requests.get(f"{api}/query", params={"query": 'prodg_service_info{service="redis"}'},
+                                      timeout=5).json()["data"]["result"]
+                return result and result[0]["metric"]["commit"]
+
+            assert dagster.wait("Prometheus to scrape prodg", deployed_commit_in_prometheus) == bed.commits[-1]
+
+            def rules_evaluated():
+                groups = requests.get(f"{api}/rules", timeout=5).json()["data"]["groups"]
+                rules = {r["name"]: r for g in groups for r in g["rules"]}
+                return rules if rules and all(r["health"] == "ok" for r in rules.values()) else None
+
+            rules = dagster.wait("the bundled rules to be evaluated", rules_evaluated)
+            assert {"ProdgDaemonHeartbeatStale", "ProdgDeployFailed", "ProdgBackupStale"} <= set(rules)
+            alerts = requests.get(f"{api}/alerts", timeout=5).json()["data"]["alerts"]
+            assert not [a for a in alerts if a["labels"]["alertname"] in ("ProdgDaemonHeartbeatStale",
+                                                                         "ProdgDeployFailed", "ProdgExporterDown")]
+            last_beat = sample(scrape(url), "prodg_daemon_heartbeat_timestamp_seconds", daemon="SCHEDULER")
+        # every Dagster process has stopped: the exporter still answers, with the heartbeat it last saw
+        after = scrape(url)
+        assert sample(after, "prodg_daemon_heartbeat_timestamp_seconds", daemon="SCHEDULER") >= last_beat
+        assert sample(after, "prodg_service_info", service="redis", commit=bed.commits[-1]) == 1
+    finally:
+        if exporter is not None:
+            stop(exporter)
+        if prometheus is not None:
+            prometheus.remove(force=True)
+        bed.cleanup()
+    assert TOKEN not in (tmp_path / "exporter.log").read_text()
