@@ -135,9 +135,13 @@ def main() -> None:
         for key, body in SOURCE_OBJECTS.items():
             raw.put_object(Bucket=SOURCE_BUCKET, Key=key, Body=body)
 
+        host_identity = os.path.join(tmp, "host.agekey")  # signs the manifests, and its key is the one trusted
+        with open(os.open(host_identity, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
+            fh.write(Identity.generate().text + "\n")
+
         def new_store() -> BackupStore:
             s = BackupStore(endpoint_url=moto.url, region="us-east-1", bucket=BUCKET, access_key_id=KEY_ID,
-                            secret_access_key=SECRET)
+                            secret_access_key=SECRET, identity_file=host_identity)
             s.client  # noqa: B018 — create the client before threads share it
             return s
 

@@ -155,7 +155,7 @@ def main() -> None:
                                     environment={"REDISCLI_AUTH": REDIS_PASSWORD}, timeout_s=600)
             assert code == 0, err
             store = BackupStore(endpoint_url=moto.url, region="us-east-1", bucket=BUCKET, access_key_id=KEY_ID,
-                                secret_access_key=SECRET, part_size_mb=16)
+                                secret_access_key=SECRET, part_size_mb=16, identity_file=identity)
             resources = {"docker": DockerEngine(), "repo": ConfigRepo(repo_path=repo, config_subdir="config"),
                          "secrets": SecretSource(source="env_file", env_file=secrets_file), "backup_store": store,
                          "backup_identity": BackupIdentity(identity_file=identity)}

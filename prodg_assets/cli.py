@@ -142,6 +142,20 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup_signer(args: argparse.Namespace) -> int:
+    """Print the key this host signs its backup manifests with (derived from its age identity), as prodg.yaml's
+    `backups.signers` lists it: what an operator restoring without this host trusts."""
+    from .backups.signing import SigningError, host_signer
+    from .settings import EnvSettings
+
+    try:
+        print(host_signer(args.identity or EnvSettings.from_env(os.environ).backup_identity).text)
+    except SigningError as exc:
+        print(f"prodg backup-signer: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _restore_files(state, commit: str, resources: dict, day, force: bool, identity: str) -> int:
     """`prodg restore --files`: the secrets file, then every service's data folder; stops at the first failure."""
     from .backups.commands import RESTORE_FAILURES, file_targets, restore
@@ -289,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restore over existing data (Postgres: wiped; files and folders: moved aside first)")
     p.add_argument("--identity", help="the age identity file that decrypts it (default: $PRODG_BACKUP_IDENTITY)")
     p.set_defaults(func=cmd_restore)
+    p = sub.add_parser("backup-signer", help="print the key this host signs backup manifests with (for "
+                                             "prodg.yaml backups.signers)")
+    p.add_argument("--identity", help="the host's age identity file (default: $PRODG_BACKUP_IDENTITY)")
+    p.set_defaults(func=cmd_backup_signer)
     p = sub.add_parser("notify-push", help="the branch moved: evaluate the git sensor now (for a post-receive hook)")
     p.add_argument("--dagster-url", help="the webserver (default: $PRODG_DAGSTER_URL)")
     p.add_argument("--location", default="prodg", help="the code location's name (default: prodg)")

@@ -34,7 +34,9 @@ class EnvSettings:
     probe_network: str = ""  # PRODG_PROBE_NETWORK
     dagster_url: str = ""  # PRODG_DAGSTER_URL: the webserver asked to reload the code location ("" = never asked)
     registry_mirror: str = ""  # PRODG_REGISTRY_MIRROR: pull NAME as MIRROR/NAME ("" = from each image's registry)
-    backup_identity: str = ""  # PRODG_BACKUP_IDENTITY: the host's age identity file (restore drills; never in git)
+    # PRODG_BACKUP_IDENTITY: the host's age identity file (restores, drills, and the key the backups' manifests are
+    # signed with; never in git)
+    backup_identity: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "EnvSettings":
@@ -221,6 +223,8 @@ class BackupSettings:
     targets: tuple[BackupTarget, ...] = ()
     # encryption.recipients: (name, age1…) pairs every object is encrypted to; () only with `encryption: none`
     recipients: tuple[tuple[str, str], ...] = ()
+    # signers: (name, Ed25519 key) pairs whose signed manifests are trusted besides the host's own (none by default)
+    signers: tuple[tuple[str, str], ...] = ()
     object_lock_mode: str = "GOVERNANCE"  # object_lock.mode, used when the bucket has Object Lock
 
     @property
@@ -349,6 +353,7 @@ def settings_from_yaml(data: Mapping, records: tuple[DnsRecord, ...] = (),
                       freshness_hours=_num(backups.get("freshness_hours"), BackupSettings.freshness_hours),
                       recipients=tuple((str(k), str(v)) for k, v in
                                        _m(_m(backups.get("encryption")).get("recipients")).items()),
+                      signers=tuple((str(k), str(v)) for k, v in _m(backups.get("signers")).items()),
                       object_lock_mode=str(_m(backups.get("object_lock")).get("mode")
                                            or BackupSettings.object_lock_mode).upper()),
         notifications=NotificationSettings(_pick(TelegramSettings, telegram, chat_id=str(telegram.get("chat_id", "")),

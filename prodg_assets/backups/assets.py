@@ -31,11 +31,12 @@ from ..gitops.repo import ConfigRepo, git_archive_chunks
 from ..settings import BackupSettings, BackupTarget
 from .capture import Capture, LateCapture, begin_capture, earlier_capture
 from .keys import config_key, manifest_key, mirror_base, postgres_key
-from .manifest import Manifest, write_manifest
+from .manifest import Manifest, ManifestError, manifest_signer, write_manifest
 from .mirror import COMPRESSION as MIRROR_COMPRESSION
 from .mirror import minio_endpoint, mirror_s3, stored_content
 from .postgres import census, pg_dumpall_chunks
 from .retention import prune, prune_content
+from .signing import ManifestSigner, SigningError
 from .store import BackupStore, S3Source, StoreError, UploadResult
 from .stream import stream_backup
 
@@ -128,12 +129,13 @@ def rerecorded(manifest: Manifest, prefix: str) -> dg.MaterializeResult:
 
 
 def finish_partition(store: BackupStore, target: BackupTarget, cap: Capture, manifest: Manifest,
-                     written: list[str], log) -> tuple[UploadResult, int, int]:
-    """Write the manifest last (the partition is complete from then on); then delete what earlier runs of this
-    partition left that the manifest does not name, and apply the target's retention. If the manifest cannot be
-    written, this run's objects are deleted again. Returns (manifest upload, superseded objects deleted, pruned)."""
+                     written: list[str], log, signer: ManifestSigner) -> tuple[UploadResult, int, int]:
+    """Write the manifest last, signed by `signer` (the partition is complete from then on); then delete what
+    earlier runs of this partition left that the manifest does not name, and apply the target's retention. If the
+    manifest cannot be written, this run's objects are deleted again. Returns (manifest upload, superseded objects
+    deleted, pruned)."""
     try:
-        up = write_manifest(store, target.prefix, manifest, cap.lock)
+        up = write_manifest(store, target.prefix, manifest, cap.lock, signer)
     except BaseException as exc:
         try:
             store.delete_objects(written)
@@ -195,6 +197,7 @@ def build_postgres_backup(state: DesiredState, settings: BackupSettings, partiti
         key = helper_root = ""
         dump = None
         try:
+            signer = manifest_signer(backup_store)  # before anything is uploaded: a day it cannot sign is no backup
             source = running_source(docker.client, spec, "postgres", day, "dumped")
             cap = begin_capture(context, settings, target, backup_store, repo, managed)
             earlier = earlier_capture(context, cap, backup_store, target)
@@ -216,10 +219,11 @@ def build_postgres_backup(state: DesiredState, settings: BackupSettings, partiti
                                    cap.recipients, cap.lock)
             manifest = partition_manifest(target, cap, source, source.description, result.compression,
                                           [result.entry()], row_counts=counts.as_json())
-            up, superseded, pruned = finish_partition(backup_store, target, cap, manifest, [key], context.log)
+            up, superseded, pruned = finish_partition(backup_store, target, cap, manifest, [key], context.log,
+                                                      signer)
         except LateCapture as exc:
             raise dg.Failure(description=str(exc)) from None
-        except (ProducerFailed, StoreError, AgeError) as exc:
+        except (ProducerFailed, StoreError, AgeError, SigningError, ManifestError) as exc:
             raise dg.Failure(description=f"postgres backup of {day} failed; nothing was kept: "
                                          f"{scrub(described(exc))}", metadata={"object_key": key}) from None
         finally:
@@ -271,6 +275,7 @@ def build_minio_backup(state: DesiredState, settings: BackupSettings, partitions
         source_text = (f"{source.description}, S3 API {source_api.endpoint_url}" if source and source.image_id
                        else f"S3 API {source_api.endpoint_url}")
         try:
+            signer = manifest_signer(backup_store)  # before anything is uploaded: a day it cannot sign is no backup
             cap = begin_capture(context, settings, target, backup_store, repo, managed)
             earlier = earlier_capture(context, cap, backup_store, target)
             if earlier is not None:
@@ -283,10 +288,10 @@ def build_minio_backup(state: DesiredState, settings: BackupSettings, partitions
                                           buckets=list(result.buckets), object_count=len(result.entries),
                                           reused_objects=result.reused, uploaded_bytes=result.uploaded_bytes)
             up, superseded, pruned = finish_partition(backup_store, target, cap, manifest, result.written,
-                                                      context.log)
+                                                      context.log, signer)
         except LateCapture as exc:
             raise dg.Failure(description=str(exc)) from None
-        except (ProducerFailed, StoreError, AgeError) as exc:
+        except (ProducerFailed, StoreError, AgeError, SigningError, ManifestError) as exc:
             raise dg.Failure(description=f"minio backup of {day} failed; no manifest was written: "
                                          f"{scrub(described(exc))}", metadata={"source": source_text}) from None
         duration = time.monotonic() - started
@@ -319,6 +324,7 @@ def build_config_backup(state: DesiredState, settings: BackupSettings, partition
         day = context.partition_key
         key = ""
         try:
+            signer = manifest_signer(backup_store)  # before anything is uploaded: a day it cannot sign is no backup
             cap = begin_capture(context, settings, target, backup_store, repo, managed)
             earlier = earlier_capture(context, cap, backup_store, target)
             if earlier is not None:
@@ -332,10 +338,11 @@ def build_config_backup(state: DesiredState, settings: BackupSettings, partition
                                    settings.compression, {"partition": day, "commit": cap.commit}, cap.recipients,
                                    cap.lock)
             manifest = partition_manifest(target, cap, None, source, result.compression, [result.entry()])
-            up, superseded, pruned = finish_partition(backup_store, target, cap, manifest, [key], context.log)
+            up, superseded, pruned = finish_partition(backup_store, target, cap, manifest, [key], context.log,
+                                                      signer)
         except LateCapture as exc:
             raise dg.Failure(description=str(exc)) from None
-        except (ProducerFailed, StoreError, AgeError) as exc:
+        except (ProducerFailed, StoreError, AgeError, SigningError, ManifestError) as exc:
             raise dg.Failure(description=f"config backup of {day} failed; nothing was kept: "
                                          f"{backup_store.scrub(described(exc))}", metadata={"object_key": key}) \
                 from None

@@ -7,6 +7,8 @@ Evidence, so that a year of partitions costs listings plus at most one small GET
   manifest is incomplete or missing; an object missing from the listing, or listed with another size or ETag, was
   deleted or rewritten after the backup (an ETag is an MD5 of the bytes, or of the part MD5s).
 - The materialisation recorded the manifest's own sha256: a manifest rewritten after the backup is caught too.
+- A manifest no trusted signer signed (backups/signing.py; the signature comes with the same GET) is a planted or
+  unsigned day: UNTRUSTED, never counted as a backup.
 - Freshness is the newest manifest's `captured_at`, never the store's LastModified (an overwrite of an old day's
   object would otherwise count as the newest backup).
 The partition check (`check_partition`, one day) does the same for its day; `deep=True` also downloads every object
@@ -23,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional, Sequence
 
 from .keys import MANIFEST_NAME, key_date, manifest_key
-from .manifest import Manifest, ManifestError
+from .manifest import Manifest, ManifestError, UntrustedManifest, open_manifest, trusted_signers
+from .signing import TrustedSigners
 from .store import BackupStore, StoredObject, StoreError
 
 OK = "ok"
@@ -35,6 +38,7 @@ SIZE = "size_mismatch"
 ETAG = "etag_mismatch"  # the object was rewritten after the backup
 SHA256 = "sha256_mismatch"  # deep check: the bytes do not hash to the manifest's sha256
 MANIFEST = "manifest_mismatch"  # the manifest is unreadable, or not the one the materialisation recorded
+UNTRUSTED = "untrusted"  # the manifest is not signed by a trusted signer: a planted (or pre-signing) day
 UNRECORDED = "unrecorded"  # complete in the store, but no materialisation recorded it (reported, not a failure)
 EXPIRED = "expired"  # older than the retention window and gone, as it should be
 NOT_PROBLEMS = (OK, LATE, UNRECORDED, EXPIRED)
@@ -101,26 +105,30 @@ class _Read:
     manifest: Optional[Manifest]
     sha256: str
     error: str = ""
+    untrusted: bool = False  # no trusted signer signed it
 
 
-def _read(store: BackupStore, key: str) -> _Read:
+def _read(store: BackupStore, key: str, trust: TrustedSigners) -> _Read:
     try:
-        raw = store.read_bytes(key)
+        raw, metadata = store.read_with_metadata(key)
     except StoreError as exc:
         return _Read(None, "", f"{key} cannot be read: {exc}")
     sha = hashlib.sha256(raw).hexdigest()
     try:
-        return _Read(Manifest.from_json(raw, key), sha)
+        return _Read(open_manifest(key, raw, metadata, trust), sha)
     except ManifestError as exc:
-        return _Read(None, sha, str(exc))
+        return _Read(None, sha, str(exc), isinstance(exc, UntrustedManifest))
 
 
 def read_manifests(store: BackupStore, keys: Iterable[str]) -> dict[str, _Read]:
+    """Each manifest of `keys` with one GET, as `read_manifest` believes it (signed by a trusted signer) — or why
+    not. Raises ManifestError only when the trusted signers themselves cannot be read."""
     keys = list(keys)
     if not keys:
         return {}
+    trust = trusted_signers(store)
     with ThreadPoolExecutor(max_workers=min(MANIFEST_READERS, len(keys))) as pool:
-        return dict(zip(keys, pool.map(lambda k: _read(store, k), keys)))
+        return dict(zip(keys, pool.map(lambda k: _read(store, k, trust), keys)))
 
 
 def verdict(day: str, read: _Read, listed: Mapping[str, StoredObject], rec: Optional[Recorded],
@@ -129,7 +137,7 @@ def verdict(day: str, read: _Read, listed: Mapping[str, StoredObject], rec: Opti
     whose listing carries no ETags (s3s-fs) is asked for the ETag of each such object (a HEAD), so that a rewrite of
     the same size is still seen."""
     if read.manifest is None:
-        return Finding(day, MANIFEST, read.error)
+        return Finding(day, UNTRUSTED if read.untrusted else MANIFEST, read.error)
     m = read.manifest
     lineage = {"captured_at": m.captured_at, "commit": m.commit}
     if rec is not None and rec.manifest_sha256 and rec.manifest_sha256 != read.sha256:
@@ -253,7 +261,7 @@ def check_partition(store: BackupStore, prefix: str, day: str, rec: Optional[Rec
         status = INCOMPLETE if listed else MISSING
         return Finding(day, status, f"no {key} in the store" + (f" ({len(listed)} objects without it)"
                                                                  if listed else ""))
-    read = _read(store, key)
+    read = _read(store, key, trusted_signers(store))
     if read.manifest is not None:
         # objects stored outside the day's folder (MinIO's, stored once by content): asked one by one
         for e in read.manifest.objects:
@@ -263,7 +271,7 @@ def check_partition(store: BackupStore, prefix: str, day: str, rec: Optional[Rec
     if finding.problem or not deep:
         return finding
     for e in read.manifest.objects:
-        digest, size = store.sha256_of(e.object_key)
+        digest, size = store.sha256_of(e.object_key, e.version_id)
         if digest != e.sha256 or size != e.bytes:
             return Finding(day, SHA256, f"{e.object_key}: the bytes hash to {digest} ({size} bytes), {e.sha256} in "
                                         f"the manifest", finding.captured_at, finding.commit)

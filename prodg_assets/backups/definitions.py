@@ -4,6 +4,7 @@ resources (the off-site store and MinIO's API)."""
 
 from __future__ import annotations
 
+import os
 from typing import Mapping
 
 import dagster as dg
@@ -22,7 +23,7 @@ from ..contract import (
 from ..desired import DesiredState
 from ..desired.interpolate import secret_reference
 from ..desired.loader import daily_at
-from ..settings import BackupSettings, BackupTarget, store_settings
+from ..settings import BackupSettings, BackupTarget, EnvSettings, store_settings
 from .assets import build_config_backup, build_minio_backup, build_postgres_backup
 from .checks import build_object_check, build_window_checks
 from .proofs import build_audit_asset, build_restore_drill
@@ -41,7 +42,8 @@ def backup_partitions(settings: BackupSettings) -> dg.DailyPartitionsDefinition:
 
 def build_backup_resources(state: DesiredState, environ: Mapping[str, str] | None = None) -> dict:
     """`backup_store` (the off-site bucket; keys by the names prodg.yaml gives, from the environment or the secrets
-    file; timeouts, attempts and part size from STORE_SETTINGS) and `minio_source` (MinIO's S3 API where the minio
+    file; timeouts, attempts and part size from STORE_SETTINGS; manifests signed with the host's identity,
+    PRODG_BACKUP_IDENTITY, and believed when it or `backups.signers` signed them) and `minio_source` (MinIO's S3 API where the minio
     service publishes port 9000, with its root credentials; the assets ask the Engine where it answers)."""
     b = state.settings.backups
     resources: dict = {
@@ -50,6 +52,8 @@ def build_backup_resources(state: DesiredState, environ: Mapping[str, str] | Non
                                     secret_access_key_env=b.secret_access_key_env,
                                     secrets_file=state.settings.secrets.env_file
                                     if state.settings.secrets.source == "env_file" else "",
+                                    signers=dict(b.signers), identity_file=EnvSettings.from_env(
+                                        os.environ if environ is None else environ).backup_identity,
                                     **store_settings(environ)),
     }
     target = next((t for t in b.targets if t.method == "s3_mirror"), None)

@@ -1,8 +1,11 @@
 """The manifest of a backup partition: what the day holds and where it came from — each object's key, raw and stored
 bytes, sha256 of the stored bytes and ETag; the encryption recipients' fingerprints; when the data was captured
 (`captured_at`, and `captured_late` when a past day was captured afterwards); the commit deployed on the host; the
-source container, image and image digest. Written last, as `<prefix><day>/manifest.json`, so its presence marks the
-partition complete. Plain JSON: it holds no data, and the audit reads it without the identity."""
+source container, image and image digest; each object's S3 version id (a version written over it later is never
+read). Written last, as `<prefix><day>/manifest.json`, so its presence marks the partition complete. Plain JSON (it
+holds no data), signed by the host (backups/signing.py; the signature and its signer in the object's user metadata,
+so one GET reads both): every reader goes through `read_manifest`/`open_manifest`, which refuse a manifest no trusted
+signer signed — a day planted by whoever can write to the bucket is never restored, drilled or counted."""
 
 from __future__ import annotations
 
@@ -11,14 +14,22 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional
 
+from ..agekeys import AgeError
 from .keys import manifest_key
+from .signing import ManifestSigner, SigningError, TrustedSigners, host_signer
 from .store import BackupStore, ObjectLock, StoreError, UploadResult
 
-FORMAT = 2
+FORMAT = 3  # 3: signed, objects with their version ids; 2 (unsigned) is refused as untrusted
+SIGNATURE_META = "prodg-signature"  # user metadata of the manifest object: the base64 Ed25519 signature
+SIGNER_META = "prodg-signer"  # and the key that made it (a `backups.signers` value)
 
 
 class ManifestError(ValueError):
     """A manifest that cannot be read or does not parse; the message names its key."""
+
+
+class UntrustedManifest(ManifestError):
+    """A manifest no trusted signer signed: planted, altered, or written before manifests were signed."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,7 @@ class Entry:
     key: str = ""
     source_etag: str = ""
     content_sha256: str = ""  # MinIO: the sha256 of the object's own bytes (its stored object is named after it)
+    version_id: str = ""  # the stored object's S3 version, read by restores ("" when the bucket keeps no versions)
 
 
 @dataclass(frozen=True)
@@ -93,21 +105,52 @@ class Manifest:
             raise ManifestError(f"{key}: not a prodg backup manifest ({exc})") from None
 
 
-def write_manifest(store: BackupStore, prefix: str, manifest: Manifest,
-                   lock: Optional[ObjectLock] = None) -> UploadResult:
-    """Write the partition's manifest (last: it marks the partition complete)."""
-    return store.put_bytes(manifest_key(prefix, manifest.partition), manifest.to_json(),
-                           metadata={"partition": manifest.partition, "captured-at": manifest.captured_at},
+def manifest_signer(store: BackupStore) -> ManifestSigner:
+    """The key this host signs its manifests with (from the store's identity file); raises SigningError naming
+    PRODG_BACKUP_IDENTITY when there is none. A backup asks for it before it uploads anything."""
+    return host_signer(store.identity_file)
+
+
+def write_manifest(store: BackupStore, prefix: str, manifest: Manifest, lock: Optional[ObjectLock] = None,
+                   signer: Optional[ManifestSigner] = None) -> UploadResult:
+    """Write the partition's manifest (last: it marks the partition complete), signed by `signer` (else the
+    store's host key)."""
+    key, raw = manifest_key(prefix, manifest.partition), manifest.to_json()
+    signer = signer or manifest_signer(store)
+    return store.put_bytes(key, raw, metadata={"partition": manifest.partition, "captured-at": manifest.captured_at,
+                                               SIGNATURE_META: signer.sign(key, raw), SIGNER_META: signer.text},
                            content_type="application/json", lock=lock)
 
 
+def trusted_signers(store: BackupStore) -> TrustedSigners:
+    """Whose manifests `store`'s readers believe: prodg.yaml's `backups.signers` and the host's own key."""
+    try:
+        return TrustedSigners.of(store.signers, store.identity_file)
+    except (SigningError, AgeError) as exc:
+        raise ManifestError(f"the trusted manifest signers cannot be read: {exc}") from None
+
+
+def open_manifest(key: str, raw: bytes, metadata: Mapping[str, str], trust: TrustedSigners) -> Manifest:
+    """The manifest stored as `key` — the one place a manifest is believed: raises UntrustedManifest unless a
+    trusted signer signed these bytes at this key, ManifestError when it does not parse."""
+    why = trust.check(key, raw, str(metadata.get(SIGNATURE_META) or ""), str(metadata.get(SIGNER_META) or ""))
+    if why is not None:
+        raise UntrustedManifest(
+            f"{key}: not signed by a trusted signer ({why}): planted by whoever can write to the bucket, or written "
+            f"before prodg signed its manifests; nothing of that day is restored, drilled or counted (a day known to "
+            f"be genuine restores by hand: docs/OPERATIONS.md, \"Restore without prodg\"; a host's key belongs "
+            f"under backups.signers: `prodg backup-signer` prints it)")
+    return Manifest.from_json(raw, key)
+
+
 def read_manifest(store: BackupStore, prefix: str, day: str) -> Optional[Manifest]:
-    """The partition's manifest, or None when the partition has none (incomplete, or never backed up)."""
+    """The partition's manifest, or None when the partition has none (incomplete, or never backed up); raises
+    ManifestError (UntrustedManifest) for one no trusted signer signed."""
     key = manifest_key(prefix, day)
     try:
-        raw = store.read_bytes(key)
+        raw, metadata = store.read_with_metadata(key)
     except StoreError as exc:
         if "NoSuchKey" in str(exc) or "HTTP 404" in str(exc):
             return None
         raise
-    return Manifest.from_json(raw, key)
+    return open_manifest(key, raw, metadata, trusted_signers(store))

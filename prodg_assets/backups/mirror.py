@@ -114,9 +114,9 @@ def mirror_s3(source: S3Source, store: BackupStore, prefix: str, recipients: Seq
                     # stored already, but by no day the index read (a failed run's, an unreadable manifest's):
                     # never overwritten (a day may name it), described from the store instead
                     head = store.head(dest)
-                    stored_sha, stored_size = store.sha256_of(dest)
+                    stored_sha, stored_size = store.sha256_of(dest, head.version_id if head else "")
                     entry = Entry(dest, size, stored_size, stored_sha, head.etag if head else "", bucket, obj.key,
-                                  obj.etag, sha)
+                                  obj.etag, sha, head.version_id if head else "")
                     entries.append(entry)
                     index.add(entry)
                     reused += 1
@@ -129,15 +129,18 @@ def mirror_s3(source: S3Source, store: BackupStore, prefix: str, recipients: Seq
                 if digest.hexdigest() != sha:
                     raise ProducerFailed(f"{bucket}/{obj.key} changed while it was being backed up (its bytes hashed "
                                          f"to {sha} and then to {digest.hexdigest()}); run the backup again")
-                entry = Entry(dest, raw[0], up.bytes, up.sha256, up.etag, bucket, obj.key, obj.etag, sha)
+                entry = Entry(dest, raw[0], up.bytes, up.sha256, up.etag, bucket, obj.key, obj.etag, sha,
+                              up.version_id)
                 entries.append(entry)
                 index.add(entry)
                 index.stored.add(dest)
                 uploaded += up.bytes
         if lock is not None:
             # an object a new day names must be kept as long as that day is: its lock is moved to the day's date
-            for key in sorted({e.object_key for e in entries} - set(written)):
-                store.extend_lock(key, lock)
+            uploaded_now = set(written)
+            for key, version in sorted({(e.object_key, e.version_id) for e in entries}):
+                if key not in uploaded_now:
+                    store.extend_lock(key, lock, version)
     except BaseException as exc:
         if written:
             try:

@@ -1,4 +1,5 @@
-"""Restores from the store, driven by the partition's manifest: download → verify the sha256 the manifest recorded →
+"""Restores from the store, driven by the partition's (signed) manifest: download each object at the version the
+manifest recorded (a version planted over it later is never read) → verify the sha256 the manifest recorded →
 decrypt (age, with an identity among the manifest's recipients) → decompress → the target (today: Postgres, fed
 through the exec API's stdin; no file lands on disk).
 
@@ -24,20 +25,21 @@ if TYPE_CHECKING:
     import docker
 
 
-def verified_download(store: BackupStore, key: str, expected_sha256: str) -> Iterator[bytes]:
-    """The object's bytes; after the last chunk, raises RestoreFailed unless they hash to `expected_sha256`."""
+def verified_download(store: BackupStore, key: str, expected_sha256: str, version_id: str = "") -> Iterator[bytes]:
+    """The object's bytes (of `version_id`, when the manifest recorded one); after the last chunk, raises
+    RestoreFailed unless they hash to `expected_sha256`."""
     digest = hashlib.sha256()
-    for chunk in store.download(key):
+    for chunk in store.download(key, version_id=version_id):
         digest.update(chunk)
         yield chunk
     if digest.hexdigest() != expected_sha256:
         raise RestoreFailed(f"{key}: the downloaded bytes hash to {digest.hexdigest()}, expected {expected_sha256}")
 
 
-def verify_object(store: BackupStore, key: str, expected_sha256: str) -> int:
-    """Download `key` and check its sha256; returns its size."""
+def verify_object(store: BackupStore, key: str, expected_sha256: str, version_id: str = "") -> int:
+    """Download `key` (at `version_id`, when given) and check its sha256; returns its size."""
     size = 0
-    for chunk in verified_download(store, key, expected_sha256):
+    for chunk in verified_download(store, key, expected_sha256, version_id):
         size += len(chunk)
     return size
 
@@ -45,7 +47,7 @@ def verify_object(store: BackupStore, key: str, expected_sha256: str) -> int:
 def plaintext(store: BackupStore, manifest: Manifest, entry: Entry, identities: Sequence[Identity]) \
         -> Iterator[bytes]:
     """The object's original bytes: verified against the manifest while downloading, decrypted, decompressed."""
-    chunks: Iterator[bytes] = verified_download(store, entry.object_key, entry.sha256)
+    chunks: Iterator[bytes] = verified_download(store, entry.object_key, entry.sha256, entry.version_id)
     if manifest.encrypted:
         chunks = decrypt(chunks, identities_for(identities, manifest.recipients, entry.object_key))
     if manifest.compression in ("zstd", "gzip"):
@@ -60,7 +62,7 @@ def restore_postgres(store: BackupStore, manifest: Manifest, identities: Sequenc
     stops reading stdin during a long statement (an index build), so the idle limit is hours, not minutes."""
     entry = manifest.objects[0]
     if verify_first:
-        verify_object(store, entry.object_key, entry.sha256)
+        verify_object(store, entry.object_key, entry.sha256, entry.version_id)
     return restore_sql(api, container, plaintext(store, manifest, entry, identities), db_user=db_user, force=force,
                        key=entry.object_key)
 

@@ -53,6 +53,7 @@ class ObjectHead:
     metadata: Mapping[str, str] = field(default_factory=dict)
     lock_mode: str = ""  # GOVERNANCE | COMPLIANCE when the object is under Object Lock
     retain_until: Optional[datetime.datetime] = None
+    version_id: str = ""  # "" when the bucket keeps no versions
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class UploadResult:
     etag: str
     parts: int
     duration_s: float
+    version_id: str = ""  # the version written, in a versioned bucket (what a manifest names and a restore reads)
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,16 @@ def _content_md5(body: bytes) -> dict:
 
 def _etag(value: str) -> str:
     return (value or "").strip('"')
+
+
+def _version(resp: Mapping) -> str:
+    """The version id an S3 answer names; "" for none (an unversioned bucket's "null" included)."""
+    version = str(resp.get("VersionId") or "")
+    return "" if version == "null" else version
+
+
+def _at_version(version_id: str) -> dict:
+    return {"VersionId": version_id} if version_id else {}
 
 
 class _PartUploader:
@@ -290,16 +302,22 @@ class S3Endpoint(dg.ConfigurableResource):
             raise self._error(f"reading s3://{bucket}/{key}", exc) from None
         return ObjectHead(key, int(resp["ContentLength"]), _etag(resp.get("ETag", "")), resp["LastModified"],
                           dict(resp.get("Metadata") or {}), str(resp.get("ObjectLockMode") or ""),
-                          resp.get("ObjectLockRetainUntilDate"))
+                          resp.get("ObjectLockRetainUntilDate"), _version(resp))
 
-    def _stream(self, bucket: str, key: str, chunk_size: int = MIB) -> Iterator[bytes]:
-        resp = self._call(f"downloading s3://{bucket}/{key}", self.client.get_object, Bucket=bucket, Key=key)
+    def _stream(self, bucket: str, key: str, chunk_size: int = MIB, version_id: str = "",
+                metadata: Optional[dict] = None) -> Iterator[bytes]:
+        """The object's bytes (of `version_id`, when given); its user metadata is put into `metadata`, when given,
+        before the first chunk is yielded."""
+        what = f"downloading s3://{bucket}/{key}" + (f" (version {version_id})" if version_id else "")
+        resp = self._call(what, self.client.get_object, Bucket=bucket, Key=key, **_at_version(version_id))
+        if metadata is not None:
+            metadata.update(resp.get("Metadata") or {})
         body = resp["Body"]
         try:
             for chunk in body.iter_chunks(chunk_size):
                 yield chunk
         except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
-            raise self._error(f"downloading s3://{bucket}/{key}", exc) from None
+            raise self._error(what, exc) from None
         finally:
             body.close()
 
@@ -318,6 +336,10 @@ class BackupStore(S3Endpoint):
     access_key_id_env: str = ""
     secret_access_key_env: str = ""
     secrets_file: str = ""  # the env_file secrets source, if that is the host's
+    # Whose manifests are believed (backups/signing.py): prodg.yaml's backups.signers (name → key), and the host's
+    # own key, derived from its age identity file (PRODG_BACKUP_IDENTITY), which also signs what this host writes.
+    signers: dict[str, str] = {}
+    identity_file: str = ""
 
     _lock_enabled: Optional[bool] = PrivateAttr(default=None)
 
@@ -388,7 +410,7 @@ class BackupStore(S3Endpoint):
                 resp = self._call(f"uploading s3://{self.bucket}/{key}", self.client.put_object, Bucket=self.bucket,
                                   Key=key, Body=body, Metadata=user_meta, ContentType=content_type,
                                   **lock_params, **(_content_md5(body) if lock else {}))
-                etag = _etag(resp.get("ETag", ""))
+                etag, version = _etag(resp.get("ETag", "")), _version(resp)
             else:
                 if buf:
                     parts_sent += 1
@@ -399,20 +421,20 @@ class BackupStore(S3Endpoint):
                     resp = self._call(f"completing the upload of s3://{self.bucket}/{key}",
                                       self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
                                       UploadId=upload_id, MultipartUpload={"Parts": parts})
-                    etag = _etag(resp.get("ETag", ""))
+                    etag, version = _etag(resp.get("ETag", "")), _version(resp)
                 except StoreError:
                     # The answer may be what was lost (the store completed it, the connection dropped): then the
                     # object is there with our size, and it is finished like any other.
                     head = self._head(self.bucket, key) if self._exists_with_size(key, total) else None
                     if head is None:
                         raise
-                    etag = head.etag
+                    etag, version = head.etag, head.version_id
                 completed = True
                 if lock:
                     # the same retention again, on the completed object: some S3 implementations (moto) ignore the
                     # lock asked for at CreateMultipartUpload; S3 and B2 accept an unchanged date
                     self._call(f"locking s3://{self.bucket}/{key}", self.client.put_object_retention,
-                               Bucket=self.bucket, Key=key,
+                               Bucket=self.bucket, Key=key, **_at_version(version),
                                Retention={"Mode": lock.mode, "RetainUntilDate": lock.retain_until})
         except BaseException as exc:
             self._close_producer(chunks)
@@ -427,7 +449,7 @@ class BackupStore(S3Endpoint):
             raise
         if orphans:
             self._abort_orphans(key, upload_id)
-        return UploadResult(key, total, sha256, etag, parts_sent or 1, time.monotonic() - started)
+        return UploadResult(key, total, sha256, etag, parts_sent or 1, time.monotonic() - started, version)
 
     def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None,
                   content_type: str = "application/octet-stream", lock: Optional[ObjectLock] = None) -> UploadResult:
@@ -454,11 +476,12 @@ class BackupStore(S3Endpoint):
                                    Bucket=self.bucket)
         return (resp or {}).get("Status") in ("Enabled", "Suspended")
 
-    def extend_lock(self, key: str, lock: ObjectLock) -> None:
-        """Keep `key`'s current version locked until `lock.retain_until` (a later date than it had: an object a new
-        day references lives as long as that day). Extending is allowed in both modes without bypassGovernance."""
+    def extend_lock(self, key: str, lock: ObjectLock, version_id: str = "") -> None:
+        """Keep `key`'s version `version_id` (else its current one) locked until `lock.retain_until` (a later date
+        than it had: an object a new day references lives as long as that day). Extending is allowed in both modes
+        without bypassGovernance."""
         self._call(f"extending the Object Lock of s3://{self.bucket}/{key}", self.client.put_object_retention,
-                   Bucket=self.bucket, Key=key,
+                   Bucket=self.bucket, Key=key, **_at_version(version_id),
                    Retention={"Mode": lock.mode, "RetainUntilDate": lock.retain_until})
 
     def versions(self, prefix: str = "") -> Iterator[ObjectVersion]:
@@ -551,16 +574,23 @@ class BackupStore(S3Endpoint):
         """The object's size, ETag and metadata (its sha256), or None when it does not exist."""
         return self._head(self.bucket, key)
 
-    def download(self, key: str, chunk_size: int = MIB) -> Iterator[bytes]:
-        return self._stream(self.bucket, key, chunk_size)
+    def download(self, key: str, chunk_size: int = MIB, version_id: str = "") -> Iterator[bytes]:
+        """The object's bytes: of `version_id` when given (what a manifest recorded: a version written over it
+        later is never read), else its current version."""
+        return self._stream(self.bucket, key, chunk_size, version_id)
 
     def read_bytes(self, key: str) -> bytes:
         return b"".join(self.download(key))
 
-    def sha256_of(self, key: str) -> tuple[str, int]:
-        """(sha256, size) of the object's bytes, computed by downloading it."""
+    def read_with_metadata(self, key: str) -> tuple[bytes, dict[str, str]]:
+        """(the object's bytes, its user metadata), in one GET."""
+        metadata: dict[str, str] = {}
+        return b"".join(self._stream(self.bucket, key, metadata=metadata)), metadata
+
+    def sha256_of(self, key: str, version_id: str = "") -> tuple[str, int]:
+        """(sha256, size) of the object's bytes (of `version_id`, when given), computed by downloading it."""
         digest, size = hashlib.sha256(), 0
-        for chunk in self.download(key):
+        for chunk in self.download(key, version_id=version_id):
             digest.update(chunk)
             size += len(chunk)
         return digest.hexdigest(), size

@@ -22,10 +22,12 @@ class BackupResult:
     etag: str
     duration_s: float
     compression: str
+    version_id: str = ""  # the version written, in a versioned bucket
 
     def entry(self, **source) -> Entry:
         """The object as its partition's manifest lists it."""
-        return Entry(self.key, self.raw_bytes, self.bytes, self.sha256, self.etag, **source)
+        return Entry(self.key, self.raw_bytes, self.bytes, self.sha256, self.etag, **source,
+                     version_id=self.version_id)
 
     @property
     def throughput_mb_s(self) -> float:
@@ -47,7 +49,8 @@ def stream_backup(store: BackupStore, key: str, chunks: Iterable[bytes], compres
         data = encrypt(data, recipients)
     up = store.upload_stream(key, data, metadata={**(metadata or {}), "compression": compression,
                                                   "encryption": "age" if recipients else "none"}, lock=lock)
-    return BackupResult(key, raw.bytes, up.bytes, up.sha256, up.etag, time.monotonic() - started, compression)
+    return BackupResult(key, raw.bytes, up.bytes, up.sha256, up.etag, time.monotonic() - started, compression,
+                        up.version_id)
 
 
 class ChunkReader:

@@ -33,6 +33,8 @@ from .assets import (
 )
 from .capture import LateCapture, begin_capture, earlier_capture
 from .keys import archive_key
+from .manifest import ManifestError, manifest_signer
+from .signing import SigningError
 from .store import BackupStore, StoreError
 from .stream import stream_backup
 from .volumes import TarHashes, archive_chunks, redis_snapshot, sqlite_folder_chunks
@@ -58,6 +60,7 @@ def build_volume_backup(state: DesiredState, settings: BackupSettings, partition
         key = ""
         chunks = None
         try:
+            signer = manifest_signer(backup_store)  # before anything is uploaded: a day it cannot sign is no backup
             source = running_source(docker.client, spec, target.name, day)
             cap = begin_capture(context, settings, target, backup_store, repo, managed)
             earlier = earlier_capture(context, cap, backup_store, target)
@@ -78,8 +81,9 @@ def build_volume_backup(state: DesiredState, settings: BackupSettings, partition
             manifest = partition_manifest(target, cap, source, source.description, result.compression,
                                           [result.entry()], capture=target.capture, captured=captured, archive="tar",
                                           files=hashes.files, **recorded)
-            up, superseded, pruned = finish_partition(backup_store, target, cap, manifest, [key], context.log)
-        except (LateCapture, ProducerFailed, StoreError, AgeError) as exc:
+            up, superseded, pruned = finish_partition(backup_store, target, cap, manifest, [key], context.log,
+                                                      signer)
+        except (LateCapture, ProducerFailed, StoreError, AgeError, SigningError, ManifestError) as exc:
             raise backup_failure(target.name, day, exc, scrub, object_key=key) from None
         finally:
             if chunks is not None:
@@ -136,6 +140,7 @@ def build_secrets_backup(state: DesiredState, settings: BackupSettings, partitio
             raise dg.Failure(description=f"secrets backup of {day}: cannot read {secrets.env_file}: "
                                          f"{exc.strerror}") from None
         try:
+            signer = manifest_signer(backup_store)  # before anything is uploaded: a day it cannot sign is no backup
             cap = begin_capture(context, settings, target, backup_store, repo, managed)
             earlier = earlier_capture(context, cap, backup_store, target)
             if earlier is not None:
@@ -150,8 +155,9 @@ def build_secrets_backup(state: DesiredState, settings: BackupSettings, partitio
                                           [result.entry()], mode=oct(os.stat(secrets.env_file).st_mode & 0o777),
                                           names=sorted(parse_env_file(data.decode("utf-8", "replace"))),
                                           plain_sha256=hashlib.sha256(data).hexdigest())
-            up, superseded, pruned = finish_partition(backup_store, target, cap, manifest, [key], context.log)
-        except (LateCapture, ProducerFailed, StoreError, AgeError) as exc:
+            up, superseded, pruned = finish_partition(backup_store, target, cap, manifest, [key], context.log,
+                                                      signer)
+        except (LateCapture, ProducerFailed, StoreError, AgeError, SigningError, ManifestError) as exc:
             raise backup_failure("secrets", day, exc, scrub, object_key=key) from None
         return dg.MaterializeResult(
             metadata=partition_metadata(manifest, up, duration_s=round(result.duration_s, 3),

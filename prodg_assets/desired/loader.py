@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from ..agekeys import AgeError, Recipient
 from ..contract import ASSET_OF_METHOD
 from ..settings import BackupTarget, DnsRecord, Settings, settings_from_yaml
+from ..signkeys import SigningError, parse_signer
 from .compose import read_compose
 from .errors import ConfigInvalid, SpecError
 from .interpolate import LoadContext
@@ -194,6 +195,18 @@ def _encryption(ctx: LoadContext, doc: Doc, data: dict) -> None:
                                         f"not an age X25519 recipient (age1…): {exc}"))
 
 
+def _signers(ctx: LoadContext, doc: Doc, data: dict) -> None:
+    """Each key of `backups.signers` (whose signed manifests restores, drills and audits trust) must parse: a key
+    that does not would leave every day it signed refused."""
+    for name, text in _map(_map(data.get("backups")).get("signers")).items():
+        if not isinstance(text, str):
+            continue  # reported by the schema check
+        try:
+            parse_signer(text)
+        except SigningError as exc:
+            ctx.errors.append(doc.error(("backups", "signers", name), str(exc)))
+
+
 def _schedules(ctx: LoadContext, doc: Doc, data: dict) -> None:
     """What the scheduler would refuse when the definitions are built: reported here, located."""
     backups, deploy = _map(data.get("backups")), _map(data.get("deploy"))
@@ -219,6 +232,7 @@ def _settings(ctx: LoadContext, doc: Doc, data: dict, services: Mapping[str, Ser
     records = _dns_records(ctx, doc, _map(data.get("dns")))
     targets = _backup_targets(ctx, doc, _map(data.get("backups")), services)
     _encryption(ctx, doc, data)
+    _signers(ctx, doc, data)
     _schedules(ctx, doc, data)
     for i, port in enumerate(_list(host.get("public_ports"))):
         if not re.match(r"^\d{1,5}/(tcp|udp)$", str(port)):

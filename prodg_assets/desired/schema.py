@@ -63,6 +63,7 @@ PRODG_SCHEMA = {
         "secret_access_key_env": str, "schedule": str, "timezone": str, "start_date": (str, object),
         "compression": OneOf("zstd", "gzip"), "freshness_hours": (int, float),
         "encryption": Either(OneOf("none"), {"recipients": Req(MapOf(str))}),
+        "signers": MapOf(str),
         "object_lock": {"mode": OneOf("governance", "compliance")},
         "targets": Req(MapOf({"method": Req(OneOf("pg_dumpall", "s3_mirror", "config_archive", "volume",
                                                     "secrets_file")),

@@ -17,6 +17,7 @@ import pytest
 import docker
 from prodg_assets.backups.definitions import backup_definitions, build_backup_resources
 from prodg_assets.backups.postgres import wait_ready
+from prodg_assets.backups.signing import host_signer
 from prodg_assets.backups.store import BackupStore
 from prodg_assets.contract import LABEL_HELPER, RESTORED
 from prodg_assets.desired import DirTree, load_desired_state
@@ -91,8 +92,10 @@ class BackupBed:
     recipients: dict  # name → age1… as prodg.yaml lists them
 
     def store(self, **overrides) -> BackupStore:
+        # the host's identity signs the manifests this bed writes, and its key is the one the bed's readers trust
         settings = {"endpoint_url": self.store_url, "region": "us-east-1", "bucket": BUCKET,
-                    "access_key_id": STORE_KEY_ID, "secret_access_key": STORE_SECRET, "part_size_mb": 5}
+                    "access_key_id": STORE_KEY_ID, "secret_access_key": STORE_SECRET, "part_size_mb": 5,
+                    "identity_file": self.identity_file}
         return BackupStore(**{**settings, **overrides})
 
     def helpers(self) -> list:
@@ -159,7 +162,9 @@ class BackupBed:
         return {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
 
 
-def write_config(repo: str, store_url: str, minio_port: int, secrets_file: str, recipients: dict[str, str]) -> None:
+def write_config(repo: str, store_url: str, minio_port: int, secrets_file: str, recipients: dict[str, str],
+                 signers: dict[str, str] | None = None) -> None:
+    """The bed's config; `signers`: the keys its readers trust besides the host's own (backups.signers)."""
     os.makedirs(os.path.join(repo, "config", "compose"), exist_ok=True)
     with open(os.path.join(repo, "config", "prodg.yaml"), "w") as fh:
         fh.write(textwrap.dedent(f"""\
@@ -191,6 +196,7 @@ def write_config(repo: str, store_url: str, minio_port: int, secrets_file: str, 
               freshness_hours: 26
               encryption:
                 recipients: {{{", ".join(f"{k}: {v}" for k, v in recipients.items())}}}
+              signers: {{{", ".join(f"{k}: {v}" for k, v in (signers or {}).items())}}}
               targets:
                 postgres: {{method: pg_dumpall, service: postgres, prefix: postgres/, retention_days: 30}}
                 minio: {{method: s3_mirror, service: minio, prefix: minio/, retention_days: 30}}
@@ -275,7 +281,9 @@ def make_bed(tmp: str, docker_client, pg_container: str, store_url: str, minio_s
     MinIO `minio_server`, and both age identities."""
     repo = os.path.join(tmp, "repo")
     secrets_file, host_identity, operator_identity, recipients = secrets_and_keys(tmp, SECRETS)
-    write_config(repo, store_url, minio_server.port, secrets_file, recipients)
+    # the host's key listed, as an operator restoring with their own identity (no host identity) needs it
+    write_config(repo, store_url, minio_server.port, secrets_file, recipients,
+                 {"host": host_signer(host_identity).text})
     commit = init_repo(repo, "backup test bed")
     state = load_desired_state(DirTree(os.path.join(repo, "config")), {})
     return BackupBed(repo, state, commit, pg_container, store_url, minio_server.url,

@@ -93,8 +93,8 @@ def year(bed):
         for o in store.list(f"{target}/{day(50)}/"):
             client.delete_object(Bucket=BUCKET, Key=o.key)
     client.delete_object(Bucket=BUCKET, Key=f"postgres/{day(60)}/manifest.json")  # a backup that never finished
-    client.put_object(Bucket=BUCKET, Key=f"minio/{day(70)}/manifest.json",  # a manifest rewritten afterwards
-                      Body=manifest("minio", day(70), []).to_json())
+    # a manifest rewritten afterwards (signed by the host: an unsigned one is test_signed_manifests' case)
+    write_manifest(store, "minio/", manifest("minio", day(70), []))
     # a day backfilled late, on purpose: complete, reported as late, not a problem
     recorded["configs"][day(80)] = backup(store, "configs", "configs/", day(80), {"config-late.tar.zst.age": b"x"},
                                           captured=NOW - datetime.timedelta(hours=2), late=True)
@@ -152,7 +152,7 @@ def test_a_deep_check_catches_bytes_that_differ_from_the_manifest(bed, clean_sto
     raw = store.read_bytes(rec.manifest_key)
     m = Manifest.from_json(raw)
     wrong = Manifest(**{**m.__dict__, "objects": (Entry(**{**m.objects[0].__dict__, "sha256": "f" * 64}),)})
-    up = store.put_bytes(rec.manifest_key, wrong.to_json())
+    up = write_manifest(store, "postgres/", wrong)  # signed: the host itself recorded a wrong sha256
     assert check_partition(store, "postgres/", "2026-01-05", Recorded("2026-01-05", up.key, up.sha256)).status == OK
     assert check_partition(store, "postgres/", "2026-01-05", Recorded("2026-01-05", up.key, up.sha256),
                            deep=True).status == SHA256

@@ -134,10 +134,12 @@ def instance():
         yield inst
 
 
-def product_store(state, **settings: str):
-    """The backup_store resource exactly as the product builds it from the config, with 5 MiB parts and any of
-    its PRODG_BACKUP_* settings."""
-    return build_backup_resources(state, environ={"PRODG_BACKUP_PART_SIZE_MB": "5", **settings})["backup_store"]
+def product_store(bed, state, **settings: str):
+    """The backup_store resource exactly as the product builds it from the config, with 5 MiB parts, the bed's host
+    identity (it signs the manifests) and any of its PRODG_BACKUP_* settings."""
+    return build_backup_resources(state, environ={"PRODG_BACKUP_PART_SIZE_MB": "5",
+                                                  "PRODG_BACKUP_IDENTITY": bed.identity_file,
+                                                  **settings})["backup_store"]
 
 
 def materialize(bed, state, selection: list[str], partition: str, instance, store) -> dg.ExecuteInProcessResult:
@@ -225,7 +227,7 @@ def test_postgres_stopped_fails_naming_the_container_uploads_nothing_and_the_ret
     """First in this file: the bulk database is not made yet, so the restore drill stays quick."""
     partition = day(7)
     prefix = f"postgres/{partition}/"
-    store = product_store(state)
+    store = product_store(bed, state)
     before = sorted(o.key for o in clean_store.list())
     container = bed.client.containers.get(bed.pg)
     container.stop(timeout=30)
@@ -259,7 +261,7 @@ def test_store_stopped_mid_upload_fails_clearly_and_the_retry_cleans_up_and_succ
         bed, state, bulk, fault_proxy, clean_store, instance, attempts, measured):
     partition = day(2)
     prefix = f"postgres/{partition}/"
-    store = product_store(state, PRODG_BACKUP_MAX_ATTEMPTS="3")
+    store = product_store(bed, state, PRODG_BACKUP_MAX_ATTEMPTS="3")
     fault_proxy.stop_after(1, is_upload_part)  # part 1 stored, then the endpoint is gone
 
     failed = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, store)
@@ -325,7 +327,7 @@ def test_store_errors_on_some_requests_are_retried_through(bed, state, bulk, fau
     prefix = f"postgres/{partition}/"
     switch, must_hit = FLAKY[fault]
     switch(fault_proxy)
-    result = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, product_store(state))
+    result = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, product_store(bed, state))
     assert result.success, failure_text(result)
     injected = [r for r in fault_proxy.requests if r.outcome in ("failed", "dropped")]
     hit = {r.request.operation for r in injected}
@@ -345,7 +347,7 @@ def test_store_errors_beyond_the_retries_fail_clearly_and_keep_nothing(bed, stat
                                                                        instance, measured):
     partition = day(4)
     prefix = f"postgres/{partition}/"
-    store = product_store(state, PRODG_BACKUP_MAX_ATTEMPTS="3")
+    store = product_store(bed, state, PRODG_BACKUP_MAX_ATTEMPTS="3")
     fault_proxy.fail_every(1, 500, match=is_complete)  # every CompleteMultipartUpload, every attempt
     failed = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, store)
     assert not failed.success and not failed.get_asset_materialization_events()
@@ -376,7 +378,7 @@ def test_a_slow_store_still_gets_a_correct_backup_in_bounded_time(bed, state, bu
     retried"); the rows are compared."""
     partition = day(5)
     fault_proxy.delay([0.2, 0.5, 1.0])  # every request, in turn
-    result = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, product_store(state))
+    result = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, product_store(bed, state))
     assert result.success, failure_text(result)
     delayed = fault_proxy.requests
     assert len(delayed) >= 8 and min(r.seconds for r in delayed) >= 0.2
@@ -398,7 +400,7 @@ def test_a_store_that_stalls_fails_within_the_read_timeout_bound_and_keeps_nothi
     partition = day(6)
     prefix = f"postgres/{partition}/"
     read_timeout, tries, stall = 2, 2, 300  # the stall outlasts every attempt: only the timeout can end it
-    store = product_store(state, PRODG_BACKUP_READ_TIMEOUT_S=str(read_timeout),
+    store = product_store(bed, state, PRODG_BACKUP_READ_TIMEOUT_S=str(read_timeout),
                           PRODG_BACKUP_MAX_ATTEMPTS=str(tries))
     fault_proxy.stall(stall, match=is_upload_part)
     failed = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, store)
@@ -433,7 +435,7 @@ def test_a_store_that_refuses_the_sdks_checksum_headers_as_b2_did_still_gets_a_w
     prefix = f"postgres/{partition}/"
     uploads = ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload")
     fault_proxy.reject_header("x-amz-sdk-checksum-algorithm", match=lambda r: r.operation in uploads)
-    result = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, product_store(state))
+    result = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, product_store(bed, state))
     assert result.success, failure_text(result)
     assert fault_proxy.count("failed") == 0
     parts = [r.request for r in fault_proxy.requests if r.request.operation == "UploadPart"]

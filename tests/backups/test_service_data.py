@@ -17,6 +17,7 @@ import pytest
 
 import docker
 from prodg_assets.backups.restore_files import file_sha256
+from prodg_assets.backups.signing import host_signer
 from prodg_assets.contract import DRILL_KIND, KIND_TAG, RESTORED
 from prodg_assets.desired import DirTree, load_desired_state
 from prodg_assets.engine.exec import exec_run
@@ -42,7 +43,8 @@ TOKEN = "4242:drill-notify-Token"
 DAY = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=1)).isoformat()
 
 
-def write_config(repo: str, data: str, store_url: str, secrets_file: str, recipients: dict[str, str]) -> None:
+def write_config(repo: str, data: str, store_url: str, secrets_file: str, recipients: dict[str, str],
+                 signer: str) -> None:
     os.makedirs(os.path.join(repo, "config", "compose"), exist_ok=True)
     with open(os.path.join(repo, "config", "prodg.yaml"), "w") as fh:
         fh.write(textwrap.dedent(f"""\
@@ -65,6 +67,7 @@ def write_config(repo: str, data: str, store_url: str, secrets_file: str, recipi
               start_date: "{START.isoformat()}"
               encryption:
                 recipients: {{{", ".join(f"{k}: {v}" for k, v in recipients.items())}}}
+              signers: {{host: {signer}}} # the operator's restores (no host identity) trust the host's manifests
               targets:
                 redis: {{method: volume, service: redis, capture: redis_bgsave, prefix: sd{PID}/redis/,
                          retention_days: 14}}
@@ -112,7 +115,7 @@ def sbed(tmp_path_factory, docker_client, store_server):
     data = os.path.join(tmp, "data")
     repo = os.path.join(tmp, "repo")
     secrets_file, host_identity, operator_identity, recipients = secrets_and_keys(tmp, SECRETS)
-    write_config(repo, data, store_server.url, secrets_file, recipients)
+    write_config(repo, data, store_server.url, secrets_file, recipients, host_signer(host_identity).text)
     commit = init_repo(repo, "service data test bed")
     state = load_desired_state(DirTree(os.path.join(repo, "config")), {})
     bed = BackupBed(repo, state, commit, "", store_server.url, "", docker_client, secrets_file, host_identity,
