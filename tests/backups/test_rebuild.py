@@ -51,8 +51,9 @@ SEED_ROWS = 2000
 MARKER = "<!-- bare-metal-rebuild"
 
 
-def write_config(repo: str, recipients: dict[str, str]) -> None:
-    """The bed's config: the bundled config's target names and methods, its services on stand-ins."""
+def write_config(repo: str, recipients: dict[str, str], signer: str) -> None:
+    """The bed's config: the bundled config's target names and methods, its services on stand-ins; `signer` the
+    host's manifest key (what the operator's restores trust once the host is gone)."""
     os.makedirs(os.path.join(repo, "config", "compose"))
     os.makedirs(os.path.join(repo, "config", "scripts", "postgres-init"))
     shutil.copy(os.path.join(ROOT, "config", "scripts", "postgres-init", "01-databases.sql"),
@@ -90,6 +91,7 @@ def write_config(repo: str, recipients: dict[str, str]) -> None:
               start_date: "{START}"
               encryption:
                 recipients: {{{", ".join(f"{k}: {v}" for k, v in recipients.items())}}}
+              signers: {{host: {signer}}}
               targets:
                 postgres: {{method: pg_dumpall, service: postgres, prefix: postgres/, retention_days: 30}}
                 minio: {{method: s3_mirror, service: minio, prefix: minio/, retention_days: 30}}
@@ -272,7 +274,8 @@ def test_the_documented_rebuild_brings_every_target_back_from_the_store_and_the_
         with open(os.open(secrets_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
             fh.write("".join(f"{k}={v}\n" for k, v in SECRETS.items()))
         recipients = {"operator": age_keygen(operator_identity), "host": age_keygen(env["PRODG_BACKUP_IDENTITY"])}
-        write_config(repo, recipients)
+        signer = run(["prodg", "backup-signer"], env, ROOT).strip()  # the operator writes it down with the identity
+        write_config(repo, recipients, signer)
         init_repo(repo, "the rebuild test bed")
         os.makedirs(os.path.join(data, "grafana"))
         os.chown(os.path.join(data, "grafana"), GRAFANA_UID, GRAFANA_UID)  # as Grafana's image expects its folder
@@ -317,10 +320,11 @@ def test_the_documented_rebuild_brings_every_target_back_from_the_store_and_the_
         # -- the runbook, as written, on the new host --------------------------------------------------------------
         os.makedirs(env["DAGSTER_HOME"])  # a new, empty Dagster
         rebuild_env = {**{k: v for k, v in env.items() if k != "PRODG_BACKUP_IDENTITY"},
-                       "REGION": "us-east-1", "IDENTITY": operator_identity, "DAY": DAY}
+                       "REGION": "us-east-1", "IDENTITY": operator_identity, "SIGNER": signer, "DAY": DAY}
         proc = subprocess.run(["bash", "-euo", "pipefail", "-c", documented_block(MARKER)], cwd=workdir,
                               env=rebuild_env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, summary(proc.stdout + proc.stderr)
+        assert "Signature Verified Successfully" in proc.stdout  # the config day's manifest, checked by hand
         assert "config.tar.zst.age: OK" in proc.stdout
         assert "succeeded" in proc.stdout and "sha256 verified" in proc.stdout
         # `prodg restore --files`: the secrets file first, then every service's data folder
