@@ -28,7 +28,7 @@ from prodg_assets.contract import REMAINDER_TAG
 from prodg_assets.desired import LAYERS, DirTree, load_desired_state
 from prodg_assets.gitops.impact import impacted_assets
 from tests.browser import look, shown
-from tests.conftest import ROOT, Testbed, make_testbed
+from tests.conftest import ROOT, Testbed, age_keygen, make_testbed
 
 # The first test's setup builds the images when they are missing (about 4 minutes on 2 cores), hence the timeout.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
@@ -340,6 +340,7 @@ def deployment(tmp_path_factory, docker_client) -> Deployment:
     root = str(tmp_path_factory.mktemp("prod"))
     name = f"prodgprod{os.getpid() % 100000}"
     bed = make_testbed(root, docker_client, name)
+    age_keygen(os.path.join(root, "backup-host.agekey"))  # docker/prod's PRODG_BACKUP_IDENTITY: signs the manifests
     with open(os.path.join(bed.repo, "config", "prodg.yaml"), "a") as fh:
         fh.write(BACKUPS.replace("{name}", name))  # so the code location defines every layer group, backups too
     bed.commit("backups layer")
