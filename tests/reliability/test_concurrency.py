@@ -87,6 +87,7 @@ def test_two_deploys_and_a_backup_at_once_end_at_the_newest_commit_with_an_intac
         with dg.DagsterInstance.from_config(str(home)) as instance:
             assert bed.materialize(instance=instance).success  # the test stack, before backups are configured
         bed.add_postgres_backups(BUCKET, s3.url, TODAY)
+        env["PRODG_BACKUP_IDENTITY"] = bed.env["PRODG_BACKUP_IDENTITY"]  # the backup signs its manifest with it
         try:
             pg = bed.containers()["postgres"]
             code, out = pg.exec_run(["psql", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-c",
