@@ -143,6 +143,10 @@ def read_identities(path: str | Path) -> list[Identity]:
     the file and line, never the key."""
     path = Path(path)
     try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            raise AgeError(f"{path}: the identity file is open to other users (mode {mode & 0o777:04o}); a secret key "
+                           f"is kept mode 600: chmod 600 {path}")
         lines = path.read_text().splitlines()
     except OSError as exc:
         raise AgeError(f"{path}: cannot read the identity file ({exc.strerror})") from None

@@ -27,6 +27,11 @@ INTRO = b"age-encryption.org/v1"
 CHUNK = 64 * 1024
 TAG = 16
 _X25519_INFO = b"age-encryption.org/v1/X25519"
+# A header is read before anything authenticates it: bounded, so a hostile file costs little to refuse. prodg writes
+# one stanza per recipient (a handful); the caps leave room for any real file and for grease stanzas.
+MAX_STANZAS = 64
+MAX_HEADER = 64 * 1024
+MAX_LINE = 1024
 
 __all__ = ["AgeError", "BackupIdentity", "Identity", "Recipient", "decrypt", "encrypt", "identities_for"]
 
@@ -49,13 +54,16 @@ def _b64(data: bytes) -> bytes:
     return base64.b64encode(data).rstrip(b"=")
 
 
-def _unb64(text: bytes) -> bytes:
-    if text.endswith(b"=") or b"\r" in text:
-        raise AgeError("header: base64 must be unpadded")
+def _unb64(text: bytes, what: str) -> bytes:
+    """Canonical unpadded base64 only (age-encryption.org/v1): no padding, no line breaks or spaces, no non-zero
+    trailing bits — so one header has one encoding, and what the MAC covers is what was parsed."""
     try:
-        return base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
+        data = base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
     except ValueError:
-        raise AgeError("header: invalid base64") from None
+        raise AgeError(f"header: {what} is not base64") from None
+    if _b64(data) != text:
+        raise AgeError(f"header: {what} is not canonical unpadded base64")
+    return data
 
 
 def _wrap(body: bytes) -> bytes:
@@ -122,7 +130,7 @@ class _Reader:
                 return False
         return True
 
-    def line(self, limit: int = 1024) -> bytes:
+    def line(self, limit: int = MAX_LINE) -> bytes:
         while b"\n" not in self._buf:
             if len(self._buf) > limit or not self._fill(len(self._buf) + 1):
                 raise AgeError("header: truncated or not an age file")
@@ -139,23 +147,58 @@ class _Reader:
         return out
 
 
+def _is_arg(arg: bytes) -> bool:
+    """A stanza argument: one or more printable ASCII characters, no spaces (VCHAR, 0x21–0x7E)."""
+    return bool(arg) and all(0x21 <= c <= 0x7E for c in arg)
+
+
+def _stanza(line: bytes, reader: _Reader) -> tuple[list[bytes], bytes, bytes]:
+    """One stanza: its arguments, its body (decoded) and its bytes as the MAC covers them. The body is lines of 64
+    columns ended by a shorter (possibly empty) one."""
+    args = line[3:].split(b" ")
+    if not all(_is_arg(arg) for arg in args):
+        raise AgeError("header: stanza arguments must be printable ASCII separated by single spaces")
+    raw, body = line + b"\n", b""
+    while True:
+        body_line = reader.line(limit=64)
+        raw += body_line + b"\n"
+        if len(body_line) > 64:
+            raise AgeError("header: stanza body line over 64 columns")
+        body += body_line
+        if len(body_line) < 64:
+            break
+        if len(raw) > MAX_HEADER:
+            raise AgeError(f"header: over {MAX_HEADER} bytes")
+    return args, _unb64(body, "stanza body"), raw
+
+
+def _x25519_share(args: list[bytes], body: bytes) -> bytes:
+    """An X25519 stanza's ephemeral share, once its shape is right: `X25519 <32-byte share>`, a 32-byte body (the
+    16-byte file key and its tag)."""
+    if len(args) != 2:
+        raise AgeError("header: an X25519 stanza has exactly one argument, the share")
+    share = _unb64(args[1], "X25519 share")
+    if len(share) != 32:
+        raise AgeError("header: an X25519 share is 32 bytes")
+    if len(body) != 32:
+        raise AgeError("header: an X25519 stanza body is 32 bytes")
+    return share
+
+
 def _unwrap_file_key(stanzas: list[tuple[list[bytes], bytes]], identities: Sequence[Identity]) -> bytes:
     curve = x25519()
     from cryptography.exceptions import InvalidTag
 
-    for args, body in stanzas:
-        if args[:1] != [b"X25519"]:
-            continue  # other recipient types and grease
-        if len(args) != 2:
-            raise AgeError("header: malformed X25519 stanza")
-        share = _unb64(args[1])
-        if len(share) != 32 or len(body) != 32:
-            raise AgeError("header: malformed X25519 stanza")
+    x25519_stanzas = [(_x25519_share(args, body), body) for args, body in stanzas if args[0] == b"X25519"]
+    for share, body in x25519_stanzas:  # every stanza's shape is checked before any is tried
         for identity in identities:
             own = curve.X25519PrivateKey.from_private_bytes(identity.scalar)
-            shared = own.exchange(curve.X25519PublicKey.from_public_bytes(share))
-            if shared == b"\x00" * 32:
-                raise AgeError("header: X25519 share of low order")
+            try:
+                shared = own.exchange(curve.X25519PublicKey.from_public_bytes(share))
+            except ValueError:  # OpenSSL refuses an all-zero shared secret
+                shared = b"\x00" * 32
+            if hmac.compare_digest(shared, b"\x00" * 32):
+                raise AgeError("header: an X25519 share of low order (the shared secret is zero)")
             wrap_key = _hkdf(shared, share + identity.recipient.key, _X25519_INFO)
             try:
                 return _aead(wrap_key).decrypt(b"\x00" * 12, body, None)
@@ -165,8 +208,10 @@ def _unwrap_file_key(stanzas: list[tuple[list[bytes], bytes]], identities: Seque
 
 
 def decrypt(chunks: Iterable[bytes], identities: Sequence[Identity]) -> Iterator[bytes]:
-    """The plaintext of the age file `chunks`, streamed in 64 KiB chunks. Raises AgeError on a file no identity
-    opens, a header whose MAC fails, a chunk that fails authentication, or a truncated payload."""
+    """The plaintext of the age file `chunks`, streamed in 64 KiB chunks. Raises AgeError on a header that is not
+    strictly age v1 (read at most MAX_HEADER bytes and MAX_STANZAS stanzas), a file no identity opens, a header
+    whose MAC fails, a chunk that fails authentication, or a truncated payload or one with bytes after its end.
+    Checked against the C2SP/CCTV age test vectors (tests/backups/test_age_testkit.py)."""
     from cryptography.exceptions import InvalidTag
 
     reader = _Reader(chunks)
@@ -176,45 +221,58 @@ def decrypt(chunks: Iterable[bytes], identities: Sequence[Identity]) -> Iterator
     stanzas: list[tuple[list[bytes], bytes]] = []
     while True:
         line = reader.line()
-        if line.startswith(b"--- ") or line == b"---":
-            mac_text = line[4:]
+        if line.startswith(b"---"):
+            if not line.startswith(b"--- "):
+                raise AgeError("header: the MAC line is '--- ' and the MAC")
+            mac = _unb64(line[4:], "MAC")
+            if len(mac) != 32:
+                raise AgeError("header: the MAC is 32 bytes")
             header += b"---"
             break
         if not line.startswith(b"-> "):
             raise AgeError("header: expected a stanza or the MAC line")
-        header += line + b"\n"
-        body = b""
-        while True:
-            body_line = reader.line()
-            header += body_line + b"\n"
-            if len(body_line) > 64:
-                raise AgeError("header: stanza body line over 64 columns")
-            body += body_line
-            if len(body_line) < 64:
-                break
-        stanzas.append((line[3:].split(b" "), _unb64(body)))
+        if len(stanzas) == MAX_STANZAS:
+            raise AgeError(f"header: over {MAX_STANZAS} stanzas")
+        args, body, raw = _stanza(line, reader)
+        header += raw
+        if len(header) > MAX_HEADER:
+            raise AgeError(f"header: over {MAX_HEADER} bytes")
+        stanzas.append((args, body))
     file_key = _unwrap_file_key(stanzas, identities)
     expected = hmac.new(_hkdf(file_key, b"", b"header"), header, hashlib.sha256).digest()
-    if not hmac.compare_digest(expected, _unb64(mac_text)):
+    if not hmac.compare_digest(expected, mac):
         raise AgeError("header: MAC mismatch (the header was altered)")
     nonce = reader.take(16)
     if len(nonce) != 16:
-        raise AgeError("payload: truncated before its nonce")
+        raise AgeError("header: truncated before the payload's nonce")
     aead = _aead(_hkdf(file_key, nonce, b"payload"))
+
+    def _open(counter: int, block: bytes, last: bool) -> bytes | None:
+        try:
+            return aead.decrypt(_stream_nonce(counter, last), block, None)
+        except InvalidTag:
+            return None
+
     counter = 0
     block = reader.take(CHUNK + TAG)
     while True:
         following = reader.take(CHUNK + TAG) if len(block) == CHUNK + TAG else b""
-        last = not following
-        try:
-            plain = aead.decrypt(_stream_nonce(counter, last), block, None)
-        except InvalidTag:
-            raise AgeError(f"payload: chunk {counter} fails authentication (altered or truncated)") from None
-        if last and not plain and counter > 0:
+        # A full chunk is the last one exactly when nothing follows it; if its flag says otherwise, what it holds is
+        # still authentic and is released before the stream is refused (as age's reference reader does).
+        expected_last = not following
+        plain = _open(counter, block, expected_last)
+        if plain is None:
+            other = _open(counter, block, not expected_last) if len(block) == CHUNK + TAG else None
+            if other is None:
+                raise AgeError(f"payload: chunk {counter} fails authentication (altered or truncated)")
+            yield other
+            raise AgeError(f"payload: data after the last chunk (chunk {counter})" if expected_last is False
+                           else f"payload: truncated after chunk {counter} (no last chunk)")
+        if expected_last and not plain and counter > 0:
             raise AgeError("payload: empty last chunk")
         if plain:
             yield plain
-        if last:
+        if expected_last:
             return
         block, counter = following, counter + 1
 
