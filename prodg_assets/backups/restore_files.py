@@ -122,7 +122,7 @@ def restore_folder(store: BackupStore, manifest: Manifest, identities: Sequence[
     outside it), each file's sha256 checked against the capture's. It is laid out in a scratch sibling (0700) and
     renamed into place only when complete: a refused member or a differing file leaves nothing behind."""
     entry = manifest.objects[0]
-    verify_object(store, entry.object_key, entry.sha256)
+    verify_object(store, entry.object_key, entry.sha256, entry.version_id)
     folder = os.path.abspath(folder)
     parent, name = open_parent(folder)
     try:
@@ -159,7 +159,7 @@ def restore_file(store: BackupStore, manifest: Manifest, identities: Sequence[Id
     """Write the day's single file to `path` with `mode` (the secrets file: 600, set before any byte is written),
     through a new sibling (O_EXCL|O_NOFOLLOW) renamed into place when complete."""
     entry = manifest.objects[0]
-    verify_object(store, entry.object_key, entry.sha256)
+    verify_object(store, entry.object_key, entry.sha256, entry.version_id)
     path = os.path.abspath(path)
     parent, name = open_parent(path)
     try:
