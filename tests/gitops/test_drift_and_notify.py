@@ -248,9 +248,11 @@ def test_two_deploy_runs_never_apply_to_the_same_service_at_once(stack, tmp_path
                        and r.dagster_event.event_type_value == "STEP_SUCCESS")
             waited = any("another run is applying it; waiting" in (r.user_message or "") for r in logs)
             windows.append((start, end, waited))
-        (s1, e1, _), (s2, e2, second_waited) = sorted(windows)
+        # Ordered by when each finished: the one that finished last is the one that had to wait.
+        (_, first_end, _), (last_start, _, last_waited) = sorted(windows, key=lambda w: w[1])
         # The pool (limit 1) takes turns per step, but claiming a slot on SQLite storage is not atomic (engine/
-        # locks.py): when both steps did start together, the second one waited at the service's lock for the first
-        # apply, and said so in its log (tests/gitops/test_one_apply_per_service.py shows, from the Engine's
-        # events, that the applies never interleave).
-        assert e1 <= s2 or second_waited, f"redis applies overlapped without waiting: {windows}"
+        # locks.py): when both steps did start together, the one that finished last waited at the service's lock
+        # for the other's apply, and said so in its log — whichever of the two started its step first
+        # (tests/gitops/test_one_apply_per_service.py shows, from the Engine's events, that the applies never
+        # interleave).
+        assert first_end <= last_start or last_waited, f"redis applies overlapped without waiting: {windows}"
