@@ -20,6 +20,7 @@ import docker  # noqa: E402
 
 from bench.common import append_result, machine  # noqa: E402
 from tests.conftest import git, init_repo, make_testbed  # noqa: E402
+from tests.spec.conftest import BUNDLED_ENV  # noqa: E402
 
 
 def wall(cmd: list[str], runs: int = 5) -> float:
@@ -119,7 +120,7 @@ def sensor_5000(tmp: str) -> float:
                                      "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n      TZ: UTC\n", 1)
     open(path, "w").write(text)
     git(repo, "commit", "-qam", "redis: TZ")
-    defs = prodg_assets.build_defs({"PRODG_REPO": repo, "PATH": os.environ["PATH"]})
+    defs = prodg_assets.build_defs({"PRODG_REPO": repo, "PATH": os.environ["PATH"], **BUNDLED_ENV})
     sensor = defs.resolve_sensor_def(SENSOR_NAME)
     count = int(git(repo, "rev-list", "--count", "HEAD"))
     with dg.instance_for_test() as instance:

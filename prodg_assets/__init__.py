@@ -21,7 +21,7 @@ from .engine.secrets import SecretSource
 from .gitops.reload import graph_fingerprint
 from .gitops.repo import ConfigRepo, GitError, GitTree, git
 from .gitops.sensor import LoadedGraph, build_git_sensor
-from .layers.definitions import layer_definitions
+from .layers.definitions import layer_definitions, watched_checks
 from .layers.dns import CloudflareDns
 from .layers.host import HostShell
 from .layers.service_checks import TlsSettings
@@ -97,10 +97,11 @@ def build_defs(environ: Mapping[str, str] | None = None) -> dg.Definitions:
     state, commit = graph_state(env, environ)
     loaded = LoadedGraph(commit, graph_fingerprint(state), environ, env.dagster_url)
     deploy_target = dg.AssetSelection.all() - dg.AssetSelection.groups(BACKUP_GROUP)
+    layers = layer_definitions(state)
     merged = dg.Definitions.merge(
-        layer_definitions(state),
+        layers,
         backup_definitions(state),
-        watch_definitions(state, deploy_target),
+        watch_definitions(state, deploy_target, watched_checks(layers)),
         dg.Definitions(sensors=[build_git_sensor(deploy_target, env.sensor_interval_s, loaded)]),
     )
     # In-process: a deploy's steps run one after another against one Engine anyway, and a subprocess per step

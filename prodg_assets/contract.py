@@ -20,6 +20,7 @@ SENSOR_NAME_TAG = "dagster/sensor_name"  # Dagster's own: the sensor that launch
 BACKUP_KIND = "backup"
 DRILL_KIND = "drill"  # the rotating restore drill's runs
 DRIFT_KIND = "drift"
+CHECKS_KIND = "checks"  # a check schedule's run (prodg.yaml watch.every): checks only, nothing deployed
 SELF_HEAL_KIND = "self_heal"
 MANUAL_DEPLOY_KIND = "manual_deploy"
 
@@ -56,6 +57,10 @@ IN_SYNC = "in_sync"
 HOST_CONFORMS = "host_conforms"  # OS, kernel, UFW: reported, never blocking
 HOST_SAFE_TO_DEPLOY = "host_safe_to_deploy"  # free disk: the one host condition that blocks deploys
 EXPOSURE = "exposure"
+HEALTHY = "healthy"  # per service: its container running, and healthy by its own healthcheck when it has one
+SECRETS_CHECK = "secrets_complete_and_private"
+TLS_CHECK = "certificates_valid"
+DNS_CHECK = "dns_only_and_pointing_at_host"
 OBJECT_INTACT = "object_intact"
 NO_MISSING_DAYS = "no_missing_days"
 FRESH = "fresh"
@@ -74,13 +79,28 @@ DEPLOY_FAILURE_NOTIFIER = "deploy_failure_notifier"
 BACKUP_SUCCESS_NOTIFIER = "backup_success_notifier"
 DRILL_NOTIFIER = "restore_drill_notifier"
 BACKUP_FAILURE_NOTIFIER = "backup_failure_notifier"
-HOST_CHECK_NOTIFIER = "host_check_notifier"
+CHECK_NOTIFIER = "check_notifier"
+BACKUP_MISSED_SENSOR = "backup_missed_sensor"
+CHECK_SCHEDULE_PREFIX = "checks_every_"  # + a family: checks_every_health, …
+WATCHED_TAG = "prodg/watched"  # a check schedule's run: the family it re-checks
+
+# Families of checks re-run on a clock without deploying anything (prodg.yaml watch.every); `in_sync` is the drift
+# schedule's (deploy.drift_schedule). "health" also takes each service's own probe (layers/service_checks.PROBES).
+CHECK_FAMILIES = {
+    "health": (HEALTHY,),
+    "exposure": (EXPOSURE,),
+    "secrets": (SECRETS_CHECK,),
+    "host": (HOST_CONFORMS, HOST_SAFE_TO_DEPLOY),
+    "tls": (TLS_CHECK,),
+    "dns": (DNS_CHECK,),
+}
 
 # -- notification events (prodg.yaml notifications.telegram.on) -------------------------------------------------------------
 DEPLOY_FAILURE = "deploy_failure"
 BACKUP_SUCCESS = "backup_success"
 BACKUP_FAILURE = "backup_failure"
-HOST_CHECK = "host_check"  # a host check (host_conforms, host_safe_to_deploy, exposure) turned red, changed, or green
+CHECK = "check"  # a watched check turned red, changed, stayed red (a reminder), flapped, or turned green
+BACKUP_MISSED = "backup_missed"  # by watch.backups_due_by, a target's yesterday is missing or failed
 
 # -- metadata keys read by more than one module ----------------------------------------------------------------------------
 META_COMMIT = "commit"

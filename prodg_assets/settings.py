@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from .contract import ASSET_OF_METHOD
+from .contract import ASSET_OF_METHOD, CHECK_FAMILIES
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -242,13 +243,70 @@ class TelegramSettings:
     api_base_url: str = "https://api.telegram.org"
     bot_token_secret: str = "TELEGRAM_BOT_TOKEN"
     chat_id: str = ""
-    on: tuple[str, ...] = ("deploy_failure", "backup_success", "backup_failure", "host_check")
+    on: tuple[str, ...] = ("deploy_failure", "backup_success", "backup_failure", "backup_missed", "check")
     ui_base_url: str = "http://127.0.0.1:3000"
 
 
 @dataclass(frozen=True)
 class NotificationSettings:
     telegram: TelegramSettings = field(default_factory=TelegramSettings)
+
+
+DURATION = re.compile(r"^([1-9][0-9]{0,4})(m|h|d)$")
+DAILY_CHECKS_AT = (6, 0)  # a family checked every 1d runs at 06:00 UTC (after the 03:00 backups and 05:00 drill)
+
+
+def duration_minutes(text: Any) -> Optional[int]:
+    """Minutes of a duration such as 5m, 6h or 1d; None when `text` is not one."""
+    match = DURATION.fullmatch(str(text).strip()) if isinstance(text, str) else None
+    return int(match.group(1)) * {"m": 1, "h": 60, "d": 1440}[match.group(2)] if match else None
+
+
+def every_cron(text: Any) -> tuple[str, str]:
+    """(cron, problem) of a check interval: minutes that divide an hour, hours that divide a day, or 1d (at 06:00
+    UTC); `problem` says why not ("" when it is one)."""
+    minutes = duration_minutes(text)
+    if minutes is not None:
+        if minutes < 60 and 60 % minutes == 0:
+            return f"*/{minutes} * * * *", ""
+        if minutes % 60 == 0 and minutes < 1440 and 24 % (minutes // 60) == 0:
+            return ("0 * * * *" if minutes == 60 else f"0 */{minutes // 60} * * *"), ""
+        if minutes == 1440:
+            return f"{DAILY_CHECKS_AT[1]} {DAILY_CHECKS_AT[0]} * * *", ""
+    return "", (f"must be minutes that divide an hour (1m … 30m), hours that divide a day (1h … 12h) or 1d, "
+                f"got {text!r}")
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """How prodg watches between events: each check family's interval, the reminder while a check stays red, when
+    a check counts as flapping, and the hour (UTC) by which yesterday's backups must be complete."""
+
+    every: tuple[tuple[str, str], ...] = (("health", "5m"), ("exposure", "15m"), ("host", "1h"),
+                                          ("secrets", "1d"), ("tls", "1d"), ("dns", "1d"))
+    remind_every: str = "6h"
+    flapping_changes: int = 4
+    flapping_within: str = "1h"
+    backups_due_by: str = "04:00"
+
+    def interval(self, family: str) -> str:
+        return dict(self.every)[family]
+
+    @property
+    def remind_minutes(self) -> int:
+        return duration_minutes(self.remind_every) or 360
+
+    @property
+    def flapping_minutes(self) -> int:
+        return duration_minutes(self.flapping_within) or 60
+
+    @property
+    def due_hour_minute(self) -> tuple[int, int]:
+        hour, _, minute = self.backups_due_by.partition(":")
+        return int(hour), int(minute)
+
+
+assert {f for f, _ in WatchSettings.every} == set(CHECK_FAMILIES)
 
 
 @dataclass(frozen=True)
@@ -283,6 +341,7 @@ class Settings:
     backups: BackupSettings = field(default_factory=BackupSettings)
     notifications: NotificationSettings = field(default_factory=NotificationSettings)
     deploy: DeploySettings = field(default_factory=DeploySettings)
+    watch: WatchSettings = field(default_factory=WatchSettings)
     integrations: IntegrationSettings = field(default_factory=IntegrationSettings)
 
     # the names several consumers use
@@ -332,7 +391,8 @@ def settings_from_yaml(data: Mapping, records: tuple[DnsRecord, ...] = (),
     host, dns, tls = _m(data.get("host")), _m(data.get("dns")), _m(data.get("tls"))
     sec, backups, deploy = _m(data.get("secrets")), _m(data.get("backups")), _m(data.get("deploy"))
     telegram = _m(_m(data.get("notifications")).get("telegram"))
-    integrations = _m(data.get("integrations"))
+    integrations, watch = _m(data.get("integrations")), _m(data.get("watch"))
+    every, flapping = {**dict(WatchSettings.every), **_m(watch.get("every"))}, _m(watch.get("flapping"))
     ufw = host.get("ufw")
     headscale = integrations.get("headscale")
     return Settings(
@@ -356,10 +416,15 @@ def settings_from_yaml(data: Mapping, records: tuple[DnsRecord, ...] = (),
                       signers=tuple((str(k), str(v)) for k, v in _m(backups.get("signers")).items()),
                       object_lock_mode=str(_m(backups.get("object_lock")).get("mode")
                                            or BackupSettings.object_lock_mode).upper()),
+        # no notifications.telegram section: Telegram is off (with one, it is on unless `on: []`)
         notifications=NotificationSettings(_pick(TelegramSettings, telegram, chat_id=str(telegram.get("chat_id", "")),
-                                                 on=_strs(telegram["on"]) if "on" in telegram else TelegramSettings.on)),
+                                                 on=_strs(telegram["on"]) if "on" in telegram
+                                                 else TelegramSettings.on if telegram else ())),
         deploy=_pick(DeploySettings, deploy,
                      health_timeout_s=_num(deploy.get("health_timeout_s"), DeploySettings.health_timeout_s)),
+        watch=_pick(WatchSettings, watch, every=tuple((f, str(every[f])) for f in CHECK_FAMILIES),
+                    flapping_changes=int(_num(flapping.get("changes"), WatchSettings.flapping_changes)),
+                    flapping_within=str(flapping.get("within") or WatchSettings.flapping_within)),
         integrations=IntegrationSettings(_pick(HeadscaleSettings, headscale) if isinstance(headscale, dict)
                                          else None),
     )

@@ -7,10 +7,11 @@ import sys
 import prodg_assets
 from prodg_assets.desired import LAYERS
 from tests.conftest import ROOT
+from tests.spec.conftest import BUNDLED_ENV
 
 
 def test_dagster_definitions_validate_accepts_the_code_location():
-    env = {**os.environ, "DAGSTER_HOME": ""}
+    env = {**os.environ, **BUNDLED_ENV, "DAGSTER_HOME": ""}
     env.pop("DAGSTER_HOME")
     proc = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-f", "definitions.py"],
                           cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
@@ -19,7 +20,7 @@ def test_dagster_definitions_validate_accepts_the_code_location():
 
 
 def test_bundled_config_gives_one_asset_per_service_grouped_by_layer():
-    defs = prodg_assets.build_defs({"PRODG_REPO": ROOT})
+    defs = prodg_assets.build_defs({"PRODG_REPO": ROOT, **BUNDLED_ENV})
     graph = defs.resolve_asset_graph()
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     services = {"caddy": "tls", "headscale": "network", "postgres": "data_stores", "redis": "data_stores",
@@ -48,7 +49,7 @@ def test_bundled_config_gives_one_asset_per_service_grouped_by_layer():
 
 
 def test_every_asset_tells_the_operator_what_it_manages():
-    defs = prodg_assets.build_defs({"PRODG_REPO": ROOT})
+    defs = prodg_assets.build_defs({"PRODG_REPO": ROOT, **BUNDLED_ENV})
     graph = defs.resolve_asset_graph()
     for key in graph.get_all_asset_keys():
         spec = graph.get(key)

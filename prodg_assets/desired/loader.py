@@ -15,8 +15,8 @@ import re
 from typing import Any, Mapping
 
 from ..agekeys import AgeError, Recipient
-from ..contract import ASSET_OF_METHOD
-from ..settings import BackupTarget, DnsRecord, Settings, settings_from_yaml
+from ..contract import ASSET_OF_METHOD, CHECK_FAMILIES
+from ..settings import BackupTarget, DnsRecord, Settings, duration_minutes, every_cron, settings_from_yaml
 from ..signkeys import SigningError, parse_signer
 from .compose import read_compose
 from .errors import ConfigInvalid, SpecError
@@ -227,6 +227,58 @@ def _schedules(ctx: LoadContext, doc: Doc, data: dict) -> None:
         ctx.errors.append(doc.error(("deploy", "drift_schedule"), cron_problem(drift)))
 
 
+def _watch(ctx: LoadContext, doc: Doc, data: dict) -> None:
+    """Intervals the scheduler can run, a reminder and flapping window that are durations, and a due hour after the
+    backups' own."""
+    watch = _map(data.get("watch"))
+    for family, text in _map(watch.get("every")).items():
+        if family in CHECK_FAMILIES and isinstance(text, str) and every_cron(text)[1]:
+            ctx.errors.append(doc.error(("watch", "every", family), every_cron(text)[1]))
+    for path, text in ((("watch", "remind_every"), watch.get("remind_every")),
+                       (("watch", "flapping", "within"), _map(watch.get("flapping")).get("within"))):
+        if isinstance(text, str) and duration_minutes(text) is None:
+            ctx.errors.append(doc.error(path, f"must be a duration such as 30m, 6h or 1d, got {text!r}"))
+    changes = _map(watch.get("flapping")).get("changes")
+    if isinstance(changes, int) and not isinstance(changes, bool) and changes < 2:
+        ctx.errors.append(doc.error(("watch", "flapping", "changes"), f"must be 2 or more, got {changes}"))
+    due = watch.get("backups_due_by")
+    if due is None:
+        return
+    match = re.fullmatch(r"([01][0-9]|2[0-3]):([0-5][0-9])", due) if isinstance(due, str) else None
+    if not match:
+        ctx.errors.append(doc.error(("watch", "backups_due_by"), f"must be an hour of the day 'HH:MM' (UTC), "
+                                                                 f"got {due!r}"))
+        return
+    backup_at = daily_at(str(_map(data.get("backups")).get("schedule") or "0 3 * * *"))
+    if backup_at and (int(match.group(1)), int(match.group(2))) <= backup_at:
+        ctx.errors.append(doc.error(("watch", "backups_due_by"),
+                                    f"must be after the backups' own hour ({backup_at[0]:02d}:{backup_at[1]:02d} "
+                                    f"UTC, backups.schedule), got {due!r}"))
+
+
+def _telegram(ctx: LoadContext, doc: Doc, data: dict) -> None:
+    """Telegram on (a `notifications.telegram` section whose `on` is not empty) needs a chat id and a declared bot
+    token secret: a notifier that could only ever fail would be silence."""
+    telegram = _map(_map(data.get("notifications")).get("telegram"))
+    events = telegram.get("on", ["(the default events)"]) if "telegram" in _map(data.get("notifications")) else []
+    if not events or not isinstance(events, list):
+        return
+    chat = telegram.get("chat_id")
+    if chat is None or str(chat).strip() in ("", "0"):
+        where = ("notifications", "telegram", "chat_id") if "chat_id" in telegram else ("notifications", "telegram")
+        ctx.errors.append(doc.error(where, f"Telegram is on (on: {', '.join(map(str, events))}) but its chat id is "
+                                          f"{'missing' if chat is None else repr(str(chat))}: set it (the ops "
+                                          f"group's chat id, e.g. TELEGRAM_CHAT_ID in the environment), or turn "
+                                          f"Telegram off with `on: []`"))
+    token = telegram.get("bot_token_secret", "TELEGRAM_BOT_TOKEN")
+    required = _map(_map(data.get("secrets")).get("required"))
+    if isinstance(token, str) and token not in required:
+        where = ("notifications", "telegram", "bot_token_secret") if "bot_token_secret" in telegram \
+            else ("notifications", "telegram")
+        ctx.errors.append(doc.error(where, f"Telegram is on but its bot token secret {token!r} is not declared in "
+                                          f"secrets.required: declare it, or turn Telegram off with `on: []`"))
+
+
 def _settings(ctx: LoadContext, doc: Doc, data: dict, services: Mapping[str, ServiceSpec]) -> Settings:
     host, sec = _map(data.get("host")), _map(data.get("secrets"))
     records = _dns_records(ctx, doc, _map(data.get("dns")))
@@ -234,6 +286,8 @@ def _settings(ctx: LoadContext, doc: Doc, data: dict, services: Mapping[str, Ser
     _encryption(ctx, doc, data)
     _signers(ctx, doc, data)
     _schedules(ctx, doc, data)
+    _watch(ctx, doc, data)
+    _telegram(ctx, doc, data)
     for i, port in enumerate(_list(host.get("public_ports"))):
         if not re.match(r"^\d{1,5}/(tcp|udp)$", str(port)):
             ctx.errors.append(doc.error(("host", "public_ports", i), f"must look like 443/tcp, got {str(port)!r}"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..contract import CHECK_FAMILIES
 from .errors import SpecError
 from .yamldoc import Doc, Path
 
@@ -73,13 +74,17 @@ PRODG_SCHEMA = {
     },
     "notifications": {
         "telegram": {"api_base_url": str, "bot_token_secret": str, "chat_id": (str, int),
-                     "on": [OneOf("deploy_failure", "deploy_success", "backup_success", "backup_failure",
-                                  "host_check")],
+                     "on": [OneOf("deploy_failure", "backup_success", "backup_failure", "backup_missed",
+                                  "check")],
                      "ui_base_url": str},
     },
     "deploy": {
         "branch": str, "prune": bool, "self_heal": bool, "health_timeout_s": (int, float),
         "drift_schedule": str, "stop_timeout_s": int,
+    },
+    "watch": {
+        "every": {family: str for family in CHECK_FAMILIES}, "remind_every": str,
+        "flapping": {"changes": int, "within": str}, "backups_due_by": str,
     },
     "integrations": {"headscale": {"api_base_url": str, "api_key_secret": str}},
 }

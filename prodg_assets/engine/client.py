@@ -79,6 +79,9 @@ class DockerEngine(dg.ConfigurableResource):
     def bind_sources(self) -> set[str]:
         return facts.bind_sources(self.client)
 
+    def container_health(self, project: str, spec: ServiceSpec) -> tuple[list[str], str]:
+        return facts.container_health(self.client, project, spec)
+
     def endpoint(self, spec: ServiceSpec, container_port: int, protocol: str = "tcp") -> Optional[tuple[str, int]]:
 
         return facts.endpoint(self.client, self.probe_network, spec, container_port, protocol)

@@ -202,6 +202,33 @@ def live_commit(client: docker.DockerClient, project: str, spec: ServiceSpec) ->
     return labels.get(LABEL_COMMIT, "") if labels.get(LABEL_PROJECT) == project else ""
 
 
+def container_health(client: docker.DockerClient, project: str, spec: ServiceSpec) -> tuple[list[str], str]:
+    """(problems, status) of the service's container as the Engine sees it: missing, not running (its exit code,
+    OOM), restarting, or unhealthy by its own healthcheck (with the last probe's output). Status is the Engine's
+    ("running", "exited", …), with the health when the container has a healthcheck ("running (healthy)")."""
+    try:
+        attrs = client.api.inspect_container(spec.container_name)
+    except errors.NotFound:
+        return [f"no container {spec.container_name}: deploy the service"], "missing"
+    if ((attrs.get("Config") or {}).get("Labels") or {}).get(LABEL_PROJECT) != project:
+        return [f"{spec.container_name} is not one of project {project}'s containers"], "foreign"
+    state = attrs.get("State") or {}
+    status, health = state.get("Status", "?"), (state.get("Health") or {})
+    shown = f"{status} ({health['Status']})" if health.get("Status") else status
+    if state.get("Restarting"):
+        return [f"restarting (exit code {state.get('ExitCode')}, {attrs.get('RestartCount', 0)} restarts)"], shown
+    if not state.get("Running"):
+        oom = ", killed for lack of memory" if state.get("OOMKilled") else ""
+        return [f"not running: {status} with exit code {state.get('ExitCode')}{oom}, at "
+                f"{str(state.get('FinishedAt', '?'))[:19]}Z"], shown
+    if health.get("Status") == "unhealthy":
+        last = (health.get("Log") or [{}])[-1]
+        output = " ".join(str(last.get("Output", "")).split())[:300]
+        return [f"unhealthy by its own healthcheck ({health.get('FailingStreak', 0)} failures in a row): "
+                f"{output or 'no output'}"], shown
+    return [], shown
+
+
 def bind_sources(client: docker.DockerClient) -> set[str]:
     """The host path of every bind mount of every container on the Engine, stopped ones included (a previous
     container kept for a rollback still needs its files)."""

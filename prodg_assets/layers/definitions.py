@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from ..contract import CHECK_FAMILIES
 from ..desired import DesiredState
 from .dns import dns_only_and_pointing_at_host, dns_records
 from .host import exposure, host_baseline, host_conforms, host_safe_to_deploy
@@ -16,7 +17,7 @@ from .network import (
 )
 from .secrets import secrets_complete_and_private, secrets_env
 from .service_checks import PROBES, build_service_check, build_tls_asset
-from .services import build_exposure_check, build_in_sync_check, build_service_asset
+from .services import build_exposure_check, build_healthy_check, build_in_sync_check, build_service_asset
 from .tailnet import build_tailnet
 
 
@@ -27,6 +28,7 @@ def layer_definitions(state: DesiredState) -> dg.Definitions:
     checks += [build_service_check(spec) for spec in state.services.values() if spec.name in PROBES]
     checks += [build_in_sync_check(spec) for spec in state.services.values()]
     checks += [build_exposure_check(spec) for spec in state.services.values()]
+    checks += [build_healthy_check(state, spec) for spec in state.services.values()]
     if state.settings.dns_records:
         assets.append(dns_records)
         checks.append(dns_only_and_pointing_at_host)
@@ -39,3 +41,16 @@ def layer_definitions(state: DesiredState) -> dg.Definitions:
         assets.append(tls_asset)
         checks.append(tls_check)
     return dg.Definitions(assets=assets, asset_checks=checks)
+
+
+def watched_checks(layers: dg.Definitions) -> dict[str, list[dg.AssetCheckKey]]:
+    """Each check family (contract.CHECK_FAMILIES) → the keys of its checks among the layers' definitions; a
+    service's own probe (service_checks.PROBES) belongs to "health"."""
+    family_of = {name: family for family, names in CHECK_FAMILIES.items() for name in names}
+    family_of.update({probe[0]: "health" for probe in PROBES.values()})
+    out: dict[str, list[dg.AssetCheckKey]] = {family: [] for family in CHECK_FAMILIES}
+    for checks in layers.asset_checks or []:
+        for key in checks.check_keys:
+            if key.name in family_of:
+                out[family_of[key.name]].append(key)
+    return {family: sorted(keys, key=lambda k: (k.asset_key.to_user_string(), k.name)) for family, keys in out.items()}

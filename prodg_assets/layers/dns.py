@@ -4,7 +4,7 @@ from typing import Optional
 
 import dagster as dg
 
-from ..contract import DNS_ASSET, HOST_ASSET
+from ..contract import DNS_ASSET, DNS_CHECK, HOST_ASSET
 from ..engine.secrets import SecretSource
 from ..gitops.repo import ConfigRepo
 from ..gitops.run import state_for_run
@@ -105,7 +105,7 @@ def dns_records(context: dg.AssetExecutionContext, cloudflare: CloudflareDns, se
         "records": len(state.settings.dns_records)})
 
 
-@dg.asset_check(asset=DNS_ASSET, name="dns_only_and_pointing_at_host", blocking=False)
+@dg.asset_check(asset=DNS_ASSET, name=DNS_CHECK, blocking=False)
 def dns_only_and_pointing_at_host(context: dg.AssetCheckExecutionContext, cloudflare: CloudflareDns,
                                   secrets: SecretSource, repo: ConfigRepo) -> dg.AssetCheckResult:
     """Every declared record exists, points at the host, and is DNS-only (not proxied)."""

@@ -4,7 +4,7 @@ service assets of this group)."""
 
 import dagster as dg
 
-from ..contract import SECRETS_ASSET
+from ..contract import SECRETS_ASSET, SECRETS_CHECK
 from ..desired import DirTree, sha256_hex
 from ..engine.secrets import SecretSource
 from ..gitops.repo import ConfigRepo
@@ -30,7 +30,7 @@ def secrets_env(context: dg.AssetExecutionContext, secrets: SecretSource, repo: 
     })
 
 
-@dg.asset_check(asset=SECRETS_ASSET, name="secrets_complete_and_private", blocking=True)
+@dg.asset_check(asset=SECRETS_ASSET, name=SECRETS_CHECK, blocking=True)
 def secrets_complete_and_private(context: dg.AssetCheckExecutionContext, secrets: SecretSource,
                                  repo: ConfigRepo) -> dg.AssetCheckResult:
     """Every required key is present and non-empty; the env file is mode 600 and owned by root; and no secret value

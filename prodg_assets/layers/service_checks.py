@@ -8,7 +8,7 @@ from typing import Callable
 import dagster as dg
 import yaml
 
-from ..contract import TLS_ASSET, service_pool
+from ..contract import TLS_ASSET, TLS_CHECK, service_pool
 from ..desired import DesiredState, ServiceSpec
 from ..desired.interpolate import resolve_env
 from ..engine.client import DockerEngine
@@ -146,7 +146,7 @@ def build_tls_asset(state: DesiredState) -> tuple[dg.AssetsDefinition, dg.AssetC
         return dg.MaterializeResult(metadata={"commit": commit, "certificates": dg.MetadataValue.json(infos),
                                               "min_days_left": soonest})
 
-    @dg.asset_check(asset=TLS_ASSET, name="certificates_valid", blocking=False)
+    @dg.asset_check(asset=TLS_ASSET, name=TLS_CHECK, blocking=False)
     def certificates_valid(context: dg.AssetCheckExecutionContext, docker: DockerEngine, repo: ConfigRepo,
                            tls: TlsSettings) -> dg.AssetCheckResult:
         """Each public domain serves a certificate valid for it that does not expire within

@@ -6,6 +6,7 @@ import dagster as dg
 from ..contract import (
     COVERS_TAG,
     EXPOSURE,
+    HEALTHY,
     IN_SYNC,
     KIND_TAG,
     NETWORK_ASSET,
@@ -19,7 +20,7 @@ from ..engine.client import DockerEngine
 from ..engine.failures import ApplyFailed
 from ..engine.locks import service_lock
 from ..engine.plan import UNCHANGED
-from ..engine.secrets import SecretSource
+from ..engine.secrets import SecretSource, redact
 from ..gitops.repo import ConfigRepo
 from ..gitops.run import forced, state_for_run
 from .host import exposure_result
@@ -160,3 +161,19 @@ def build_exposure_check(spec: ServiceSpec) -> dg.AssetChecksDefinition:
         return exposure_result(docker, state)
 
     return _exposure
+
+
+def build_healthy_check(state: DesiredState, spec: ServiceSpec) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=spec.asset, name=HEALTHY, blocking=False, pool=service_pool(spec.asset))
+    def _healthy(context: dg.AssetCheckExecutionContext, docker: DockerEngine, repo: ConfigRepo,
+                 secrets: SecretSource) -> dg.AssetCheckResult:
+        """The service's container is running, not restarting, and not unhealthy by its own healthcheck (one that
+        is still starting passes). Runs every watch.every.health without deploying anything; waits while a deploy
+        swaps the container."""
+        with service_lock(repo.deployed_dir, state.project, spec.name, context.log.info, shared=True):
+            problems, status = docker.container_health(state.project, spec)
+        shown = redact("\n".join(f"- {p}" for p in problems), secrets.values()) if problems else "none"
+        return dg.AssetCheckResult(passed=not problems, metadata={
+            "status": status, "problems": dg.MetadataValue.md(shown)})
+
+    return _healthy

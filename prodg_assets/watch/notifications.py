@@ -1,9 +1,11 @@
-"""Telegram notifications: a deploy failed, a backup succeeded or failed, a host check turned red (or green again).
+"""Telegram notifications: a deploy failed, a backup succeeded or failed, a watched check changed state.
 
 A notifier that cannot reach Telegram logs a warning and gives up: it never fails or delays a deploy.
 """
 
 import json
+import time
+from typing import Mapping, Sequence
 
 import dagster as dg
 
@@ -19,18 +21,16 @@ from ..contract import (
     DRIFT_KIND,
     DRILL_KIND,
     DRILL_NOTIFIER,
-    EXPOSURE,
-    HOST_ASSET,
-    HOST_CHECK,
-    HOST_CHECK_NOTIFIER,
-    HOST_CONFORMS,
-    HOST_SAFE_TO_DEPLOY,
+    CHECK,
+    CHECK_NOTIFIER,
+    CHECKS_KIND,
     KIND_TAG,
     PARTITION_TAG,
     RESTORED,
 )
-from ..desired import sha256_hex
 from ..engine.secrets import SecretSource, redact
+from ..settings import TelegramSettings, WatchSettings
+from .told import Evaluation, Policy, since_text, tell
 
 
 class TelegramNotifier(dg.ConfigurableResource):
@@ -41,7 +41,7 @@ class TelegramNotifier(dg.ConfigurableResource):
     chat_id: str = ""
     token_secret: str = "TELEGRAM_BOT_TOKEN"
     ui_base_url: str = "http://127.0.0.1:3000"
-    events: list[str] = [DEPLOY_FAILURE, BACKUP_SUCCESS, BACKUP_FAILURE, HOST_CHECK]
+    events: list[str] = list(TelegramSettings.on)  # prodg.yaml notifications.telegram.on (build_resources)
     timeout_s: float = 5.0
 
     def send(self, text: str, secrets: SecretSource, log=None) -> bool:
@@ -87,7 +87,7 @@ def deploy_failure_message(run: dg.DagsterRun, reason: str, notifier: TelegramNo
 def is_deploy(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
     """A run that was to change the host: neither a backup nor the drift schedule's run, and it planned to
     materialise at least one asset (a run of checks alone deploys nothing)."""
-    if run.tags.get(KIND_TAG) in (BACKUP_KIND, DRIFT_KIND):
+    if run.tags.get(KIND_TAG) in (BACKUP_KIND, DRIFT_KIND, CHECKS_KIND):
         return False
     if run.asset_selection:
         return True
@@ -179,44 +179,68 @@ def restore_drill_notifier(context: dg.RunStatusSensorContext, telegram: Telegra
         telegram.send(f"{text}\n{run_link(telegram, run.run_id)}", secrets, context.log)
 
 
-HOST_CHECKS = (HOST_CONFORMS, HOST_SAFE_TO_DEPLOY, EXPOSURE)
-GREEN = "green"
-
-
-def host_check_states(instance: dg.DagsterInstance) -> dict[str, tuple[bool, str, str]]:
-    """check name → (passed, its problems as the UI shows them, run id) of the latest evaluation of each host check."""
-    out = {}
-    for name in HOST_CHECKS:
-        record = instance.get_latest_asset_check_evaluation_record(
-            dg.AssetCheckKey(dg.AssetKey(HOST_ASSET), name))
-        event = record.event.dagster_event if record and record.event else None
-        evaluation = event.event_specific_data if event else None
+def latest_evaluations(instance: dg.DagsterInstance, keys: Sequence[dg.AssetCheckKey],
+                       secrets: Mapping[str, str]) -> list[Evaluation]:
+    """The newest completed evaluation of each of `keys` (one storage query), its problems as the UI shows them,
+    redacted."""
+    out = []
+    for key, summary in instance.event_log_storage.get_asset_check_summary_records(list(keys)).items():
+        record = summary.last_completed_check_execution_record if summary else None
+        evaluation = record.evaluation if record else None
         if not isinstance(evaluation, dg.AssetCheckEvaluation):
-            continue  # planned, not evaluated yet
+            continue  # never evaluated, or its run crashed before it did
         meta = evaluation.metadata
-        shown = meta.get("problems") or meta.get("outside_allow_list")
-        out[name] = (evaluation.passed, str(getattr(shown, "value", shown or "")), record.run_id)
-    return out
+        shown = meta.get("problems") or meta.get("outside_allow_list") or meta.get("drift")
+        out.append(Evaluation(f"{key.asset_key.to_user_string()} {key.name}", evaluation.passed,
+                              redact(str(getattr(shown, "value", shown or "")), secrets), record.id, record.run_id,
+                              record.create_timestamp))
+    return sorted(out, key=lambda e: e.check)
 
 
-@dg.sensor(name=HOST_CHECK_NOTIFIER, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
-def host_check_notifier(context: dg.SensorEvaluationContext, telegram: TelegramNotifier,
-                        secrets: SecretSource) -> dg.SkipReason:
-    """Tells Telegram when a host check (OS/kernel/UFW conformance, free disk, wildcard publications) turns red, when
-    its problems change, and when it is green again: once per change, not at every evaluation. The cursor holds what
-    Telegram was last told per check; a message Telegram did not take is sent again at the next tick."""
-    if HOST_CHECK not in telegram.events:
-        return dg.SkipReason("host_check is not in notifications.telegram.on")
-    told = json.loads(context.cursor) if context.cursor else {}
-    sent = []
-    for name, (passed, problems, run_id) in sorted(host_check_states(context.instance).items()):
-        state = GREEN if passed else sha256_hex(problems)[:16]
-        if told.get(name, GREEN) == state:
-            continue
-        head = f"✅ host check {name} is green again" if passed else f"⚠️ host check {name} is red"
-        body = "" if passed else f"\n{redact(problems, secrets.values())[:800]}"
-        if telegram.send(f"{head}{body}\n{run_link(telegram, run_id)}", secrets, context.log):
-            told[name] = state
-            sent.append(name)
-    context.update_cursor(json.dumps(told, sort_keys=True))
-    return dg.SkipReason(f"told Telegram about {', '.join(sent)}" if sent else "no host check changed")
+def check_message(kind: str, ev: Evaluation, since_s: float, policy: Policy, link: str) -> str:
+    problems = f"\n{ev.problems[:800]}" if not ev.passed and ev.problems not in ("", "none") else ""
+    head = {
+        "red": f"⚠️ {ev.check} is red",
+        "changed": f"⚠️ {ev.check} is still red, and what is wrong changed",
+        "green": f"✅ {ev.check} is green again (after {since_text(since_s)})",
+        "reminder": f"⏰ {ev.check} is still red (for {since_text(since_s)})",
+        "flapping": f"🔁 {ev.check} is flapping: {policy.flap_changes} changes within "
+                    f"{since_text(policy.flap_window_s)}; told again once it settles",
+        "settled": f"{'✅' if ev.passed else '⚠️'} {ev.check} settled: {'green' if ev.passed else 'red'}",
+    }[kind]
+    return f"{head}{'' if kind in ('flapping', 'green') else problems}\n{link}"
+
+
+def build_check_notifier(keys: Sequence[dg.AssetCheckKey], watch: WatchSettings) -> dg.SensorDefinition:
+    """The sensor that tells Telegram about the watched checks (every family on a clock, and in_sync): once per
+    change of state, a reminder while red, flapping told once (watch/told.py decides; the cursor remembers)."""
+    policy = Policy(remind_s=watch.remind_minutes * 60, flap_changes=watch.flapping_changes,
+                    flap_window_s=watch.flapping_minutes * 60)
+
+    @dg.sensor(name=CHECK_NOTIFIER, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+    def check_notifier(context: dg.SensorEvaluationContext, telegram: TelegramNotifier,
+                       secrets: SecretSource) -> dg.SkipReason:
+        """Tells Telegram when a watched check turns red, changes while red, stays red (a reminder every
+        watch.remind_every), flaps (once, until it settles) or turns green again. What was told lives in the
+        cursor: a restarted daemon resends nothing; a message Telegram did not take is sent again at the next
+        tick."""
+        if CHECK not in telegram.events:
+            return dg.SkipReason("check is not in notifications.telegram.on")
+        values = secrets.values()
+        told = json.loads(context.cursor) if context.cursor else {}
+        now, sent = time.time(), []
+
+        def send(kind: str, ev: Evaluation) -> bool:
+            rec = told.get(ev.check, {})
+            since = now - (rec.get("since") or ev.at) if kind in ("green", "reminder") else 0.0
+            ok = telegram.send(check_message(kind, ev, since, policy, run_link(telegram, ev.run_id)), secrets,
+                               context.log)
+            if ok:
+                sent.append(f"{ev.check} ({kind})")
+            return ok
+
+        told = tell(told, latest_evaluations(context.instance, keys, values), now, policy, send)
+        context.update_cursor(json.dumps(told, sort_keys=True))
+        return dg.SkipReason(f"told Telegram: {', '.join(sent)}" if sent else "nothing changed")
+
+    return check_notifier

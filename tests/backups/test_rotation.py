@@ -8,6 +8,7 @@ import dagster as dg
 from prodg_assets.backups.rotation import drill_for_night
 from prodg_assets.contract import DRILL_SCHEDULE, RESTORED
 from prodg_assets.settings import BackupTarget
+from tests.spec.conftest import BUNDLED_ENV
 
 FIRST = datetime.date(2026, 1, 1)
 TARGETS = [BackupTarget("postgres", "pg_dumpall", "postgres/", 30, "postgres"),
@@ -44,8 +45,8 @@ def test_the_schedule_requests_one_partition_of_one_targets_restored_check():
     import prodg_assets
     from prodg_assets.settings import EnvSettings
 
-    state, _ = prodg_assets.graph_state(EnvSettings.from_env({}), {})  # the state build_defs reads
-    defs = prodg_assets.build_defs({})
+    state, _ = prodg_assets.graph_state(EnvSettings.from_env({}), BUNDLED_ENV)  # the state build_defs reads
+    defs = prodg_assets.build_defs(BUNDLED_ENV)
     schedule = defs.resolve_schedule_def(DRILL_SCHEDULE)
     night = datetime.datetime(2026, 12, 20, 5, 0, tzinfo=datetime.timezone.utc)
     # no instance: the schedule reads none, and an instance closed here would stay behind in Dagster's load context

@@ -8,7 +8,7 @@ import os
 import dagster as dg
 import pytest
 
-from prodg_assets.contract import HOST_CHECK_NOTIFIER
+from prodg_assets.contract import CHECK_NOTIFIER
 from tests.standins.telegram import TelegramStandIn
 
 from ..conftest import TEST_SECRETS, Testbed
@@ -48,9 +48,9 @@ def test_a_full_disk_blocks_the_deploy_and_a_foreign_os_does_not(testbed: Testbe
 
 
 def notifier_tick(bed: Testbed, instance: dg.DagsterInstance, cursor: str | None) -> str | None:
-    """One tick of the host check notifier, as the daemon runs it; its new cursor."""
+    """One tick of the check notifier, as the daemon runs it; its new cursor."""
     defs = bed.defs()
-    sensor = defs.resolve_sensor_def(HOST_CHECK_NOTIFIER)
+    sensor = defs.resolve_sensor_def(CHECK_NOTIFIER)
     resources = {k: defs.resources[k] for k in ("telegram", "secrets")}
     with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as ctx:
         return sensor.evaluate_tick(ctx).cursor
@@ -63,7 +63,7 @@ def test_a_red_host_check_is_told_once_and_so_is_its_return_to_green(testbed: Te
         os.environ["TELEGRAM_API_URL"] = bed.env["TELEGRAM_API_URL"] = telegram.url
         try:
             bed.edit("prodg.yaml", "    on: [deploy_failure, backup_success, backup_failure]\n",
-                     "    on: [deploy_failure, backup_success, backup_failure, host_check]\n")
+                     "    on: [deploy_failure, backup_success, backup_failure, check]\n")
             bed.edit("prodg.yaml", "  os: Debian\n", "  os: Ubuntu 24.04\n")
             bed.commit("the description says Ubuntu; this host runs Debian; host checks are told to Telegram")
             cursor = notifier_tick(bed, instance, None)
@@ -72,7 +72,7 @@ def test_a_red_host_check_is_told_once_and_so_is_its_return_to_green(testbed: Te
             assert red.success and check_results(red)["host_conforms"] is False
             cursor = notifier_tick(bed, instance, cursor)
             (message,) = [m["text"] for m in telegram.messages]
-            assert message.startswith("⚠️ host check host_conforms is red")
+            assert message.startswith("⚠️ host_baseline host_conforms is red")
             assert "expected 'Ubuntu 24.04' (prodg.yaml host.os)" in message and red.run_id in message
             assert not any(v in message for v in TEST_SECRETS.values())
             # evaluated red again with the same problems (the next deploy): nothing new to tell
@@ -86,8 +86,8 @@ def test_a_red_host_check_is_told_once_and_so_is_its_return_to_green(testbed: Te
             assert check_results(green)["host_conforms"] is True
             cursor = notifier_tick(bed, instance, cursor)
             notifier_tick(bed, instance, cursor)
-            assert [m["text"].splitlines()[0] for m in telegram.messages] == [
-                "⚠️ host check host_conforms is red", "✅ host check host_conforms is green again"]
+            assert [m["text"].splitlines()[0].split(" (after ")[0] for m in telegram.messages] == [
+                "⚠️ host_baseline host_conforms is red", "✅ host_baseline host_conforms is green again"]
         finally:
             for env in (os.environ, bed.env):
                 if old_url is None:

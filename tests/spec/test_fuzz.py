@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from prodg_assets.desired import ConfigInvalid, SpecError, load_desired_state, validate
 from prodg_assets.desired.yamldoc import load_yaml
 
-from .conftest import COMPOSE_REL, CONFIG, LABEL, PRODG_REL, copy_config, tree
+from .conftest import BUNDLED_ENV, COMPOSE_REL, CONFIG, LABEL, PRODG_REL, copy_config, tree
 
 FILES = (COMPOSE_REL, PRODG_REL)
 RAW = {rel: (CONFIG / rel).read_bytes() for rel in FILES}
@@ -106,7 +106,7 @@ def damage_bytes(draw, raw: bytes) -> bytes:
 
 def check(root: Path, written: dict[str, bytes]) -> None:
     """validate() returns located SpecErrors (never raises), and load_desired_state agrees with it."""
-    errors = validate(tree(root), {})
+    errors = validate(tree(root), BUNDLED_ENV)
     assert isinstance(errors, list)
     for e in errors:
         assert isinstance(e, SpecError)
@@ -118,10 +118,10 @@ def check(root: Path, written: dict[str, bytes]) -> None:
         assert e.field and e.message, str(e)  # one-line messages are checked in test_yamldoc / test_validate_cli
     if errors:
         with pytest.raises(ConfigInvalid) as raised:
-            load_desired_state(tree(root), {})
+            load_desired_state(tree(root), BUNDLED_ENV)
         assert raised.value.errors == errors
     else:
-        load_desired_state(tree(root), {})
+        load_desired_state(tree(root), BUNDLED_ENV)
 
 
 def run(files: dict[str, bytes]) -> None:
@@ -163,4 +163,4 @@ def test_unmutated_round_trip_is_valid():
         root = copy_config(Path(tmp))
         for rel in FILES:
             (root / rel).write_bytes(dump(DATA[rel]))
-        assert validate(tree(root), {}) == []
+        assert validate(tree(root), BUNDLED_ENV) == []

@@ -25,6 +25,7 @@ from prodg_assets.desired.interpolate import resolve_env
 from prodg_assets.desired.yamldoc import MAX_NODES
 
 from .conftest import (
+    BUNDLED_ENV,
     COMPOSE_REL,
     CONFIG,
     LABEL,
@@ -69,14 +70,14 @@ REQUIRED_SECRETS = {
 
 @pytest.fixture(scope="module")
 def state():
-    return load_desired_state(tree(CONFIG), {}, host_root=HOST_ROOT)
+    return load_desired_state(tree(CONFIG), BUNDLED_ENV, host_root=HOST_ROOT)
 
 
 def test_bundled_config_validates_with_no_errors(monkeypatch):
     monkeypatch.chdir(REPO)
     config = DirTree("config")
     assert config.label == "config"
-    assert validate(config, {}) == []
+    assert validate(config, BUNDLED_ENV) == []
 
 
 def test_bundled_config_has_the_seed_services_images_and_layers(state):
@@ -179,10 +180,10 @@ def test_backups_are_encrypted_to_the_listed_recipients_unless_none_is_written(s
                          "      host: ${BACKUP_HOST_RECIPIENT}\n", "  encryption: none\n")
     # the secrets file is never uploaded in plaintext: with `none`, its target is an error …
     with pytest.raises(ConfigInvalid, match="the secrets file is never uploaded unencrypted"):
-        load_desired_state(tree(config_copy), {})
+        load_desired_state(tree(config_copy), BUNDLED_ENV)
     # … and without it, `none` is accepted for the rest
     edit(config_copy, P, "    secrets: {method: secrets_file, prefix: secrets/, retention_days: 90}\n", "")
-    plain = load_desired_state(tree(config_copy), {}).settings.backups
+    plain = load_desired_state(tree(config_copy), BUNDLED_ENV).settings.backups
     assert plain.recipients == () and not plain.encrypted
 
 
@@ -479,13 +480,13 @@ def test_corrupted_config_fails_with_a_located_error(config_copy: Path, case: Ca
     edit(config_copy, case.rel, case.old, case.new)
     expected_file = case.file or case.rel
     text = (config_copy / expected_file).read_bytes()
-    errors = validate(tree(config_copy), {})
+    errors = validate(tree(config_copy), BUNDLED_ENV)
     error = find(errors, case.field, case.fragment)
     assert error.file == f"{LABEL}/{expected_file}"
     assert error.line == line_of(text, *case.at), str(error)
     assert str(error) == f"{error.file}:{error.line}: {error.field}: {error.message}"
     with pytest.raises(ConfigInvalid) as raised:
-        load_desired_state(tree(config_copy), {})
+        load_desired_state(tree(config_copy), BUNDLED_ENV)
     assert error in raised.value.errors
 
 
@@ -525,7 +526,7 @@ def test_wrong_section_type_in_prodg_yaml_is_located_not_a_crash(config_copy: Pa
 def test_dependency_cycle_is_reported_at_a_service_of_the_cycle(config_copy: Path):
     text = edit(config_copy, C, "    command: [-config.file=/etc/loki/loki.yml]\n",
                 "    command: [-config.file=/etc/loki/loki.yml]\n    depends_on: [promtail]\n").decode()
-    errors = [e for e in validate(tree(config_copy), {}) if "dependency cycle" in e.message]
+    errors = [e for e in validate(tree(config_copy), BUNDLED_ENV) if "dependency cycle" in e.message]
     assert len(errors) == 1, errors
     error = errors[0]
     assert error.message in ("dependency cycle: loki -> promtail -> loki",
@@ -538,25 +539,25 @@ def test_dependency_cycle_is_reported_at_a_service_of_the_cycle(config_copy: Pat
 def test_longer_cycle_through_x_prodg_after_is_reported(config_copy: Path):
     # caddy is deployed after hermes-api; making hermes-api wait for caddy closes the loop.
     edit(config_copy, C, "      layer: hermes\n", "      layer: hermes\n      after: [caddy]\n")
-    errors = [e for e in validate(tree(config_copy), {}) if "dependency cycle" in e.message]
+    errors = [e for e in validate(tree(config_copy), BUNDLED_ENV) if "dependency cycle" in e.message]
     assert len(errors) == 1 and {"caddy", "hermes-api"} <= set(errors[0].message.split()), errors
 
 
 def test_compose_file_that_is_a_list(config_copy: Path):
     (config_copy / C).write_text("- caddy\n- postgres\n")
-    assert validate(tree(config_copy), {}) == [
+    assert validate(tree(config_copy), BUNDLED_ENV) == [
         SpecError(f"{LABEL}/{C}", 1, "(document)", "must be a mapping, got a list")]
 
 
 def test_compose_file_without_services(config_copy: Path):
     (config_copy / C).write_text("name: compose\n# nothing else\n")
-    error = find(validate(tree(config_copy), {}), "services", "must be a mapping of at least one service")
+    error = find(validate(tree(config_copy), BUNDLED_ENV), "services", "must be a mapping of at least one service")
     assert error.file == f"{LABEL}/{C}"
 
 
 def test_unknown_top_level_compose_key(config_copy: Path):
     text = edit(config_copy, C, "name: compose\n", "name: compose\nsecrets: {}\nx-anchors: {}\n")
-    errors = validate(tree(config_copy), {})
+    errors = validate(tree(config_copy), BUNDLED_ENV)
     assert errors == [SpecError(f"{LABEL}/{C}", line_of(text, "secrets: {}"), "secrets",
                                 "unknown top-level Compose key (allowed: name, networks, services, volumes, x-*)")]
 
@@ -564,7 +565,7 @@ def test_unknown_top_level_compose_key(config_copy: Path):
 def test_file_over_one_mib_is_refused_without_parsing(config_copy: Path):
     with open(config_copy / C, "a") as fh:
         fh.write(("# " + "x" * 1022 + "\n") * 1100)
-    errors = validate(tree(config_copy), {})
+    errors = validate(tree(config_copy), BUNDLED_ENV)
     assert len(errors) == 1
     assert (errors[0].file, errors[0].line, errors[0].field) == (f"{LABEL}/{C}", 1, "(document)")
     assert "larger than 1048576" in errors[0].message
@@ -591,8 +592,8 @@ ENGINE_PICKED_PORTS = {  # id: ((old, new) edits of the compose file, service, i
 def test_engine_picked_host_ports_are_port_zero_and_never_clash(config_copy: Path, edits, service: str, ports):
     for old, new in edits:
         edit(config_copy, C, old, new)
-    assert validate(tree(config_copy), {}) == []
-    state = load_desired_state(tree(config_copy), {}, host_root=HOST_ROOT)
+    assert validate(tree(config_copy), BUNDLED_ENV) == []
+    state = load_desired_state(tree(config_copy), BUNDLED_ENV, host_root=HOST_ROOT)
     assert {str(p) for p in state.services[service].ports} == ports
     assert all(p.engine_picked and p.host_port == 0 for p in state.services[service].ports)
 
@@ -601,7 +602,7 @@ def test_engine_picked_host_ports_are_port_zero_and_never_clash(config_copy: Pat
 def test_yaml_bomb_is_refused_in_bounded_time(config_copy: Path, rel: str, built_nodes):
     with open(config_copy / rel, "a") as fh:
         fh.write(BILLION_LAUGHS)
-    errors = validate(tree(config_copy), {})
+    errors = validate(tree(config_copy), BUNDLED_ENV)
     assert built_nodes() == MAX_NODES + 1  # bounded work: the builder stopped at its node limit (not 10^10 values)
     error = find(errors, "(document)", "a YAML bomb?")
     assert error.file == f"{LABEL}/{rel}"
@@ -610,36 +611,36 @@ def test_yaml_bomb_is_refused_in_bounded_time(config_copy: Path, rel: str, built
 @pytest.mark.parametrize("opener", ["[", "{"])
 def test_ten_thousand_nested_brackets_do_not_crash(config_copy: Path, opener: str):
     (config_copy / C).write_text("services: " + opener * 10_000 + "\n")
-    errors = validate(tree(config_copy), {})
+    errors = validate(tree(config_copy), BUNDLED_ENV)
     assert errors and all(e.file == f"{LABEL}/{C}" and e.line >= 1 for e in errors)
 
 
 def test_deep_but_bounded_nesting_names_the_limit(config_copy: Path):
     (config_copy / C).write_text("services:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 80)))
-    error = find(validate(tree(config_copy), {}), "(document)", "nested deeper than 64 levels")
+    error = find(validate(tree(config_copy), BUNDLED_ENV), "(document)", "nested deeper than 64 levels")
     assert error.file == f"{LABEL}/{C}"
 
 
 def test_missing_prodg_yaml(config_copy: Path):
     (config_copy / P).unlink()
-    assert validate(tree(config_copy), {}) == [SpecError(f"{LABEL}/{P}", 1, "(document)", "file not found")]
+    assert validate(tree(config_copy), BUNDLED_ENV) == [SpecError(f"{LABEL}/{P}", 1, "(document)", "file not found")]
 
 
 def test_missing_compose_file(config_copy: Path):
     (config_copy / C).unlink()
-    assert validate(tree(config_copy), {}) == [SpecError(f"{LABEL}/{C}", 1, "(document)", "file not found")]
+    assert validate(tree(config_copy), BUNDLED_ENV) == [SpecError(f"{LABEL}/{C}", 1, "(document)", "file not found")]
 
 
 def test_empty_prodg_yaml_names_its_required_sections(config_copy: Path):
     (config_copy / P).write_text("# nothing yet\n")
-    errors = validate(tree(config_copy), {})
+    errors = validate(tree(config_copy), BUNDLED_ENV)
     for section in ("host", "secrets"):
         find(errors, "(document)", f"missing required key '{section}'")
 
 
 def test_literal_secret_is_never_echoed_in_errors(config_copy: Path):
     edit(config_copy, C, "      POSTGRES_PASSWORD: ${POSTGRES_PASSWORD}", "      POSTGRES_PASSWORD: hunter2")
-    errors = validate(tree(config_copy), {})
+    errors = validate(tree(config_copy), BUNDLED_ENV)
     assert errors and not any("hunter2" in str(e) for e in errors)
 
 
@@ -647,7 +648,7 @@ def test_literal_secret_in_list_form_environment(config_copy: Path):
     # redis has a one-entry environment, so the whole mapping becomes a one-item list
     text = edit(config_copy, C, "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n",
                 "      - REDIS_PASSWORD=hunter2\n").decode()
-    error = find(validate(tree(config_copy), {}), "services.redis.environment[0]", "looks like a secret written")
+    error = find(validate(tree(config_copy), BUNDLED_ENV), "services.redis.environment[0]", "looks like a secret written")
     assert error.line == line_of(text, "REDIS_PASSWORD=hunter2")
 
 
@@ -655,10 +656,10 @@ def test_errors_come_sorted_and_all_at_once(config_copy: Path):
     edit(config_copy, C, "      - 127.0.0.1:5432:5432", "      - localhost:5432:5432")
     edit(config_copy, C, "depends_on: [loki]", "depends_on: [lokii]")
     edit(config_copy, P, "  prune: false", "  prune: maybe")
-    errors = validate(tree(config_copy), {})
+    errors = validate(tree(config_copy), BUNDLED_ENV)
     assert len(errors) == 3 and errors == sorted(errors)
     with pytest.raises(ConfigInvalid) as raised:
-        load_desired_state(tree(config_copy), {})
+        load_desired_state(tree(config_copy), BUNDLED_ENV)
     assert raised.value.errors == errors
     assert str(raised.value).splitlines() == [str(e) for e in errors]
 
@@ -667,15 +668,15 @@ def test_bind_through_a_symlink_leaving_the_tree_is_refused(config_copy: Path):
     # A symlink committed to the config repo must not smuggle a host folder into a container.
     os.symlink("/etc/ssl", config_copy / "compose" / "certs")
     text = edit(config_copy, C, "./Caddyfile:", "./certs:")
-    error = find(validate(tree(config_copy), {}), "services.caddy.volumes[0]", "")
+    error = find(validate(tree(config_copy), BUNDLED_ENV), "services.caddy.volumes[0]", "")
     assert error.line == line_of(text, "./certs:")
 
 
 def test_unbraced_secret_reference_is_a_reference_not_a_literal(config_copy: Path):
     # Compose (and the interpolator) accept $NAME as well as ${NAME}.
     edit(config_copy, C, "      POSTGRES_PASSWORD: ${POSTGRES_PASSWORD}", "      POSTGRES_PASSWORD: $POSTGRES_PASSWORD")
-    assert validate(tree(config_copy), {}) == []
-    state = load_desired_state(tree(config_copy), {})
+    assert validate(tree(config_copy), BUNDLED_ENV) == []
+    state = load_desired_state(tree(config_copy), BUNDLED_ENV)
     assert dict(state.services["postgres"].environment)["POSTGRES_PASSWORD"] == "${POSTGRES_PASSWORD}"
 
 
@@ -683,11 +684,11 @@ def test_escaped_dollar_never_becomes_a_secret_reference(config_copy: Path):
     # `$$` is a literal `$`: `$${POSTGRES_PASSWORD}` is the text ${POSTGRES_PASSWORD}, not the secret's value.
     text = edit(config_copy, C, "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n",
                 "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n      TEMPLATE: $${POSTGRES_PASSWORD}\n")
-    errors = [e for e in validate(tree(config_copy), {}) if e.field == "services.redis.environment.TEMPLATE"]
+    errors = [e for e in validate(tree(config_copy), BUNDLED_ENV) if e.field == "services.redis.environment.TEMPLATE"]
     if errors:  # refusing the ambiguity is fine, if located
         assert errors[0].line == line_of(text, "TEMPLATE:")
         return
-    state = load_desired_state(tree(config_copy), {})
+    state = load_desired_state(tree(config_copy), BUNDLED_ENV)
     assert state.services["redis"].secrets_used == {"REDIS_PASSWORD"}
 
 
@@ -695,7 +696,7 @@ def test_escaped_dollar_never_becomes_a_secret_reference(config_copy: Path):
 
 def test_environment_overrides_a_prodg_yaml_variable(tmp_path: Path):
     data = tmp_path / "data"
-    env = {"PRODG_DATA": str(data)}
+    env = {**BUNDLED_ENV, "PRODG_DATA": str(data)}
     assert validate(tree(CONFIG), env) == []  # bind_roots follow the variable too
     state = load_desired_state(tree(CONFIG), env)
     assert f"{data}/postgres" in {m.source for m in state.services["postgres"].volumes}
@@ -714,14 +715,14 @@ def test_environment_does_not_leak_undeclared_variables(config_copy: Path):
 def test_compose_default_syntax_and_dollar_escape(config_copy: Path):
     edit(config_copy, C, '      SIGNUPS_ALLOWED: "false"\n',
          '      SIGNUPS_ALLOWED: "false"\n      LOG_LEVEL: ${LOG_LEVEL:-info}\n      PRICE: $$5\n')
-    state = load_desired_state(tree(config_copy), {})
+    state = load_desired_state(tree(config_copy), BUNDLED_ENV)
     # `$$` stays escaped in the spec; the container gets `$` (the engine resolves secrets and escapes in one pass)
     env = resolve_env(state.services["vaultwarden"], {})
     assert (env["LOG_LEVEL"], env["PRICE"]) == ("info", "$5")
 
 
 def test_config_binds_point_into_the_tree_folder_by_default():
-    state = load_desired_state(tree(CONFIG), {})
+    state = load_desired_state(tree(CONFIG), BUNDLED_ENV)
     caddyfile = next(m for m in state.services["caddy"].volumes if m.target == "/etc/caddy/Caddyfile")
     assert caddyfile.source == os.path.join(str(CONFIG), "compose", "Caddyfile")
 
@@ -729,7 +730,7 @@ def test_config_binds_point_into_the_tree_folder_by_default():
 # -- spec hash: drift detection must see every change that matters, and only those ---------------------------------
 
 def hashes(root: Path, secret_values: dict[str, str] | None = None) -> dict[str, str]:
-    state = load_desired_state(tree(root), {}, host_root=HOST_ROOT)
+    state = load_desired_state(tree(root), BUNDLED_ENV, host_root=HOST_ROOT)
     return {name: spec.spec_hash(secret_values) for name, spec in state.services.items()}
 
 
@@ -802,3 +803,55 @@ def test_new_file_in_a_bind_mounted_folder_changes_that_service_only(config_copy
     dashboards.mkdir(parents=True, exist_ok=True)
     (dashboards / "host.yml").write_text("apiVersion: 1\n")
     assert changed(before, hashes(config_copy)) == {"grafana"}
+
+
+# -- never silent: Telegram on needs a chat id and a token; the watch intervals are ones the scheduler runs -----------
+@pytest.mark.parametrize("chat", ["0", ""])
+def test_telegram_on_without_a_chat_id_is_a_located_error(config_copy: Path, chat: str):
+    text = (config_copy / P).read_text()
+    error = find(validate(tree(config_copy), {"TELEGRAM_CHAT_ID": chat}), "notifications.telegram.chat_id",
+                 "Telegram is on")
+    assert (error.line, repr(chat)) == (line_of(text, "telegram:", "chat_id:"), error.message.split("chat id is ")[1]
+                                        .split(":")[0])
+    edit(config_copy, P, "    on: [deploy_failure, backup_success, backup_failure, backup_missed, check]\n",
+         "    on: []\n")
+    assert validate(tree(config_copy), {"TELEGRAM_CHAT_ID": chat}) == []  # Telegram off, on purpose
+    state = load_desired_state(tree(config_copy), {"TELEGRAM_CHAT_ID": chat})
+    assert state.settings.notifications.telegram.on == ()
+
+
+def test_telegram_on_with_an_undeclared_token_secret_is_a_located_error(config_copy: Path):
+    text = edit(config_copy, P, "    bot_token_secret: TELEGRAM_BOT_TOKEN\n",
+                "    bot_token_secret: TELEGRAM_TOKEN\n").decode()
+    error = find(validate(tree(config_copy), BUNDLED_ENV), "notifications.telegram.bot_token_secret",
+                 "'TELEGRAM_TOKEN' is not declared in secrets.required")
+    assert error.line == line_of(text, "bot_token_secret:")
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("7m", "minutes that divide an hour"), ("90m", "minutes that divide an hour"), ("5h", "hours that divide a day"),
+    ("2d", "or 1d"), ("0m", "got '0m'"), ("soon", "got 'soon'")])
+def test_a_check_interval_the_scheduler_cannot_run_is_a_located_error(config_copy: Path, value: str, fragment: str):
+    text = edit(config_copy, P, "    health: 5m", f"    health: {value}").decode()
+    error = find(validate(tree(config_copy), BUNDLED_ENV), "watch.every.health", fragment)
+    assert error.line == line_of(text, "watch:", "health:")
+
+
+@pytest.mark.parametrize("old, new, field, fragment", [
+    ('  backups_due_by: "04:00"', '  backups_due_by: "02:30"', "watch.backups_due_by", "after the backups' own hour"),
+    ('  backups_due_by: "04:00"', '  backups_due_by: "4 am"', "watch.backups_due_by", "'HH:MM'"),
+    ("  remind_every: 6h", "  remind_every: often", "watch.remind_every", "a duration such as"),
+    ("  flapping: {changes: 4, within: 1h}", "  flapping: {changes: 1, within: 1h}", "watch.flapping.changes",
+     "2 or more"),
+])
+def test_watch_settings_are_validated(config_copy: Path, old: str, new: str, field: str, fragment: str):
+    edit(config_copy, P, old, new)
+    find(validate(tree(config_copy), BUNDLED_ENV), field, fragment)
+
+
+def test_watch_defaults_and_schedules(config_copy: Path):
+    edit(config_copy, P, "    health: 5m", "    health: 10m")
+    watch = load_desired_state(tree(config_copy), BUNDLED_ENV).settings.watch
+    assert watch.interval("health") == "10m" and watch.interval("tls") == "1d"
+    assert (watch.remind_minutes, watch.flapping_changes, watch.flapping_minutes, watch.due_hour_minute) == \
+        (360, 4, 60, (4, 0))

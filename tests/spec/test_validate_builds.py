@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import prodg_assets
 from prodg_assets.desired import validate
 
-from .conftest import CONFIG, PRODG_REL, tree
+from .conftest import BUNDLED_ENV, CONFIG, PRODG_REL, tree
 
 # (values the validator accepts, values it must refuse) per varied field
 FIELDS = {
@@ -61,11 +61,11 @@ def test_a_config_the_validator_accepts_builds_definitions(chosen: dict) -> None
         root = Path(tmp) / "config"
         shutil.copytree(CONFIG, root)
         _write(root, chosen)
-        errors = validate(tree(root), {})
+        errors = validate(tree(root), BUNDLED_ENV)
         if errors:
             assert all(e.file and e.line >= 1 and e.field for e in errors)  # located, never a traceback
             return
-        defs = prodg_assets.build_defs({"PRODG_REPO": tmp})  # must not raise
+        defs = prodg_assets.build_defs({"PRODG_REPO": tmp, **BUNDLED_ENV})  # must not raise
         defs.resolve_asset_graph()
         for schedule in defs.schedules or []:
             defs.resolve_schedule_def(schedule.name)
@@ -77,7 +77,7 @@ def test_what_build_defs_would_reject_is_a_located_error(tmp_path: Path) -> None
     _write(root, {"timezone": "Europe/Kyiv", "schedule": "0 3 * * 1", "start_date": "yesterday",
                   "drift_schedule": "*/0 * * * *", "freshness_hours": 26, "retention_days": 30,
                   "compression": "zstd", "methods": ("config_archive", "config_archive")})
-    fields = {e.field: e.message for e in validate(tree(root), {})}
+    fields = {e.field: e.message for e in validate(tree(root), BUNDLED_ENV)}
     assert "must be UTC" in fields["backups.timezone"]
     assert "daily cron" in fields["backups.schedule"]
     assert "must be a date" in fields["backups.start_date"]

@@ -14,7 +14,7 @@ import pytest
 
 from prodg_assets.cli import main
 
-from .conftest import COMPOSE_REL, PRODG_REL, REPO, edit
+from .conftest import BUNDLED_ENV, COMPOSE_REL, PRODG_REL, REPO, edit
 
 PRODG = [sys.executable, "-m", "prodg_assets.cli"]
 ERROR_LINE = re.compile(r"^[^:]+:\d+: \S+: .+")
@@ -22,7 +22,7 @@ ERROR_LINE = re.compile(r"^[^:]+:\d+: \S+: .+")
 
 def prodg(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if k != "PRODG_CONFIG_DIR"}
-    full_env.update(env or {})
+    full_env.update({**BUNDLED_ENV, **(env or {})})
     return subprocess.run([*PRODG, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=60)
 
 
@@ -95,5 +95,6 @@ def test_console_script_is_installed_in_the_venv():
     # the scripts folder of the environment running the tests (a venv's bin/), wherever that environment is
     script = shutil.which("prodg", path=sysconfig.get_path("scripts"))
     assert script, "pip install -e . should install the `prodg` console script"
-    result = subprocess.run([script, "validate", "config"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([script, "validate", "config"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, **BUNDLED_ENV})
     assert result.returncode == 0, result.stderr

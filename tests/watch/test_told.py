@@ -1,0 +1,80 @@
+"""What the check notifier tells, decided by watch/told.py from its cursor: once per change of state, a reminder
+while red, one "flapping" message instead of a flood, nothing twice across restarts (the cursor, serialised as the
+daemon stores it), and a message Telegram refused tried again."""
+
+from __future__ import annotations
+
+import json
+
+from prodg_assets.watch.told import Evaluation, Policy, tell
+
+POLICY = Policy(remind_s=6 * 3600, flap_changes=4, flap_window_s=3600)
+T0 = 1_800_000_000.0
+
+
+class Telegram:
+    def __init__(self):
+        self.sent: list[tuple[str, str]] = []
+        self.down = False
+
+    def __call__(self, kind: str, ev: Evaluation) -> bool:
+        if self.down:
+            return False
+        self.sent.append((kind, ev.check))
+        return True
+
+
+def run(evaluations: list[tuple[float, bool, str]], ticks: list[float], telegram: Telegram, cursor: str = "") -> str:
+    """The notifier ticking at `ticks` over one check evaluated at the given (time, passed, problems); each tick
+    sees the newest evaluation made by then. The cursor goes through JSON as the daemon keeps it."""
+    for now in ticks:
+        seen = [e for e in evaluations if e[0] <= now]
+        if not seen:
+            continue
+        at, passed, problems = seen[-1]
+        ev = Evaluation("redis healthy", passed, problems, evaluations.index(seen[-1]) + 1, "run", at)
+        cursor = json.dumps(tell(json.loads(cursor) if cursor else {}, [ev], now, POLICY, telegram))
+    return cursor
+
+
+def test_red_then_green_is_told_once_each_and_a_restart_resends_nothing():
+    telegram = Telegram()
+    evals = [(T0, True, "none"), (T0 + 300, False, "- not running: exited"), (T0 + 600, False, "- not running: exited"),
+             (T0 + 900, True, "none")]
+    cursor = run(evals, [T0 + 60 * i for i in range(0, 14)], telegram)
+    assert telegram.sent == [("red", "redis healthy")]
+    cursor = run(evals, [T0 + 960, T0 + 1020], telegram, cursor)
+    assert telegram.sent == [("red", "redis healthy"), ("green", "redis healthy")]
+    # the daemon restarted: the same cursor, the same evaluations, later ticks — nothing new to tell
+    run(evals, [T0 + 1200, T0 + 4000], telegram, cursor)
+    assert len(telegram.sent) == 2
+
+
+def test_a_check_that_stays_red_is_reminded_every_remind_interval_and_a_new_problem_is_told():
+    telegram = Telegram()
+    evals = [(T0, False, "- unhealthy"), (T0 + 7 * 3600, False, "- not running")]
+    run(evals, [T0 + 600 * i for i in range(0, 14 * 6 + 1)], telegram)  # 14 h of ticks every 10 min
+    assert [k for k, _ in telegram.sent] == ["red", "reminder", "changed", "reminder"]
+
+
+def test_a_flapping_check_is_told_once_until_it_settles():
+    telegram = Telegram()
+    evals = [(T0 + 300 * i, i % 2 == 1, "- flaps") for i in range(12)]  # red, green, red … every 5 min for 1 h
+    cursor = run(evals, [T0 + 60 * i for i in range(0, 60)], telegram)
+    kinds = [k for k, _ in telegram.sent]
+    assert kinds == ["red", "green", "red", "flapping"], kinds
+    # it stops flapping (green from then on): once the window passes without a flip, its settled state is told
+    settled = evals + [(T0 + 3600, True, "none")]
+    run(settled, [T0 + 3600 + 60 * i for i in range(0, 70)], telegram, cursor)
+    assert [k for k, _ in telegram.sent] == ["red", "green", "red", "flapping", "settled"]
+
+
+def test_a_message_telegram_did_not_take_is_sent_at_the_next_tick():
+    telegram = Telegram()
+    telegram.down = True
+    evals = [(T0, False, "- unhealthy")]
+    cursor = run(evals, [T0, T0 + 60], telegram)
+    assert telegram.sent == []
+    telegram.down = False
+    run(evals, [T0 + 120, T0 + 180], telegram, cursor)
+    assert telegram.sent == [("red", "redis healthy")]
