@@ -28,6 +28,7 @@ from prodg_assets.desired import DirTree, load_desired_state
 from tests.browser import look
 from tests.conftest import ROOT, free_subnet, git
 from tests.dagster_dev import Dagster
+from tests.spec.conftest import BUNDLED_ENV
 from tests.standins.process import free_port
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(2400)]
@@ -91,7 +92,7 @@ def test_the_readme_main_command_on_a_fresh_clone_deploys_what_this_machine_can_
         ports = {"DAGSTER_PORT": free_port(), "PRODG_WEBHOOK_PORT": free_port(), "PRODG_BACKUP_STORE_PORT": free_port()}
         env.update({k: str(v) for k, v in ports.items()})
         env.update({"PRODG_NETWORK_SUBNET": subnet, "PRODG_SENSOR_INTERVAL_S": "10"})
-        state = load_desired_state(DirTree(os.path.join(clone, "config")), {**env, "PRODG_DATA": "/x",
+        state = load_desired_state(DirTree(os.path.join(clone, "config")), {**env, "PRODG_DATA": "/x", **BUNDLED_ENV,
                                                                               "PRODG_SECRETS_FILE": "/x/.env"})
         containers = [s.container_name for s in state.services.values()] + ["dagster-postgres"]
         networks = [n.name for n in state.networks.values() if not n.external] + ["prodg-dagster"]

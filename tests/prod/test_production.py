@@ -13,6 +13,7 @@ import json
 import os
 import re
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -369,7 +370,13 @@ def deployment(tmp_path_factory, docker_client) -> Deployment:
 def test_materialisation_runs_in_its_own_container_and_logs_to_postgres(deployment: Deployment):
     dep = deployment
     commit = dep.bed.commits[-1]
-    since = int(time.time()) - 1
+    # The Engine's events of run containers, followed live from before the launch: asked for afterwards, they come from
+    # the Engine's short history, which a busy Engine (healthchecks of every container) has already moved past.
+    stream = dep.client.events(since=int(time.time()) - 1, decode=True,
+                               filters={"type": "container", "label": "dagster/run_id"})
+    seen: list[tuple[str, str]] = []
+    threading.Thread(target=lambda: [seen.append((e.get("status") or e.get("Action") or "", e.get("id", "")))
+                                     for e in stream], daemon=True).start()
     run_id = dep.launch(["secrets_env"], {"prodg/commit": commit})
     run = dep.wait_run(run_id)
     tags = {t["key"]: t["value"] for t in run["tags"]}
@@ -379,12 +386,13 @@ def test_materialisation_runs_in_its_own_container_and_logs_to_postgres(deployme
 
     # DockerRunLauncher created and started a container of the code image for this run; it ended and was removed.
     def lifecycle() -> list[str]:
-        events = dep.client.events(since=since, until=int(time.time()) + 1, decode=True,
-                                   filters={"type": "container", "label": f"dagster/run_id={run_id}"})
-        seen = [(e.get("status") or e.get("Action"), e.get("id"), e.get("from")) for e in events]
-        return [s for s, cid, _ in seen if cid == container_id] if "destroy" in {s for s, *_ in seen} else []
+        mine = [status for status, cid in list(seen) if cid == container_id]
+        return mine if "destroy" in mine else []
 
-    statuses = wait_for(f"the run container {container_id[:12]} to be removed", lifecycle, 60)
+    try:
+        statuses = wait_for(f"the run container {container_id[:12]} to be removed", lifecycle, 60)
+    finally:
+        stream.close()
     assert {"create", "start", "die", "destroy"} <= set(statuses), statuses
     with pytest.raises(docker.errors.NotFound):
         dep.client.containers.get(container_id)
