@@ -265,6 +265,15 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grafana_alerts(args: argparse.Namespace) -> int:
+    """Print Grafana's alerting provisioning file for the alerts of a Prometheus rules file."""
+    from .watch.alerting import grafana_rules
+
+    with open(args.rules, encoding="utf-8") as fh:
+        sys.stdout.write(grafana_rules(fh.read()))
+    return 0
+
+
 def _listen_address(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     if not port.isdigit():
@@ -319,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("exporter", help="serve prodg's metrics for Prometheus (read from the Dagster instance)")
     p.add_argument("--listen", default="127.0.0.1:9464", help="HOST:PORT (default: 127.0.0.1:9464)")
     p.set_defaults(func=cmd_exporter)
+    p = sub.add_parser("grafana-alerts", help="print Grafana's alerting provisioning for a Prometheus rules file's "
+                                              "alerts (config/compose/grafana/provisioning/alerting/prodg.yml)")
+    p.add_argument("rules", help="the Prometheus rules file (config/compose/prometheus/rules/prodg.yml)")
+    p.set_defaults(func=cmd_grafana_alerts)
     p = sub.add_parser("demo-secrets", help="print a secrets env file with random values for every required key")
     p.add_argument("path", nargs="?")
     p.set_defaults(func=cmd_demo_secrets)

@@ -20,6 +20,8 @@ from ..settings import BackupTarget, DnsRecord, Settings, duration_minutes, ever
 from ..signkeys import SigningError, parse_signer
 from .compose import read_compose
 from .errors import ConfigInvalid, SpecError
+from .grafana import MOUNT as GRAFANA_PROVISIONING
+from .grafana import check_provisioning
 from .interpolate import LoadContext
 from .model import DesiredState, ServiceSpec
 from .schema import PRODG_SCHEMA, check_schema, kind_of
@@ -332,6 +334,9 @@ def _load(tree: ConfigTree, env: Mapping[str, str], host_root: str | None, trees
         return None, ctx
     project, specs, networks, volumes = compose
     settings = _settings(ctx, pdoc, pdata, specs)
+    for folder in sorted({m.config_path.split("#")[0] for spec in specs.values() for m in spec.volumes
+                          if m.config_path and m.target.rstrip("/") == GRAFANA_PROVISIONING}):
+        ctx.errors.extend(check_provisioning(tree, tree.label, folder))
     state = DesiredState(project, specs, networks, tuple(sorted(volumes.values())), settings, compose_rel,
                          dict(ctx.variables))
     return state, ctx
