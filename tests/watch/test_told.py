@@ -78,3 +78,28 @@ def test_a_message_telegram_did_not_take_is_sent_at_the_next_tick():
     telegram.down = False
     run(evals, [T0 + 120, T0 + 180], telegram, cursor)
     assert telegram.sent == [("red", "redis healthy")]
+
+
+def test_the_readme_states_the_defaults_and_intervals_that_run():
+    """README's "What you are told, and when" gives the notifiers' ticks and the watch defaults: keep them true."""
+    import os
+
+    import prodg_assets
+    from prodg_assets.contract import BACKUP_MISSED_SENSOR, CHECK_NOTIFIER, DEPLOY_FAILURE_NOTIFIER
+    from prodg_assets.settings import WatchSettings
+    from tests.conftest import ROOT
+    from tests.spec.conftest import BUNDLED_ENV
+
+    readme = " ".join(open(os.path.join(ROOT, "README.md"), encoding="utf-8").read().split())
+    defs = prodg_assets.build_defs({"PRODG_REPO": ROOT, **BUNDLED_ENV})
+    tick = {name: defs.resolve_sensor_def(name).minimum_interval_seconds
+            for name in (DEPLOY_FAILURE_NOTIFIER, CHECK_NOTIFIER, BACKUP_MISSED_SENSOR)}
+    assert f"the next tick of `deploy_failure_notifier` ({tick[DEPLOY_FAILURE_NOTIFIER]} s)" in readme
+    assert f"its family's interval + the notifier's tick ({tick[CHECK_NOTIFIER]} s)" in readme
+    assert f"after 04:00 UTC (every {tick[BACKUP_MISSED_SENSOR] // 60} min;" in readme
+    watch = WatchSettings()
+    assert f"`watch.remind_every` ({watch.remind_every.replace('h', ' h')}) after the last message" in readme
+    assert f"flapping ({watch.flapping_changes} changes within {watch.flapping_within.replace('h', ' h')})" in readme
+    assert f"`{watch.backups_due_by}`" in readme or f'`"{watch.backups_due_by}"`' in readme
+    every = ", ".join(f"{family} {interval}" for family, interval in WatchSettings.every)
+    assert every in readme
