@@ -1,7 +1,7 @@
 """Checks on a clock: one schedule per check family (prodg.yaml `watch.every`: health, exposure, host, secrets, tls,
 dns) that re-runs that family's checks against the live host without deploying anything. `in_sync` is the drift
-schedule's (drift.py). A run is tagged with the branch head it checked against and `prodg/kind=checks`, so no
-notifier takes it for a deploy."""
+schedule's (drift.py). A run is tagged `prodg/kind=checks` (so no notifier takes it for a deploy) but carries no
+`prodg/commit`: it deploys no commit, and its checks read the branch head (gitops.run.run_commit)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 
 import dagster as dg
 
-from ..contract import CHECK_SCHEDULE_PREFIX, CHECKS_KIND, COMMIT_TAG, KIND_TAG, WATCHED_TAG
+from ..contract import CHECK_SCHEDULE_PREFIX, CHECKS_KIND, KIND_TAG, WATCHED_TAG
 from ..desired import ConfigInvalid, DesiredState
 from ..gitops.repo import ConfigRepo
 from ..settings import every_cron
@@ -21,13 +21,12 @@ def _check_schedule(family: str, keys: Sequence[dg.AssetCheckKey], cron: str, in
                  description=f"Every {interval} (prodg.yaml watch.every.{family}): the {family} checks of the live "
                              f"host ({len(keys)}), nothing deployed.")
     def _schedule(context: dg.ScheduleEvaluationContext, repo: ConfigRepo):
-        commit = repo.head() if repo.is_git() else ""
         try:
-            repo.desired_state(commit)
+            repo.desired_state(repo.head() if repo.is_git() else "")
         except ConfigInvalid as exc:  # the checks would only say that; the git sensor already does
             return dg.SkipReason(f"desired state does not validate: {exc.errors[0] if exc.errors else ''}")
         return dg.RunRequest(run_key=f"checks-{family}-{context.scheduled_execution_time.isoformat()}",
-                             tags={KIND_TAG: CHECKS_KIND, WATCHED_TAG: family, **({COMMIT_TAG: commit} if commit else {})})
+                             tags={KIND_TAG: CHECKS_KIND, WATCHED_TAG: family})
 
     return _schedule
 
