@@ -2,10 +2,15 @@
 Prometheus loading the bundled alert rules: the deployed commit, each service's deploy result and checks, the daemon's
 heartbeat and the git sensor's tick come out of the Dagster instance's storage; a scrape without the bearer token is
 refused; and when every Dagster process has stopped the exporter still answers with the last heartbeat, so the
-heartbeat rule (its firing is unit-tested in test_rules.py) has something to go stale on."""
+heartbeat rule (its firing is unit-tested in test_rules.py) has something to go stale on.
+
+A backup target whose newest day is old (reported as an external materialisation of three days ago: the bed has no
+store to back up into) and whose yesterday is missing: the metric shows the old capture, `ProdgBackupStale` fires in
+Prometheus, and the daemon's own missed-backup sensor tells the Telegram stand-in once."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 import sys
@@ -14,7 +19,10 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import make_testbed
+import dagster as dg
+
+from tests.conftest import TEST_SECRETS, make_testbed
+from tests.standins.telegram import TelegramStandIn
 from tests.dagster_dev import dagster_dev, free_port, stop
 
 pytestmark = pytest.mark.docker
@@ -39,10 +47,22 @@ def test_the_exporter_reports_the_instance_and_prometheus_scrapes_it(tmp_path, d
     port, prometheus_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     exporter = prometheus = None
+    telegram = TelegramStandIn(TEST_SECRETS["TELEGRAM_BOT_TOKEN"]).__enter__()
+    bed.env["TELEGRAM_API_URL"] = telegram.url
+    today = datetime.datetime.now(datetime.timezone.utc).date()
+    bed.edit("prodg.yaml", "    on: [deploy_failure, backup_success, backup_failure]\n",
+             "    on: [deploy_failure, backup_success, backup_failure, backup_missed]\n")
+    bed.add_postgres_backups("prodg-exporter", "http://127.0.0.1:9", (today - datetime.timedelta(days=10)).isoformat())
     try:
         with dagster_dev(tmp_path, bed, interval_s=600) as dagster:
             first = dagster.finished_run(bed.commits[-1])  # the sensor's first tick deploys the stack
             assert first["status"] == "SUCCESS", first
+            old_day = today - datetime.timedelta(days=3)
+            captured = datetime.datetime.combine(old_day, datetime.time(23, 59), datetime.timezone.utc)
+            with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
+                instance.report_runless_asset_event(dg.AssetMaterialization(
+                    "postgres_backup", partition=old_day.isoformat(),
+                    metadata={"captured_at": captured.isoformat(), "bytes": 4096}))
             exporter = subprocess.Popen(
                 [sys.executable, "-m", "prodg_assets.cli", "exporter", "--listen", f"127.0.0.1:{port}"],
                 env={**os.environ, **bed.env, "DAGSTER_HOME": str(tmp_path / "dagster_home"),
@@ -58,6 +78,8 @@ def test_the_exporter_reports_the_instance_and_prometheus_scrapes_it(tmp_path, d
             assert sample(metrics, "prodg_check_passed", asset="redis", check="in_sync") == 1
             assert sample(metrics, "prodg_last_tick_timestamp_seconds", instigator="config_repo_sensor",
                           kind="sensor") is not None
+            assert sample(metrics, "prodg_backup_last_captured_timestamp_seconds", target="postgres") == \
+                captured.timestamp()
             beat = sample(metrics, "prodg_daemon_heartbeat_timestamp_seconds", daemon="SCHEDULER")
             assert beat is not None
             # the daemon is alive: its heartbeat moves on (it beats every 30 s or so)
@@ -100,12 +122,24 @@ def test_the_exporter_reports_the_instance_and_prometheus_scrapes_it(tmp_path, d
             alerts = requests.get(f"{api}/alerts", timeout=5).json()["data"]["alerts"]
             assert not [a for a in alerts if a["labels"]["alertname"] in ("ProdgDaemonHeartbeatStale",
                                                                          "ProdgDeployFailed", "ProdgExporterDown")]
+
+            def stale_backup_firing():
+                return [a for a in requests.get(f"{api}/alerts", timeout=5).json()["data"]["alerts"]
+                        if a["labels"]["alertname"] == "ProdgBackupStale" and a["state"] == "firing"]
+
+            (stale,) = dagster.wait("ProdgBackupStale to fire", stale_backup_firing)
+            assert stale["labels"]["target"] == "postgres"
+            # the daemon's missed-backup sensor: yesterday (or, before 04:00 UTC, the day before) has no backup
+            missed = dagster.wait("the missed backup told", lambda: [
+                m["text"] for m in telegram.messages if m["text"].startswith("❌ backup of ")])
+            assert len(missed) == 1 and "- postgres_backup: no backup run at all" in missed[0]
             last_beat = sample(scrape(url), "prodg_daemon_heartbeat_timestamp_seconds", daemon="SCHEDULER")
         # every Dagster process has stopped: the exporter still answers, with the heartbeat it last saw
         after = scrape(url)
         assert sample(after, "prodg_daemon_heartbeat_timestamp_seconds", daemon="SCHEDULER") >= last_beat
         assert sample(after, "prodg_service_info", service="redis", commit=bed.commits[-1]) == 1
     finally:
+        telegram.__exit__(None, None, None)
         if exporter is not None:
             stop(exporter)
         if prometheus is not None:
