@@ -175,8 +175,14 @@ def cmd_demo_secrets(args: argparse.Namespace) -> int:
     import secrets as pysecrets
 
     state = load_desired_state(DirTree(_config_path(args.path)), os.environ)
-    for key in state.settings.required_secrets:
-        print(f"{key}={pysecrets.token_urlsafe(24)}")
+    for key, decl in sorted(state.settings.secrets.required.items()):
+        value = pysecrets.token_urlsafe(24)
+        if decl.format == "bcrypt":  # the hash of a random password (printed beside it, for the demo's console)
+            import bcrypt
+
+            print(f"# {key}: the hash of the password {value}")
+            value = bcrypt.hashpw(value.encode(), bcrypt.gensalt(rounds=12)).decode()
+        print(f"{key}={value}")
     return 0
 
 

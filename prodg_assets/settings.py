@@ -175,6 +175,19 @@ class InfisicalSettings:
 class RequiredSecret:
     used_by: tuple[str, ...] = ()
     purpose: str = ""
+    format: str = ""  # "bcrypt": the value must be a bcrypt hash (`caddy hash-password`), never a placeholder
+
+
+BCRYPT = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
+
+
+def secret_format_problem(name: str, value: str, fmt: str) -> str:
+    """Why `value` of secret `name` is not of its declared format ("" when it is, or when none is declared); never
+    shows the value."""
+    if fmt == "bcrypt" and not BCRYPT.match(value or ""):
+        return (f"{name} is not a bcrypt hash ($2a$/$2b$/$2y$, cost, 53 characters): make one with "
+                f"`caddy hash-password` and put it in the secrets source")
+    return ""
 
 
 @dataclass(frozen=True)
@@ -404,7 +417,8 @@ def settings_from_yaml(data: Mapping, records: tuple[DnsRecord, ...] = (),
         dns=_pick(DnsSettings, dns, require_dns_only=dns.get("require_dns_only") is True, records=records),
         tls=_pick(TlsSettings, tls),
         secrets=_pick(SecretsSettings, sec, infisical=_pick(InfisicalSettings, _m(sec.get("infisical"))),
-                      required={str(k): RequiredSecret(_strs(_m(v).get("used_by")), str(_m(v).get("purpose", "")))
+                      required={str(k): RequiredSecret(_strs(_m(v).get("used_by")), str(_m(v).get("purpose", "")),
+                                                       str(_m(v).get("format", "")))
                                 for k, v in _m(sec.get("required")).items()}),
         backups=_pick(BackupSettings, backups, targets=targets,
                       start_date=str(backups.get("start_date") or "")[:10],

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+import bcrypt
 import dagster as dg
 import pytest
 
@@ -23,6 +24,7 @@ ROOT = os.path.dirname(HERE)
 # the `prodg` command line, run by the interpreter running the tests (no path into a particular virtualenv)
 PRODG_CLI = [sys.executable, "-m", "prodg_assets.cli"]
 STACK_CONFIG = os.path.join(HERE, "stack", "config")
+CONSOLE_PASSWORD = "console-Test-Password-4d5e6f"
 TEST_SECRETS = {
     "POSTGRES_PASSWORD": "pg-Test-Secret-7f3a9c",
     "REDIS_PASSWORD": "redis-Test-Secret-2b8e1d",
@@ -30,6 +32,8 @@ TEST_SECRETS = {
     "TELEGRAM_BOT_TOKEN": "123456:tg-Test-Token-AbCdEf",
     "CLOUDFLARE_API_TOKEN": "cf-Test-Token-5e6f7a8b",
     "HEADSCALE_API_KEY": "hs-Test-Key-0a1b2c3d",
+    # the console's basic auth: the bcrypt hash of CONSOLE_PASSWORD (a fixed salt, so every process has the same)
+    "DAGSTER_UI_BASICAUTH_HASH": bcrypt.hashpw(CONSOLE_PASSWORD.encode(), b"$2b$04$prodgTestSaltConsole..").decode(),
 }
 
 
@@ -291,6 +295,7 @@ def make_testbed(tmp: str, client: docker.DockerClient, name: str) -> Testbed:
     with open(secrets_file, "w") as fh:
         fh.write("".join(f"{k}={v}\n" for k, v in TEST_SECRETS.items()))
     os.chmod(secrets_file, 0o600)
+    subnet = free_subnet(client)
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", "/root"),
@@ -300,7 +305,9 @@ def make_testbed(tmp: str, client: docker.DockerClient, name: str) -> Testbed:
         "PRODG_SECRETS_FILE": secrets_file,
         "PRODG_TEST_NAME": name,
         # each test bed its own subnet, free on this Engine, so beds of concurrent runs never overlap
-        "PRODG_TEST_SUBNET": free_subnet(client),
+        "PRODG_TEST_SUBNET": subnet,
+        # the console's allowed clients: the bed network's gateway, which requests from this host arrive from
+        "PRODG_CONSOLE_CLIENTS": f"{ipaddress.ip_network(subnet)[1]}/32",
         "PRODG_TLS_CA_FILE": make_caddy_root(os.path.join(tmp, "data")),
         # the seed's images come from the test registry (the registry_mirror fixture)
         "PRODG_REGISTRY_MIRROR": os.environ.get("PRODG_REGISTRY_MIRROR", ""),

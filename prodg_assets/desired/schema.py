@@ -57,7 +57,7 @@ PRODG_SCHEMA = {
     "secrets": Req({
         "source": Req(OneOf("env_file", "infisical")), "env_file": str,
         "infisical": {"api_base_url": str, "project_id": str, "environment": str, "token_env": str},
-        "required": Req(MapOf({"used_by": [str], "purpose": str})),
+        "required": Req(MapOf({"used_by": [str], "purpose": str, "format": OneOf("bcrypt")})),
     }),
     "backups": {
         "bucket": Req(str), "endpoint_url": str, "region": str, "access_key_id_env": str,

@@ -9,6 +9,7 @@ from ..desired import DirTree, sha256_hex
 from ..engine.secrets import SecretSource
 from ..gitops.repo import ConfigRepo
 from ..gitops.run import state_for_run
+from ..settings import secret_format_problem
 
 
 @dg.asset(name=SECRETS_ASSET, group_name="secrets", kinds={"secrets"})
@@ -33,11 +34,13 @@ def secrets_env(context: dg.AssetExecutionContext, secrets: SecretSource, repo: 
 @dg.asset_check(asset=SECRETS_ASSET, name=SECRETS_CHECK, blocking=True)
 def secrets_complete_and_private(context: dg.AssetCheckExecutionContext, secrets: SecretSource,
                                  repo: ConfigRepo) -> dg.AssetCheckResult:
-    """Every required key is present and non-empty; the env file is mode 600 and owned by root; and no secret value
-    appears anywhere in the config repo."""
+    """Every required key is present and non-empty, and of its declared format (a bcrypt hash where `format:
+    bcrypt`); the env file is mode 600 and owned by root; and no secret value appears anywhere in the config repo."""
     state, commit = state_for_run(context, repo)
     values = secrets.values()
     problems = [f"{k} is missing or empty" for k in state.settings.required_secrets if not values.get(k)]
+    problems += [p for k, decl in state.settings.secrets.required.items() if values.get(k)
+                 for p in [secret_format_problem(k, values[k], decl.format)] if p]
     if secrets.source == "env_file":
         facts = secrets.env_file_facts()
         if not facts.exists:

@@ -65,6 +65,7 @@ REQUIRED_SECRETS = {
     "HERMES_API_TOKEN", "B2_KEY_SECRET",
     "DAGSTER_POSTGRES_PASSWORD",  # not in the seed: prodg's own Dagster storage
     "PRODG_METRICS_TOKEN",  # not in the seed: Prometheus scraping prodg's exporter
+    "DAGSTER_UI_BASICAUTH_HASH",  # was a variable with a placeholder: the console password's bcrypt hash
 }
 
 
