@@ -24,7 +24,7 @@ _CLIENTS: dict[str, "docker.DockerClient"] = {}
 
 class DockerEngine(dg.ConfigurableResource):
     """The Docker Engine the mainframe runs on. `base_url` is a DOCKER_HOST-style address (unix://, tcp://, ssh://);
-    empty means the environment's DOCKER_HOST or the local socket."""
+    empty means the environment's DOCKER_HOST or the local socket — never the Docker CLI's current context."""
 
     base_url: str = ""
     api_timeout_s: int = 120
@@ -39,8 +39,10 @@ class DockerEngine(dg.ConfigurableResource):
         key = self.base_url or os.environ.get("DOCKER_HOST", "")
         if key not in _CLIENTS:
             docker = docker_sdk()
+            # never a Docker CLI context (docker-py 7.2 falls back to the CLI's current one when DOCKER_HOST is
+            # unset): which Engine prodg changes is named by base_url or DOCKER_HOST, else it is the local socket
             _CLIENTS[key] = (docker.DockerClient(base_url=self.base_url, timeout=self.api_timeout_s)
-                             if self.base_url else docker.from_env(timeout=self.api_timeout_s))
+                             if self.base_url else docker.from_env(timeout=self.api_timeout_s, use_context=False))
         return _CLIENTS[key]
 
     @property
