@@ -112,3 +112,28 @@ def test_a_day_without_a_backup_is_told_once_on_the_first_tick_and_never_again(t
         instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="postgres_backup", partition=day))
         tick(defs, BACKUP_MISSED_SENSOR, instance, None)
         assert len(telegram.messages) == 1
+
+
+def test_a_flapping_container_is_told_once_as_flapping_and_a_restart_resends_nothing(testbed: Testbed, telegram):
+    bed = testbed
+    bed.edit("prodg.yaml", "    on: [deploy_failure, backup_success, backup_failure]\n",
+             "    on: [deploy_failure, backup_success, backup_failure, check]\n")
+    bed.commit("watched checks are told to Telegram")
+    with dg.instance_for_test() as instance:
+        assert bed.materialize(selection="host_baseline,docker_network,secrets_env,redis", instance=instance).success
+        defs = bed.defs()
+        health_round(defs, instance)
+        cursor = tick(defs, CHECK_NOTIFIER, instance, None)
+        for _ in range(3):  # killed and started again, three times over: six changes within the hour
+            bed.containers()["redis"].kill()
+            health_round(defs, instance)
+            cursor = tick(defs, CHECK_NOTIFIER, instance, cursor)
+            bed.containers()["redis"].start()
+            health_round(defs, instance)
+            cursor = tick(defs, CHECK_NOTIFIER, instance, cursor)
+        told = [t.split(" (after ")[0] for t in about(telegram, "redis healthy")]
+        assert told == ["⚠️ redis healthy is red", "✅ redis healthy is green again", "⚠️ redis healthy is red",
+                        "🔁 redis healthy is flapping: 4 changes within 60 min; told again once it settles"]
+        # the daemon restarted: the sensor starts again from the cursor it kept, and tells nothing twice
+        tick(defs, CHECK_NOTIFIER, instance, cursor)
+        assert [t.split(" (after ")[0] for t in about(telegram, "redis healthy")] == told
