@@ -116,8 +116,12 @@ def test_the_readme_main_command_on_a_fresh_clone_deploys_what_this_machine_can_
         dagster = Dagster(url, log_path)
         registry_port = None
         try:
-            dagster.wait("the Dagster UI of docker/dev/up", lambda: up.poll() is None and requests.get(
-                f"{url}/server_info", timeout=5).ok, budget=1500)
+            def ui_up() -> bool:
+                if up.poll() is not None:  # not an AssertionError: wait() would keep polling a dead script
+                    raise RuntimeError(f"docker/dev/up exited with {up.returncode}:\n{open(log_path).read()[-3000:]}")
+                return requests.get(f"{url}/server_info", timeout=5).ok
+
+            dagster.wait("the Dagster UI of docker/dev/up", ui_up, budget=1500)
             with open(os.path.join(clone, ".prodg", "registry", "port"), encoding="utf-8") as fh:
                 registry_port = int(fh.read())
             keys = [{"path": [s.asset]} for s in runnable]
