@@ -230,13 +230,19 @@ def build_check_notifier(keys: Sequence[dg.AssetCheckKey], watch: WatchSettings)
         told = json.loads(context.cursor) if context.cursor else {}
         now, sent = time.time(), []
 
+        unreachable: list[bool] = []  # after one message Telegram did not take, the rest wait for the next tick
+
         def send(kind: str, ev: Evaluation) -> bool:
+            if unreachable:
+                return False
             rec = told.get(ev.check, {})
             since = now - (rec.get("since") or ev.at) if kind in ("green", "reminder") else 0.0
             ok = telegram.send(check_message(kind, ev, since, policy, run_link(telegram, ev.run_id)), secrets,
                                context.log)
             if ok:
                 sent.append(f"{ev.check} ({kind})")
+            else:
+                unreachable.append(True)
             return ok
 
         told = tell(told, latest_evaluations(context.instance, keys, values), now, policy, send)
