@@ -276,7 +276,7 @@ def cmd_grafana_alerts(args: argparse.Namespace) -> int:
     from .watch.alerting import grafana_rules
 
     with open(args.rules, encoding="utf-8") as fh:
-        sys.stdout.write(grafana_rules(fh.read()))
+        sys.stdout.write(grafana_rules(fh.read(), args.rules))
     return 0
 
 

@@ -42,6 +42,33 @@ def sample(metrics: dict, name: str, **labels) -> float | None:
     return next((v for (n, ls), v in metrics.items() if n == name and set(labels.items()) <= ls), None)
 
 
+def start_exporter(tmp_path, env: dict, port: int) -> subprocess.Popen:
+    """`prodg exporter` on 127.0.0.1:`port` with `env` (DAGSTER_HOME and the rest), scraped with TOKEN."""
+    return subprocess.Popen([sys.executable, "-m", "prodg_assets.cli", "exporter", "--listen", f"127.0.0.1:{port}"],
+                            env={**env, "PRODG_METRICS_TOKEN": TOKEN}, stdout=open(tmp_path / "exporter.log", "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def start_prometheus(docker_client, tmp_path, exporter_port: int, prometheus_port: int):
+    """The stack's Prometheus (its image) with the bundled rules, scraping the exporter with the token from a file;
+    its API at http://127.0.0.1:`prometheus_port`/api/v1. The container, to remove."""
+    (tmp_path / "token").write_text(TOKEN)
+    (tmp_path / "token").chmod(0o644)
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 2s, evaluation_interval: 2s}\n"
+        "rule_files: [/etc/prometheus/rules/*.yml]\n"
+        "scrape_configs:\n  - job_name: prodg\n"
+        "    authorization: {credentials_file: /etc/prometheus/token}\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{exporter_port}']}}]\n")
+    return docker_client.containers.run(
+        "prodg/prometheus:bookworm", ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/tmp/tsdb",
+                                      f"--web.listen-address=127.0.0.1:{prometheus_port}"],
+        detach=True, network_mode="host", volumes={
+            str(tmp_path / "prometheus.yml"): {"bind": "/etc/prometheus/prometheus.yml", "mode": "ro"},
+            str(tmp_path / "token"): {"bind": "/etc/prometheus/token", "mode": "ro"},
+            RULES: {"bind": "/etc/prometheus/rules", "mode": "ro"}})
+
+
 def test_the_exporter_reports_the_instance_and_prometheus_scrapes_it(tmp_path, docker_client):
     bed = make_testbed(str(tmp_path), docker_client, f"prodgx{os.getpid() % 10000}")
     port, prometheus_port = free_port(), free_port()
@@ -63,11 +90,8 @@ def test_the_exporter_reports_the_instance_and_prometheus_scrapes_it(tmp_path, d
                 instance.report_runless_asset_event(dg.AssetMaterialization(
                     "postgres_backup", partition=old_day.isoformat(),
                     metadata={"captured_at": captured.isoformat(), "bytes": 4096}))
-            exporter = subprocess.Popen(
-                [sys.executable, "-m", "prodg_assets.cli", "exporter", "--listen", f"127.0.0.1:{port}"],
-                env={**os.environ, **bed.env, "DAGSTER_HOME": str(tmp_path / "dagster_home"),
-                     "PRODG_METRICS_TOKEN": TOKEN}, stdout=open(tmp_path / "exporter.log", "w"),
-                stderr=subprocess.STDOUT, start_new_session=True)
+            exporter = start_exporter(tmp_path, {**os.environ, **bed.env,
+                                                 "DAGSTER_HOME": str(tmp_path / "dagster_home")}, port)
             dagster.wait("the exporter", lambda: requests.get(url, timeout=5).status_code == 401)
             assert requests.get(url, timeout=5, headers={"Authorization": "Bearer wrong"}).status_code == 401
 
@@ -87,22 +111,7 @@ def test_the_exporter_reports_the_instance_and_prometheus_scrapes_it(tmp_path, d
                 scrape(url), "prodg_daemon_heartbeat_timestamp_seconds", daemon="SCHEDULER") > beat, budget=180)
 
             # the stack's Prometheus, with the bundled rules, scrapes it with the token from a file
-            (tmp_path / "token").write_text(TOKEN)
-            (tmp_path / "token").chmod(0o644)
-            (tmp_path / "prometheus.yml").write_text(
-                "global: {scrape_interval: 2s, evaluation_interval: 2s}\n"
-                "rule_files: [/etc/prometheus/rules/*.yml]\n"
-                "scrape_configs:\n  - job_name: prodg\n"
-                "    authorization: {credentials_file: /etc/prometheus/token}\n"
-                f"    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n")
-            prometheus = docker_client.containers.run(
-                "prodg/prometheus:bookworm", ["--config.file=/etc/prometheus/prometheus.yml",
-                                              "--storage.tsdb.path=/tmp/tsdb",
-                                              f"--web.listen-address=127.0.0.1:{prometheus_port}"],
-                detach=True, network_mode="host", volumes={
-                    str(tmp_path / "prometheus.yml"): {"bind": "/etc/prometheus/prometheus.yml", "mode": "ro"},
-                    str(tmp_path / "token"): {"bind": "/etc/prometheus/token", "mode": "ro"},
-                    RULES: {"bind": "/etc/prometheus/rules", "mode": "ro"}})
+            prometheus = start_prometheus(docker_client, tmp_path, port, prometheus_port)
             api = f"http://127.0.0.1:{prometheus_port}/api/v1"
 
             def deployed_commit_in_prometheus():

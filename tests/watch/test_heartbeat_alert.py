@@ -16,7 +16,7 @@ import requests
 from tests.conftest import ROOT, make_testbed
 from tests.dagster_dev import Dagster, free_port, stop
 
-from .test_exporter import RULES, TOKEN, sample, scrape
+from .test_exporter import sample, scrape, start_exporter, start_prometheus
 
 pytestmark = pytest.mark.docker
 ALERT = "ProdgDaemonHeartbeatStale"
@@ -36,35 +36,18 @@ def test_the_heartbeat_alert_fires_with_no_daemon_and_clears_when_it_runs(tmp_pa
     (tmp_path / "workspace.yaml").write_text(
         f"load_from:\n  - python_file:\n      relative_path: {os.path.join(ROOT, 'definitions.py')}\n"
         f"      location_name: prodg\n")
-    env = {**os.environ, **bed.env, "DAGSTER_HOME": str(home), "PRODG_METRICS_TOKEN": TOKEN}
+    env = {**os.environ, **bed.env, "DAGSTER_HOME": str(home)}
     port, prometheus_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     exporter = daemon = prometheus = None
     (tmp_path / "daemon.log").touch()
     waiter = Dagster("http://127.0.0.1:9", str(tmp_path / "daemon.log"))  # its wait() only
     try:
-        exporter = subprocess.Popen([sys.executable, "-m", "prodg_assets.cli", "exporter", "--listen",
-                                     f"127.0.0.1:{port}"], env=env, stdout=open(tmp_path / "exporter.log", "w"),
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+        exporter = start_exporter(tmp_path, env, port)
         waiter.wait("the exporter", lambda: requests.get(url, timeout=5).status_code == 401)
         assert sample(scrape(url), "prodg_daemon_heartbeat_timestamp_seconds") is None  # never beaten
 
-        (tmp_path / "token").write_text(TOKEN)
-        (tmp_path / "token").chmod(0o644)
-        (tmp_path / "prometheus.yml").write_text(
-            "global: {scrape_interval: 2s, evaluation_interval: 2s}\n"
-            "rule_files: [/etc/prometheus/rules/*.yml]\n"
-            "scrape_configs:\n  - job_name: prodg\n"
-            "    authorization: {credentials_file: /etc/prometheus/token}\n"
-            f"    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n")
-        prometheus = docker_client.containers.run(
-            "prodg/prometheus:bookworm", ["--config.file=/etc/prometheus/prometheus.yml",
-                                          "--storage.tsdb.path=/tmp/tsdb",
-                                          f"--web.listen-address=127.0.0.1:{prometheus_port}"],
-            detach=True, network_mode="host", volumes={
-                str(tmp_path / "prometheus.yml"): {"bind": "/etc/prometheus/prometheus.yml", "mode": "ro"},
-                str(tmp_path / "token"): {"bind": "/etc/prometheus/token", "mode": "ro"},
-                RULES: {"bind": "/etc/prometheus/rules", "mode": "ro"}})
+        prometheus = start_prometheus(docker_client, tmp_path, port, prometheus_port)
         api = f"http://127.0.0.1:{prometheus_port}/api/v1"
         (alert,) = waiter.wait(f"{ALERT} to fire with no daemon", lambda: firing(api))
         assert alert["labels"]["severity"] == "critical"

@@ -57,14 +57,24 @@ def about(telegram: TelegramStandIn, prefix: str) -> list[str]:
     return [m["text"].splitlines()[0] for m in telegram.messages if m["text"].split(" ", 1)[1].startswith(prefix)]
 
 
+def told_to_telegram(bed: Testbed, event: str) -> None:
+    """The bed's notifications.telegram.on with `event` added, committed."""
+    bed.edit("prodg.yaml", "    on: [deploy_failure, backup_success, backup_failure]\n",
+             f"    on: [deploy_failure, backup_success, backup_failure, {event}]\n")
+    bed.commit(f"{event} is told to Telegram")
+
+
+def redis_watched(bed: Testbed, instance: dg.DagsterInstance) -> dg.Definitions:
+    """Watched checks told to Telegram, Redis deployed: the definitions the daemon would load."""
+    told_to_telegram(bed, "check")
+    assert bed.materialize(selection="host_baseline,docker_network,secrets_env,redis", instance=instance).success
+    return bed.defs()
+
+
 def test_a_container_killed_by_hand_is_told_once_and_so_is_its_recovery(testbed: Testbed, telegram):
     bed = testbed
-    bed.edit("prodg.yaml", "    on: [deploy_failure, backup_success, backup_failure]\n",
-             "    on: [deploy_failure, backup_success, backup_failure, check]\n")
-    bed.commit("watched checks are told to Telegram")
     with dg.instance_for_test() as instance:
-        assert bed.materialize(selection="host_baseline,docker_network,secrets_env,redis", instance=instance).success
-        defs = bed.defs()
+        defs = redis_watched(bed, instance)
         first = health_round(defs, instance)
         assert {e.asset_check_key.name for e in first.get_asset_check_evaluations()
                 if e.asset_key == dg.AssetKey("redis")} == {"healthy", "redis_answers_ping"}
@@ -92,8 +102,7 @@ def test_a_container_killed_by_hand_is_told_once_and_so_is_its_recovery(testbed:
 def test_a_day_without_a_backup_is_told_once_on_the_first_tick_and_never_again(testbed: Testbed, telegram):
     bed = testbed
     start = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=10)).isoformat()
-    bed.edit("prodg.yaml", "    on: [deploy_failure, backup_success, backup_failure]\n",
-             "    on: [deploy_failure, backup_success, backup_failure, backup_missed]\n")
+    told_to_telegram(bed, "backup_missed")
     bed.add_postgres_backups("prodg-watch", "http://127.0.0.1:9", start)  # the store is never reached here
     with dg.instance_for_test() as instance:
         defs = bed.defs()
@@ -116,12 +125,8 @@ def test_a_day_without_a_backup_is_told_once_on_the_first_tick_and_never_again(t
 
 def test_a_flapping_container_is_told_once_as_flapping_and_a_restart_resends_nothing(testbed: Testbed, telegram):
     bed = testbed
-    bed.edit("prodg.yaml", "    on: [deploy_failure, backup_success, backup_failure]\n",
-             "    on: [deploy_failure, backup_success, backup_failure, check]\n")
-    bed.commit("watched checks are told to Telegram")
     with dg.instance_for_test() as instance:
-        assert bed.materialize(selection="host_baseline,docker_network,secrets_env,redis", instance=instance).success
-        defs = bed.defs()
+        defs = redis_watched(bed, instance)
         health_round(defs, instance)
         cursor = tick(defs, CHECK_NOTIFIER, instance, None)
         for _ in range(3):  # killed and started again, three times over: six changes within the hour
