@@ -280,6 +280,22 @@ def cmd_grafana_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tailnet_policy(args: argparse.Namespace) -> int:
+    """Print the Headscale policy prodg writes from the config folder's `tailnet:` section, tests included (what the
+    `tailnet` asset applies)."""
+    from .desired.loader import load_desired_state
+    from .desired.tailnet import policy, policy_text
+
+    path = _config_path(args.path)
+    state = load_desired_state(DirTree(path), os.environ)
+    value = policy(state.settings, state.services)
+    if not value:
+        print(f"{path}: prodg.yaml has no tailnet: section; Headscale's policy is not prodg's", file=sys.stderr)
+        return 1
+    sys.stdout.write(policy_text(value))
+    return 0
+
+
 def _listen_address(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     if not port.isdigit():
@@ -334,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("exporter", help="serve prodg's metrics for Prometheus (read from the Dagster instance)")
     p.add_argument("--listen", default="127.0.0.1:9464", help="HOST:PORT (default: 127.0.0.1:9464)")
     p.set_defaults(func=cmd_exporter)
+    p = sub.add_parser("tailnet-policy", help="print the Headscale policy (HuJSON, with its tests) prodg writes from "
+                                              "prodg.yaml's tailnet: section")
+    p.add_argument("path", nargs="?", help="config folder (default: $PRODG_CONFIG_DIR or ./config)")
+    p.set_defaults(func=cmd_tailnet_policy)
     p = sub.add_parser("grafana-alerts", help="print Grafana's alerting provisioning for a Prometheus rules file's "
                                               "alerts (config/compose/grafana/provisioning/alerting/prodg.yml)")
     p.add_argument("rules", help="the Prometheus rules file (config/compose/prometheus/rules/prodg.yml)")

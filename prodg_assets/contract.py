@@ -57,6 +57,8 @@ IN_SYNC = "in_sync"
 HOST_CONFORMS = "host_conforms"  # OS, kernel, UFW: reported, never blocking
 HOST_SAFE_TO_DEPLOY = "host_safe_to_deploy"  # free disk: the one host condition that blocks deploys
 EXPOSURE = "exposure"
+ROOT_BELOW_T1 = "no_root_below_t1"  # no T2/T3 service's container runs as root (exposure family)
+TAILNET_POLICY_CHECK = "tailnet_policy"  # Headscale's live policy is the one prodg writes (exposure family)
 HEALTHY = "healthy"  # per service: its container running, and healthy by its own healthcheck when it has one
 SECRETS_CHECK = "secrets_complete_and_private"
 TLS_CHECK = "certificates_valid"
@@ -88,7 +90,7 @@ WATCHED_TAG = "prodg/watched"  # a check schedule's run: the family it re-checks
 # schedule's (deploy.drift_schedule). "health" also takes each service's own probe (layers/service_checks.PROBES).
 CHECK_FAMILIES = {
     "health": (HEALTHY,),
-    "exposure": (EXPOSURE,),
+    "exposure": (EXPOSURE, ROOT_BELOW_T1, TAILNET_POLICY_CHECK),
     "secrets": (SECRETS_CHECK,),
     "host": (HOST_CONFORMS, HOST_SAFE_TO_DEPLOY),
     "tls": (TLS_CHECK,),

@@ -339,6 +339,21 @@ class HeadscaleSettings:
 
 
 @dataclass(frozen=True)
+class TailnetGrant:
+    tier: str  # T2 or T3
+    service: str  # what nodes of that tier may reach on the host: the ports this service publishes there
+
+
+@dataclass(frozen=True)
+class TailnetSettings:
+    """prodg.yaml `tailnet:`: who is T1 (the Headscale users who run the box) and what the other tiers' nodes may
+    reach; from it prodg writes Headscale's policy (desired/tailnet.py)."""
+
+    operators: tuple[str, ...] = ()
+    grants: tuple[TailnetGrant, ...] = ()
+
+
+@dataclass(frozen=True)
 class IntegrationSettings:
     headscale: Optional[HeadscaleSettings] = None  # None: no tailnet asset
 
@@ -356,6 +371,7 @@ class Settings:
     deploy: DeploySettings = field(default_factory=DeploySettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
     integrations: IntegrationSettings = field(default_factory=IntegrationSettings)
+    tailnet: Optional[TailnetSettings] = None  # None: Headscale's policy is not prodg's
 
     # the names several consumers use
     @property
@@ -407,7 +423,7 @@ def settings_from_yaml(data: Mapping, records: tuple[DnsRecord, ...] = (),
     integrations, watch = _m(data.get("integrations")), _m(data.get("watch"))
     every, flapping = {**dict(WatchSettings.every), **_m(watch.get("every"))}, _m(watch.get("flapping"))
     ufw = host.get("ufw")
-    headscale = integrations.get("headscale")
+    headscale, tailnet = integrations.get("headscale"), data.get("tailnet")
     return Settings(
         host=_pick(HostSettings, host, public_ports=_strs(host.get("public_ports")),
                    bind_roots=_strs(host.get("bind_roots")), ssh_keys=_strs(host.get("ssh_keys")),
@@ -441,4 +457,8 @@ def settings_from_yaml(data: Mapping, records: tuple[DnsRecord, ...] = (),
                     flapping_within=str(flapping.get("within") or WatchSettings.flapping_within)),
         integrations=IntegrationSettings(_pick(HeadscaleSettings, headscale) if isinstance(headscale, dict)
                                          else None),
+        tailnet=TailnetSettings(_strs(tailnet.get("operators")),
+                                tuple(TailnetGrant(str(g.get("tier", "")), str(g.get("service", "")))
+                                      for g in tailnet.get("grants") or [] if isinstance(g, dict)))
+        if isinstance(tailnet, dict) else None,
     )

@@ -22,6 +22,7 @@ from .model import (
     Mount,
     NetworkSpec,
     Port,
+    Privileges,
     ServiceSpec,
     content_tree,
     sha256_hex,
@@ -32,13 +33,18 @@ from .yamldoc import Doc, Path
 SERVICE_KEYS = {
     "image", "build", "command", "environment", "env_file", "ports", "volumes", "networks", "healthcheck",
     "restart", "labels", "user", "depends_on", "container_name", "pull_policy", "x-prodg",
+    "privileged", "cap_add", "pid", "network_mode", "devices",
 }
+# Keys that reach past the container's namespaces: trust tier T1 only (model.Privileges)
+PRIVILEGE_KEYS = ("privileged", "cap_add", "pid", "network_mode", "devices")
+CAPABILITY = re.compile(r"^(CAP_)?[A-Z][A-Z_]*$")
+DEVICE = re.compile(r"^/dev/[^:\s]+(:/dev/[^:\s]+)?(:[rwm]{1,3})?$")
 # Compose's pull_policy values prodg honours (engine.images); `daily`, `weekly` and `every_<duration>` are not
 PULL_POLICIES = {"missing": "missing", "if_not_present": "missing", "always": "always", "never": "never",
                  "build": "build"}
 
 
-XPRODG_KEYS = {"layer", "public", "trust_tier", "after", "backup", "internal_ports", "public_ports"}
+XPRODG_KEYS = {"layer", "public", "trust_tier", "after", "backup", "internal_ports", "public_ports", "runs_as_root"}
 WILDCARD_IPS = ("0.0.0.0", "::")
 PORT_PROTO = re.compile(r"^\d{1,5}/(tcp|udp)$")
 
@@ -237,6 +243,37 @@ class _ComposeReader:
                 self.err(p, f"named volume {source!r} is not declared under top-level `volumes`")
         return out
 
+    def privileges(self, path: Path, body: dict, tier: str) -> Privileges:
+        """`privileged`, `cap_add`, `pid`, `network_mode` and `devices`: refused unless the service is T1 (the
+        seed's tier with "host / Docker socket" reach), and then read as the Engine takes them."""
+        given = [key for key in PRIVILEGE_KEYS if key in body]
+        if given and tier != "T1":
+            for key in given:
+                self.err(path + (key,), f"reaches past the container; only trust tier T1 services may "
+                                        f"(x-prodg.trust_tier is {tier})")
+            return Privileges()
+        privileged = body.get("privileged", False)
+        if not isinstance(privileged, bool):
+            self.err(path + ("privileged",), f"must be true or false, got {kind_of(privileged)}")
+            privileged = False
+        caps = _str_list(self.ctx, self.doc, path + ("cap_add",), body["cap_add"]) if "cap_add" in body else []
+        for i, cap in enumerate(caps):
+            if not CAPABILITY.match(cap):
+                self.err(path + ("cap_add", i), f"must be a capability name such as NET_ADMIN, got {cap!r}")
+        modes = {}
+        for key in ("pid", "network_mode"):
+            if key in body and body[key] != "host":
+                self.err(path + (key,), f"the engine implements only `host`, got {body[key]!r}")
+            modes[key] = "host" if body.get(key) == "host" else ""
+        if modes["network_mode"] and ("ports" in body or "networks" in body):
+            self.err(path + ("network_mode",), "a service on the host's network takes no `ports` or `networks`")
+        devices = _str_list(self.ctx, self.doc, path + ("devices",), body["devices"]) if "devices" in body else []
+        for i, device in enumerate(devices):
+            if not DEVICE.match(device):
+                self.err(path + ("devices", i), f"must be /dev/HOST[:/dev/CONTAINER][:rwm], got {device!r}")
+        return Privileges(privileged, tuple(c.removeprefix("CAP_") for c in caps), modes["pid"],
+                          modes["network_mode"], tuple(devices))
+
     def tree_digest(self, files: list[str]) -> str:
         return sha256_hex("".join(f + "\0" + sha256_hex(self.ctx.tree.read(f) or b"") for f in files))
 
@@ -285,7 +322,7 @@ def _service(r: _ComposeReader, name: str, body: Any, project: str, networks: di
         if key not in SERVICE_KEYS:
             r.err(path + (key,), f"unknown Compose key (the engine implements: {', '.join(sorted(SERVICE_KEYS))})")
     x = body.get("x-prodg")
-    layer, tier, public, after, internal, public_ports = "", "T2", [], [], [], []
+    layer, tier, public, after, internal, public_ports, root_because = "", "T2", [], [], [], [], ""
     if not isinstance(x, dict):
         r.err(path, "missing `x-prodg` with the service's `layer`")
     else:
@@ -309,6 +346,10 @@ def _service(r: _ComposeReader, name: str, body: Any, project: str, networks: di
             for i, text in enumerate(public_ports):
                 if not PORT_PROTO.match(text):
                     r.err(path + ("x-prodg", "public_ports", i), f"must look like 443/tcp, got {text!r}")
+        if "runs_as_root" in x:
+            root_because = r.text(path + ("x-prodg", "runs_as_root"), x["runs_as_root"]) or ""
+            if not root_because.strip():
+                r.err(path + ("x-prodg", "runs_as_root"), "must say why the service runs as root")
         if "internal_ports" in x:
             raw = x["internal_ports"]
             if not isinstance(raw, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in raw):
@@ -413,6 +454,8 @@ def _service(r: _ComposeReader, name: str, body: Any, project: str, networks: di
             elif opts is not None:
                 r.err(npath + (key,), f"must be a mapping, got {kind_of(opts)}")
             nets.append((networks[key].name, tuple(aliases)))
+    elif body.get("network_mode") == "host":
+        pass
     elif len(networks) == 1:
         nets.append((next(iter(networks.values())).name, ()))
     else:
@@ -503,6 +546,8 @@ def _service(r: _ComposeReader, name: str, body: Any, project: str, networks: di
         internal_ports=tuple(internal),
         public_ports=tuple(public_ports),
         pull_policy=pull_policy,
+        privileges=r.privileges(path, body, tier),
+        runs_as_root=root_because.strip(),
     )
 
 

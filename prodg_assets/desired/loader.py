@@ -25,6 +25,7 @@ from .grafana import check_provisioning
 from .interpolate import LoadContext
 from .model import DesiredState, ServiceSpec
 from .schema import PRODG_SCHEMA, check_schema, kind_of
+from .tailnet import check_tailnet
 from .tree import ConfigTree
 from .yamldoc import Doc, load_yaml
 
@@ -298,7 +299,9 @@ def _settings(ctx: LoadContext, doc: Doc, data: dict, services: Mapping[str, Ser
             if isinstance(svc_name, str) and svc_name not in services:
                 ctx.errors.append(doc.error(("secrets", "required", key, "used_by", i),
                                             f"names service {svc_name!r}, which the Compose file does not declare"))
-    return settings_from_yaml(data, records, targets)
+    settings = settings_from_yaml(data, records, targets)
+    ctx.errors.extend(check_tailnet(doc, settings, services))
+    return settings
 
 
 def _load(tree: ConfigTree, env: Mapping[str, str], host_root: str | None, trees_root: str = "") \

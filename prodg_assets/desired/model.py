@@ -85,6 +85,25 @@ class Build:
 
 
 @dataclass(frozen=True)
+class Privileges:
+    """What lets a container reach past its own namespaces — the Engine's side of the trust tiers: only T1 services
+    may hold any of it (desired.compose refuses it for T2 and T3)."""
+
+    privileged: bool = False
+    cap_add: tuple[str, ...] = ()  # capability names, without CAP_
+    pid: str = ""  # "host": the host's process table
+    network_mode: str = ""  # "host": the host's network stack (no ports, no networks)
+    devices: tuple[str, ...] = ()  # HOST:CONTAINER[:PERMISSIONS], hosts' paths under /dev
+
+    @property
+    def held(self) -> tuple[str, ...]:
+        """What of it the service holds, in Compose's words."""
+        return tuple(word for word, on in (("privileged", self.privileged), ("cap_add", self.cap_add),
+                                           ("pid: host", self.pid), ("network_mode: host", self.network_mode),
+                                           ("devices", self.devices)) if on)
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     """One Compose service, resolved: variables interpolated, paths absolute; secrets stay `${NAME}` references."""
 
@@ -110,6 +129,8 @@ class ServiceSpec:
     internal_ports: tuple[int, ...] = ()
     public_ports: tuple[str, ...] = ()  # x-prodg.public_ports: "PORT/proto" it publishes on every address on purpose
     pull_policy: str = "missing"  # missing | always | never | build (engine.images)
+    privileges: Privileges = Privileges()
+    runs_as_root: str = ""  # x-prodg.runs_as_root: why this T2/T3 service must (the check no_root_below_t1)
 
     @property
     def asset(self) -> str:
@@ -126,6 +147,9 @@ class ServiceSpec:
         body = asdict(self)
         if body["pull_policy"] in ("missing", "build"):  # the defaults: a hash from before the field stays valid
             del body["pull_policy"]
+        if not self.privileges.held:  # likewise
+            del body["privileges"]
+        del body["runs_as_root"]  # a note for the root check, not part of the container
         body["secret_hashes"] = {k: sha256_hex((secret_values or {}).get(k, "")) for k in sorted(self.secrets_used)}
         body["env_file_hashes"] = {k: sha256_hex(v) for k, v in sorted((file_env or {}).items())}
         return sha256_hex(json.dumps(body, sort_keys=True, default=str))[:32]

@@ -87,6 +87,7 @@ PRODG_SCHEMA = {
         "flapping": {"changes": int, "within": str}, "backups_due_by": str,
     },
     "integrations": {"headscale": {"api_base_url": str, "api_key_secret": str}},
+    "tailnet": {"operators": Req([str]), "grants": [{"tier": Req(OneOf("T2", "T3")), "service": Req(str)}]},
 }
 
 

@@ -260,11 +260,16 @@ def _create(engine: DockerEngine, spec: ServiceSpec, state: DesiredState, image:
     binds = [f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in spec.volumes]
     networks = list(spec.networks)
     first = networks[0] if networks else None
+    held = spec.privileges  # T1 only (desired.compose)
     host_config = api.create_host_config(
         binds=binds,
         port_bindings=port_bindings,
         restart_policy=_restart_policy(spec.restart),
-        network_mode=first[0] if first else None,
+        network_mode=held.network_mode or (first[0] if first else None),
+        privileged=held.privileged,
+        cap_add=list(held.cap_add) or None,
+        pid_mode=held.pid or None,
+        devices=list(held.devices) or None,
     )
     networking = None
     if first:

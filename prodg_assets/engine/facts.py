@@ -319,6 +319,22 @@ def exposed_ports(client: docker.DockerClient, project: str) -> list[tuple[str, 
     return sorted(out)
 
 
+def root_processes(client: docker.DockerClient, project: str) -> dict[str, int]:
+    """Service → how many of its running container's processes run as uid 0, for every running managed container
+    (0: none). Read with the Engine's `top`, so an image that starts as root and drops to its own user (postgres,
+    su-exec, setpriv) counts by what it runs as, not by what it starts as."""
+    out: dict[str, int] = {}
+    for c in client.containers.list(filters={"label": f"{LABEL_PROJECT}={project}"}):
+        try:
+            top = client.api.top(c.id, ps_args="-o uid,pid")
+        except errors.APIError:  # it stopped between the list and the top
+            continue
+        column = (top.get("Titles") or ["UID"]).index("UID") if "UID" in (top.get("Titles") or []) else 0
+        out[c.labels.get(LABEL_SERVICE, c.name)] = sum(1 for row in top.get("Processes") or []
+                                                        if str(row[column]).strip() == "0")
+    return out
+
+
 def endpoint(client: docker.DockerClient, probe_network: str, spec: ServiceSpec, container_port: int,
              protocol: str = "tcp") -> Optional[tuple[str, int]]:
     """(host, port) where `container_port` of the service answers from here: its publication on the host when it

@@ -15,6 +15,7 @@ from ..contract import (
     TLS_ASSET,
 )
 from ..desired import DesiredState
+from ..desired.tailnet import policy as tailnet_policy
 
 # prodg.yaml section → the layer assets that read it
 SECTION_ASSETS = {
@@ -26,6 +27,7 @@ SECTION_ASSETS = {
     "backups": (),  # backups run on their own daily schedule
     "notifications": (),
     "integrations": (TAILNET_ASSET,),
+    "tailnet": (TAILNET_ASSET,),
 }
 
 
@@ -58,6 +60,10 @@ def impacted_assets(old: Optional[DesiredState], new: DesiredState) -> tuple[set
         if getattr(old.settings, section) != getattr(new.settings, section) and layer_assets:
             assets.update(layer_assets)
             reasons.append(f"prodg.yaml {section} changed")
+    if new.settings.tailnet is not None and old.settings.tailnet == new.settings.tailnet \
+            and tailnet_policy(old.settings, old.services) != tailnet_policy(new.settings, new.services):
+        assets.add(TAILNET_ASSET)
+        reasons.append("the tailnet policy changed (a granted service's ports)")
     if old.settings.required_secrets != new.settings.required_secrets:
         assets.add(SECRETS_ASSET)
     return assets, reasons

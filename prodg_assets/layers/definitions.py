@@ -8,7 +8,7 @@ import dagster as dg
 from ..contract import CHECK_FAMILIES
 from ..desired import DesiredState
 from .dns import dns_only_and_pointing_at_host, dns_records
-from .host import exposure, host_baseline, host_conforms, host_safe_to_deploy
+from .host import exposure, host_baseline, host_conforms, host_safe_to_deploy, no_root_below_t1
 from .network import (
     docker_network,
     network_matches,
@@ -23,7 +23,7 @@ from .tailnet import build_tailnet
 
 def layer_definitions(state: DesiredState) -> dg.Definitions:
     assets: list = [host_baseline, docker_network, secrets_env, retired_services]
-    checks: list = [host_conforms, host_safe_to_deploy, exposure, network_matches, secrets_complete_and_private, no_retired_services]
+    checks: list = [host_conforms, host_safe_to_deploy, exposure, no_root_below_t1, network_matches, secrets_complete_and_private, no_retired_services]
     assets += [build_service_asset(state, spec) for spec in state.services.values()]
     checks += [build_service_check(spec) for spec in state.services.values() if spec.name in PROBES]
     checks += [build_in_sync_check(spec) for spec in state.services.values()]
@@ -33,9 +33,9 @@ def layer_definitions(state: DesiredState) -> dg.Definitions:
         assets.append(dns_records)
         checks.append(dns_only_and_pointing_at_host)
     if state.settings.integrations.headscale is not None:
-        tailnet_asset, tailnet_check = build_tailnet(state)
+        tailnet_asset, *tailnet_checks = build_tailnet(state)
         assets.append(tailnet_asset)
-        checks.append(tailnet_check)
+        checks.extend(tailnet_checks)
     if any(s.layer == "tls" for s in state.services.values()):
         tls_asset, tls_check = build_tls_asset(state)
         assets.append(tls_asset)

@@ -8,10 +8,10 @@ import subprocess
 
 import dagster as dg
 
-from ..contract import EXPOSURE, HOST_ASSET, HOST_CONFORMS, HOST_SAFE_TO_DEPLOY
+from ..contract import EXPOSURE, HOST_ASSET, HOST_CONFORMS, HOST_SAFE_TO_DEPLOY, ROOT_BELOW_T1
 from ..desired import DesiredState
 from ..engine.client import DockerEngine
-from ..engine.facts import exposed_ports
+from ..engine.facts import exposed_ports, root_processes
 from ..gitops.repo import ConfigRepo
 from ..gitops.run import state_for_run
 
@@ -136,3 +136,23 @@ def exposure(context: dg.AssetCheckExecutionContext, docker: DockerEngine, repo:
     """Every port published on 0.0.0.0 or :: is public on purpose (see `exposure_result`)."""
     state, _ = state_for_run(context, repo)
     return exposure_result(docker, state)
+
+
+@dg.asset_check(asset=HOST_ASSET, name=ROOT_BELOW_T1, blocking=False)
+def no_root_below_t1(context: dg.AssetCheckExecutionContext, docker: DockerEngine,
+                     repo: ConfigRepo) -> dg.AssetCheckResult:
+    """No service of trust tier T2 or T3 runs a process as root (read with the Engine's `top`: what the container
+    runs as, after any drop of privileges), unless its Compose block says why it must
+    (`x-prodg.runs_as_root`). Reported, never blocking: the fix is a `user:` where the image allows it."""
+    state, _ = state_for_run(context, repo)
+    specs = {s.name: s for s in state.services.values()}
+    below = {name: count for name, count in root_processes(docker.client, state.project).items()
+             if name in specs and specs[name].trust_tier != "T1"}
+    root = [f"{name} ({specs[name].trust_tier}): {count} process(es) as root" for name, count in sorted(below.items())
+            if count and not specs[name].runs_as_root]
+    known = [f"{name}: {specs[name].runs_as_root}" for name, count in sorted(below.items())
+             if count and specs[name].runs_as_root]
+    return dg.AssetCheckResult(passed=not root, metadata={
+        "as_root": dg.MetadataValue.md("\n".join(f"- {r}" for r in root) or "none"),
+        "as_root_with_a_reason": dg.MetadataValue.md("\n".join(f"- {k}" for k in known) or "none"),
+        "below_t1_running": len(below)})

@@ -1,9 +1,14 @@
-"""The tailnet as Headscale sees it: its control plane answers, and its API lists the nodes with their last-seen."""
+"""The tailnet as Headscale sees it: its control plane answers, its API lists the nodes with their last-seen, and its
+policy is the one prodg writes from the trust tiers (desired/tailnet.py) — applied by the `tailnet` asset, compared
+by the `tailnet_policy` check on the exposure family's clock."""
+
+import hashlib
 
 import dagster as dg
 
-from ..contract import TAILNET_ASSET
+from ..contract import TAILNET_ASSET, TAILNET_POLICY_CHECK
 from ..desired import DesiredState
+from ..desired.tailnet import failing_tests, policy, policy_text, standard
 from ..engine.secrets import SecretSource
 from ..gitops.repo import ConfigRepo
 from ..gitops.run import state_for_run
@@ -38,6 +43,47 @@ class HeadscaleApi(dg.ConfigurableResource):
             raise RuntimeError(f"Headscale API answered {resp.status_code} to GET /api/v1/node")
         return resp.json().get("nodes", [])
 
+    def policy(self, secrets: SecretSource) -> str:
+        """The live policy's text ("" when Headscale holds none yet)."""
+        import requests  # imported on first call: loading the code location does not pay for it
+
+        key = secrets.values().get(self.api_key_secret, "")
+        try:
+            resp = requests.get(f"{self.api_base_url.rstrip('/')}/api/v1/policy", timeout=self.timeout_s,
+                                headers={"Authorization": f"Bearer {key}"})
+        except requests.RequestException as exc:
+            raise RuntimeError(f"Headscale API unreachable: {type(exc).__name__}") from None
+        if resp.status_code == 404:
+            return ""
+        if resp.status_code != 200:
+            raise RuntimeError(f"Headscale API answered {resp.status_code} to GET /api/v1/policy")
+        return str(resp.json().get("policy") or "")
+
+    def set_policy(self, secrets: SecretSource, text: str) -> None:
+        """Replaces the live policy (Headscale's policy.mode must be `database`); its refusal is raised with
+        Headscale's own message, which names what it could not parse."""
+        import requests  # imported on first call: loading the code location does not pay for it
+
+        key = secrets.values().get(self.api_key_secret, "")
+        try:
+            resp = requests.put(f"{self.api_base_url.rstrip('/')}/api/v1/policy", json={"policy": text},
+                                timeout=self.timeout_s, headers={"Authorization": f"Bearer {key}"})
+        except requests.RequestException as exc:
+            raise RuntimeError(f"Headscale API unreachable: {type(exc).__name__}") from None
+        if resp.status_code != 200:
+            try:
+                message = str(resp.json().get("message", ""))[:300]
+            except ValueError:
+                message = ""
+            raise RuntimeError(f"Headscale refused the policy (HTTP {resp.status_code}): {message or 'no message'}"
+                               " — is policy.mode `database` in Headscale's config?")
+
+
+def policy_summary(wanted: dict) -> str:
+    """Who reaches what, as a Markdown list for the UI."""
+    rows = [f"- `{', '.join(acl['src'])}` → `{', '.join(acl['dst'])}`" for acl in wanted.get("acls", [])]
+    return "\n".join(rows + ["- anyone else → nothing"])
+
 
 def tailnet_deps(state: DesiredState) -> list[str]:
     return [s.asset for s in state.services.values() if s.name == "headscale"] or ["docker_network"]
@@ -47,15 +93,29 @@ def build_tailnet(state: DesiredState):
     @dg.asset(name=TAILNET_ASSET, group_name="network", deps=tailnet_deps(state), kinds={"headscale"})
     def tailnet(context: dg.AssetExecutionContext, headscale: HeadscaleApi, secrets: SecretSource,
                 repo: ConfigRepo) -> dg.MaterializeResult:
-        """The tailnet's nodes as Headscale's API lists them (name, addresses, online, last seen). Observed, not
-        changed: nodes join by pre-auth key from the clients."""
-        _, commit = state_for_run(context, repo)
+        """Headscale's policy made the one prodg writes from `tailnet:` (replaced when the live one means anything
+        else), and the tailnet's nodes as its API lists them (name, addresses, tags, online, last seen): nodes join
+        by pre-auth key from the clients, with their tier's tag."""
+        state, commit = state_for_run(context, repo)
+        metadata: dict = {"commit": commit}
+        wanted = policy(state.settings, state.services)
+        if wanted:
+            live = headscale.policy(secrets)
+            action = "unchanged"
+            if standard(live) != wanted:
+                headscale.set_policy(secrets, policy_text(wanted))
+                action = "applied" if not live else "replaced"
+            context.log.info(f"tailnet policy {action}")
+            metadata.update({"policy": action, "policy_sha256": hashlib.sha256(
+                policy_text(wanted).encode()).hexdigest(), "who_reaches_what": dg.MetadataValue.md(
+                policy_summary(wanted)), "policy_tests": len(wanted.get("tests", []))})
         nodes = headscale.nodes(secrets)
         rows = [{"name": n.get("givenName") or n.get("name"), "ips": ", ".join(n.get("ipAddresses", [])),
+                 "tags": ", ".join(sorted(set(n.get("forcedTags") or []) | set(n.get("validTags") or []))),
                  "online": bool(n.get("online")), "last_seen": n.get("lastSeen", "")} for n in nodes]
-        return dg.MaterializeResult(metadata={"commit": commit, "nodes": len(rows),
-                                              "online": sum(r["online"] for r in rows),
-                                              "node_list": dg.MetadataValue.json(rows)})
+        metadata.update({"nodes": len(rows), "online": sum(r["online"] for r in rows),
+                         "node_list": dg.MetadataValue.json(rows)})
+        return dg.MaterializeResult(metadata=metadata)
 
     @dg.asset_check(asset=TAILNET_ASSET, name="headscale_answers", blocking=False)
     def headscale_answers(context: dg.AssetCheckExecutionContext, headscale: HeadscaleApi,
@@ -73,4 +133,35 @@ def build_tailnet(state: DesiredState):
             "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
             "nodes": dg.MetadataValue.md("\n".join(f"- {r}" for r in rows) or "none")})
 
-    return tailnet, headscale_answers
+    @dg.asset_check(asset=TAILNET_ASSET, name=TAILNET_POLICY_CHECK, blocking=False)
+    def tailnet_policy(context: dg.AssetCheckExecutionContext, headscale: HeadscaleApi, secrets: SecretSource,
+                       repo: ConfigRepo) -> dg.AssetCheckResult:
+        """Headscale's live policy is the one prodg writes from prodg.yaml's `tailnet:` section, and its tests (the
+        tiers' allow/deny pairs) hold. Red when someone edited it, when Headscale lost it, or before `tailnet` was
+        first materialised."""
+        state, _ = state_for_run(context, repo)
+        wanted = policy(state.settings, state.services)
+        if not wanted:
+            return dg.AssetCheckResult(passed=True, metadata={"policy": "not prodg's (no tailnet: section)"})
+        try:
+            live = headscale.policy(secrets)
+        except RuntimeError as exc:
+            return dg.AssetCheckResult(passed=False, metadata={"problems": dg.MetadataValue.md(f"- {exc}")})
+        value = standard(live)
+        problems = []
+        if not live:
+            problems.append("Headscale holds no policy: every node reaches every other (materialise `tailnet`)")
+        elif value is None:
+            problems.append("the live policy is not HuJSON")
+        elif value != wanted:
+            differ = sorted(k for k in set(wanted) | set(value) if wanted.get(k) != value.get(k))
+            problems.append(f"the live policy differs from prodg's in {', '.join(differ)} (materialise `tailnet` "
+                            "to put prodg's back, or change prodg.yaml's tailnet: section)")
+        problems += [f"test fails: {f}" for f in failing_tests(value if isinstance(value, dict) else wanted)]
+        return dg.AssetCheckResult(passed=not problems, metadata={
+            "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
+            "who_reaches_what": dg.MetadataValue.md(policy_summary(wanted))})
+
+    if state.settings.tailnet is None:
+        return tailnet, headscale_answers
+    return tailnet, headscale_answers, tailnet_policy

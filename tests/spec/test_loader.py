@@ -242,8 +242,8 @@ class Case:
 
 CASES = [
     # Compose: keys and types
-    Case("unknown-compose-key", C, "    image: redis:7-alpine\n", "    image: redis:7-alpine\n    privileged: true\n",
-         "services.redis.privileged", "unknown Compose key", ("privileged: true",)),
+    Case("unknown-compose-key", C, "    image: redis:7-alpine\n", "    image: redis:7-alpine\n    shm_size: 1g\n",
+         "services.redis.shm_size", "unknown Compose key", ("shm_size: 1g",)),
     Case("unknown-x-prodg-key", C, "      layer: hermes\n", "      layer: hermes\n      exposure: public\n",
          "services.hermes-api.x-prodg.exposure", "unknown key", ("exposure: public",)),
     Case("ports-is-a-string", C, "    ports:\n      - 127.0.0.1:6379:6379\n", "    ports: 127.0.0.1:6379:6379\n",
@@ -476,7 +476,53 @@ PORT_PICK_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", [c.param() for c in CASES + PORT_PICK_CASES])
+# The trust tiers: what only T1 may hold on the Engine, and the tailnet's grants (kept out of CASES for the same
+# reason as PORT_PICK_CASES)
+REACH = "reaches past the container; only trust tier T1 services may"
+TRUST_CASES = [
+    Case("privileged-on-t2", C, "    image: redis:7-alpine\n", "    image: redis:7-alpine\n    privileged: true\n",
+         "services.redis.privileged", f"{REACH} (x-prodg.trust_tier is T2)", ("privileged: true",)),
+    Case("cap-add-on-t2", C, "    image: redis:7-alpine\n", "    image: redis:7-alpine\n    cap_add: [SYS_ADMIN]\n",
+         "services.redis.cap_add", REACH, ("cap_add:",)),
+    Case("host-pid-on-t2", C, "    image: prom/node-exporter:latest\n",
+         "    image: prom/node-exporter:latest\n    pid: host\n", "services.node-exporter.pid", REACH, ("pid: host",)),
+    Case("host-network-on-t2", C, "    image: grafana/grafana:latest\n",
+         "    image: grafana/grafana:latest\n    network_mode: host\n", "services.grafana.network_mode", REACH,
+         ("network_mode: host",)),
+    Case("devices-on-t2", C, "    image: redis:7-alpine\n", "    image: redis:7-alpine\n    devices: [/dev/sda]\n",
+         "services.redis.devices", REACH, ("devices:",)),
+    Case("privileges-after-demotion", C, "      trust_tier: T1\n      internal_ports: [8080]",
+         "      trust_tier: T3\n      internal_ports: [8080]\n    privileged: true", "services.cadvisor.privileged",
+         f"{REACH} (x-prodg.trust_tier is T3)", ("privileged: true",)),
+    Case("device-outside-dev", C, "      trust_tier: T1\n      internal_ports: [8080]",
+         "      trust_tier: T1\n      internal_ports: [8080]\n    devices: [/etc/shadow]",
+         "services.cadvisor.devices[0]", "must be /dev/HOST[:/dev/CONTAINER][:rwm], got '/etc/shadow'",
+         ("devices: [/etc/shadow]",)),
+    Case("root-without-a-reason", C, "      runs_as_root: upstream's caddy:2", "      runs_as_root: ''\n      x: upstream's caddy:2",
+         "services.caddy.x-prodg.runs_as_root", "must say why the service runs as root", ("runs_as_root: ''",)),
+    Case("grant-to-a-t1-service", P, "  grants: []", "  grants:\n    - {tier: T3, service: hermes-api}",
+         "tailnet.grants[0].service", "hermes-api is a T1 service: only operators (T1) may reach it",
+         ("service: hermes-api}",)),
+    Case("grant-to-the-console-s-proxy", P, "  grants: []", "  grants:\n    - {tier: T2, service: caddy}",
+         "tailnet.grants[0].service", "caddy serves T1 sites on its ports (dagster-webserver (dagster.mainframe",
+         ("service: caddy}",)),
+    Case("grant-to-a-loopback-service", P, "  grants: []", "  grants:\n    - {tier: T3, service: redis}",
+         "tailnet.grants[0].service", "redis publishes no port beyond loopback", ("service: redis}",)),
+    Case("grant-to-an-unknown-service", P, "  grants: []", "  grants:\n    - {tier: T3, service: ollama}",
+         "tailnet.grants[0].service", "names service 'ollama', which the Compose file does not declare",
+         ("service: ollama}",)),
+    Case("grant-to-t1-tier", P, "  grants: []", "  grants:\n    - {tier: T1, service: redis}",
+         "tailnet.grants[0].tier", "must be one of T2, T3, got 'T1'", ("tier: T1",)),
+    Case("tailnet-without-operators", P, "  operators: [mitch]", "  operators: []", "tailnet.operators",
+         "must name at least one Headscale user (T1)", ("operators: []",)),
+    Case("tailnet-operator-is-a-tag", P, "  operators: [mitch]", "  operators: ['tag:t1']", "tailnet.operators[0]",
+         "'tag:t1' is not a Headscale user name", ("operators: ['tag:t1']",)),
+    Case("tailnet-without-headscale", P, "integrations:\n  headscale:", "old_integrations:\n  headscale:",
+         "tailnet", "needs integrations.headscale", ("tailnet:\n  operators",)),
+]
+
+
+@pytest.mark.parametrize("case", [c.param() for c in CASES + PORT_PICK_CASES + TRUST_CASES])
 def test_corrupted_config_fails_with_a_located_error(config_copy: Path, case: Case):
     edit(config_copy, case.rel, case.old, case.new)
     expected_file = case.file or case.rel

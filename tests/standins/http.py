@@ -44,6 +44,9 @@ class JsonStandIn:
             def do_PATCH(self):
                 self._handle("PATCH")
 
+            def do_PUT(self):
+                self._handle("PUT")
+
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
