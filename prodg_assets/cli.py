@@ -248,7 +248,8 @@ def cmd_webhook(args: argparse.Namespace) -> int:
     host, port = _listen_address(args.listen)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     serve(host, port, os.environ.get("PRODG_WEBHOOK_SECRET", ""), EnvSettings.from_env(os.environ).branch,
-          _dagster_url(args), args.location, Limits(**listener_settings(os.environ)))
+          _dagster_url(args), args.location, Limits(**listener_settings(os.environ)),
+          infisical_secret=os.environ.get("PRODG_INFISICAL_WEBHOOK_SECRET", ""))
     return 0
 
 
@@ -277,6 +278,49 @@ def cmd_grafana_alerts(args: argparse.Namespace) -> int:
 
     with open(args.rules, encoding="utf-8") as fh:
         sys.stdout.write(grafana_rules(fh.read(), args.rules))
+    return 0
+
+
+def cmd_secrets_migrate(args: argparse.Namespace) -> int:
+    """Move the env file's values of every required secret into Infisical (prodg.yaml secrets.infisical), read each
+    back and compare it by hash; with --dry-run, only say what would be created, updated or left."""
+    from .engine.secrets import SecretSource, SecretSourceUnavailable, migrate
+
+    path = _config_path(args.path)
+    state = load_desired_state(DirTree(path), os.environ)
+    sec = state.settings.secrets
+    inf = sec.infisical
+    if not inf.api_base_url or not inf.project_id:
+        print(f"{path}/prodg.yaml: secrets.infisical needs api_base_url and project_id", file=sys.stderr)
+        return 1
+    env_file = SecretSource(source="env_file", env_file=sec.env_file)
+    infisical = SecretSource(source="infisical", infisical_url=inf.api_base_url, infisical_project_id=inf.project_id,
+                             infisical_environment=inf.environment, infisical_secret_path=inf.secret_path,
+                             infisical_client_id_env=inf.client_id_env,
+                             infisical_client_secret_env=inf.client_secret_env,
+                             infisical_credentials_file=inf.credentials_file)
+    try:
+        moves = migrate(env_file, infisical, list(state.settings.required_secrets), args.dry_run)
+    except SecretSourceUnavailable as exc:
+        print(f"nothing moved: {exc}", file=sys.stderr)
+        return 1
+    print(f"{sec.env_file} → {infisical.where}")
+    for m in moves:
+        state_word = "" if args.dry_run or m.action == "missing" else "  read back equal" if m.verified \
+            else "  READ BACK DIFFERENT"
+        print(f"  {m.name:<28} {m.action}{state_word}")
+    missing = [m.name for m in moves if m.action == "missing"]
+    if args.dry_run:
+        print(f"dry run: nothing written ({sum(m.action in ('create', 'update') for m in moves)} to write)")
+        return 0
+    bad = [m.name for m in moves if m.action != "missing" and not m.verified]
+    if bad or missing:
+        print(f"not done: {', '.join(bad + missing)} "
+              f"{'did not read back equal' if bad else 'are not in the env file'}; keep the env file", file=sys.stderr)
+        return 1
+    print(f"all {len(moves)} secrets are in Infisical and read back equal. Next: set `secrets.source: infisical` in "
+          f"prodg.yaml and push; once that deploy is green, {sec.env_file} can be removed (and the `secrets_file` "
+          "backup target with it).")
     return 0
 
 
@@ -350,6 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("exporter", help="serve prodg's metrics for Prometheus (read from the Dagster instance)")
     p.add_argument("--listen", default="127.0.0.1:9464", help="HOST:PORT (default: 127.0.0.1:9464)")
     p.set_defaults(func=cmd_exporter)
+    p = sub.add_parser("secrets", help="the secrets source: `migrate` moves the env file's values into Infisical")
+    secrets_sub = p.add_subparsers(dest="secrets_command", required=True)
+    p = secrets_sub.add_parser("migrate", help="copy every required secret from the env file into Infisical and read "
+                                               "each back (compared by hash); --dry-run: only say what would change")
+    p.add_argument("path", nargs="?", help="config folder (default: $PRODG_CONFIG_DIR or ./config)")
+    p.add_argument("--dry-run", action="store_true", help="write nothing")
+    p.set_defaults(func=cmd_secrets_migrate)
     p = sub.add_parser("tailnet-policy", help="print the Headscale policy (HuJSON, with its tests) prodg writes from "
                                               "prodg.yaml's tailnet: section")
     p.add_argument("path", nargs="?", help="config folder (default: $PRODG_CONFIG_DIR or ./config)")

@@ -16,12 +16,14 @@ TARGET_TAG = "prodg/target"  # asset tag: the backup target an asset backs up
 PARTITION_TAG = "dagster/partition"  # Dagster's own: a partitioned run's day
 RUN_KEY_TAG = "dagster/run_key"  # Dagster's own: a sensor run's run key (what the daemon checks for reuse)
 SENSOR_NAME_TAG = "dagster/sensor_name"  # Dagster's own: the sensor that launched a run
+ROTATED_TAG = "prodg/rotated"  # a rotation run: the secrets (names, comma-separated) whose value changed at the source
 
 BACKUP_KIND = "backup"
 DRILL_KIND = "drill"  # the rotating restore drill's runs
 DRIFT_KIND = "drift"
 CHECKS_KIND = "checks"  # a check schedule's run (prodg.yaml watch.every): checks only, nothing deployed
 SELF_HEAL_KIND = "self_heal"
+ROTATION_KIND = "rotation"  # a secret changed at its source, the commit did not: its services recreated
 MANUAL_DEPLOY_KIND = "manual_deploy"
 
 # -- container labels ---------------------------------------------------------------------------------------------------
@@ -77,6 +79,7 @@ DRILL_JOB = "restore_drill_job"
 DRILL_SCHEDULE = "restore_drill_rotation"  # each night one target and one day of its window, restored and verified
 DRIFT_SCHEDULE = "drift_schedule"
 SENSOR_NAME = "config_repo_sensor"
+ROTATION_SENSOR = "secret_rotation_sensor"
 DEPLOY_FAILURE_NOTIFIER = "deploy_failure_notifier"
 BACKUP_SUCCESS_NOTIFIER = "backup_success_notifier"
 DRILL_NOTIFIER = "restore_drill_notifier"

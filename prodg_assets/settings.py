@@ -165,10 +165,17 @@ class TlsSettings:
 
 @dataclass(frozen=True)
 class InfisicalSettings:
+    """prodg.yaml secrets.infisical: where the secrets are (project, environment, folder) and how prodg logs in — a
+    machine identity's universal auth, its client id and secret from the environment variables named here, or from
+    a root-only `credentials_file` holding those names as KEY=VALUE lines; never from prodg.yaml itself."""
+
     api_base_url: str = ""
     project_id: str = ""
     environment: str = "prod"
-    token_env: str = "INFISICAL_TOKEN"
+    secret_path: str = "/"
+    client_id_env: str = "INFISICAL_CLIENT_ID"
+    client_secret_env: str = "INFISICAL_CLIENT_SECRET"
+    credentials_file: str = ""
 
 
 @dataclass(frozen=True)

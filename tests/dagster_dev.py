@@ -13,7 +13,7 @@ import time
 
 import requests
 
-from prodg_assets.contract import SENSOR_NAME
+from prodg_assets.contract import ROTATION_SENSOR, SENSOR_NAME
 from tests.standins.process import free_port
 
 from .conftest import ROOT, Testbed
@@ -38,6 +38,13 @@ class Dagster:
                         # the git sensor's runs (the drift schedule's, every 15 minutes, carry the commit too)
                         tags=[{"key": "prodg/commit", "value": commit},
                               {"key": "dagster/sensor_name", "value": SENSOR_NAME}])
+        return data["runsOrError"]["results"]
+
+    def rotation_runs(self) -> list[dict]:
+        """The secret-rotation sensor's runs."""
+        data = self.gql("""query($tags: [ExecutionTag!]) { runsOrError(filter: {tags: $tags}) { __typename
+              ... on Runs { results { runId status assetSelection { path } tags { key value } } } } }""",
+                        tags=[{"key": "dagster/sensor_name", "value": ROTATION_SENSOR}])
         return data["runsOrError"]["results"]
 
     def schedule_crons(self) -> dict[str, str]:

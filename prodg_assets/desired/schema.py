@@ -56,7 +56,8 @@ PRODG_SCHEMA = {
     "tls": {"acme_ca_url": str, "email": str, "expiry_warning_days": int, "storage": str},
     "secrets": Req({
         "source": Req(OneOf("env_file", "infisical")), "env_file": str,
-        "infisical": {"api_base_url": str, "project_id": str, "environment": str, "token_env": str},
+        "infisical": {"api_base_url": str, "project_id": str, "environment": str, "secret_path": str,
+                      "client_id_env": str, "client_secret_env": str, "credentials_file": str},
         "required": Req(MapOf({"used_by": [str], "purpose": str, "format": OneOf("bcrypt")})),
     }),
     "backups": {
@@ -98,6 +99,9 @@ def kind_of(value: Any) -> str:
 
 # Sections an older prodg.yaml may still hold, and what replaced them.
 REMOVED = {
+    ("secrets", "infisical", "token_env"): "removed: prodg logs in to Infisical as a machine identity (universal "
+                                           "auth); name its variables in client_id_env and client_secret_env, or "
+                                           "set credentials_file, and delete this key",
     ("images",): "removed: images are pulled from their registry, or from PRODG_REGISTRY_MIRROR (an air-gapped "
                  "host's or this machine's local registry: docker/images/registry); delete this section",
 }

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Optional
 
 import dagster as dg
 
+from ..desired.interpolate import secret_names
 from ..desired.model import DesiredState, NetworkSpec, ServiceSpec
 from ..lazy import docker_sdk
 from . import apply, facts, images
@@ -126,6 +127,26 @@ class DockerEngine(dg.ConfigurableResource):
 
         prune = state.settings.deploy.prune if prune is None else prune
         return plan(self.desired(state, secrets, commit), self.live(state.project, facts.declared_env(state)), prune)
+
+    def rotated_secrets(self, state: DesiredState, secrets: Mapping[str, str], commit: str = "") \
+            -> dict[str, tuple[str, ...]]:
+        """Service → the secrets whose value at the source differs from what its running container holds, for each
+        service whose container differs from its desired state in nothing else: a rotation, not drift. Only which
+        environment keys differ is compared (by hash); no value leaves here."""
+        desired = self.desired(state, secrets, commit)
+        live = self.live(state.project, facts.declared_env(state))
+        out: dict[str, tuple[str, ...]] = {}
+        for name, want in desired.items():
+            have = live.get(name)
+            if have is None or set(have.facts.diff(want.facts)) != {"env"}:
+                continue
+            before, after = dict(have.facts.env), dict(want.facts.env)
+            keys = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+            declared = dict(state.services[name].environment)
+            names = [secret_names(declared.get(k, "")) for k in keys]
+            if names and all(names):
+                out[name] = tuple(sorted({n for group in names for n in group}))
+        return out
 
     def plan_service(self, state: DesiredState, secrets: Mapping[str, str], commit: str, service: str) -> Action:
         """Desired vs live for one service: its container alone is inspected, its registry alone asked."""

@@ -1,4 +1,4 @@
-"""Secrets: the source (the env file on the host today, Infisical's API once prodg.yaml says so — one resource),
+"""Secrets: the source (the env file on the host, or Infisical's API read with its SDK — one resource),
 the env-file parser, and the one redactor every log line, exception and metadata value passes through."""
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import dagster as dg
+
+from ..desired.model import sha256_hex
 
 
 @dataclass(frozen=True)
@@ -37,21 +39,45 @@ def parse_env_file(text: str) -> dict[str, str]:
     return out
 
 
+class SecretSourceUnavailable(RuntimeError):
+    """The secrets source could not be read: it says where and why, never a value."""
+
+
+def private_file_problem(path: str) -> str:
+    """Why the file at `path` is not a private file of its owner ("" when it is): any permission bit for the group
+    or others is refused, as ssh does with a private key."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError as exc:
+        return f"{path}: cannot be read ({exc.strerror})"
+    if mode & 0o077:
+        return f"{path}: mode {mode:04o} lets others read it; chmod 600 it"
+    return ""
+
+
 class SecretSource(dg.ConfigurableResource):
-    """Where secret values come from. `source` is `env_file` (a KEY=VALUE file, mode 600, root-owned) or `infisical`
-    (Infisical's REST API at `infisical_url`, token read from the environment variable named by
-    `infisical_token_env` when needed). Values never reach logs or metadata."""
+    """Where secret values come from. `source` is `env_file` (a KEY=VALUE file, mode 600, root-owned) or `infisical`:
+    Infisical's API at `infisical_url`, read with Infisical's SDK as a machine identity (universal auth) whose client
+    id and secret are in the environment variables named by `infisical_client_id_env`/`infisical_client_secret_env`,
+    or in `infisical_credentials_file` (a root-only KEY=VALUE file). Every call reads the source again: no value is
+    kept beyond the call. Values never reach logs, metadata or exceptions."""
 
     source: str = "env_file"
     env_file: str = "/opt/prodg/compose/.env"
     infisical_url: str = ""
     infisical_project_id: str = ""
     infisical_environment: str = "prod"
-    infisical_token_env: str = "INFISICAL_TOKEN"  # the name of the environment variable holding the token
+    infisical_secret_path: str = "/"
+    infisical_client_id_env: str = "INFISICAL_CLIENT_ID"
+    infisical_client_secret_env: str = "INFISICAL_CLIENT_SECRET"
+    infisical_credentials_file: str = ""
+    infisical_timeout_s: float = 10.0
 
     def values(self) -> dict[str, str]:
         if self.source == "infisical":
-            return self._infisical()
+            return {s.secretKey: s.secretValue for s in self._infisical(lambda c: c.secrets.list_secrets(
+                environment_slug=self.infisical_environment, secret_path=self.infisical_secret_path,
+                project_id=self.infisical_project_id, expand_secret_references=True, include_imports=True)).secrets}
         try:
             with open(self.env_file, encoding="utf-8") as fh:
                 return parse_env_file(fh.read())
@@ -65,19 +91,75 @@ class SecretSource(dg.ConfigurableResource):
             return EnvFileFacts(self.env_file, False)
         return EnvFileFacts(self.env_file, True, stat.S_IMODE(st.st_mode), st.st_uid)
 
-    def _infisical(self) -> dict[str, str]:
-        import requests  # imported on first call: loading the code location does not pay for it
+    @property
+    def where(self) -> str:
+        if self.source == "infisical":
+            return (f"Infisical at {self.infisical_url} (project {self.infisical_project_id}, environment "
+                    f"{self.infisical_environment}, path {self.infisical_secret_path})")
+        return self.env_file
 
-        resp = requests.get(
-            f"{self.infisical_url.rstrip('/')}/api/v3/secrets/raw",
-            params={"workspaceId": self.infisical_project_id, "environment": self.infisical_environment},
-            headers={"Authorization": f"Bearer {os.environ.get(self.infisical_token_env, '')}"},
-            timeout=10,
-        )
-        if resp.status_code != 200:
-            raise RuntimeError(f"Infisical answered HTTP {resp.status_code} for the secrets of project "
-                               f"{self.infisical_project_id!r}")
-        return {s["secretKey"]: s["secretValue"] for s in resp.json().get("secrets", [])}
+    def identity(self) -> tuple[str, str]:
+        """The machine identity's (client id, client secret)."""
+        names = (self.infisical_client_id_env, self.infisical_client_secret_env)
+        if self.infisical_credentials_file:
+            problem = private_file_problem(self.infisical_credentials_file)
+            if problem:
+                raise SecretSourceUnavailable(f"Infisical's machine identity: {problem}")
+            with open(self.infisical_credentials_file, encoding="utf-8") as fh:
+                held = parse_env_file(fh.read())
+        else:
+            held = dict(os.environ)
+        if not all(held.get(n) for n in names):
+            raise SecretSourceUnavailable(
+                f"Infisical's machine identity is not set: {' and '.join(names)} (in prodg's environment, or in "
+                f"secrets.infisical.credentials_file)")
+        return held[names[0]], held[names[1]]
+
+    def write_infisical(self, changes: Mapping[str, tuple[str, bool]]) -> None:
+        """Writes each name → (value, already there) into Infisical's project/environment/path (a PATCH of an existing
+        secret, else a POST), in one login."""
+
+        def write(client) -> None:
+            where = dict(environment_slug=self.infisical_environment, secret_path=self.infisical_secret_path,
+                         project_id=self.infisical_project_id)
+            for name, (value, exists) in sorted(changes.items()):
+                if exists:
+                    client.secrets.update_secret_by_name(current_secret_name=name, secret_value=value, **where)
+                else:
+                    client.secrets.create_secret_by_name(secret_name=name, secret_value=value, **where)
+
+        self._infisical(write)
+
+    def _infisical(self, call):
+        """`call(client)` on a client logged in as the machine identity; any failure is a SecretSourceUnavailable
+        naming where and why (an HTTP status, a connection error's kind), never a value."""
+        from infisical_sdk import InfisicalSDKClient  # imported on first call: loading definitions does not pay
+        from infisical_sdk.infisical_requests import APIError
+        from requests.adapters import HTTPAdapter
+
+        client_id, client_secret = self.identity()
+        client = InfisicalSDKClient(host=self.infisical_url, cache_ttl=None)
+        timeout = self.infisical_timeout_s
+
+        class Bounded(HTTPAdapter):  # the SDK sets no timeout: an Infisical that accepts and never answers
+            def send(self, request, **kwargs):
+                kwargs["timeout"] = kwargs.get("timeout") or timeout
+                return super().send(request, **kwargs)
+
+        for scheme in ("http://", "https://"):
+            client.api.session.mount(scheme, Bounded(max_retries=0))
+        step = "log in"
+        try:
+            client.auth.universal_auth.login(client_id=client_id, client_secret=client_secret)
+            step = "read the secrets"
+            return call(client)
+        except APIError as exc:
+            raise SecretSourceUnavailable(f"{self.where}: could not {step} (HTTP {exc.status_code})") from None
+        except Exception as exc:  # noqa: BLE001 — requests' and the SDK's errors alike: named by kind only
+            raise SecretSourceUnavailable(f"{self.where}: could not {step} ({type(exc).__name__}: unreachable or "
+                                          "not answering)") from None
+        finally:
+            client.close()
 
 
 URL_CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
@@ -90,3 +172,33 @@ def redact(text: str, secrets: Mapping[str, str], mask: str | None = None) -> st
         if value and len(value) >= 4:
             text = text.replace(value, mask if mask is not None else f"<{name}>")
     return URL_CREDENTIALS.sub(r"\1***@", text)
+
+
+@dataclass(frozen=True)
+class Move:
+    name: str
+    action: str  # create | update | unchanged | missing (not in the env file: nothing to move)
+    verified: bool = False  # read back from Infisical with the env file's value (compared by hash)
+
+
+def migrate(env_file: SecretSource, infisical: SecretSource, names: list[str], dry_run: bool) -> list[Move]:
+    """Moves the env file's values of `names` into Infisical: what would change (dry run), or the writes and then a
+    second read of every name compared by SHA-256 with the env file's value. Values never leave this function."""
+    here, there = env_file.values(), infisical.values()
+    moves = []
+    for name in names:
+        if not here.get(name):
+            moves.append(Move(name, "missing"))
+        elif name not in there:
+            moves.append(Move(name, "create"))
+        elif sha256_hex(there[name]) != sha256_hex(here[name]):
+            moves.append(Move(name, "update"))
+        else:
+            moves.append(Move(name, "unchanged"))
+    if dry_run:
+        return moves
+    infisical.write_infisical({m.name: (here[m.name], m.action == "update") for m in moves
+                               if m.action in ("create", "update")})
+    after = infisical.values()
+    return [Move(m.name, m.action, m.action != "missing"
+                 and sha256_hex(after.get(m.name, "")) == sha256_hex(here[m.name])) for m in moves]

@@ -91,20 +91,21 @@ def _answer(data: dict, field_name: str) -> dict:
 
 
 def deploy_now(dagster_url: str, location: str = "prodg", reload_wait_s: float = 120.0,
-               poll_s: float = 0.5) -> Outcome:
-    """Evaluate the git sensor of code location `location` now and launch the run it asks for."""
+               poll_s: float = 0.5, sensor: str = SENSOR_NAME, trigger: str = "push") -> Outcome:
+    """Evaluate `sensor` (the git sensor unless told) of code location `location` now and launch the run it asks
+    for, tagged `prodg/trigger=<trigger>`."""
     web = Webserver(dagster_url)
-    sel = {"repositoryName": REPOSITORY, "repositoryLocationName": location, "sensorName": SENSOR_NAME}
+    sel = {"repositoryName": REPOSITORY, "repositoryLocationName": location, "sensorName": sensor}
     deadline = time.monotonic() + reload_wait_s
     while True:
         state = _answer(web.gql(STATE, sel=sel), "sensorOrError")["sensorState"]
         if state["status"] != "RUNNING":
-            return Outcome(skipped=f"the sensor {SENSOR_NAME} is {state['status'].lower()}: turned off in the UI")
+            return Outcome(skipped=f"the sensor {sensor} is {state['status'].lower()}: turned off in the UI")
         cursor = (state.get("typeSpecificData") or {}).get("lastCursor")
         tick = _answer(web.gql(DRY_RUN, sel=sel, cursor=cursor), "sensorDryRun")
         result = tick.get("evaluationResult") or {}
         if result.get("error"):
-            raise PushError(f"the git sensor failed: {result['error']['message']}")
+            raise PushError(f"the sensor {sensor} failed: {result['error']['message']}")
         requests_ = result.get("runRequests") or []
         reason = result.get("skipReason") or ""
         if not requests_ and RELOADING in reason and time.monotonic() < deadline:
@@ -113,21 +114,21 @@ def deploy_now(dagster_url: str, location: str = "prodg", reload_wait_s: float =
         break
     outcome = Outcome(skipped=reason or "the sensor requested no run")
     for request in requests_:
-        _launch(web, location, request, outcome)
+        _launch(web, location, request, outcome, sensor, trigger)
     if result.get("cursor") is not None and result["cursor"] != cursor:
         _answer(web.gql(SET_CURSOR, sel=sel, cursor=result["cursor"]), "setSensorCursor")
     return outcome
 
 
-def _launch(web: Webserver, location: str, request: dict, outcome: Outcome) -> None:
+def _launch(web: Webserver, location: str, request: dict, outcome: Outcome, sensor: str, trigger: str) -> None:
     key = request["runKey"]
     used = _answer(web.gql(EXISTING, tags=[{"key": RUN_KEY_TAG, "value": key},
-                                           {"key": SENSOR_NAME_TAG, "value": SENSOR_NAME}]), "runsOrError")
+                                           {"key": SENSOR_NAME_TAG, "value": sensor}]), "runsOrError")
     if used["results"]:  # the daemon's tick was first
         outcome.existing.append(used["results"][0]["runId"])
         return
     tags = {t["key"]: t["value"] for t in request.get("tags") or []}
-    tags.update({SENSOR_NAME_TAG: SENSOR_NAME, RUN_KEY_TAG: key, PUSH_TAG: "push"})
+    tags.update({SENSOR_NAME_TAG: sensor, RUN_KEY_TAG: key, PUSH_TAG: trigger})
     selector = {"repositoryLocationName": location, "repositoryName": REPOSITORY,
                 "jobName": request.get("jobName") or "__ASSET_JOB",
                 "assetSelection": [{"path": a["path"]} for a in request.get("assetSelection") or []]}

@@ -6,7 +6,7 @@ import dagster as dg
 
 from ..contract import SECRETS_ASSET, SECRETS_CHECK
 from ..desired import DirTree, sha256_hex
-from ..engine.secrets import SecretSource
+from ..engine.secrets import SecretSource, SecretSourceUnavailable
 from ..gitops.repo import ConfigRepo
 from ..gitops.run import state_for_run
 from ..settings import secret_format_problem
@@ -14,7 +14,7 @@ from ..settings import secret_format_problem
 
 @dg.asset(name=SECRETS_ASSET, group_name="secrets", kinds={"secrets"})
 def secrets_env(context: dg.AssetExecutionContext, secrets: SecretSource, repo: ConfigRepo) -> dg.MaterializeResult:
-    """The secrets source (prodg.yaml `secrets:` — the host's env file today, Infisical later): which required keys
+    """The secrets source (prodg.yaml `secrets:` — the host's env file, or Infisical): which required keys
     it holds. Only key names and a fingerprint of the whole set are recorded, never a value; a changed fingerprint
     is what makes dependent services pick up rotated secrets."""
     state, commit = state_for_run(context, repo)
@@ -37,7 +37,11 @@ def secrets_complete_and_private(context: dg.AssetCheckExecutionContext, secrets
     """Every required key is present and non-empty, and of its declared format (a bcrypt hash where `format:
     bcrypt`); the env file is mode 600 and owned by root; and no secret value appears anywhere in the config repo."""
     state, commit = state_for_run(context, repo)
-    values = secrets.values()
+    try:
+        values = secrets.values()
+    except SecretSourceUnavailable as exc:
+        return dg.AssetCheckResult(passed=False, metadata={
+            "problems": dg.MetadataValue.md(f"- the secrets source could not be read: {exc}")})
     problems = [f"{k} is missing or empty" for k in state.settings.required_secrets if not values.get(k)]
     problems += [p for k, decl in state.settings.secrets.required.items() if values.get(k)
                  for p in [secret_format_problem(k, values[k], decl.format)] if p]

@@ -10,6 +10,7 @@ from ..contract import (
     IN_SYNC,
     KIND_TAG,
     NETWORK_ASSET,
+    ROTATED_TAG,
     SECRETS_ASSET,
     SELF_HEAL_KIND,
     SERVICE_TAG,
@@ -20,7 +21,7 @@ from ..engine.client import DockerEngine
 from ..engine.failures import ApplyFailed
 from ..engine.locks import service_lock
 from ..engine.plan import UNCHANGED
-from ..engine.secrets import SecretSource, redact
+from ..engine.secrets import SecretSource, SecretSourceUnavailable, redact
 from ..gitops.repo import ConfigRepo
 from ..gitops.run import forced, state_for_run
 from .host import exposure_result
@@ -79,8 +80,13 @@ def build_service_asset(state: DesiredState, spec: ServiceSpec) -> dg.AssetsDefi
         if spec.name not in current.services:
             raise dg.Failure(f"service {spec.name!r} is not in the config at {commit[:12] or 'the working tree'}; "
                              f"reload the code location to drop its asset")
-        values = secrets.values()
-        missing = sorted(current.services[spec.name].secrets_used - set(values))
+        used = current.services[spec.name].secrets_used
+        try:
+            values = secrets.values() if used else {}
+        except SecretSourceUnavailable as exc:
+            raise dg.Failure(f"{spec.name}: needs {', '.join(sorted(used))} from the secrets source, which could not "
+                             f"be read — {exc}; nothing was changed, the running container keeps running") from None
+        missing = sorted(used - set(values))
         if missing:
             raise dg.Failure(f"{spec.name}: secrets {', '.join(missing)} are missing from the secrets source")
         if config.dry_run:
@@ -126,6 +132,10 @@ def build_service_asset(state: DesiredState, spec: ServiceSpec) -> dg.AssetsDefi
             "image": result.image,
             "image_digest": result.image_digest or "none (built or local, never pulled)",
             "diff": dg.MetadataValue.md(result.diff_markdown if result.action != UNCHANGED else "no change"),
+            # a rotation run: which of this service's secrets changed at the source (names only)
+            **({"rotated_secrets": ", ".join(sorted(set(context.run.tags[ROTATED_TAG].split(","))
+                                                   & current.services[spec.name].secrets_used))}
+               if ROTATED_TAG in context.run.tags else {}),
         })
 
     return _service
