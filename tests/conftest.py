@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass, field
 
 import bcrypt
@@ -313,6 +314,20 @@ def make_testbed(tmp: str, client: docker.DockerClient, name: str) -> Testbed:
         "PRODG_REGISTRY_MIRROR": os.environ.get("PRODG_REGISTRY_MIRROR", ""),
     }
     return Testbed(repo, env, name, client, commits=[first])
+
+
+@pytest.fixture
+def own_bed(tmp_path, docker_client) -> Testbed:
+    """A test bed of this test alone (a name no other run on the Engine has), its containers removed and the process
+    environment put back afterwards."""
+    bed = make_testbed(str(tmp_path), docker_client, f"prodgb{uuid.uuid4().hex[:8]}")
+    old_env = dict(os.environ)
+    try:
+        yield bed
+    finally:
+        bed.cleanup()
+        os.environ.clear()
+        os.environ.update(old_env)
 
 
 @pytest.fixture(scope="module")

@@ -30,29 +30,27 @@ class HeadscaleApi(dg.ConfigurableResource):
             return False, f"control plane unreachable: {type(exc).__name__}"
         return resp.status_code == 200, f"/health answered {resp.status_code}"
 
-    def nodes(self, secrets: SecretSource) -> list[dict]:
+    def _call(self, method: str, path: str, secrets: SecretSource, json: dict | None = None):
+        """One call of the API with the key from the secrets source; unreachable is a RuntimeError naming only the
+        kind of failure."""
         import requests  # imported on first call: loading the code location does not pay for it
 
         key = secrets.values().get(self.api_key_secret, "")
         try:
-            resp = requests.get(f"{self.api_base_url.rstrip('/')}/api/v1/node", timeout=self.timeout_s,
-                                headers={"Authorization": f"Bearer {key}"})
+            return requests.request(method, f"{self.api_base_url.rstrip('/')}{path}", json=json,
+                                    timeout=self.timeout_s, headers={"Authorization": f"Bearer {key}"})
         except requests.RequestException as exc:
             raise RuntimeError(f"Headscale API unreachable: {type(exc).__name__}") from None
+
+    def nodes(self, secrets: SecretSource) -> list[dict]:
+        resp = self._call("GET", "/api/v1/node", secrets)
         if resp.status_code != 200:
             raise RuntimeError(f"Headscale API answered {resp.status_code} to GET /api/v1/node")
         return resp.json().get("nodes", [])
 
     def policy(self, secrets: SecretSource) -> str:
         """The live policy's text ("" when Headscale holds none yet)."""
-        import requests  # imported on first call: loading the code location does not pay for it
-
-        key = secrets.values().get(self.api_key_secret, "")
-        try:
-            resp = requests.get(f"{self.api_base_url.rstrip('/')}/api/v1/policy", timeout=self.timeout_s,
-                                headers={"Authorization": f"Bearer {key}"})
-        except requests.RequestException as exc:
-            raise RuntimeError(f"Headscale API unreachable: {type(exc).__name__}") from None
+        resp = self._call("GET", "/api/v1/policy", secrets)
         if resp.status_code == 404:
             return ""
         if resp.status_code != 200:
@@ -62,14 +60,7 @@ class HeadscaleApi(dg.ConfigurableResource):
     def set_policy(self, secrets: SecretSource, text: str) -> None:
         """Replaces the live policy (Headscale's policy.mode must be `database`); its refusal is raised with
         Headscale's own message, which names what it could not parse."""
-        import requests  # imported on first call: loading the code location does not pay for it
-
-        key = secrets.values().get(self.api_key_secret, "")
-        try:
-            resp = requests.put(f"{self.api_base_url.rstrip('/')}/api/v1/policy", json={"policy": text},
-                                timeout=self.timeout_s, headers={"Authorization": f"Bearer {key}"})
-        except requests.RequestException as exc:
-            raise RuntimeError(f"Headscale API unreachable: {type(exc).__name__}") from None
+        resp = self._call("PUT", "/api/v1/policy", secrets, {"policy": text})
         if resp.status_code != 200:
             try:
                 message = str(resp.json().get("message", ""))[:300]

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from prodg_assets.contract import ROTATION_SENSOR
-from tests.conftest import TEST_SECRETS, make_testbed
+from tests.conftest import TEST_SECRETS
 from tests.dagster_dev import dagster_dev, free_port, stop
 from tests.layers.test_converge import materializations
 from tests.standins.infisical import InfisicalStandIn
@@ -34,21 +34,15 @@ REQUIRED = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "HERMES_API_TOKEN", "TELEGRAM
 
 
 @pytest.fixture
-def bed(tmp_path, docker_client):
-    bed = make_testbed(str(tmp_path), docker_client, f"prodgin{uuid.uuid4().hex[:8]}")
+def bed(own_bed):
+    bed = own_bed
     bed.edit("prodg.yaml", "variables:\n", "variables:\n  INFISICAL_API_URL: http://127.0.0.1:9\n")
     bed.edit("prodg.yaml", "  env_file: ${PRODG_SECRETS_FILE}\n", "  env_file: ${PRODG_SECRETS_FILE}\n"
              f"  infisical:\n    api_base_url: ${{INFISICAL_API_URL}}\n    project_id: {PROJECT}\n"
              "    environment: prod\n")
     bed.commit("Infisical configured")
     bed.env.update({"INFISICAL_CLIENT_ID": CLIENT_ID, "INFISICAL_CLIENT_SECRET": CLIENT_SECRET})
-    old = dict(os.environ)
-    try:
-        yield bed
-    finally:
-        bed.cleanup()
-        os.environ.clear()
-        os.environ.update(old)
+    return bed
 
 
 def use_infisical(bed, infisical: InfisicalStandIn) -> None:

@@ -5,12 +5,11 @@ the root check."""
 
 import json
 import os
-import uuid
 
 import dagster as dg
 import pytest
 
-from tests.conftest import TEST_SECRETS, make_testbed
+from tests.conftest import TEST_SECRETS
 from tests.layers.test_converge import materializations
 from tests.standins.headscale import HeadscaleStandIn, hujson_value
 
@@ -28,15 +27,8 @@ tailnet:
 
 
 @pytest.fixture
-def bed(tmp_path, docker_client):
-    bed = make_testbed(str(tmp_path), docker_client, f"prodgtt{uuid.uuid4().hex[:8]}")
-    old = dict(os.environ)
-    try:
-        yield bed
-    finally:
-        bed.cleanup()
-        os.environ.clear()
-        os.environ.update(old)
+def bed(own_bed):
+    return own_bed
 
 
 def with_tailnet(bed) -> None:
