@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -274,10 +275,10 @@ def _claim(subnet: ipaddress.IPv4Network) -> bool:
 
 def free_subnet(client: docker.DockerClient, pool: str = "10.231.0.0/16", prefix: int = 24) -> str:
     """A /24 of `pool` that overlaps no network on the Engine and that no other test process on this machine holds
-    (a claim file each, SUBNET_CLAIMS), tried from an offset derived from the pid, so two runs start apart."""
+    (a claim file each, SUBNET_CLAIMS), tried from a random offset, so two runs start apart."""
     taken = [*engine_subnets(client), *_SUBNETS_GIVEN]
     candidates = list(ipaddress.ip_network(pool).subnets(new_prefix=prefix))
-    start = os.getpid() % len(candidates)
+    start = random.randrange(len(candidates))  # two runs (or two containers sharing the Engine) start apart
     for candidate in candidates[start:] + candidates[:start]:
         if not any(candidate.overlaps(t) for t in taken if t.version == candidate.version) and _claim(candidate):
             _SUBNETS_GIVEN.add(candidate)
@@ -334,7 +335,7 @@ def own_bed(tmp_path, docker_client) -> Testbed:
 def testbed(tmp_path_factory, docker_client) -> Testbed:
     """The test stack deployed once per module from an empty Engine (containers removed afterwards)."""
     tmp = str(tmp_path_factory.mktemp("testbed"))
-    name = f"prodgt{os.getpid() % 10000}"
+    name = f"prodgt{uuid.uuid4().hex[:8]}"
     bed = make_testbed(tmp, docker_client, name)
     old_env = dict(os.environ)
     os.environ.update(bed.env)  # the asset code reads prodg.yaml variables from the process environment

@@ -84,7 +84,7 @@ def build_restore_drill(state: DesiredState, partitions: dg.PartitionsDefinition
         return dg.MaterializeResult(metadata={
             "object_key": key, "sha256": sha256, "captured_at": manifest.captured_at, "commit": manifest.commit,
             "decrypted_with": ", ".join(i.recipient.fingerprint for i in identities) or "not encrypted",
-            "scratch_image": image, "databases": ", ".join(drill.actual.databases),
+            "scratch_image": image, "scratch_container": name, "databases": ", ".join(drill.actual.databases),
             "tables": drill.tables, "rows": drill.rows, "sql_bytes": drill.restore.sql_bytes,
             "uncounted_at_dump": ", ".join(expected.uncounted) or "none",
             "duration_s": round(drill.duration_s, 3), "findings": dg.MetadataValue.md(findings)})

@@ -8,6 +8,7 @@ import re
 import subprocess
 import textwrap
 import time
+import uuid
 from dataclasses import dataclass
 
 import boto3
@@ -29,7 +30,7 @@ from prodg_assets.backups.crypt import BackupIdentity
 from tests.conftest import ROOT, age_keygen, init_repo
 from tests.standins.moto import MotoServer
 
-PID = os.getpid()
+PID = uuid.uuid4().hex[:8]  # this run's: names no other run on the Engine or store has
 NAME = f"prodgbk{PID}"
 PG_IMAGE = "prodg/postgres:bookworm"
 SECRETS = {"POSTGRES_PASSWORD": f"pg-Backup-Secret-{PID}-5d1f", "MINIO_ROOT_PASSWORD": f"minio-Secret-{PID}-9a7c"}

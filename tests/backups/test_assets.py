@@ -7,7 +7,6 @@ check."""
 import datetime
 import hashlib
 import io
-import os
 import subprocess
 import tarfile
 
@@ -229,9 +228,10 @@ def test_restore_drill_restores_the_dump_and_matches_the_census(bed, three_days,
     assert md["decrypted_with"] == "sha256:" + hashlib.sha256(host.stdout.strip().encode()).hexdigest()[:16]
     assert md["databases"] == "hermes, infisical, postgres"
     assert md["findings"] == "none"
-    # this drill's scratch Postgres is gone (named with the day and this process; other runs' drills may be running)
-    assert not bed.client.containers.list(all=True, filters={"label": "prodg.scratch=restore",
-                                                             "name": f"prodg-restore-drill-{YESTERDAY}-{os.getpid()}-"})
+    # this drill's scratch Postgres is gone (this one, by its name: other runs' drills may be running)
+    assert md["scratch_container"].startswith(f"prodg-restore-drill-{YESTERDAY}-")
+    assert not [c for c in bed.client.containers.list(all=True, filters={"label": "prodg.scratch=restore"})
+                if c.name == md["scratch_container"]]
 
 
 def test_the_window_audit_names_missing_and_late_days_from_manifests(bed, three_days, instance):

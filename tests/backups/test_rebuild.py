@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import textwrap
+import uuid
 
 import boto3
 import pytest
@@ -35,7 +36,7 @@ from tests.conftest import ROOT, age_keygen, git, init_repo
 
 pytestmark = pytest.mark.docker
 
-PID = os.getpid()
+PID = uuid.uuid4().hex[:8]  # this run's: names no other run on the Engine or store has
 NAME = f"prodgrb{PID}"
 BUCKET = f"prodg-rebuild-{PID}"
 DAY = (TODAY - datetime.timedelta(days=1)).isoformat()

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import textwrap
 import time
+import uuid
 
 import dagster as dg
 import pytest
@@ -30,7 +31,7 @@ from tests.standins.telegram import TelegramStandIn
 
 pytestmark = pytest.mark.docker
 
-PID = os.getpid()
+PID = uuid.uuid4().hex[:8]  # this run's: names no other run on the Engine or store has
 NAME = f"prodgsd{PID}"
 REDIS_IMAGE = "prodg/redis:bookworm"
 SQLITE_IMAGE = "prodg/sqlite-app:bookworm"

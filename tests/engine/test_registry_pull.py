@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 
 import dagster as dg
 import docker
@@ -29,8 +30,8 @@ def materialisation(result, asset: str) -> dict:
 
 
 def test_an_image_is_pulled_through_the_mirror_and_pinned_by_digest(tmp_path, docker_client, monkeypatch):
-    name = f"prodgt-pull{os.getpid() % 100000}/cache"
-    bed = make_testbed(str(tmp_path), docker_client, f"prodgr{os.getpid() % 10000}")
+    name = f"prodgt-pull{uuid.uuid4().hex[:8]}/cache"
+    bed = make_testbed(str(tmp_path), docker_client, f"prodgr{uuid.uuid4().hex[:8]}")
     with local_registry(str(tmp_path / "registry")) as registry:
         bed.env["PRODG_REGISTRY_MIRROR"] = registry
         for key, value in bed.env.items():  # the asset code reads prodg.yaml variables from the process environment

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 
 import pytest
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.docker
 
 
 def test_plan_follows_a_remote_with_no_work_tree(tmp_path, docker_client):
-    bed = make_testbed(str(tmp_path), docker_client, f"prodgc{os.getpid() % 10000}")
+    bed = make_testbed(str(tmp_path), docker_client, f"prodgc{uuid.uuid4().hex[:8]}")
     bare = str(tmp_path / "origin.git")
     subprocess.run(["git", "clone", "-q", "--bare", bed.repo, bare], check=True)
     first = git(bare, "rev-parse", "HEAD")

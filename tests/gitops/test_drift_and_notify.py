@@ -3,6 +3,7 @@
 import datetime
 import os
 import subprocess
+import uuid
 
 import dagster as dg
 import pytest
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.docker
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, docker_client):
     tmp = str(tmp_path_factory.mktemp("drift"))
-    bed = make_testbed(tmp, docker_client, f"prodgd{os.getpid() % 10000}")
+    bed = make_testbed(tmp, docker_client, f"prodgd{uuid.uuid4().hex[:8]}")
     old_env = dict(os.environ)
     with TelegramStandIn(TEST_SECRETS["TELEGRAM_BOT_TOKEN"]) as telegram:
         bed.env["TELEGRAM_API_URL"] = telegram.url

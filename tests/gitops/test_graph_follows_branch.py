@@ -5,7 +5,7 @@ changes a setting the definitions are built from (the drift schedule) is in effe
 
 from __future__ import annotations
 
-import os
+import uuid
 
 import pytest
 
@@ -36,7 +36,7 @@ CACHE2 = cache_service("cache2")
 
 @pytest.fixture
 def dev(tmp_path, docker_client):
-    bed = make_testbed(str(tmp_path), docker_client, f"prodgg{os.getpid() % 10000}")
+    bed = make_testbed(str(tmp_path), docker_client, f"prodgg{uuid.uuid4().hex[:8]}")
     with dagster_dev(tmp_path, bed) as dagster:
         yield bed, dagster
 

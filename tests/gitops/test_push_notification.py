@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 
 import pytest
 import requests
@@ -36,7 +37,7 @@ def tags_of(run: dict) -> dict[str, str]:
 
 
 def test_a_signed_webhook_deploys_the_push_without_waiting_for_the_sensor(tmp_path, docker_client):
-    bed = make_testbed(str(tmp_path), docker_client, f"prodgw{os.getpid() % 10000}")
+    bed = make_testbed(str(tmp_path), docker_client, f"prodgw{uuid.uuid4().hex[:8]}")
     with dagster_dev(tmp_path, bed, interval_s=600) as dagster:
         first = dagster.finished_run(bed.commits[-1])  # the sensor's first tick
         assert first["status"] == "SUCCESS", first

@@ -6,7 +6,7 @@ node-exporter stays failed — not faked, not retried."""
 
 from __future__ import annotations
 
-import os
+import uuid
 
 import pytest
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.docker
 
 
 def test_a_service_whose_image_is_missing_does_not_keep_its_dependents_from_deploying(tmp_path, docker_client):
-    bed = make_testbed(str(tmp_path), docker_client, f"prodgm{os.getpid() % 10000}")
+    bed = make_testbed(str(tmp_path), docker_client, f"prodgm{uuid.uuid4().hex[:8]}")
     bed.edit("compose/docker-compose.yml", "image: prom/node-exporter:latest", "image: prom/node-exporter:not-pushed")
     head = bed.commit("node-exporter from a tag the registry does not hold")
     with dagster_dev(tmp_path, bed) as dagster:

@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import uuid
 
 import dagster as dg
 import pytest
@@ -59,7 +60,7 @@ def launch(bed: Testbed, instance, request: dg.RunRequest) -> dg.ExecuteInProces
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory, docker_client):
     tmp = str(tmp_path_factory.mktemp("gitops"))
-    bed = make_testbed(tmp, docker_client, f"prodgs{os.getpid() % 10000}")
+    bed = make_testbed(tmp, docker_client, f"prodgs{uuid.uuid4().hex[:8]}")
     old_env = dict(os.environ)
     try:
         bed.cleanup()

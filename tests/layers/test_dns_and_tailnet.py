@@ -2,6 +2,7 @@
 URLs served here by stand-ins that speak those protocols."""
 
 import os
+import uuid
 
 import dagster as dg
 import pytest
@@ -35,7 +36,7 @@ integrations:
 
 @pytest.fixture
 def bed(tmp_path, docker_client):
-    bed = make_testbed(str(tmp_path), docker_client, f"prodgn{os.getpid() % 10000}")
+    bed = make_testbed(str(tmp_path), docker_client, f"prodgn{uuid.uuid4().hex[:8]}")
     bed.edit("prodg.yaml", "variables:\n", "variables:\n  CLOUDFLARE_API_URL: http://127.0.0.1:9\n"
              "  HEADSCALE_API_URL: http://127.0.0.1:9\n")
     with open(os.path.join(bed.repo, "config", "prodg.yaml"), "a") as fh:

@@ -15,6 +15,7 @@ import re
 import subprocess
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -339,7 +340,7 @@ backups:
 def deployment(tmp_path_factory, docker_client) -> Deployment:
     images = build_images()
     root = str(tmp_path_factory.mktemp("prod"))
-    name = f"prodgprod{os.getpid() % 100000}"
+    name = f"prodgprod{uuid.uuid4().hex[:8]}"
     bed = make_testbed(root, docker_client, name)
     age_keygen(os.path.join(root, "backup-host.agekey"))  # docker/prod's PRODG_BACKUP_IDENTITY: signs the manifests
     with open(os.path.join(bed.repo, "config", "prodg.yaml"), "a") as fh:

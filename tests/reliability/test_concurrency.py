@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 
 import boto3
 import dagster as dg
@@ -71,7 +72,7 @@ def action_of(instance, run_id: str, asset: str) -> str:
 @pytest.mark.fault
 def test_two_deploys_and_a_backup_at_once_end_at_the_newest_commit_with_an_intact_backup(tmp_path, docker_client,
                                                                                          measured):
-    bed = make_testbed(str(tmp_path / "bed"), docker_client, f"prodgc{os.getpid() % 10000}")
+    bed = make_testbed(str(tmp_path / "bed"), docker_client, f"prodgc{uuid.uuid4().hex[:8]}")
     with MotoServer() as s3:
         client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1", aws_access_key_id="testing",
                               aws_secret_access_key="testing")

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 
 import boto3
 import dagster as dg
@@ -57,7 +58,7 @@ def backup_and_restore(bed, instance, s3_url: str, restore_out: list[str]) -> No
 
 
 def test_no_secret_value_anywhere_prodg_writes(tmp_path, docker_client, capfd):
-    bed = make_testbed(str(tmp_path / "bed"), docker_client, f"prodgh{os.getpid() % 10000}")
+    bed = make_testbed(str(tmp_path / "bed"), docker_client, f"prodgh{uuid.uuid4().hex[:8]}")
     home = tmp_path / "dagster_home"
     home.mkdir()
     old = dict(os.environ)

@@ -14,6 +14,7 @@ import datetime
 import os
 import subprocess
 import sys
+import uuid
 
 import pytest
 import requests
@@ -70,7 +71,7 @@ def start_prometheus(docker_client, tmp_path, exporter_port: int, prometheus_por
 
 
 def test_the_exporter_reports_the_instance_and_prometheus_scrapes_it(tmp_path, docker_client):
-    bed = make_testbed(str(tmp_path), docker_client, f"prodgx{os.getpid() % 10000}")
+    bed = make_testbed(str(tmp_path), docker_client, f"prodgx{uuid.uuid4().hex[:8]}")
     port, prometheus_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     exporter = prometheus = None

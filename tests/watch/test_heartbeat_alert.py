@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 
 import pytest
 import requests
@@ -28,7 +29,7 @@ def firing(api: str) -> list[dict]:
 
 
 def test_the_heartbeat_alert_fires_with_no_daemon_and_clears_when_it_runs(tmp_path, docker_client):
-    bed = make_testbed(str(tmp_path), docker_client, f"prodgb{os.getpid() % 10000}")
+    bed = make_testbed(str(tmp_path), docker_client, f"prodgb{uuid.uuid4().hex[:8]}")
     home = tmp_path / "dagster_home"
     home.mkdir()
     # runs the daemon's sensors ask for stay queued (nothing is deployed here): only its heartbeat matters
