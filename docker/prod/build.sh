@@ -108,6 +108,15 @@ context_digest() { # CTX -> 12 hex chars over every file's path and content
   (cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-12
 }
 
+# This checkout's id (made once, kept in .prodg/): the images it builds carry it, and only those are ever pruned here,
+# so another checkout's run on the same Engine keeps its images.
+checkout_id=$(cat "$repo/.prodg/checkout-id" 2>/dev/null || true)
+if [ -z "$checkout_id" ]; then
+  mkdir -p "$repo/.prodg"
+  checkout_id=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
+  printf '%s\n' "$checkout_id" >"$repo/.prodg/checkout-id"
+fi
+
 build_image() { # NAME REPO -> prints the tag
   local name=$1 image=$2 digest tag
   digest=$(context_digest "$stage/$name")
@@ -118,7 +127,8 @@ build_image() { # NAME REPO -> prints the tag
     log "image $tag: building"
     # The legacy builder: this Engine has no buildx. Its log is shown only when the build fails.
     if ! DOCKER_BUILDKIT=0 docker build --force-rm --build-arg "BASE_IMAGE=$base" --build-arg "IMAGE=$tag" \
-        --label "prodg.inputs-digest=$digest" -t "$tag" "$stage/$name" >"$stage/$name.log" 2>&1; then
+        --label "prodg.inputs-digest=$digest" --label "prodg.checkout=$checkout_id" \
+        -t "$tag" "$stage/$name" >"$stage/$name.log" 2>&1; then
       tail -n 40 "$stage/$name.log" >&2
       log "image $tag: build failed (full log: $stage/$name.log)"
       exit 1
@@ -134,10 +144,11 @@ stage_context code "$here/dagster.yaml" "$debs" pyproject.toml definitions.py pr
 rm -f "$stage/code/.debs/.stamp"
 code_image=$(build_image code prodg/dagster-code)
 
-# Older builds: the newest PRODG_KEEP_IMAGES (default 3) of each image stay, for rolling back; an image a container
-# still uses is kept by the Engine anyway.
+# Older builds of this checkout: the newest PRODG_KEEP_IMAGES (default 3) of each image stay, for rolling back; an
+# image a container still uses is kept by the Engine anyway, and other checkouts' builds are never touched.
 prune_old() { # IMAGE CURRENT_TAG
-  docker image ls "$1" --format '{{.CreatedAt}}\t{{.Repository}}:{{.Tag}}' | sort -r | cut -f2 |
+  docker image ls "$1" --filter "label=prodg.checkout=$checkout_id" --format '{{.CreatedAt}}\t{{.Repository}}:{{.Tag}}' |
+    sort -r | cut -f2 |
     { grep -vx -e "$2" -e "$1:latest" || true; } |
     tail -n +"${PRODG_KEEP_IMAGES:-3}" | while read -r old; do
       docker image rm "$old" >/dev/null 2>&1 && log "image $old: removed (older build)" || true
