@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import calendar
+import contextlib
 import ipaddress
 import os
 import random
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -271,6 +274,39 @@ def _claim(subnet: ipaddress.IPv4Network) -> bool:
             fh.write(str(os.getpid()))
         return True
     return False
+
+
+@contextlib.contextmanager
+def engine_lock(client: docker.DockerClient, name: str, stale_after_s: float = 3600, poll_s: float = 2.0):
+    """A lock every run on this Engine sees, whichever machine or container it runs in: a created, never started
+    container named `name` (a second create is refused with 409, so that run waits). A holder that died leaves it
+    behind; older than `stale_after_s`, it is taken over. Released only by its holder."""
+    holder = uuid.uuid4().hex
+    while True:
+        try:
+            client.api.create_container("prodg/base:bookworm", command=["true"], name=name,
+                                        labels={"prodg.lock": name, "prodg.lock-holder": holder})
+            break
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:
+                raise
+        try:
+            created = client.api.inspect_container(name)["Created"][:19]
+            age = time.time() - calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%S"))
+            if age > stale_after_s:
+                client.api.remove_container(name, force=True)
+                continue
+        except docker.errors.NotFound:
+            continue
+        time.sleep(poll_s)
+    try:
+        yield
+    finally:
+        try:
+            if client.api.inspect_container(name)["Config"]["Labels"].get("prodg.lock-holder") == holder:
+                client.api.remove_container(name, force=True)
+        except docker.errors.NotFound:
+            pass
 
 
 def free_subnet(client: docker.DockerClient, pool: str = "10.231.0.0/16", prefix: int = 24) -> str:

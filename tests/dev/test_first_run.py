@@ -10,14 +10,12 @@ test at a time on an Engine, behind a host-wide lock, and never over containers 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
-from contextlib import contextmanager
 
 import pytest
 import requests
@@ -26,26 +24,18 @@ import docker
 from prodg_assets.contract import HOST_CONFORMS, SENSOR_NAME
 from prodg_assets.desired import DirTree, load_desired_state
 from tests.browser import look
-from tests.conftest import ROOT, free_subnet, git
+from tests.conftest import ROOT, engine_lock, free_subnet, git
 from tests.dagster_dev import Dagster
 from tests.spec.conftest import BUNDLED_ENV
 from tests.standins.process import free_port
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(2400)]
 
-LOCK = "/tmp/prodg-bundled-config.lock"  # every run of this test on the machine, whichever clone it runs from
+# every run of this test on the Engine, whichever clone, machine or container it runs from: the bundled config's
+# container names are fixed
+LOCK = "prodg-lock-bundled-config"
 SEED_NAMES = os.path.join(ROOT, "docker", "images", "seed-names")
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
-
-
-@contextmanager
-def bundled_config_lock():
-    with open(LOCK, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)  # another run's test waits here until that one has cleaned up
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def stand_in_images() -> set[str]:
@@ -75,7 +65,7 @@ def clean_engine(client: docker.DockerClient, names: list[str], networks: list[s
 
 def test_the_readme_main_command_on_a_fresh_clone_deploys_what_this_machine_can_run(tmp_path, docker_client):
     client = docker_client
-    with bundled_config_lock():
+    with engine_lock(client, LOCK):  # another run's test waits here until that one has cleaned up
         clone = str(tmp_path / "prodg")
         subprocess.run(["git", "clone", "-q", ROOT, clone], check=True)
         commit = git(clone, "rev-parse", "HEAD")
