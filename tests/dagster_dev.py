@@ -40,6 +40,38 @@ class Dagster:
                               {"key": "dagster/sensor_name", "value": SENSOR_NAME}])
         return data["runsOrError"]["results"]
 
+    def step_failures(self, run_id: str) -> dict[str, str]:
+        """Each failed step of a run → its error's message and its causes' (what raised it, under Dagster's own
+        wrapper)."""
+        data = self.gql("""query($id: ID!) { runOrError(runId: $id) { ... on Run { eventConnection { events {
+              __typename ... on ExecutionStepFailureEvent { stepKey error { message causes { message } } } } } } } }""",
+                        id=run_id)
+        return {e["stepKey"]: "\n".join([e["error"]["message"], *(c["message"] for c in e["error"]["causes"])])
+                for e in data["runOrError"]["eventConnection"]["events"]
+                if e["__typename"] == "ExecutionStepFailureEvent"}
+
+    def run_outcomes(self, run_id: str) -> tuple[dict[str, dict[str, str]], dict[str, bool]]:
+        """(asset → its materialisation's text metadata, check name → passed) of a run."""
+        data = self.gql("""query($id: ID!) { runOrError(runId: $id) { ... on Run { eventConnection { events {
+              __typename
+              ... on MaterializationEvent { assetKey { path } metadataEntries { label
+                    ... on TextMetadataEntry { text } } }
+              ... on AssetCheckEvaluationEvent { evaluation { checkName success } } } } } } }""", id=run_id)
+        events = data["runOrError"]["eventConnection"]["events"]
+        mats = {"/".join(e["assetKey"]["path"]): {m["label"]: m.get("text") for m in e["metadataEntries"]}
+                for e in events if e["__typename"] == "MaterializationEvent"}
+        checks = {e["evaluation"]["checkName"]: e["evaluation"]["success"] for e in events
+                  if e["__typename"] == "AssetCheckEvaluationEvent"}
+        return mats, checks
+
+    def sensor_ticks_since(self, timestamp: float, sensor: str = SENSOR_NAME) -> int:
+        """How many of the sensor's ticks started after `timestamp` (seconds) have finished."""
+        data = self.gql("""query($sel: SensorSelector!) { sensorOrError(sensorSelector: $sel) { ... on Sensor {
+              sensorState { ticks(limit: 50) { status timestamp } } } } }""",
+                        sel={"repositoryName": "__repository__", "repositoryLocationName": "prodg", "sensorName": sensor})
+        ticks = data["sensorOrError"]["sensorState"]["ticks"]
+        return sum(1 for t in ticks if t["timestamp"] > timestamp and t["status"] in ("SUCCESS", "SKIPPED", "FAILURE"))
+
     def rotation_runs(self) -> list[dict]:
         """The secret-rotation sensor's runs."""
         data = self.gql("""query($tags: [ExecutionTag!]) { runsOrError(filter: {tags: $tags}) { __typename

@@ -68,7 +68,10 @@ def test_a_pushed_service_reloads_the_graph_and_deploys_alone_and_a_removed_one_
     run = dagster.finished_run(removed)
     assert run["status"] == "SUCCESS", run
     assert [a["path"] for a in run["assetSelection"]] == [["retired_services"]]
-    assert "cache2" in bed.containers()  # deploy.prune is off: reported by no_retired_services, not removed
+    assert "cache2" in bed.containers()  # deploy.prune is off: reported, not removed
+    mats, checks = dagster.run_outcomes(run["runId"])
+    assert mats["retired_services"]["retired"] == "cache2" and mats["retired_services"]["removed"] == "none"
+    assert checks["no_retired_services"] is False
 
     bed.edit("prodg.yaml", "  stop_timeout_s: 5\n", "  stop_timeout_s: 5\n  drift_schedule: \"*/7 * * * *\"\n")
     bed.commit("drift every 7 minutes")

@@ -6,6 +6,7 @@ node-exporter stays failed — not faked, not retried."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -32,6 +33,10 @@ def test_a_service_whose_image_is_missing_does_not_keep_its_dependents_from_depl
         first = next(r for r, t in zip(runs, tags) if REMAINDER_TAG not in t)
         rest, rest_tags = next((r, t) for r, t in zip(runs, tags) if REMAINDER_TAG in t)
         assert first["status"] == "FAILURE"
+        # why it failed: node-exporter's image, named, is not in the registry
+        failed = dagster.step_failures(first["runId"])
+        assert set(failed) == {"node_exporter"}, failed
+        assert "prom/node-exporter:not-pushed" in failed["node_exporter"], failed
         assert rest_tags[REMAINDER_TAG] == first["runId"]
         assert rest_tags["prodg/commit"] == head
         assert "node_exporter" in rest_tags["prodg/reason"]
@@ -46,3 +51,8 @@ def test_a_service_whose_image_is_missing_does_not_keep_its_dependents_from_depl
         assert live["prometheus"].labels["prodg.commit"] == head
         assert live["prometheus"].attrs["State"]["Health"]["Status"] == "healthy"
         assert "node-exporter" not in live
+        # not retried: the sensor ticks on (two more ticks after the rest's run ended) and launches nothing more
+        ended = time.time()  # both runs have ended by now
+        dagster.wait("two more ticks of the git sensor", lambda: dagster.sensor_ticks_since(ended) >= 2, budget=300)
+        assert len(dagster.runs_for(head)) == 2
+        assert "node-exporter" not in bed.containers()
