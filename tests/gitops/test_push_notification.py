@@ -54,11 +54,13 @@ def test_a_signed_webhook_deploys_the_push_without_waiting_for_the_sensor(tmp_pa
                      "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n      PUSHED: \"yes\"\n")
             pushed = bed.commit("redis: a pushed change")
 
-            assert post(hook_url, {"ref": "refs/heads/main"}, secret="not the secret").status_code == 401
-            assert post(hook_url, {"ref": "refs/heads/feature"}).status_code == 202  # another branch: ignored
-            assert dagster.runs_for(pushed) == []
+            refused = post(hook_url, {"ref": "refs/heads/main"}, secret="not the secret")
+            assert (refused.status_code, refused.text.strip()) == (401, "signature missing or wrong")
+            other = post(hook_url, {"ref": "refs/heads/feature"})  # another branch: acknowledged, nothing evaluated
+            assert (other.status_code, other.text.strip()) == (202, "ignored: a push to feature, not main")
 
-            assert post(hook_url, {"ref": "refs/heads/main", "after": pushed}).status_code == 202
+            told = post(hook_url, {"ref": "refs/heads/main", "after": pushed})
+            assert (told.status_code, told.text.strip()) == (202, "the git sensor evaluates now")
             run = dagster.finished_run(pushed)
             assert run["status"] == "SUCCESS", run
             tags = tags_of(run)
@@ -68,6 +70,11 @@ def test_a_signed_webhook_deploys_the_push_without_waiting_for_the_sensor(tmp_pa
             selected = {"/".join(a["path"]) for a in run["assetSelection"]}
             assert "redis" in selected and "postgres" not in selected, selected  # redis and what depends on it
             assert bed.containers()["redis"].labels["prodg.commit"] == pushed
+            # the listener evaluated the sensor once, for the signed push to main: neither the refused request nor
+            # the other branch's made it evaluate (each evaluation is logged as "push: <outcome>")
+            log.flush()
+            evaluations = [ln for ln in open(tmp_path / "webhook.log") if " prodg.webhook push: " in ln]
+            assert len(evaluations) == 1 and "launched run" in evaluations[0], evaluations
 
             out = subprocess.run([sys.executable, "-m", "prodg_assets.cli", "notify-push"], capture_output=True,
                                  text=True, env={**os.environ, **bed.env, "PRODG_DAGSTER_URL": dagster.url})
