@@ -8,8 +8,10 @@ import ipaddress
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -29,6 +31,15 @@ ROOT = os.path.dirname(HERE)
 # the `prodg` command line, run by the interpreter running the tests (no path into a particular virtualenv)
 PRODG_CLI = [sys.executable, "-m", "prodg_assets.cli"]
 STACK_CONFIG = os.path.join(HERE, "stack", "config")
+
+# A run started without job control (`cmd &` in a script, CI's background job) and pytest-xdist's workers inherit
+# SIGINT ignored, and an ignored signal stays ignored in every process started from here. Dagster maps SIGTERM to
+# SIGINT's handler after each in-process run (dagster._utils.interrupts), so from then on the listener, `dagster dev`
+# and docker/dev/up that a test starts — and stops with SIGTERM or Ctrl-C — would ignore both and outlive the test.
+# Python's own defaults, once, in the process that starts them.
+if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 CONSOLE_PASSWORD = "console-Test-Password-4d5e6f"
 TEST_SECRETS = {
     "POSTGRES_PASSWORD": "pg-Test-Secret-7f3a9c",
