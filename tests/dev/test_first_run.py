@@ -127,12 +127,21 @@ def test_the_readme_main_command_on_a_fresh_clone_deploys_what_this_machine_can_
                                   deployed, budget=1500)
             assert set(latest) == {s.asset for s in runnable}
 
-            # docker ps: each runnable service's container runs (healthy where it has a health check)
+            # docker ps: each runnable service's container runs (healthy where it has a health check). A container
+            # seen between its start and its first probe says `starting`: looked at again (a bound in attempts) until
+            # its own healthcheck has answered; an unhealthy one fails, with its restart count.
+            def container_state(spec):
+                attrs = client.containers.get(spec.container_name).attrs
+                return attrs["State"], attrs.get("RestartCount", 0)
+
             for spec in runnable:
-                state_ = client.containers.get(spec.container_name).attrs["State"]
-                assert state_["Status"] == "running", (spec.name, state_)
+                state_, restarts = container_state(spec)
+                assert state_["Status"] == "running", (spec.name, state_, restarts)
                 if spec.healthcheck:
-                    assert state_.get("Health", {}).get("Status") == "healthy", (spec.name, state_.get("Health"))
+                    health = dagster.wait(f"{spec.name}'s healthcheck to answer", lambda: (
+                        h := container_state(spec)[0].get("Health", {})).get("Status") != "starting" and h, budget=120)
+                    state_, restarts = container_state(spec)
+                    assert health.get("Status") == "healthy", (spec.name, health, restarts)
 
             # what an application container on the mainframe's network reaches: the data stores and Caddy's sites,
             # never Dagster's GraphQL or gRPC (either launches runs as root with the Docker socket) nor Caddy's admin
