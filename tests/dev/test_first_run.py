@@ -56,9 +56,13 @@ def clean_engine(client: docker.DockerClient, names: list[str], networks: list[s
             client.containers.get(name).remove(force=True, v=True)
         except docker.errors.NotFound:
             pass
-    for name in networks:
+    for name in networks:  # what is still attached (a container a late run made again) goes with its network
         try:
-            client.networks.get(name).remove()
+            network = client.networks.get(name)
+            network.reload()
+            for container in network.containers:
+                container.remove(force=True, v=True)
+            network.remove()
         except docker.errors.NotFound:
             pass
 
