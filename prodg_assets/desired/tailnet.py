@@ -34,19 +34,13 @@ HEADER = ("// Headscale's policy, written by prodg from prodg.yaml (tailnet:) an
           "// prodg's check reports any other edit, and the next materialisation of `tailnet` replaces it.\n")
 
 
-def reachable_ports(settings: Settings, services: Mapping[str, ServiceSpec]) -> dict[int, tuple[str, ...]]:
-    """Every port the host answers on beyond loopback → who answers there (services, or "host" for the firewall's
-    own openings such as sshd)."""
-    out: dict[int, set[str]] = {}
-    for spec in services.values():
-        for port in spec.ports:
-            if port.host_port and not LOOPBACK.match(port.host_ip):
-                out.setdefault(port.host_port, set()).add(spec.name)
-    for rule in (settings.host.ufw.allow if settings.host.ufw else ()):
-        number = rule.split("/")[0]
-        if number.isdigit():
-            out.setdefault(int(number), set()).add("host")
-    return {port: tuple(sorted(names)) for port, names in sorted(out.items())}
+def reachable_ports(settings: Settings, services: Mapping[str, ServiceSpec]) -> list[int]:
+    """Every port the host answers on beyond loopback: the services' publications and the firewall's own openings
+    (sshd)."""
+    ports = {port for spec in services.values() for port in _granted_ports(spec)}
+    ports |= {int(rule.split("/")[0]) for rule in (settings.host.ufw.allow if settings.host.ufw else ())
+              if rule.split("/")[0].isdigit()}
+    return sorted(ports)
 
 
 def _t1_domains_on(services: Mapping[str, ServiceSpec]) -> tuple[str, ...]:
@@ -119,7 +113,7 @@ def policy(settings: Settings, services: Mapping[str, ServiceSpec]) -> dict[str,
     acls += [{"action": "accept", "src": [TIER_TAGS[tier]],
               "dst": [f"{HOST_ALIAS}:{','.join(str(p) for p in sorted(ports))}"]}
              for tier, ports in sorted(grants.items()) if ports]
-    host_ports = sorted(reachable_ports(settings, services))
+    host_ports = reachable_ports(settings, services)
     tests = [{"src": who, "accept": [f"{HOST_ALIAS}:{p}" for p in host_ports] + [f"{TIER_TAGS['T3']}:22"]}
              for who in (tailnet.operators[:1] + (TIER_TAGS["T1"],))]
     for tier, ports in sorted(grants.items()):

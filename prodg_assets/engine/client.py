@@ -106,8 +106,10 @@ class DockerEngine(dg.ConfigurableResource):
 
     # -- plan ------------------------------------------------------------------------------------------------------
     def desired(self, state: DesiredState, secrets: Mapping[str, str], commit: str,
-                services: list[str] | None = None, build_root: str | None = None) -> dict[str, Desired]:
-        """What each service's container should look like (images are never built for this)."""
+                services: list[str] | None = None, build_root: str | None = None,
+                registry: bool = True) -> dict[str, Desired]:
+        """What each service's container should look like (images are never built for this); without `registry`,
+        no registry is asked for the digest it serves (the digest is then not compared)."""
 
         out = {}
         for name in services or sorted(state.services):
@@ -118,7 +120,8 @@ class DockerEngine(dg.ConfigurableResource):
                 image = "(not built)" if spec.build else "(unavailable)"
             files = facts.file_env(spec)
             out[name] = Desired(name, spec.spec_hash(secrets, files),
-                                facts.desired_facts(spec, secrets, image, files, self.served_digest(spec)))
+                                facts.desired_facts(spec, secrets, image, files,
+                                                    self.served_digest(spec) if registry else ""))
         return out
 
     def plan(self, state: DesiredState, secrets: Mapping[str, str], commit: str = "",
@@ -133,7 +136,7 @@ class DockerEngine(dg.ConfigurableResource):
         """Service → the secrets whose value at the source differs from what its running container holds, for each
         service whose container differs from its desired state in nothing else: a rotation, not drift. Only which
         environment keys differ is compared (by hash); no value leaves here."""
-        desired = self.desired(state, secrets, commit)
+        desired = self.desired(state, secrets, commit, registry=False)  # only the environment is compared here
         live = self.live(state.project, facts.declared_env(state))
         out: dict[str, tuple[str, ...]] = {}
         for name, want in desired.items():
