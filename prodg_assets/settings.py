@@ -133,6 +133,7 @@ class HostSettings:
     min_free_disk_gb: float = 0.0
     public_ports: tuple[str, ...] = ()  # "80/tcp" style: what may be published on 0.0.0.0 / ::
     bind_roots: tuple[str, ...] = ()
+    data_root: str = ""  # services' data folders: an existing one under it is handed to the service's `user:`
     ufw: Optional[UfwSettings] = None  # None: no firewall declared for this host (not checked)
     ssh_keys: tuple[str, ...] = ()
 

@@ -16,6 +16,7 @@ from .interpolate import VAR, LoadContext
 from .model import (
     DIGEST_REFERENCE,
     LAYERS,
+    NUMERIC_USER,
     TRUST_TIERS,
     Build,
     Healthcheck,
@@ -502,6 +503,11 @@ def _service(r: _ComposeReader, name: str, body: Any, project: str, networks: di
     user = None
     if "user" in body:
         user = r.text(path + ("user",), body["user"])
+        writes_host = [m.source for m in mounts if m.kind == "bind" and not m.read_only and m.config_path is None]
+        if user and writes_host and not NUMERIC_USER.match(user):
+            r.err(path + ("user",), f"{user!r}: a service that writes to a host folder ({writes_host[0]}) needs a "
+                                    f"numeric uid[:gid] such as \"70:70\", so prodg can hand the folder to it before "
+                                    f"its first start")
 
     depends: list[str] = []
     if "depends_on" in body:

@@ -294,6 +294,14 @@ def _settings(ctx: LoadContext, doc: Doc, data: dict, services: Mapping[str, Ser
     for i, port in enumerate(_list(host.get("public_ports"))):
         if not re.match(r"^\d{1,5}/(tcp|udp)$", str(port)):
             ctx.errors.append(doc.error(("host", "public_ports", i), f"must look like 443/tcp, got {str(port)!r}"))
+    data_root = host.get("data_root")
+    if isinstance(data_root, str):
+        roots = [str(r).rstrip("/") for r in _list(host.get("bind_roots"))]
+        if not data_root.startswith("/") or ".." in data_root.split("/"):
+            ctx.errors.append(doc.error(("host", "data_root"), f"must be an absolute path, got {data_root!r}"))
+        elif not any(data_root.rstrip("/") == r or data_root.startswith(r + "/") for r in roots if r):
+            ctx.errors.append(doc.error(("host", "data_root"), f"{data_root!r} is outside host.bind_roots: no "
+                                                               f"service could mount a folder under it"))
     for key, decl in _map(sec.get("required")).items():
         for i, svc_name in enumerate(_list(_map(decl).get("used_by"))):
             if isinstance(svc_name, str) and svc_name not in services:

@@ -17,6 +17,8 @@ DIGEST_REFERENCE = re.compile(r"^(?P<repo>[^@]+)@(?P<digest>sha256:[0-9a-f]{64})
 
 LAYERS = ("host_baseline", "network", "tls", "data_stores", "secrets", "observability", "hermes", "backups")
 TRUST_TIERS = ("T1", "T2", "T3")
+# a `user:` prodg can own a data folder to: uid[:gid]
+NUMERIC_USER = re.compile(r"^(\d+)(?::(\d+))?$")
 
 
 def asset_name(service: str) -> str:

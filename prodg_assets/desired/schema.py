@@ -45,7 +45,7 @@ PRODG_SCHEMA = {
     "host": Req({
         "hostname": Req(str), "public_ip": str, "tailscale_ip": str, "os": Req(str), "kernel": str,
         "min_free_disk_gb": Req((int, float)), "public_ports": Req([str]), "bind_roots": [str],
-        "ufw": {"active": bool, "allow": [str]}, "ssh_keys": [str],
+        "data_root": str, "ufw": {"active": bool, "allow": [str]}, "ssh_keys": [str],
     }),
     "dns": {
         "provider": OneOf("cloudflare"), "zone": str, "api_base_url": str, "api_token_secret": str,

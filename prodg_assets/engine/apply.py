@@ -9,7 +9,6 @@ undo is beside it.
 from __future__ import annotations
 
 import ipaddress
-import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Mapping, Optional, Protocol
@@ -27,6 +26,7 @@ from ..desired.model import DesiredState, NetworkSpec, ServiceSpec
 from ..lazy import docker_errors as errors
 from ..lazy import docker_sdk as sdk
 from .facts import Desired, desired_facts, file_env, live_containers, network_subnets
+from .data_folders import prepare_data_folders
 from .failures import ApplyFailed, engine_unreachable
 from .images import image_digest, resolve_image
 from .plan import CREATE, UNCHANGED, plan_service
@@ -103,9 +103,6 @@ def _apply(engine: DockerEngine, state: DesiredState, service: str, secrets: Map
     for net in state.networks.values():
         if any(net.name == n for n, _ in spec.networks):
             ensure_network(engine, net, state.project)
-    for mount in spec.volumes:
-        if mount.kind == "bind" and mount.config_path is None and not os.path.exists(mount.source):
-            os.makedirs(mount.source, exist_ok=True)  # data folders, as `docker compose` would create them
     if live is not None and live.facts.running and not any(not m.read_only for m in spec.volumes):
         # Stateless: prove the new container healthy beside the serving one (no ports, no aliases) first, so
         # a bad release never interrupts the service. Stateful services (writable mounts) cannot run twice.
@@ -119,6 +116,8 @@ def _apply(engine: DockerEngine, state: DesiredState, service: str, secrets: Map
         engine.client.api.update_container(previous.id, restart_policy={"Name": "no"})
     else:
         _remove_stray(engine, spec.container_name)
+    # after the previous container has stopped: nothing it writes on the way out stays behind a hand-over
+    prepare_data_folders(spec, state.settings.host.data_root, log)
     new_id = None
     try:
         new_id = _create(engine, spec, state, image, secrets, want_hash, commit, digest=digest)

@@ -49,7 +49,8 @@ SEED = {  # service: (image, layer, published ports)
     "postgres": ("postgres:16-alpine", "data_stores", {"127.0.0.1:5432->5432/tcp"}),
     "redis": ("redis:7-alpine", "data_stores", {"127.0.0.1:6379->6379/tcp"}),
     "infisical": ("infisical/infisical:latest-postgres", "secrets", {"127.0.0.1:8082->8080/tcp"}),
-    "vaultwarden": ("vaultwarden/server:latest", "secrets", {"127.0.0.1:8083->80/tcp"}),
+    # the seed's host port; inside, 8080: Vaultwarden runs as its own user (ROCKET_PORT), not as root on 80
+    "vaultwarden": ("vaultwarden/server:latest", "secrets", {"127.0.0.1:8083->8080/tcp"}),
     "minio": ("minio/minio:latest", "data_stores", {"127.0.0.1:9000->9000/tcp", "127.0.0.1:9001->9001/tcp"}),
     "hermes-api": ("prodg/hermes-api:latest", "hermes", {"127.0.0.1:8000->8000/tcp"}),
     "prometheus": ("prom/prometheus:latest", "observability", set()),
@@ -500,6 +501,11 @@ TRUST_CASES = [
          ("devices: [/etc/shadow]",)),
     Case("root-without-a-reason", C, "      runs_as_root: upstream's caddy:2", "      runs_as_root: ''\n      x: upstream's caddy:2",
          "services.caddy.x-prodg.runs_as_root", "must say why the service runs as root", ("runs_as_root: ''",)),
+    Case("a-named-user-writing-a-data-folder", C, '    user: "70:70" #', '    user: postgres #', "services.postgres.user",
+         "'postgres': a service that writes to a host folder (/opt/prodg/data/postgres) needs a numeric uid[:gid]",
+         ("user: postgres",)),
+    Case("data-root-outside-the-bind-roots", P, "  data_root: ${PRODG_DATA}", "  data_root: /srv/data",
+         "host.data_root", "'/srv/data' is outside host.bind_roots", ("data_root: /srv/data",)),
     Case("grant-to-a-t1-service", P, "  grants: []", "  grants:\n    - {tier: T3, service: hermes-api}",
          "tailnet.grants[0].service", "hermes-api is a T1 service: only operators (T1) may reach it",
          ("service: hermes-api}",)),
@@ -800,9 +806,10 @@ def test_spec_hash_ignores_comments_layout_and_environment_form(config_copy: Pat
          "    # reordered, commented\n    restart: unless-stopped\n    container_name: vaultwarden\n")
     edit(config_copy, C, '      ADMIN_TOKEN: ${VAULTWARDEN_ADMIN_TOKEN}\n'
                          '      DOMAIN: https://vault.mainframe.prodg.studio\n'
-                         '      SIGNUPS_ALLOWED: "false"\n',
+                         '      SIGNUPS_ALLOWED: "false"\n'
+                         '      ROCKET_PORT: "8080"\n',
          '      - SIGNUPS_ALLOWED=false\n      - ADMIN_TOKEN=${VAULTWARDEN_ADMIN_TOKEN}\n'
-         '      - DOMAIN=https://vault.mainframe.prodg.studio\n')
+         '      - ROCKET_PORT=8080\n      - DOMAIN=https://vault.mainframe.prodg.studio\n')
     assert changed(before, hashes(config_copy)) == set()
 
 
