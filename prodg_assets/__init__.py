@@ -17,7 +17,7 @@ from .backups.definitions import backup_definitions, build_backup_resources
 from .contract import BACKUP_GROUP
 from .desired import ConfigInvalid, DesiredState, DirTree, load_desired_state
 from .engine.client import DockerEngine
-from .engine.secrets import SecretSource
+from .engine.secrets import SecretSource, secret_source_config
 from .gitops.reload import graph_fingerprint
 from .gitops.repo import ConfigRepo, GitError, GitTree, git
 from .gitops.sensor import LoadedGraph, build_git_sensor
@@ -39,20 +39,14 @@ def config_repo(env: EnvSettings) -> ConfigRepo:
 def build_resources(state: DesiredState, env: EnvSettings, environ: Mapping[str, str] | None = None) -> dict:
     """Every resource, from the environment settings and the typed prodg.yaml sections."""
     s = state.settings
-    infisical, telegram = s.secrets.infisical, s.notifications.telegram
+    telegram = s.notifications.telegram
     headscale = s.integrations.headscale or HeadscaleSettings()
     host, port = env.tls_connect_host_port
     return {
         # empty base_url: docker.from_env(), which honours DOCKER_HOST and DOCKER_TLS_VERIFY/DOCKER_CERT_PATH
         "docker": DockerEngine(probe_network=env.probe_network, registry_mirror=env.registry_mirror),
         "repo": config_repo(env),
-        "secrets": SecretSource(source=s.secrets.source, env_file=s.secrets.env_file,
-                                infisical_url=infisical.api_base_url, infisical_project_id=infisical.project_id,
-                                infisical_environment=infisical.environment,
-                                infisical_secret_path=infisical.secret_path,
-                                infisical_client_id_env=infisical.client_id_env,
-                                infisical_client_secret_env=infisical.client_secret_env,
-                                infisical_credentials_file=infisical.credentials_file),
+        "secrets": SecretSource(**secret_source_config(s.secrets)),
         "host": HostShell(root=env.host_root),
         "tls": TlsSettings(ca_file=env.tls_ca_file, connect_host=host, connect_port=port),
         "cloudflare": CloudflareDns(api_base_url=s.dns.api_base_url, token_secret=s.dns.api_token_secret),

@@ -23,6 +23,7 @@ from ..contract import (
 from ..desired import DesiredState
 from ..desired.interpolate import secret_reference
 from ..desired.loader import daily_at
+from ..engine.secrets import secret_source_config
 from ..settings import BackupSettings, BackupTarget, EnvSettings, store_settings
 from .assets import build_config_backup, build_minio_backup, build_postgres_backup
 from .checks import build_object_check, build_window_checks
@@ -42,7 +43,7 @@ def backup_partitions(settings: BackupSettings) -> dg.DailyPartitionsDefinition:
 
 def build_backup_resources(state: DesiredState, environ: Mapping[str, str] | None = None) -> dict:
     """`backup_store` (the off-site bucket; keys by the names prodg.yaml gives, from the environment or the secrets
-    file; timeouts, attempts and part size from STORE_SETTINGS; manifests signed with the host's identity,
+    source; timeouts, attempts and part size from STORE_SETTINGS; manifests signed with the host's identity,
     PRODG_BACKUP_IDENTITY, and believed when it or `backups.signers` signed them) and `minio_source` (MinIO's S3 API where the minio
     service publishes port 9000, with its root credentials; the assets ask the Engine where it answers)."""
     b = state.settings.backups
@@ -50,8 +51,7 @@ def build_backup_resources(state: DesiredState, environ: Mapping[str, str] | Non
         "backup_store": BackupStore(endpoint_url=b.endpoint_url, region=b.region, bucket=b.bucket,
                                     access_key_id_env=b.access_key_id_env,
                                     secret_access_key_env=b.secret_access_key_env,
-                                    secrets_file=state.settings.secrets.env_file
-                                    if state.settings.secrets.source == "env_file" else "",
+                                    key_source=secret_source_config(state.settings.secrets),
                                     signers=dict(b.signers), identity_file=EnvSettings.from_env(
                                         os.environ if environ is None else environ).backup_identity,
                                     **store_settings(environ)),

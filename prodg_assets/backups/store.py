@@ -23,7 +23,7 @@ from typing import Iterable, Iterator, Mapping, Optional
 import dagster as dg
 from pydantic import PrivateAttr
 
-from ..engine.secrets import SecretSource, redact
+from ..engine.secrets import SecretSource, SecretSourceUnavailable, redact
 from ..lazy import boto_errors
 
 MIB = 1024 * 1024
@@ -326,16 +326,17 @@ class BackupStore(S3Endpoint):
     """The off-site backup bucket (`bucket` on `endpoint_url`): streamed multipart uploads (under Object Lock where
     the bucket has it), listings, downloads, batched deletes and, in a versioned bucket, version deletes. Credentials
     come by name only (the UI shows a resource's config): the environment variables prodg.yaml names
-    (`backups.access_key_id_env`, `secret_access_key_env`), else the secrets file's keys of those names — where the
-    host keeps B2_KEY_SECRET, and what a run container reads from its mount (docker/prod passes it no such variable).
-    Tests give the keys themselves."""
+    (`backups.access_key_id_env`, `secret_access_key_env`), else the secrets source's keys of those names (the env
+    file, where the host keeps B2_KEY_SECRET and a run container reads it from its mount, or Infisical), read when a
+    run first uses the store: a key rotated at the source is used from the next run on, with no commit and no
+    restart. Tests give the keys themselves."""
 
     bucket: str
     part_size_mb: int = 16  # multipart part size; S3 needs at least 5 MiB for all parts but the last
     delete_batch: int = 1000  # keys per DeleteObjects call (1000 is S3's maximum)
     access_key_id_env: str = ""
     secret_access_key_env: str = ""
-    secrets_file: str = ""  # the env_file secrets source, if that is the host's
+    key_source: dict[str, str] = {}  # the secrets source's config (engine.secrets.secret_source_config): no value
     # Whose manifests are believed (backups/signing.py): prodg.yaml's backups.signers (name → key), and the host's
     # own key, derived from its age identity file (PRODG_BACKUP_IDENTITY), which also signs what this host writes.
     signers: dict[str, str] = {}
@@ -350,13 +351,17 @@ class BackupStore(S3Endpoint):
         if not wanted:
             return given["key"], given["secret"]
         found = {k: os.environ.get(n, "") for k, n in wanted.items()}
-        if not all(found.values()) and self.secrets_file:
-            from_file = SecretSource(source="env_file", env_file=self.secrets_file).values()
-            found = {k: v or from_file.get(wanted[k], "") for k, v in found.items()}
+        source = SecretSource(**self.key_source) if self.key_source else None
+        if not all(found.values()) and source is not None:
+            try:
+                from_source = source.values()
+            except SecretSourceUnavailable as exc:
+                raise StoreError(f"no key for the backup store {self.bucket}: {exc}") from None
+            found = {k: v or from_source.get(wanted[k], "") for k, v in found.items()}
         missing = [wanted[k] for k, v in found.items() if not v]
         if missing:
             raise StoreError(f"no key for the backup store {self.bucket}: {', '.join(missing)} is set neither in the "
-                             f"environment nor in {self.secrets_file or 'a secrets file'}")
+                             f"environment nor in {source.where if source else 'a secrets source'}")
         return given["key"] or found.get("key", ""), given["secret"] or found.get("secret", "")
 
     @property

@@ -12,6 +12,7 @@ from typing import Mapping
 import dagster as dg
 
 from ..desired.model import sha256_hex
+from ..settings import SecretsSettings
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,16 @@ def private_file_problem(path: str) -> str:
     if mode & 0o077:
         return f"{path}: mode {mode:04o} lets others read it; chmod 600 it"
     return ""
+
+
+def secret_source_config(sec: SecretsSettings) -> dict[str, str]:
+    """SecretSource's config from prodg.yaml's `secrets:`: names and addresses, never a value. The one recipe for
+    every resource that reads the source (`secrets`, and the backup store's keys)."""
+    i = sec.infisical
+    return {"source": sec.source, "env_file": sec.env_file, "infisical_url": i.api_base_url,
+            "infisical_project_id": i.project_id, "infisical_environment": i.environment,
+            "infisical_secret_path": i.secret_path, "infisical_client_id_env": i.client_id_env,
+            "infisical_client_secret_env": i.client_secret_env, "infisical_credentials_file": i.credentials_file}
 
 
 class SecretSource(dg.ConfigurableResource):

@@ -42,6 +42,7 @@ from tests.backups.conftest import (
     age_decrypt,
     expected_requests,
 )
+from tests.standins.infisical import InfisicalStandIn
 
 pytestmark = pytest.mark.docker
 
@@ -262,28 +263,44 @@ def test_resources_take_secrets_from_the_environment_and_the_secrets_source(bed,
     assert (store.access_key_id, store.secret_access_key) == ("", "")
     assert store.access_key_id_env == "PRODG_TEST_STORE_KEY_ID"
     assert store.secret_access_key_env == "PRODG_TEST_STORE_SECRET"
-    assert store.secrets_file == bed.secrets_file
+    assert store.key_source["source"] == "env_file" and store.key_source["env_file"] == bed.secrets_file
     assert store.bucket == BUCKET and store.endpoint_url == bed.store_url
     config = {k: getattr(store, k) for k in ("endpoint_url", "region", "bucket", "access_key_id_env",
                                              "secret_access_key_env")}
+    in_file = {"source": "env_file", "env_file": bed.secrets_file}
     # neither in the environment nor in the secrets file: one clear line naming what is missing
     monkeypatch.delenv("PRODG_TEST_STORE_KEY_ID", raising=False)
     monkeypatch.delenv("PRODG_TEST_STORE_SECRET", raising=False)
     with pytest.raises(StoreError, match="PRODG_TEST_STORE_KEY_ID, PRODG_TEST_STORE_SECRET is set neither"):
-        list(BackupStore(**config, secrets_file=bed.secrets_file).list())
+        list(BackupStore(**config, key_source=in_file).list())
     # and the error path's scrubbing still works without keys (there are none to hide)
-    assert BackupStore(**config, secrets_file=bed.secrets_file).scrub("listing failed") == "listing failed"
+    assert BackupStore(**config, key_source=in_file).scrub("listing failed") == "listing failed"
     # in the secrets file (how a run container of docker/prod gets B2_KEY_SECRET: from its mount)
     keys_file = tmp_path / "secrets.env"
     keys_file.write_text(f"PRODG_TEST_STORE_KEY_ID={STORE_KEY_ID}\nPRODG_TEST_STORE_SECRET={STORE_SECRET}\n")
-    from_file = BackupStore(**config, secrets_file=str(keys_file))
+    from_file = BackupStore(**config, key_source={"source": "env_file", "env_file": str(keys_file)})
     list(from_file.list())
     assert from_file._credentials() == (STORE_KEY_ID, STORE_SECRET)
+    # in Infisical, read when the store is first used: a key rotated there is what the next run's store uses
+    with InfisicalStandIn("id-1", "secret-1", "proj-1") as infisical:
+        infisical.set("PRODG_TEST_STORE_KEY_ID", "old-key-id")
+        infisical.set("PRODG_TEST_STORE_SECRET", "old-secret")
+        monkeypatch.setenv("INFISICAL_CLIENT_ID", "id-1")
+        monkeypatch.setenv("INFISICAL_CLIENT_SECRET", "secret-1")
+        in_infisical = {"source": "infisical", "infisical_url": infisical.url, "infisical_project_id": "proj-1"}
+        assert BackupStore(**config, key_source=in_infisical)._credentials() == ("old-key-id", "old-secret")
+        infisical.set("PRODG_TEST_STORE_KEY_ID", STORE_KEY_ID)
+        infisical.set("PRODG_TEST_STORE_SECRET", STORE_SECRET)
+        rotated = BackupStore(**config, key_source=in_infisical)
+        list(rotated.list())
+        assert rotated._credentials() == (STORE_KEY_ID, STORE_SECRET)
+    with pytest.raises(StoreError, match="no key for the backup store .*Infisical"):  # Infisical gone: said so
+        BackupStore(**config, key_source=in_infisical)._credentials()
     # the environment wins over the file
     keys_file.write_text("PRODG_TEST_STORE_KEY_ID=wrong\nPRODG_TEST_STORE_SECRET=wrong\n")
     monkeypatch.setenv("PRODG_TEST_STORE_KEY_ID", STORE_KEY_ID)
     monkeypatch.setenv("PRODG_TEST_STORE_SECRET", STORE_SECRET)
-    store = BackupStore(**config, secrets_file=str(keys_file))
+    store = BackupStore(**config, key_source={"source": "env_file", "env_file": str(keys_file)})
     list(store.list())
     assert store._credentials() == (STORE_KEY_ID, STORE_SECRET)
     source = resources["minio_source"]

@@ -33,9 +33,8 @@ REQUIRED = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "HERMES_API_TOKEN", "TELEGRAM
             "DAGSTER_UI_BASICAUTH_HASH")
 
 
-@pytest.fixture
-def bed(own_bed):
-    bed = own_bed
+def infisical_configured(bed):
+    """The bed's prodg.yaml with an `infisical:` section (the source still the env file until use_infisical)."""
     bed.edit("prodg.yaml", "variables:\n", "variables:\n  INFISICAL_API_URL: http://127.0.0.1:9\n")
     bed.edit("prodg.yaml", "  env_file: ${PRODG_SECRETS_FILE}\n", "  env_file: ${PRODG_SECRETS_FILE}\n"
              f"  infisical:\n    api_base_url: ${{INFISICAL_API_URL}}\n    project_id: {PROJECT}\n"
@@ -43,6 +42,11 @@ def bed(own_bed):
     bed.commit("Infisical configured")
     bed.env.update({"INFISICAL_CLIENT_ID": CLIENT_ID, "INFISICAL_CLIENT_SECRET": CLIENT_SECRET})
     return bed
+
+
+@pytest.fixture
+def bed(own_bed):
+    return infisical_configured(own_bed)
 
 
 def use_infisical(bed, infisical: InfisicalStandIn) -> None:

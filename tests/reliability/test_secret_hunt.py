@@ -1,5 +1,6 @@
 """Secrets hunted after a real session: deploy, a failing deploy rolled back, a Telegram notification, a secret
-rotated, a Postgres backup to an S3 API (moto), its restore drill and `prodg restore` from the command line — then every byte prodg wrote (the Dagster instance's storage and compute
+rotated in the env file, the stack moved to Infisical (its stand-in) and a value rotated there deployed by the
+rotation sensor, a Postgres backup to an S3 API (moto), its restore drill and `prodg restore` from the command line — then every byte prodg wrote (the Dagster instance's storage and compute
 logs, container labels, metadata, run tags, its own output, Telegram's messages) is searched for every secret value
 of the test secrets file and the store's secret key. Zero hits."""
 
@@ -18,6 +19,7 @@ import pytest
 from prodg_assets.agekeys import Identity
 from tests.conftest import ROOT, TEST_SECRETS, make_testbed
 from tests.gitops.test_drift_and_notify import notify
+from tests.layers.test_infisical import CLIENT_SECRET, infisical_configured, rotation_request, stand_in, use_infisical
 from tests.standins.moto import MotoServer
 from tests.standins.telegram import TelegramStandIn
 
@@ -26,7 +28,8 @@ pytestmark = pytest.mark.docker
 
 STORE_SECRET = "store-Secret-Key-hunted-4e5f6a"
 # the host's backup identity (an age private key) is hunted like the secrets
-HUNTED = {**TEST_SECRETS, "PRODG_TEST_STORE_SECRET": STORE_SECRET, "PRODG_BACKUP_IDENTITY": Identity.generate().text}
+HUNTED = {**TEST_SECRETS, "PRODG_TEST_STORE_SECRET": STORE_SECRET, "PRODG_BACKUP_IDENTITY": Identity.generate().text,
+          "INFISICAL_CLIENT_SECRET": CLIENT_SECRET, "REDIS_PASSWORD rotated in Infisical": "redis-Rotated-In-Infisical-9d1"}
 # daily partitions end with the last complete day
 TODAY = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=1)).isoformat()
 
@@ -80,7 +83,16 @@ def test_no_secret_value_anywhere_prodg_writes(tmp_path, docker_client, capfd):
                 fh.write(f"REDIS_PASSWORD={TEST_SECRETS['REDIS_PASSWORD']}-rotated\n")
             assert bed.materialize(selection="redis", instance=instance).success
             restore_out: list[str] = []
-            with MotoServer() as s3:
+            with stand_in() as infisical, MotoServer() as s3:
+                # on Infisical: every value read from it, and one rotated there deployed by the rotation sensor
+                use_infisical(infisical_configured(bed), infisical)
+                assert bed.materialize(selection="secrets_env,postgres,redis", instance=instance).success
+                infisical.set("REDIS_PASSWORD", HUNTED["REDIS_PASSWORD rotated in Infisical"])
+                request = rotation_request(bed, instance)
+                assert isinstance(request, dg.RunRequest), request
+                job = bed.defs().resolve_implicit_global_asset_job_def().get_subset(
+                    asset_selection=set(request.asset_selection))
+                assert job.execute_in_process(instance=instance, tags=request.tags).success
                 backup_and_restore(bed, instance, s3.url, restore_out)
 
             found: dict[str, list[str]] = {}
