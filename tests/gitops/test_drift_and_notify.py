@@ -239,21 +239,17 @@ def test_two_deploy_runs_never_apply_to_the_same_service_at_once(stack, tmp_path
     with dg.DagsterInstance.from_config(str(home)) as instance:
         results = {r.tags["prodg/commit"]: r for r in instance.get_runs()}
         assert set(results) == set(shas)
-        windows = []
+        made, stopped = {}, {}
         for sha, result in results.items():
-            logs = instance.all_logs(result.run_id)
             assert result.status == dg.DagsterRunStatus.SUCCESS
-            start = next(r.timestamp for r in logs if r.dagster_event and r.dagster_event.step_key == "redis"
-                         and r.dagster_event.event_type_value == "STEP_START")
-            end = next(r.timestamp for r in logs if r.dagster_event and r.dagster_event.step_key == "redis"
-                       and r.dagster_event.event_type_value == "STEP_SUCCESS")
-            waited = any("another run is applying it; waiting" in (r.user_message or "") for r in logs)
-            windows.append((start, end, waited))
-        # Ordered by when each finished: the one that finished last is the one that had to wait.
-        (_, first_end, _), (last_start, _, last_waited) = sorted(windows, key=lambda w: w[1])
-        # The pool (limit 1) takes turns per step, but claiming a slot on SQLite storage is not atomic (engine/
-        # locks.py): when both steps did start together, the one that finished last waited at the service's lock
-        # for the other's apply, and said so in its log — whichever of the two started its step first
-        # (tests/gitops/test_one_apply_per_service.py shows, from the Engine's events, that the applies never
-        # interleave).
-        assert first_end <= last_start or last_waited, f"redis applies overlapped without waiting: {windows}"
+            logs = instance.all_logs(result.run_id)
+            made[sha] = next(r.dagster_event.materialization.metadata["container_id"].value for r in logs
+                             if r.dagster_event and r.dagster_event.event_type_value == "ASSET_MATERIALIZATION")
+            stopped[sha] = [r.user_message for r in logs if "stopping previous container" in (r.user_message or "")]
+    # The applies took turns (the pool, and the service's lock where SQLite's slot claim is not atomic: engine/
+    # locks.py): the one that came second stopped the container the first one made, never the one both found.
+    second = next(sha for sha in shas if made[sha] == bed.containers()["redis"].id)
+    (first,) = set(shas) - {second}
+    assert len(stopped[second]) == 1 and f"previous container {made[first][:12]} " in stopped[second][0], \
+        (stopped, made)
+    assert made[first][:12] not in " ".join(stopped[first]), (stopped, made)

@@ -26,7 +26,6 @@ import yaml
 
 import docker
 import prodg_assets
-from prodg_assets.contract import REMAINDER_TAG
 from prodg_assets.desired import LAYERS, DirTree, load_desired_state
 from prodg_assets.gitops.impact import impacted_assets
 from tests.browser import look, shown
@@ -551,9 +550,9 @@ def test_a_run_whose_container_dies_is_marked_failed(deployment: Deployment, mea
 
 @pytest.mark.fault
 def test_daemon_restarted_during_a_sensor_launched_run_loses_nothing(deployment: Deployment, measured):
-    """The daemon is killed and started again while a run its sensor launched is under way: the run ends (resumed by
-    its own container, or marked failed by run monitoring) — it never stays STARTED or QUEUED — and the restarted
-    daemon's next tick launches exactly one run for the next commit and none again for the first."""
+    """The daemon is killed and started again while a run its sensor launched is under way (STARTED, in its own
+    container): the run finishes with SUCCESS — its worker never depended on the daemon — and the restarted daemon's
+    next tick launches exactly one run for the next commit and none again for the first."""
     dep, bed = deployment, deployment.bed
     daemon = dep.containers["dagster-daemon"]
     set_stop_timeout(bed, 7)
@@ -563,14 +562,15 @@ def test_daemon_restarted_during_a_sensor_launched_run_loses_nothing(deployment:
                              if r["status"] in ("QUEUED", "STARTING", "STARTED")], 120, interval=0.3,
                     diagnose=dep.diagnose)
     run_id = runs[0]["runId"]
-    status_at_kill = dep.run(run_id)["status"]
+    # under way: its own container runs it (a run whose worker dies is run monitoring's case: the test above)
+    status_at_kill = wait_for(f"run {run_id} to start", lambda: (st := dep.run(run_id)["status"]) != "QUEUED"
+                              and st != "STARTING" and st, 120, interval=0.2, diagnose=dep.diagnose)
+    assert status_at_kill == "STARTED", status_at_kill  # the stop grace of 7 s keeps it running long enough
     daemon.kill()
     daemon.start()
     run = wait_for(f"run {run_id} to end after the daemon restart", lambda: (r := dep.run(run_id))["status"]
                    in TERMINAL and r, 240, interval=2, diagnose=dep.diagnose)
-    assert run["status"] in ("SUCCESS", "FAILURE"), run
-    if run["status"] == "FAILURE":  # only run monitoring may fail it, and it says why
-        assert "Detected run worker status" in dep.run_messages(run_id) or "daemon" in dep.run_messages(run_id)
+    assert run["status"] == "SUCCESS", f"{status_at_kill} at the kill\n{dep.run_messages(run_id)}\n{dep.diagnose()}"
     bed.edit("prodg.yaml", "stop_timeout_s: 7", "stop_timeout_s: 8")
     second = bed.commit("deploy: stop grace 8 s (after the restart)")
     runs = wait_for(f"the restarted daemon's sensor to launch a run for {second[:12]}",
@@ -582,14 +582,9 @@ def test_daemon_restarted_during_a_sensor_launched_run_loses_nothing(deployment:
                           in TERMINAL and r, 240, interval=2, diagnose=dep.diagnose)
     assert measured.retried(converged=second_run["status"] == "SUCCESS"), \
         f"{second_run['status']}\n{dep.run_messages(runs[0]['runId'])}\n{dep.diagnose()}"
-    # the push launched once; a run the restart failed may be followed by one run of its undeployed rest, which says so
+    # the push launched once, and (it succeeded) no run of an undeployed rest followed it
     of_first = dep.runs_tagged("prodg/commit", first)
-    pushes = [r for r in of_first if not any(t["key"] == REMAINDER_TAG for t in r["tags"])]
-    rests = [r for r in of_first if r not in pushes]
-    assert [r["runId"] for r in pushes] == [run_id], f"the first commit was launched again ({status_at_kill}): {of_first}"
-    assert not rests or run["status"] == "FAILURE", f"a rest of a run that succeeded: {rests}"
-    assert all({"key": REMAINDER_TAG, "value": run_id} in r["tags"] for r in rests), rests
-    assert len(rests) <= 1, rests
+    assert [r["runId"] for r in of_first] == [run_id], f"the first commit was launched again: {of_first}"
     # nothing lost: every commit pushed around the restart got its run
     launched = {c for c in (first, second) if dep.runs_tagged("prodg/commit", c)}
     assert measured.compare("commits", expected={first, second}, actual=launched) == 0, launched
