@@ -67,12 +67,20 @@ def running_source(client, spec, what: str, day: str, verb: str = "captured") ->
     return source
 
 
-def backup_failure(what: str, day: str, exc: BaseException, scrub: Callable[[str], str], **metadata) -> dg.Failure:
-    """The dg.Failure of a backup that failed: a late day refused as it says, anything else with what the clean-up
-    could not do (secrets scrubbed)."""
+class PartitionKept(StoreError):
+    """The partition's manifest is written (the day is backed up), and what came after it failed: removing what
+    earlier runs of the day left, or the target's retention."""
+
+
+def backup_failure(what: str, day: str, exc: BaseException, scrub: Callable[[str], str],
+                   lost: str = "nothing was kept", **metadata) -> dg.Failure:
+    """The dg.Failure of a backup that failed: a late day refused as it says; a day whose manifest was written and
+    whose tidying failed, as kept; anything else with `lost` and what the clean-up could not do (secrets scrubbed)."""
     if isinstance(exc, LateCapture):
         return dg.Failure(description=str(exc))
-    return dg.Failure(description=f"{what} backup of {day} failed; nothing was kept: {scrub(described(exc))}",
+    if isinstance(exc, PartitionKept):
+        return dg.Failure(description=f"{what} backup of {day}: {scrub(described(exc))}", metadata=metadata)
+    return dg.Failure(description=f"{what} backup of {day} failed; {lost}: {scrub(described(exc))}",
                       metadata=metadata)
 
 
@@ -144,12 +152,17 @@ def finish_partition(store: BackupStore, target: BackupTarget, cap: Capture, man
                          f"{cleanup}")
         raise
     keep = set(written) | {up.key}
-    superseded = [o.key for o in store.list(mirror_base(target.prefix, cap.day)) if o.key not in keep]
-    if superseded:
-        store.delete_objects(superseded)
-    pruned = prune(store, target, _today(), keep, log)
-    if target.method == "s3_mirror":
-        pruned += prune_content(store, target.prefix, log)
+    try:
+        superseded = [o.key for o in store.list(mirror_base(target.prefix, cap.day)) if o.key not in keep]
+        if superseded:
+            store.delete_objects(superseded)
+        pruned = prune(store, target, _today(), keep, log)
+        if target.method == "s3_mirror":
+            pruned += prune_content(store, target.prefix, log)
+    except StoreError as exc:
+        raise PartitionKept(f"kept — its manifest {up.key} is written — but tidying the store after it failed "
+                            f"(earlier runs' objects of the day and the retention stay until the next run): "
+                            f"{exc}") from None
     return up, len(superseded), pruned
 
 
@@ -221,11 +234,8 @@ def build_postgres_backup(state: DesiredState, settings: BackupSettings, partiti
                                           [result.entry()], row_counts=counts.as_json())
             up, superseded, pruned = finish_partition(backup_store, target, cap, manifest, [key], context.log,
                                                       signer)
-        except LateCapture as exc:
-            raise dg.Failure(description=str(exc)) from None
-        except (ProducerFailed, StoreError, AgeError, SigningError, ManifestError) as exc:
-            raise dg.Failure(description=f"postgres backup of {day} failed; nothing was kept: "
-                                         f"{scrub(described(exc))}", metadata={"object_key": key}) from None
+        except (LateCapture, ProducerFailed, StoreError, AgeError, SigningError, ManifestError) as exc:
+            raise backup_failure("postgres", day, exc, scrub, object_key=key) from None
         finally:
             if dump is not None:
                 dump.close()  # a failed upload ends pg_dumpall now (SIGPIPE), not when the traceback is collected
@@ -289,11 +299,9 @@ def build_minio_backup(state: DesiredState, settings: BackupSettings, partitions
                                           reused_objects=result.reused, uploaded_bytes=result.uploaded_bytes)
             up, superseded, pruned = finish_partition(backup_store, target, cap, manifest, result.written,
                                                       context.log, signer)
-        except LateCapture as exc:
-            raise dg.Failure(description=str(exc)) from None
-        except (ProducerFailed, StoreError, AgeError, SigningError, ManifestError) as exc:
-            raise dg.Failure(description=f"minio backup of {day} failed; no manifest was written: "
-                                         f"{scrub(described(exc))}", metadata={"source": source_text}) from None
+        except (LateCapture, ProducerFailed, StoreError, AgeError, SigningError, ManifestError) as exc:
+            raise backup_failure("minio", day, exc, scrub, lost="no manifest was written", source=source_text) \
+                from None
         duration = time.monotonic() - started
         context.log.info(f"{up.key}: {len(result.entries)} objects, {manifest.raw_bytes} bytes")
         return dg.MaterializeResult(
@@ -340,12 +348,8 @@ def build_config_backup(state: DesiredState, settings: BackupSettings, partition
             manifest = partition_manifest(target, cap, None, source, result.compression, [result.entry()])
             up, superseded, pruned = finish_partition(backup_store, target, cap, manifest, [key], context.log,
                                                       signer)
-        except LateCapture as exc:
-            raise dg.Failure(description=str(exc)) from None
-        except (ProducerFailed, StoreError, AgeError, SigningError, ManifestError) as exc:
-            raise dg.Failure(description=f"config backup of {day} failed; nothing was kept: "
-                                         f"{backup_store.scrub(described(exc))}", metadata={"object_key": key}) \
-                from None
+        except (LateCapture, ProducerFailed, StoreError, AgeError, SigningError, ManifestError) as exc:
+            raise backup_failure("config", day, exc, backup_store.scrub, object_key=key) from None
         return dg.MaterializeResult(
             metadata=partition_metadata(manifest, up, duration_s=round(result.duration_s, 3),
                                         throughput_mb_s=result.throughput_mb_s, pruned_objects=pruned,

@@ -369,6 +369,36 @@ def test_store_errors_beyond_the_retries_fail_clearly_and_keep_nothing(bed, stat
     assert_no_secrets(instance, failed, retry)
 
 
+@pytest.mark.fault
+@pytest.mark.docker
+def test_a_store_failing_after_the_manifest_is_written_fails_the_run_saying_the_day_is_kept(
+        bed, state, bulk, fault_proxy, clean_store, instance):
+    """Listing (to remove what earlier runs left, and for retention) fails once the manifest is up: the run fails, and
+    says the day is backed up — its dump and manifest are in the store — never that nothing was kept."""
+    partition = day(9)
+    prefix = f"postgres/{partition}/"
+    written = {"manifest": False}
+
+    def listing_after_the_manifest(request) -> bool:
+        if request.operation == "PutObject" and request.path.endswith("/manifest.json"):
+            written["manifest"] = True
+        return written["manifest"] and request.operation == "ListObjects"
+
+    fault_proxy.fail_every(1, 500, match=listing_after_the_manifest)
+    failed = materialize(bed, state, [POSTGRES_BACKUP], partition, instance, product_store(bed, state))
+    assert not failed.success
+    text = failure_text(failed)
+    assert f"postgres backup of {partition}: kept — its manifest {prefix}manifest.json is written — but tidying " \
+           f"the store after it failed" in text, text
+    assert "nothing was kept" not in text
+    fault_proxy.passthrough()
+    keys = {o.key for o in clean_store.list(prefix)}
+    (dump,) = keys - {f"{prefix}manifest.json"}
+    assert len(keys) == 2 and dump.startswith(f"{prefix}pg_dumpall-"), keys
+    manifest = Manifest.from_json(clean_store.read_bytes(f"{prefix}manifest.json"))
+    assert clean_store.sha256_of(dump)[0] == manifest.objects[0].sha256
+
+
 # -- (c) the store is slow, or stalls ----------------------------------------------------------------------------------
 @pytest.mark.fault
 @pytest.mark.docker
