@@ -2,7 +2,7 @@
 
 `EnvSettings` is the environment (read when the definitions are built, never at import). `Settings` is
 `config/prodg.yaml`: one frozen view per section, built from the validated YAML by `settings_from_yaml`. Consumers
-read fields; nothing else in the package defaults a setting. The README's settings tables list the same names.
+read fields; nothing else in the package defaults a setting. docs/SETTINGS.md lists the same names.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # -- the environment --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EnvSettings:
-    """The environment variables that shape the code location (see the README's settings table)."""
+    """The environment variables that shape the code location (see docs/SETTINGS.md)."""
 
     repo: str = REPO_ROOT  # PRODG_REPO
     repo_url: str = ""  # PRODG_REPO_URL

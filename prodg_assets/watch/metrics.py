@@ -2,7 +2,7 @@
 storage by a process that is not the Dagster daemon: when the daemon stops, its heartbeat goes stale here and the
 rules in `config/compose/prometheus/rules/` fire, with no Dagster process alive.
 
-What is exported (README, "Metrics and alert rules"):
+What is exported (docs/WATCHING.md, "Metrics and alert rules"):
 - `prodg_daemon_heartbeat_timestamp_seconds{daemon}`: each daemon's last heartbeat (SENSOR, SCHEDULER, …);
 - `prodg_last_tick_timestamp_seconds{instigator,kind}`: each sensor's and schedule's newest tick;
 - `prodg_service_info{service,commit,image_id}`, `prodg_service_last_deploy_timestamp_seconds{service}` and

@@ -80,8 +80,9 @@ def test_a_message_telegram_did_not_take_is_sent_at_the_next_tick():
     assert telegram.sent == [("red", "redis healthy")]
 
 
-def test_the_readme_states_the_defaults_and_intervals_that_run():
-    """README's "What you are told, and when" gives the notifiers' ticks and the watch defaults: keep them true."""
+def test_the_watching_doc_states_the_defaults_and_intervals_that_run():
+    """docs/WATCHING.md's "What you are told, and when" gives the notifiers' ticks, and with docs/SETTINGS.md the watch
+    defaults: keep them true."""
     import os
 
     import prodg_assets
@@ -90,7 +91,8 @@ def test_the_readme_states_the_defaults_and_intervals_that_run():
     from tests.conftest import ROOT
     from tests.spec.conftest import BUNDLED_ENV
 
-    readme = " ".join(open(os.path.join(ROOT, "README.md"), encoding="utf-8").read().split())
+    readme = " ".join(" ".join(open(os.path.join(ROOT, "docs", name), encoding="utf-8").read().split())
+                      for name in ("WATCHING.md", "SETTINGS.md"))
     defs = prodg_assets.build_defs({"PRODG_REPO": ROOT, **BUNDLED_ENV})
     tick = {name: defs.resolve_sensor_def(name).minimum_interval_seconds
             for name in (DEPLOY_FAILURE_NOTIFIER, CHECK_NOTIFIER, BACKUP_MISSED_SENSOR)}
