@@ -379,8 +379,9 @@ the first case to the last; the loader caps files at 1 MiB, nesting at 64, alias
 
 
 SECRET_LABELS = {
-    "hunted": "secret values hunted after deploy, failing deploy + rollback, Telegram notification, secret rotation, "
-              "a Postgres backup to S3 (moto), its restore drill and `prodg restore`",
+    "hunted": "secret values hunted after deploy, failing deploy + rollback, Telegram notification, a secret rotated "
+              "in the env file and one in Infisical (deployed by the rotation sensor), a Postgres backup to S3 (moto), "
+              "its restore drill and `prodg restore`",
     "places": "places searched",
     "hits": "hits",
 }
