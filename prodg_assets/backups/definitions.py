@@ -68,6 +68,26 @@ def build_backup_resources(state: DesiredState, environ: Mapping[str, str] | Non
     return resources
 
 
+# prodg.yaml `backups.targets.<name>.method` → the builder of that target's asset (the schema lists the same names)
+CAPTURE_METHODS = {
+    "pg_dumpall": build_postgres_backup,
+    "s3_mirror": build_minio_backup,
+    "config_archive": build_config_backup,
+    "volume": build_volume_backup,
+    "secrets_file": build_secrets_backup,
+}
+
+
+def capture_builder(target: BackupTarget):
+    """The asset builder of `target`'s capture method; an unknown method is an error naming the target, never
+    another method's asset (the loader refuses it first: this holds for a target built any other way)."""
+    try:
+        return CAPTURE_METHODS[target.method]
+    except KeyError:
+        raise ValueError(f"backup target {target.name!r}: unknown capture method {target.method!r} (known: "
+                         f"{', '.join(sorted(CAPTURE_METHODS))})") from None
+
+
 def backup_definitions(state: DesiredState) -> dg.Definitions:
     """One asset per configured target (postgres_backup, minio_backup, config_backup, `<name>_backup` of each
     service volume, secrets_backup) on one UTC
@@ -82,16 +102,7 @@ def backup_definitions(state: DesiredState) -> dg.Definitions:
     assets: list = []
     checks: list = []
     for asset_name, target in sorted(targets.items()):
-        if target.method == "pg_dumpall":
-            assets.append(build_postgres_backup(state, settings, partitions, target))
-        elif target.method == "s3_mirror":
-            assets.append(build_minio_backup(state, settings, partitions, target))
-        elif target.method == "config_archive":
-            assets.append(build_config_backup(state, settings, partitions, target))
-        elif target.method == "volume":
-            assets.append(build_volume_backup(state, settings, partitions, target))
-        else:
-            assets.append(build_secrets_backup(state, settings, partitions, target))
+        assets.append(capture_builder(target)(state, settings, partitions, target))
         checks.append(build_object_check(asset_name, target, partitions))
         checks.append(build_restored_check(state, asset_name, target, partitions))
         checks += build_window_checks(asset_name, target, settings)
