@@ -1,12 +1,15 @@
 """The backup assets: one daily partition per day and target — `postgres_backup` (pg_dumpall), `minio_backup` (the
 object mirror) and `config_backup` (the config tree as deployed) — each a set of encrypted objects in the off-site
-store and its manifest, written last. The work is in capture/postgres/stream/mirror/manifest/retention; this module
-turns it into materialisations, metadata and data versions."""
+store and its manifest, written last. Every target's asset (these and volume_assets') follows one recipe,
+`run_partition`, and brings only its own `produce`: what it uploads and the manifest naming it. The work is in
+capture/postgres/stream/mirror/manifest/retention; this module turns it into materialisations, metadata and data
+versions."""
 
 import datetime
 import hashlib
 import time
-from typing import Callable, Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
 
 import dagster as dg
 
@@ -174,6 +177,52 @@ def partition_manifest(target: BackupTarget, cap: Capture, source: Optional[Data
                     cap.lock_text, extra)
 
 
+@dataclass
+class Produced:
+    """What a target's capture hands back to run_partition: the day's manifest, the objects it names, the lines of
+    the materialisation's own metadata (given the manifest's upload) and a line for the log."""
+    manifest: Manifest
+    written: list[str]
+    metadata: Callable[[UploadResult], dict]
+    note: str = ""
+
+
+CAPTURE_ERRORS = (LateCapture, ProducerFailed, StoreError, AgeError, SigningError, ManifestError)
+
+
+def run_partition(context: dg.AssetExecutionContext, what: str, settings: BackupSettings, target: BackupTarget,
+                  store: BackupStore, repo: ConfigRepo, managed: list[str], scrub: Callable[[str], str],
+                  produce: Callable[[Capture, Any], Produced], prepare: Callable[[], Any] = lambda: None,
+                  failure: Optional[dict] = None, lost: str = "nothing was kept") -> dg.MaterializeResult:
+    """The one recipe of a day's backup, whatever the target: the signer first (a day it cannot sign is no backup),
+    `prepare()` (the source must be there), the capture begun (a day that is over is refused unless forced), a day
+    captured before recorded again instead, the partition's unfinished uploads aborted, then `produce(capture,
+    prepared)` — the target's own work: its objects uploaded and its manifest — and the manifest written last,
+    earlier runs' leftovers and the retention after it. Any failure is told by backup_failure, with `lost` and
+    `failure` (which `produce` may fill in: the object it was writing)."""
+    day = context.partition_key
+    failure = {} if failure is None else failure
+    try:
+        signer = manifest_signer(store)
+        prepared = prepare()
+        cap = begin_capture(context, settings, target, store, repo, managed)
+        earlier = earlier_capture(context, cap, store, target)
+        if earlier is not None:
+            return rerecorded(earlier, target.prefix)
+        aborted = clean_partition(store, target.prefix, day, context.log)
+        produced = produce(cap, prepared)
+        up, superseded, pruned = finish_partition(store, target, cap, produced.manifest, produced.written,
+                                                  context.log, signer)
+    except CAPTURE_ERRORS as exc:
+        raise backup_failure(what, day, exc, scrub, lost=lost, **failure) from None
+    if produced.note:
+        context.log.info(produced.note)
+    return dg.MaterializeResult(
+        metadata=partition_metadata(produced.manifest, up, **produced.metadata(up), pruned_objects=pruned,
+                                    superseded_deleted=superseded, aborted_uploads=aborted),
+        data_version=dg.DataVersion(data_version(produced.manifest)))
+
+
 class PostgresBackupConfig(dg.Config):
     lock_wait_timeout_s: int = 300  # a table locked longer than this fails the dump instead of stalling it
     census_lock_timeout_s: int = 30  # a database whose tables stay locked longer is recorded as uncounted
@@ -205,20 +254,13 @@ def build_postgres_backup(state: DesiredState, settings: BackupSettings, partiti
         captured anew unless the run is tagged prodg/capture-late=true. Never runs while the postgres service is
         being deployed (same pool)."""
         values = secrets.values()
-        scrub = scrubber(backup_store, values)
         day = context.partition_key
-        key = helper_root = ""
-        dump = None
-        try:
-            signer = manifest_signer(backup_store)  # before anything is uploaded: a day it cannot sign is no backup
-            source = running_source(docker.client, spec, "postgres", day, "dumped")
-            cap = begin_capture(context, settings, target, backup_store, repo, managed)
-            earlier = earlier_capture(context, cap, backup_store, target)
-            if earlier is not None:
-                return rerecorded(earlier, prefix)
+        failure = {"object_key": ""}
+
+        def produce(cap: Capture, source: DataSource) -> Produced:
             db_user = env_value(spec, "POSTGRES_USER", values) or "postgres"
-            key = postgres_key(prefix, day, cap.captured_at, settings.compression, settings.encrypted)
-            aborted = clean_partition(backup_store, prefix, day, context.log)
+            key = failure["object_key"] = postgres_key(prefix, day, cap.captured_at, settings.compression,
+                                                       settings.encrypted)
             counts = census(docker.client.api, spec.container_name, db_user,
                             lock_timeout_s=config.census_lock_timeout_s)
             helper_root = repo.deployed_dir if config.dump_in_helper and docker.address.startswith("unix://") else ""
@@ -227,28 +269,25 @@ def build_postgres_backup(state: DesiredState, settings: BackupSettings, partiti
                                      lock_wait_timeout_s=config.lock_wait_timeout_s, helper_root=helper_root,
                                      port=int(port) if (port := env_value(spec, "PGPORT", values)).isdigit()
                                      else 5432)
-            result = stream_backup(backup_store, key, dump, settings.compression,
-                                   {"partition": day, "source": spec.container_name, "commit": cap.commit},
-                                   cap.recipients, cap.lock)
+            try:
+                result = stream_backup(backup_store, key, dump, settings.compression,
+                                       {"partition": day, "source": spec.container_name, "commit": cap.commit},
+                                       cap.recipients, cap.lock)
+            finally:
+                dump.close()  # a failed upload ends pg_dumpall now (SIGPIPE), not when the traceback is collected
             manifest = partition_manifest(target, cap, source, source.description, result.compression,
                                           [result.entry()], row_counts=counts.as_json())
-            up, superseded, pruned = finish_partition(backup_store, target, cap, manifest, [key], context.log,
-                                                      signer)
-        except (LateCapture, ProducerFailed, StoreError, AgeError, SigningError, ManifestError) as exc:
-            raise backup_failure("postgres", day, exc, scrub, object_key=key) from None
-        finally:
-            if dump is not None:
-                dump.close()  # a failed upload ends pg_dumpall now (SIGPIPE), not when the traceback is collected
-        context.log.info(f"{key}: {result.raw_bytes} bytes dumped, {result.bytes} stored")
-        return dg.MaterializeResult(
-            metadata=partition_metadata(
-                manifest, up, duration_s=round(result.duration_s, 3), throughput_mb_s=result.throughput_mb_s,
-                pruned_objects=pruned, superseded_deleted=superseded, aborted_uploads=aborted,
+            return Produced(manifest, [key], lambda up: dict(
+                duration_s=round(result.duration_s, 3), throughput_mb_s=result.throughput_mb_s,
                 dumped_through="a helper container (FIFO)" if helper_root else "the exec API",
                 databases=", ".join(counts.databases), tables=len(counts.rows), rows=sum(counts.rows.values()),
                 uncounted_databases=", ".join(counts.uncounted) or "none",
                 row_counts=dg.MetadataValue.json(counts.as_json())),
-            data_version=dg.DataVersion(data_version(manifest)))
+                f"{key}: {result.raw_bytes} bytes dumped, {result.bytes} stored")
+
+        return run_partition(context, "postgres", settings, target, backup_store, repo, managed,
+                             scrubber(backup_store, values), produce, failure=failure,
+                             prepare=lambda: running_source(docker.client, spec, "postgres", day, "dumped"))
 
     return postgres_backup
 
@@ -284,35 +323,28 @@ def build_minio_backup(state: DesiredState, settings: BackupSettings, partitions
         source = container_source(docker.client, container_name) if container_name else None
         source_text = (f"{source.description}, S3 API {source_api.endpoint_url}" if source and source.image_id
                        else f"S3 API {source_api.endpoint_url}")
-        try:
-            signer = manifest_signer(backup_store)  # before anything is uploaded: a day it cannot sign is no backup
-            cap = begin_capture(context, settings, target, backup_store, repo, managed)
-            earlier = earlier_capture(context, cap, backup_store, target)
-            if earlier is not None:
-                return rerecorded(earlier, prefix)
+
+        def produce(cap: Capture, _) -> Produced:
             started = time.monotonic()
-            aborted = clean_partition(backup_store, prefix, day, context.log)
             result = mirror_s3(source_api, backup_store, prefix, cap.recipients, cap.lock,
                                stored_content(backup_store, prefix, exclude_day=day))
             manifest = partition_manifest(target, cap, source, source_text, MIRROR_COMPRESSION, result.entries,
                                           buckets=list(result.buckets), object_count=len(result.entries),
                                           reused_objects=result.reused, uploaded_bytes=result.uploaded_bytes)
-            up, superseded, pruned = finish_partition(backup_store, target, cap, manifest, result.written,
-                                                      context.log, signer)
-        except (LateCapture, ProducerFailed, StoreError, AgeError, SigningError, ManifestError) as exc:
-            raise backup_failure("minio", day, exc, scrub, lost="no manifest was written", source=source_text) \
-                from None
-        duration = time.monotonic() - started
-        context.log.info(f"{up.key}: {len(result.entries)} objects, {manifest.raw_bytes} bytes")
-        return dg.MaterializeResult(
-            metadata=partition_metadata(
-                manifest, up, duration_s=round(duration, 3),
-                throughput_mb_s=round(manifest.raw_bytes / 1e6 / duration, 3) if duration > 0 else 0.0,
-                object_count=len(result.entries), manifest_bytes=up.bytes, buckets=", ".join(result.buckets),
-                reused_objects=result.reused, uploaded_objects=len(result.written),
-                uploaded_bytes=result.uploaded_bytes + up.bytes,
-                pruned_objects=pruned, superseded_deleted=superseded, aborted_uploads=aborted),
-            data_version=dg.DataVersion(data_version(manifest)))
+
+            def metadata(up: UploadResult) -> dict:
+                duration = time.monotonic() - started
+                return dict(duration_s=round(duration, 3),
+                            throughput_mb_s=round(manifest.raw_bytes / 1e6 / duration, 3) if duration > 0 else 0.0,
+                            object_count=len(result.entries), manifest_bytes=up.bytes,
+                            buckets=", ".join(result.buckets), reused_objects=result.reused,
+                            uploaded_objects=len(result.written), uploaded_bytes=result.uploaded_bytes + up.bytes)
+
+            return Produced(manifest, result.written, metadata,
+                            f"{manifest_key(prefix, day)}: {len(result.entries)} objects, {manifest.raw_bytes} bytes")
+
+        return run_partition(context, "minio", settings, target, backup_store, repo, managed, scrub, produce,
+                             failure={"source": source_text}, lost="no manifest was written")
 
     return minio_backup
 
@@ -330,30 +362,22 @@ def build_config_backup(state: DesiredState, settings: BackupSettings, partition
         materialised (else the run's `prodg/commit` tag, else the tracked branch's head) — encrypted, as
         `configs/<day>/config-<sha12>.tar.zst.age`, then the day's manifest."""
         day = context.partition_key
-        key = ""
-        try:
-            signer = manifest_signer(backup_store)  # before anything is uploaded: a day it cannot sign is no backup
-            cap = begin_capture(context, settings, target, backup_store, repo, managed)
-            earlier = earlier_capture(context, cap, backup_store, target)
-            if earlier is not None:
-                return rerecorded(earlier, prefix)
+        failure = {"object_key": ""}
+
+        def produce(cap: Capture, _) -> Produced:
             if not cap.commit:
                 raise dg.Failure(description=f"config backup of {day}: {repo.path} is not a git repository")
-            key = config_key(prefix, day, cap.commit, settings.compression, settings.encrypted)
+            key = failure["object_key"] = config_key(prefix, day, cap.commit, settings.compression,
+                                                     settings.encrypted)
             source = f"{repo.path}:{repo.config_subdir}/ @ {cap.commit}"
-            aborted = clean_partition(backup_store, prefix, day, context.log)
             result = stream_backup(backup_store, key, git_archive_chunks(repo.path, cap.commit, repo.config_subdir),
                                    settings.compression, {"partition": day, "commit": cap.commit}, cap.recipients,
                                    cap.lock)
             manifest = partition_manifest(target, cap, None, source, result.compression, [result.entry()])
-            up, superseded, pruned = finish_partition(backup_store, target, cap, manifest, [key], context.log,
-                                                      signer)
-        except (LateCapture, ProducerFailed, StoreError, AgeError, SigningError, ManifestError) as exc:
-            raise backup_failure("config", day, exc, backup_store.scrub, object_key=key) from None
-        return dg.MaterializeResult(
-            metadata=partition_metadata(manifest, up, duration_s=round(result.duration_s, 3),
-                                        throughput_mb_s=result.throughput_mb_s, pruned_objects=pruned,
-                                        superseded_deleted=superseded, aborted_uploads=aborted),
-            data_version=dg.DataVersion(data_version(manifest)))
+            return Produced(manifest, [key], lambda up: dict(duration_s=round(result.duration_s, 3),
+                                                            throughput_mb_s=result.throughput_mb_s))
+
+        return run_partition(context, "config", settings, target, backup_store, repo, managed, backup_store.scrub,
+                             produce, failure=failure)
 
     return config_backup

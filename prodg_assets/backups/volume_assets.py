@@ -10,32 +10,19 @@ from typing import Iterator
 
 import dagster as dg
 
-from ..agekeys import AgeError
 from ..contract import BACKUP_GROUP, TARGET_TAG, service_pool
 from ..desired import DesiredState
 from ..desired.interpolate import env_value
 from ..engine.client import DockerEngine
 from ..engine.exec import ProducerFailed
+from ..engine.facts import DataSource
 from ..engine.secrets import SecretSource, parse_env_file
 from ..gitops.repo import ConfigRepo
 from ..settings import BackupSettings, BackupTarget
-from .assets import (
-    backup_failure,
-    clean_partition,
-    data_version,
-    finish_partition,
-    partition_manifest,
-    partition_metadata,
-    rerecorded,
-    running_source,
-    scrubber,
-    service_assets,
-)
-from .capture import LateCapture, begin_capture, earlier_capture
+from .assets import Produced, partition_manifest, run_partition, running_source, scrubber, service_assets
+from .capture import Capture
 from .keys import archive_key
-from .manifest import ManifestError, manifest_signer
-from .signing import SigningError
-from .store import BackupStore, StoreError
+from .store import BackupStore
 from .stream import stream_backup
 from .volumes import TarHashes, archive_chunks, redis_snapshot, sqlite_folder_chunks
 
@@ -55,46 +42,35 @@ def build_volume_backup(state: DesiredState, settings: BackupSettings, partition
     def volume_backup(context: dg.AssetExecutionContext, docker: DockerEngine, repo: ConfigRepo,
                       secrets: SecretSource, backup_store: BackupStore) -> dg.MaterializeResult:
         values = secrets.values()
-        scrub = scrubber(backup_store, values)
         day = context.partition_key
-        key = ""
-        chunks = None
-        try:
-            signer = manifest_signer(backup_store)  # before anything is uploaded: a day it cannot sign is no backup
-            source = running_source(docker.client, spec, target.name, day)
-            cap = begin_capture(context, settings, target, backup_store, repo, managed)
-            earlier = earlier_capture(context, cap, backup_store, target)
-            if earlier is not None:
-                return rerecorded(earlier, target.prefix)
-            key = archive_key(target.prefix, day, cap.captured_at, target.name, ".tar", settings.compression,
-                              settings.encrypted)
-            aborted = clean_partition(backup_store, target.prefix, day, context.log)
+        failure = {"object_key": ""}
+
+        def produce(cap: Capture, source: DataSource) -> Produced:
+            key = failure["object_key"] = archive_key(target.prefix, day, cap.captured_at, target.name, ".tar",
+                                                      settings.compression, settings.encrypted)
             chunks, captured, recorded = _capture(docker, repo, spec.container_name, target,
                                                   env_value(spec, "REDIS_PASSWORD", values))
             hashes = TarHashes()
-            result = stream_backup(backup_store, key, hashes.tap(chunks), settings.compression,
-                                   {"partition": day, "source": spec.container_name, "commit": cap.commit},
-                                   cap.recipients, cap.lock)
+            try:
+                result = stream_backup(backup_store, key, hashes.tap(chunks), settings.compression,
+                                       {"partition": day, "source": spec.container_name, "commit": cap.commit},
+                                       cap.recipients, cap.lock)
+            finally:
+                chunks.close()
             if hashes.error:
                 backup_store.delete_objects([key])
                 raise ProducerFailed(f"the captured tar of {captured} does not read back ({hashes.error})")
             manifest = partition_manifest(target, cap, source, source.description, result.compression,
                                           [result.entry()], capture=target.capture, captured=captured, archive="tar",
                                           files=hashes.files, **recorded)
-            up, superseded, pruned = finish_partition(backup_store, target, cap, manifest, [key], context.log,
-                                                      signer)
-        except (LateCapture, ProducerFailed, StoreError, AgeError, SigningError, ManifestError) as exc:
-            raise backup_failure(target.name, day, exc, scrub, object_key=key) from None
-        finally:
-            if chunks is not None:
-                chunks.close()
-        context.log.info(f"{key}: {result.raw_bytes} bytes of {captured}, {result.bytes} stored")
-        return dg.MaterializeResult(
-            metadata=partition_metadata(manifest, up, duration_s=round(result.duration_s, 3),
-                                        throughput_mb_s=result.throughput_mb_s, captured=captured,
-                                        capture=target.capture, files=len(hashes.files), pruned_objects=pruned,
-                                        superseded_deleted=superseded, aborted_uploads=aborted),
-            data_version=dg.DataVersion(data_version(manifest)))
+            return Produced(manifest, [key], lambda up: dict(
+                duration_s=round(result.duration_s, 3), throughput_mb_s=result.throughput_mb_s, captured=captured,
+                capture=target.capture, files=len(hashes.files)),
+                f"{key}: {result.raw_bytes} bytes of {captured}, {result.bytes} stored")
+
+        return run_partition(context, target.name, settings, target, backup_store, repo, managed,
+                             scrubber(backup_store, values), produce, failure=failure,
+                             prepare=lambda: running_source(docker.client, spec, target.name, day))
 
     return volume_backup
 
@@ -132,22 +108,17 @@ def build_secrets_backup(state: DesiredState, settings: BackupSettings, partitio
         if secrets.source != "env_file":
             raise dg.Failure(description=f"secrets backup of {day}: the secrets live in {secrets.source}, not in a "
                                          f"file; back them up there (this target only reads secrets.env_file)")
-        key = ""
         try:
             with open(secrets.env_file, "rb") as fh:
                 data = fh.read()
         except OSError as exc:
             raise dg.Failure(description=f"secrets backup of {day}: cannot read {secrets.env_file}: "
                                          f"{exc.strerror}") from None
-        try:
-            signer = manifest_signer(backup_store)  # before anything is uploaded: a day it cannot sign is no backup
-            cap = begin_capture(context, settings, target, backup_store, repo, managed)
-            earlier = earlier_capture(context, cap, backup_store, target)
-            if earlier is not None:
-                return rerecorded(earlier, target.prefix)
-            key = archive_key(target.prefix, day, cap.captured_at, "secrets", ".env", settings.compression,
-                              settings.encrypted)
-            aborted = clean_partition(backup_store, target.prefix, day, context.log)
+        failure = {"object_key": ""}
+
+        def produce(cap: Capture, _) -> Produced:
+            key = failure["object_key"] = archive_key(target.prefix, day, cap.captured_at, "secrets", ".env",
+                                                      settings.compression, settings.encrypted)
             result = stream_backup(backup_store, key, iter([data]), settings.compression,
                                    {"partition": day, "commit": cap.commit}, cap.recipients, cap.lock)
             # for the drill: the names it holds (not their values) and the sha256 of the whole file
@@ -155,14 +126,9 @@ def build_secrets_backup(state: DesiredState, settings: BackupSettings, partitio
                                           [result.entry()], mode=oct(os.stat(secrets.env_file).st_mode & 0o777),
                                           names=sorted(parse_env_file(data.decode("utf-8", "replace"))),
                                           plain_sha256=hashlib.sha256(data).hexdigest())
-            up, superseded, pruned = finish_partition(backup_store, target, cap, manifest, [key], context.log,
-                                                      signer)
-        except (LateCapture, ProducerFailed, StoreError, AgeError, SigningError, ManifestError) as exc:
-            raise backup_failure("secrets", day, exc, scrub, object_key=key) from None
-        return dg.MaterializeResult(
-            metadata=partition_metadata(manifest, up, duration_s=round(result.duration_s, 3),
-                                        pruned_objects=pruned, superseded_deleted=superseded,
-                                        aborted_uploads=aborted),
-            data_version=dg.DataVersion(data_version(manifest)))
+            return Produced(manifest, [key], lambda up: dict(duration_s=round(result.duration_s, 3)))
+
+        return run_partition(context, "secrets", settings, target, backup_store, repo, managed, scrub, produce,
+                             failure=failure)
 
     return secrets_backup
