@@ -181,10 +181,18 @@ class S3Endpoint(dg.ConfigurableResource):
 
     _client: object = PrivateAttr(default=None)
     _calls: Counter = PrivateAttr(default_factory=Counter)
+    _keys: Optional[tuple[str, str]] = PrivateAttr(default=None)
 
     # -- client and bookkeeping ----------------------------------------------------------------------------------
     def _credentials(self) -> tuple[str, str]:
         return self.access_key_id, self.secret_access_key
+
+    def _signing_keys(self) -> tuple[str, str]:
+        """The key pair this resource signs with, looked up once (a key rotated at the source meanwhile is the next
+        run's): what the client uses is what scrub hides."""
+        if self._keys is None:
+            self._keys = self._credentials()
+        return self._keys
 
     @property
     def client(self):
@@ -193,7 +201,7 @@ class S3Endpoint(dg.ConfigurableResource):
             import botocore
             from botocore.config import Config as BotoConfig
 
-            key, secret = self._credentials()
+            key, secret = self._signing_keys()
             config = BotoConfig(s3={"addressing_style": self.addressing_style,
                                     # every request's body hashed into its SigV4 signature (x-amz-content-sha256),
                                     # over https too: the store verifies each part's integrity
@@ -232,8 +240,8 @@ class S3Endpoint(dg.ConfigurableResource):
     def scrub(self, text: str) -> str:
         """`text` without this endpoint's credentials (nor any user:password@ in a URL)."""
         try:
-            key, secret = self._credentials()
-        except StoreError:  # no keys found: none to hide
+            key, secret = self._signing_keys()
+        except StoreError:  # no keys found: none to hide (and no client signs with any)
             key = secret = ""
         return redact(text, {"access_key_id": key, "secret_access_key": secret}, mask="***")
 

@@ -116,10 +116,11 @@ def _apply(engine: DockerEngine, state: DesiredState, service: str, secrets: Map
         engine.client.api.update_container(previous.id, restart_policy={"Name": "no"})
     else:
         _remove_stray(engine, spec.container_name)
-    # after the previous container has stopped: nothing it writes on the way out stays behind a hand-over
-    prepare_data_folders(spec, state.settings.host.data_root, log)
     new_id = None
     try:
+        # after the previous container has stopped: nothing it writes on the way out stays behind a hand-over; a
+        # folder that cannot be handed over puts the previous container back like any failed start
+        prepare_data_folders(spec, state.settings.host.data_root, log)
         new_id = _create(engine, spec, state, image, secrets, want_hash, commit, digest=digest)
         engine.client.api.start(new_id)
         log(f"{service}: started {new_id[:12]} from {image}; waiting for health (up to {health_timeout:.0f}s)")
