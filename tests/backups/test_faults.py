@@ -372,7 +372,7 @@ def test_store_errors_beyond_the_retries_fail_clearly_and_keep_nothing(bed, stat
 @pytest.mark.fault
 @pytest.mark.docker
 def test_a_store_failing_after_the_manifest_is_written_fails_the_run_saying_the_day_is_kept(
-        bed, state, bulk, fault_proxy, clean_store, instance):
+        bed, state, bulk, fault_proxy, clean_store, instance, measured):
     """Listing (to remove what earlier runs left, and for retention) fails once the manifest is up: the run fails, and
     says the day is backed up — its dump and manifest are in the store — never that nothing was kept."""
     partition = day(9)
@@ -397,6 +397,9 @@ def test_a_store_failing_after_the_manifest_is_written_fails_the_run_saying_the_
     assert len(keys) == 2 and dump.startswith(f"{prefix}pg_dumpall-"), keys
     manifest = Manifest.from_json(clean_store.read_bytes(f"{prefix}manifest.json"))
     assert clean_store.sha256_of(dump)[0] == manifest.objects[0].sha256
+    # the kept day is the whole cluster: nothing to retry
+    dumped = rows_in_the_dump(clean_store, dump, bed.operator_identity_file)
+    assert measured.compare("rows", expected=rows_in_the_cluster(bed), actual=dumped) == 0
 
 
 # -- (c) the store is slow, or stalls ----------------------------------------------------------------------------------
