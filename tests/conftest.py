@@ -176,13 +176,12 @@ backups:
             c.remove(force=True)
         for n in self.client.networks.list(filters={"label": f"prodg.project={self.project}"}):
             n.remove()
-        # this bed's commit tags; a source-digest tag (shared by every bed built from the same hermes-api) only when
-        # no container on the Engine runs that image — another run's bed may be using it right now
-        in_use = {c.attrs.get("Image") for c in self.client.containers.list(all=True, ignore_removed=True)}
+        # this bed's commit tags only: a source-digest tag is shared by every bed built from the same hermes-api,
+        # and another run's bed may be between building it and starting its container (one image per content of
+        # config/hermes-api stays on the Engine)
         for image in self.client.images.list(name="prodg/hermes-api"):
             for tag in image.tags:
-                if tag.split(":")[1][:12] in {c[:12] for c in self.commits} or \
-                        tag.split(":")[1].startswith("src-") and image.id not in in_use:
+                if tag.split(":")[1][:12] in {c[:12] for c in self.commits}:
                     try:
                         self.client.images.remove(tag, force=True)
                     except docker.errors.ImageNotFound:

@@ -60,8 +60,11 @@ def clean_engine(client: docker.DockerClient, names: list[str], networks: list[s
         try:
             network = client.networks.get(name)
             network.reload()
-            for container in network.containers:
-                container.remove(force=True, v=True)
+            for container_id in (network.attrs.get("Containers") or {}):
+                try:  # one that goes away meanwhile (its own run removed it) is gone already
+                    client.api.remove_container(container_id, force=True, v=True)
+                except docker.errors.NotFound:
+                    pass
             network.remove()
         except docker.errors.NotFound:
             pass
@@ -90,7 +93,7 @@ def test_the_readme_main_command_on_a_fresh_clone_deploys_what_this_machine_can_
                                                                               "PRODG_SECRETS_FILE": "/x/.env"})
         containers = [s.container_name for s in state.services.values()] + ["dagster-postgres"]
         networks = [n.name for n in state.networks.values() if not n.external] + ["prodg-dagster"]
-        present = [c.name for c in client.containers.list(all=True) if c.name in containers]
+        present = [c.name for c in client.containers.list(all=True, ignore_removed=True) if c.name in containers]
         present += [n.name for n in client.networks.list() if n.name in networks]
         assert not present, (f"containers or networks of the bundled config already exist on this Engine: {present} "
                              f"(an operator's `docker/dev/up`?); this test does not touch them")
