@@ -155,12 +155,16 @@ class BackupBed:
 
     def run_checks(self, asset: str, partition: str, instance) -> dict[str, bool]:
         """The checks of `asset` alone, for one partition (no materialisation): {check name: passed}."""
+        return {name: e.passed for name, e in self.check_evaluations(asset, partition, instance).items()}
+
+    def check_evaluations(self, asset: str, partition: str, instance) -> dict[str, dg.AssetCheckEvaluation]:
+        """{check name: its evaluation (passed, metadata)} of `asset`'s checks, run alone for one partition."""
         assets, checks = self.definitions()
         job = dg.define_asset_job("checks_only", selection=dg.AssetSelection.checks_for_assets(asset))
         defs = dg.Definitions(assets=assets, asset_checks=checks, jobs=[job], resources=self.resources())
         result = defs.resolve_job_def("checks_only").execute_in_process(
             instance=instance, tags={"dagster/partition": partition}, raise_on_error=False)
-        return {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+        return {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()}
 
 
 def write_config(repo: str, store_url: str, minio_port: int, secrets_file: str, recipients: dict[str, str],

@@ -46,9 +46,22 @@ from tests.standins.infisical import InfisicalStandIn
 
 pytestmark = pytest.mark.docker
 
-# A day's partition exists once the day is over; yesterday's is the nightly run's, the two before are late captures.
-DAYS = [(TODAY - datetime.timedelta(days=n)).isoformat() for n in (3, 2, 1)]
-YESTERDAY = DAYS[2]
+# Two late captures of days long over, and a day whose backup is not late: the UTC date at collection, which stays
+# "not over" even if the suite runs on past midnight (yesterday's would then be late).
+DAYS = [(TODAY - datetime.timedelta(days=n)).isoformat() for n in (4, 3, 0)]
+RECENT = DAYS[2]
+
+
+def window_days(window: str) -> list[str]:
+    """The days of a check's or audit's `window` ("start … end": the first partition to yesterday, as of when it
+    ran)."""
+    start, end = (datetime.date.fromisoformat(d) for d in window.split(" … "))
+    assert start == START and end in (TODAY - datetime.timedelta(days=1), TODAY), window  # TODAY once past midnight
+    return [(start + datetime.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
+
+
+def missing_in(window: str, made: list[str]) -> list[str]:
+    return [d for d in window_days(window) if d not in made]
 BACKUPS = [POSTGRES_BACKUP, MINIO_BACKUP, CONFIG_BACKUP]
 PREFIX = {POSTGRES_BACKUP: "postgres/", MINIO_BACKUP: "minio/", CONFIG_BACKUP: "configs/"}
 
@@ -65,7 +78,7 @@ def three_days(bed, instance):
     operator's forced late backfill (tag prodg/capture-late=true), yesterday as the nightly run would do it."""
     store = bed.store()
     store.delete_objects([o.key for o in store.list()])
-    results = {day: bed.materialize(BACKUPS, day, instance, late=day < YESTERDAY) for day in DAYS}
+    results = {day: bed.materialize(BACKUPS, day, instance, late=day < RECENT) for day in DAYS}
     metadata = {}
     for day, result in results.items():
         for event in result.get_asset_materialization_events():
@@ -100,7 +113,7 @@ def test_each_partition_is_its_objects_and_a_manifest_with_checksums_verified_by
             assert manifest.captured_at == md["captured_at"]
             assert manifest.recipients == tuple(md["encryption"].removeprefix("age to ").split(", "))
             assert len(manifest.recipients) == 2
-            assert manifest.captured_late is md["captured_late"] is (day < YESTERDAY)
+            assert manifest.captured_late is md["captured_late"] is (day < RECENT)
     for asset in (POSTGRES_BACKUP, CONFIG_BACKUP):
         for day in DAYS:
             md = metadata[(asset, day)]
@@ -140,14 +153,14 @@ def test_what_leaves_the_host_is_ciphertext_that_the_age_cli_alone_opens(bed, th
         assert data.startswith(b"age-encryption.org/v1\n"), obj.key
         assert not [m for m in plain_markers if m in data], obj.key
         assert b"\x28\xb5\x2f\xfd" not in data[:200]  # not a zstd frame
-    dump_key = metadata[(POSTGRES_BACKUP, YESTERDAY)]["object_key"]
+    dump_key = metadata[(POSTGRES_BACKUP, RECENT)]["object_key"]
     dump = subprocess.run(["zstd", "-dc"], input=age_decrypt(store.read_bytes(dump_key), bed.operator_identity_file),
                           capture_output=True, check=True).stdout
     assert b"CREATE DATABASE hermes" in dump and b"grace" in dump
     tar_bytes = subprocess.run(["zstd", "-dc"], capture_output=True, check=True, input=age_decrypt(
-        store.read_bytes(metadata[(CONFIG_BACKUP, YESTERDAY)]["object_key"]), bed.operator_identity_file)).stdout
+        store.read_bytes(metadata[(CONFIG_BACKUP, RECENT)]["object_key"]), bed.operator_identity_file)).stdout
     assert b"pg_dumpall" in tarfile.open(fileobj=io.BytesIO(tar_bytes)).extractfile("config/prodg.yaml").read()
-    for entry in manifest_of(store, "minio/", YESTERDAY).objects:
+    for entry in manifest_of(store, "minio/", RECENT).objects:
         assert age_decrypt(store.read_bytes(entry.object_key), bed.operator_identity_file) == \
             MINIO_OBJECTS[(entry.bucket, entry.key)]
     stranger = subprocess.run(["age-keygen"], capture_output=True, check=True, text=True).stdout
@@ -159,16 +172,16 @@ def test_what_leaves_the_host_is_ciphertext_that_the_age_cli_alone_opens(bed, th
 
 def test_metadata_names_commit_source_and_the_census(bed, three_days):
     _, metadata = three_days
-    pg = metadata[(POSTGRES_BACKUP, YESTERDAY)]
+    pg = metadata[(POSTGRES_BACKUP, RECENT)]
     image_id = bed.client.api.inspect_container(bed.pg)["Image"]
     assert pg["source"] == f"{bed.pg} @ {image_id}" and pg["source_image_id"] == image_id
     assert pg["object_key"].endswith(".sql.zst.age") and pg["compression"] == "zstd"
     assert pg["row_counts"]["rows"] == EXPECTED_ROWS
     assert pg["databases"] == "hermes, infisical, postgres"
     assert pg["dumped_through"] == "a helper container (FIFO)"  # an Engine on this machine: the fast route
-    assert manifest_of(bed.store(), "postgres/", YESTERDAY).extra["row_counts"]["rows"] == EXPECTED_ROWS
-    config = metadata[(CONFIG_BACKUP, YESTERDAY)]
-    assert config["object_key"] == f"configs/{YESTERDAY}/config-{bed.commit[:12]}.tar.zst.age"
+    assert manifest_of(bed.store(), "postgres/", RECENT).extra["row_counts"]["rows"] == EXPECTED_ROWS
+    config = metadata[(CONFIG_BACKUP, RECENT)]
+    assert config["object_key"] == f"configs/{RECENT}/config-{bed.commit[:12]}.tar.zst.age"
     assert bed.commit in config["source"]
 
 
@@ -176,8 +189,8 @@ def test_the_data_version_is_the_stored_objects_sha256(bed, three_days, instance
     _, metadata = three_days
     for asset in (POSTGRES_BACKUP, CONFIG_BACKUP):
         record = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[YESTERDAY]), limit=1).records[0]
-        assert record.asset_materialization.tags["dagster/data_version"] == metadata[(asset, YESTERDAY)]["sha256"]
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[RECENT]), limit=1).records[0]
+        assert record.asset_materialization.tags["dagster/data_version"] == metadata[(asset, RECENT)]["sha256"]
 
 
 def test_a_late_capture_is_refused_unless_forced_and_an_earlier_one_is_recorded_again(bed, three_days, instance):
@@ -213,15 +226,14 @@ def test_checks_pass_per_partition_and_name_the_missing_days_of_the_window(three
             assert verdicts[(asset, OBJECT_INTACT)].passed, verdicts[(asset, OBJECT_INTACT)].metadata
             assert verdicts[(asset, FRESH)].passed
             gaps = verdicts[(asset, NO_MISSING_DAYS)]
-            # start_date is 10 days ago; only the last three days are backed up, one per run
-            expected = [(START + datetime.timedelta(days=i)).isoformat() for i in range(7)]
-            expected += [d for d in DAYS if d > day]
-            assert not gaps.passed
+            # start_date is 10 days ago; three days are backed up, one per run
+            expected = missing_in(gaps.metadata["window"].value, [d for d in DAYS if d <= day])
+            assert not gaps.passed and len(expected) >= 7
             assert gaps.metadata["missing_days"].value == ", ".join(expected)
 
 
 def test_restore_drill_restores_the_dump_and_matches_the_census(bed, three_days, instance):
-    result = bed.materialize([RESTORE_DRILL], YESTERDAY, instance)
+    result = bed.materialize([RESTORE_DRILL], RECENT, instance)
     assert result.success
     md = {k: v.value for k, v in result.get_asset_materialization_events()[0].materialization.metadata.items()}
     assert md["rows"] == sum(EXPECTED_ROWS.values()) and md["tables"] == len(EXPECTED_ROWS)
@@ -230,7 +242,7 @@ def test_restore_drill_restores_the_dump_and_matches_the_census(bed, three_days,
     assert md["databases"] == "hermes, infisical, postgres"
     assert md["findings"] == "none"
     # this drill's scratch Postgres is gone (this one, by its name: other runs' drills may be running)
-    assert md["scratch_container"].startswith(f"prodg-restore-drill-{YESTERDAY}-")
+    assert md["scratch_container"].startswith(f"prodg-restore-drill-{RECENT}-")
     assert not [c for c in bed.client.containers.list(all=True, filters={"label": "prodg.scratch=restore"})
                 if c.name == md["scratch_container"]]
 
@@ -241,19 +253,19 @@ def test_the_window_audit_names_missing_and_late_days_from_manifests(bed, three_
                             selection=dg.AssetSelection.assets(BACKUP_AUDIT),
                             run_config={"ops": {BACKUP_AUDIT: {"config": {"days": 365}}}})
     md = {k: v.value for k, v in result.get_asset_materialization_events()[0].materialization.metadata.items()}
-    missing = ", ".join((START + datetime.timedelta(days=i)).isoformat() for i in range(7))
-    assert md["window"] == f"{START} … {YESTERDAY}"  # clipped to the first partition
+    missing = missing_in(md["window"], DAYS)  # the window is clipped to the first partition
     for target in ("postgres", "minio", "configs"):
-        assert md[f"{target}_missing_days"] == missing and md[f"{target}_problems"] == 7
+        assert md[f"{target}_missing_days"] == ", ".join(missing) and md[f"{target}_problems"] == len(missing)
         late = md[f"{target}_captured_late"].split(", ")
         assert [d.split(" ")[0] for d in late] == DAYS[:2] and f"(captured {DAYS[0]}" not in late[0]
     # a listing per target, and one GET per manifest of the window
+    made = [d for d in window_days(md["window"]) if d in DAYS]
     named = sum(len(manifest_of(bed.store(), prefix, day).objects) for prefix in ("postgres/", "minio/", "configs/")
-                for day in DAYS)
-    assert md["requests_by_operation"] == expected_requests(bed.store(), 3, 9, named)
+                for day in made)
+    assert md["requests_by_operation"] == expected_requests(bed.store(), 3, 3 * len(made), named)
     (check,) = result.get_asset_check_evaluations()
     assert check.asset_check_key.name == AUDIT_CLEAN and not check.passed
-    assert check.metadata["problems"].value == 21
+    assert check.metadata["problems"].value == 3 * len(missing)
 
 
 def test_resources_take_secrets_from_the_environment_and_the_secrets_source(bed, tmp_path, monkeypatch):
@@ -350,9 +362,11 @@ def test_a_deleted_or_corrupted_object_fails_exactly_its_partitions_check(bed, t
             verdicts = bed.run_checks(asset, day, instance)
             assert verdicts[OBJECT_INTACT] is ((asset, day) not in broken), (asset, day, verdicts)
     # a day whose manifest is deleted is named as missing by the window check
+    before = bed.check_evaluations(POSTGRES_BACKUP, DAYS[2], instance)[NO_MISSING_DAYS]
     client.delete_object(Bucket=BUCKET, Key=f"postgres/{DAYS[1]}/manifest.json")
-    verdicts = bed.run_checks(POSTGRES_BACKUP, DAYS[2], instance)
-    assert verdicts[NO_MISSING_DAYS] is False
+    after = bed.check_evaluations(POSTGRES_BACKUP, DAYS[2], instance)[NO_MISSING_DAYS]
+    assert DAYS[1] not in before.metadata["missing_days"].value.split(", ")
+    assert after.passed is False and DAYS[1] in after.metadata["missing_days"].value.split(", ")
 
 
 def test_no_secret_reaches_logs_metadata_or_errors(three_days, instance):
@@ -375,12 +389,12 @@ def test_the_config_backup_records_the_commit_live_on_the_host_not_the_runs_tag(
         with dg.instance_for_test() as instance:
             instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="postgres",
                                                                         metadata={"commit": bed.commit}))
-            result = bed.materialize([CONFIG_BACKUP], YESTERDAY, instance, commit="f" * 40, backup_store=store)
+            result = bed.materialize([CONFIG_BACKUP], RECENT, instance, commit="f" * 40, backup_store=store)
             assert result.success
             md = {k: v.value for k, v in
                   result.get_asset_materialization_events()[0].materialization.metadata.items()}
         assert md["commit"] == bed.commit and md["commit_source"] == "deployed"
-        assert md["object_key"] == f"configs/{YESTERDAY}/config-{bed.commit[:12]}.tar.zst.age"
+        assert md["object_key"] == f"configs/{RECENT}/config-{bed.commit[:12]}.tar.zst.age"
         assert Manifest.from_json(store.read_bytes(md["manifest_key"])).commit == bed.commit
     finally:
         store.delete_objects([o.key for o in store.list()])

@@ -21,7 +21,7 @@ from tests.backups.conftest import BUCKET, EXPECTED_ROWS, TODAY
 pytestmark = pytest.mark.docker
 
 LOCKED = f"{BUCKET}-locked"
-YESTERDAY = (TODAY - datetime.timedelta(days=1)).isoformat()
+DAY = TODAY.isoformat()  # the UTC date at collection: its backup is not late even if the suite runs on past midnight
 
 
 class Collected(logging.Handler):
@@ -51,10 +51,10 @@ def locked(bed):
 
 def test_a_backup_into_a_locked_bucket_is_locked_until_its_day_plus_retention(bed, locked):
     with dg.instance_for_test() as instance:
-        result = bed.materialize([POSTGRES_BACKUP], YESTERDAY, instance, late=False, backup_store=locked)
+        result = bed.materialize([POSTGRES_BACKUP], DAY, instance, late=False, backup_store=locked)
     assert result.success
     md = {k: v.value for k, v in result.get_asset_materialization_events()[0].materialization.metadata.items()}
-    until = datetime.datetime.combine(datetime.date.fromisoformat(YESTERDAY) + datetime.timedelta(days=31),
+    until = datetime.datetime.combine(datetime.date.fromisoformat(DAY) + datetime.timedelta(days=31),
                                       datetime.time(), datetime.timezone.utc)
     assert md["object_lock"] == f"GOVERNANCE until {until.isoformat()}"
     for key in (md["object_key"], md["manifest_key"]):  # the dump (a multipart upload) and the manifest (one PUT)
@@ -75,14 +75,14 @@ def test_a_backup_into_a_locked_bucket_is_locked_until_its_day_plus_retention(be
 
     # a delete without a version id only hides it behind a delete marker: the version stays, restorable
     client.delete_object(Bucket=LOCKED, Key=md["object_key"])
-    assert md["object_key"] not in [o.key for o in locked.list(f"postgres/{YESTERDAY}/")]
+    assert md["object_key"] not in [o.key for o in locked.list(f"postgres/{DAY}/")]
     kinds = sorted((v.delete_marker, v.size) for v in locked.versions(md["object_key"]))
     assert kinds == [(False, md["bytes"]), (True, 0)]
     marker = next(v for v in locked.versions(md["object_key"]) if v.delete_marker)
     assert locked.delete_version(md["object_key"], marker.version_id) is None  # markers are not locked
     assert locked.sha256_of(md["object_key"]) == (md["sha256"], md["bytes"])  # back, intact
     with dg.instance_for_test() as instance:
-        drill = bed.materialize(["postgres_restore_drill"], YESTERDAY, instance, backup_store=locked)
+        drill = bed.materialize(["postgres_restore_drill"], DAY, instance, backup_store=locked)
         assert drill.success
         drill_md = drill.get_asset_materialization_events()[0].materialization.metadata
         assert drill_md["rows"].value == sum(EXPECTED_ROWS.values())
@@ -91,7 +91,7 @@ def test_a_backup_into_a_locked_bucket_is_locked_until_its_day_plus_retention(be
 def test_retention_deletes_versions_whose_lock_ran_out_and_reports_the_refused(bed, locked):
     target = BackupTarget("t", "pg_dumpall", "ret/", 30)
     now = datetime.datetime.now(datetime.timezone.utc)
-    old, recent = (TODAY - datetime.timedelta(days=40)).isoformat(), YESTERDAY
+    old, recent = (TODAY - datetime.timedelta(days=40)).isoformat(), DAY
     late = (TODAY - datetime.timedelta(days=41)).isoformat()
     soon = ObjectLock("GOVERNANCE", now + datetime.timedelta(seconds=1))
     week = ObjectLock("GOVERNANCE", now + datetime.timedelta(days=7))
@@ -125,10 +125,10 @@ def test_a_minio_object_a_later_day_names_is_locked_as_long_as_that_day(bed, loc
     with dg.instance_for_test() as instance:
         assert bed.materialize(["minio_backup"], first, instance, backup_store=locked).success
         stored = Manifest.from_json(locked.read_bytes(f"minio/{first}/manifest.json")).objects
-        assert bed.materialize(["minio_backup"], YESTERDAY, instance, backup_store=locked).success
-    later = Manifest.from_json(locked.read_bytes(f"minio/{YESTERDAY}/manifest.json"))
+        assert bed.materialize(["minio_backup"], DAY, instance, backup_store=locked).success
+    later = Manifest.from_json(locked.read_bytes(f"minio/{DAY}/manifest.json"))
     assert {e.object_key for e in later.objects} == {e.object_key for e in stored}  # nothing uploaded again
-    until = datetime.datetime.combine(datetime.date.fromisoformat(YESTERDAY) + datetime.timedelta(days=31),
+    until = datetime.datetime.combine(datetime.date.fromisoformat(DAY) + datetime.timedelta(days=31),
                                       datetime.time(), datetime.timezone.utc)
     for entry in later.objects:
         head = locked.head(entry.object_key)

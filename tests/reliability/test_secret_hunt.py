@@ -31,7 +31,8 @@ STORE_SECRET = "store-Secret-Key-hunted-4e5f6a"
 HUNTED = {**TEST_SECRETS, "PRODG_TEST_STORE_SECRET": STORE_SECRET, "PRODG_BACKUP_IDENTITY": Identity.generate().text,
           "INFISICAL_CLIENT_SECRET": CLIENT_SECRET, "REDIS_PASSWORD rotated in Infisical": "redis-Rotated-In-Infisical-9d1"}
 # daily partitions end with the last complete day
-TODAY = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=1)).isoformat()
+# the UTC date at collection: a day whose backup is not late even if the suite runs on past midnight
+TODAY = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
 
 
 def hits_in_bytes(data: bytes) -> list[str]:
