@@ -54,11 +54,11 @@ def fmt_requests(counts: dict) -> str:
 def fill(store, source, days: list[datetime.date], commit: str, workers: int, recipients: list) -> dict:
     """Back up every day of `days` with the product's writers (objects encrypted to `recipients`, then each day's
     manifest); returns {asset: {partition: metadata}} as the backup assets would record it."""
-    from prodg_assets.backups.assets import partition_metadata
-    from prodg_assets.backups.keys import config_key, postgres_key
-    from prodg_assets.backups.manifest import Manifest, write_manifest
-    from prodg_assets.backups.mirror import ContentIndex, mirror_s3
-    from prodg_assets.backups.stream import stream_backup
+    from prodg_assets.backups.assets.recipe import partition_metadata
+    from prodg_assets.backups.store.keys import config_key, postgres_key
+    from prodg_assets.backups.store.manifest import Manifest, write_manifest
+    from prodg_assets.backups.capture.mirror import ContentIndex, mirror_s3
+    from prodg_assets.backups.store.stream import stream_backup
     from prodg_assets.gitops.repo import git_archive_chunks
 
     fingerprints = tuple(r.fingerprint for r in recipients)
@@ -118,9 +118,9 @@ def main() -> None:
 
     from bench.common import append_result, machine
     from prodg_assets.agekeys import Identity
-    from prodg_assets.backups.audit import OK, AuditTarget, audit_store, check_partition
-    from prodg_assets.backups.records import recorded_partitions
-    from prodg_assets.backups.store import BackupStore, S3Source
+    from prodg_assets.backups.proofs.audit import OK, AuditTarget, audit_store, check_partition
+    from prodg_assets.backups.assets.records import recorded_partitions
+    from prodg_assets.backups.store.client import BackupStore, S3Source
     from tests.standins.moto import MotoServer
 
     started = time.perf_counter()

@@ -19,13 +19,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.measure import Timed, vm  # noqa: E402
-from prodg_assets.agekeys import Recipient, read_identities  # noqa: E402
-from prodg_assets.backups import restore  # noqa: E402
-from prodg_assets.backups.manifest import Entry, Manifest  # noqa: E402
-from prodg_assets.backups.postgres import pg_dumpall_chunks  # noqa: E402
-from prodg_assets.backups.stream import stream_backup  # noqa: E402
-from prodg_assets.engine.exec import ContainerExec  # noqa: E402
-from prodg_assets.backups.store import BackupStore  # noqa: E402
+from prodg_assets.agekeys import Recipient, read_identities
+from prodg_assets.backups import restore
+from prodg_assets.backups.store.manifest import Entry, Manifest
+from prodg_assets.backups.capture.postgres import pg_dumpall_chunks
+from prodg_assets.backups.store.stream import stream_backup
+from prodg_assets.engine.exec import ContainerExec
+from prodg_assets.backups.store.client import BackupStore
 
 # docker after the product's modules, and cProfile only when asked for: the imports, and their order, of the script
 # these steps came from, so that "MB after imports" and the peak RSS stay comparable with earlier runs (docker

@@ -7,7 +7,7 @@ import os
 from typing import TYPE_CHECKING
 
 from bench.measure import MB, fmt_cpu, fmt_s, mbps
-from prodg_assets.backups.codec import ZSTD_LEVEL
+from prodg_assets.backups.format.codec import ZSTD_LEVEL
 
 if TYPE_CHECKING:
     from bench.backup_throughput import Backups, Restores, Stream

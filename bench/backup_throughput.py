@@ -48,11 +48,11 @@ from bench.common import append_result, machine  # noqa: E402
 from bench.fixtures import (Built, ChildRun, Setup, age_zstd_into_psql, build, moto_bucket,  # noqa: E402
                             removed_afterwards, start_postgres, timed_exec)
 from bench.measure import MB, cpu_split, fmt_s, mbps  # noqa: E402
-from prodg_assets.backups.codec import ZSTD_LEVEL
-from prodg_assets.backups.keys import postgres_key
-from prodg_assets.backups.postgres import census  # noqa: E402
-from prodg_assets.backups.drills import compare_census, scratch_postgres  # noqa: E402
-from prodg_assets.backups.store import BackupStore  # noqa: E402
+from prodg_assets.backups.format.codec import ZSTD_LEVEL
+from prodg_assets.backups.store.keys import postgres_key
+from prodg_assets.backups.capture.postgres import census
+from prodg_assets.backups.proofs.drills import compare_census, scratch_postgres
+from prodg_assets.backups.store.client import BackupStore
 
 IMAGE = "prodg/postgres:bookworm"
 PID = os.getpid()

@@ -19,7 +19,7 @@ import boto3
 import docker
 
 from bench.measure import CpuSnap, cpu_split
-from prodg_assets.backups.postgres import wait_ready
+from prodg_assets.backups.restore.postgres import wait_ready
 from tests.standins.moto import MotoServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,8 +12,8 @@ from typing import Mapping
 
 import dagster as dg
 
-from .backups.crypt import BackupIdentity
-from .backups.definitions import backup_definitions, build_backup_resources
+from .backups.assets.definitions import backup_definitions, build_backup_resources
+from .backups.format.crypt import BackupIdentity
 from .contract import BACKUP_GROUP
 from .desired import ConfigInvalid, DesiredState, DirTree, load_desired_state
 from .engine.client import DockerEngine

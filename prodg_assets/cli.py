@@ -76,13 +76,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from . import build_defs
-    from .contract import (
-        BACKUP_GROUP,
-        COMMIT_TAG,
-        FORCE_TAG,
-        KIND_TAG,
-        MANUAL_DEPLOY_KIND,
-    )
+    from .contract import BACKUP_GROUP, COMMIT_TAG, FORCE_TAG, KIND_TAG, MANUAL_DEPLOY_KIND
 
     defs = build_defs()
     repo = defs.resources["repo"]
@@ -108,11 +102,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    """Restore a target's backup of a day (backups/commands.py says where each goes), or list what the store holds
+    """Restore a target's backup of a day (backups/restore/commands.py says where each goes), or list what the store holds
     (--list). The identity file is --identity, else PRODG_BACKUP_IDENTITY."""
     import datetime
 
-    from .backups.commands import RESTORE_FAILURES, list_backups, restore
+    from .backups.restore.commands import RESTORE_FAILURES, list_backups, restore
     from .settings import EnvSettings
 
     state, commit, resources = _state(argparse.Namespace(path=None, commit=None))
@@ -145,7 +139,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_backup_signer(args: argparse.Namespace) -> int:
     """Print the key this host signs its backup manifests with (derived from its age identity), as prodg.yaml's
     `backups.signers` lists it: what an operator restoring without this host trusts."""
-    from .backups.signing import SigningError, host_signer
+    from .backups.format.signing import SigningError, host_signer
     from .settings import EnvSettings
 
     try:
@@ -158,7 +152,7 @@ def cmd_backup_signer(args: argparse.Namespace) -> int:
 
 def _restore_files(state, commit: str, resources: dict, day, force: bool, identity: str) -> int:
     """`prodg restore --files`: the secrets file, then every service's data folder; stops at the first failure."""
-    from .backups.commands import RESTORE_FAILURES, file_targets, restore
+    from .backups.restore.commands import RESTORE_FAILURES, file_targets, restore
 
     for name in file_targets(state):
         try:

@@ -1,6 +1,6 @@
 """The keys that sign backup manifests: Ed25519 verify keys as prodg.yaml's `backups.signers` lists them — the base64
 of a key's SubjectPublicKeyInfo (`MCowBQYDK2VwAyEA…`, the body of a PEM public key, which `openssl pkeyutl` reads).
-Pure parsing, shared by the config's validation and the backups' signing (backups/signing.py)."""
+Pure parsing, shared by the config's validation and the backups' signing (backups/format/signing.py)."""
 
 from __future__ import annotations
 

@@ -16,17 +16,17 @@ import dagster as dg
 import pytest
 
 import docker
-from prodg_assets.backups.definitions import backup_definitions, build_backup_resources
-from prodg_assets.backups.postgres import wait_ready
-from prodg_assets.backups.signing import host_signer
-from prodg_assets.backups.store import BackupStore
+from prodg_assets.backups.assets.definitions import backup_definitions, build_backup_resources
+from prodg_assets.backups.format.crypt import BackupIdentity
+from prodg_assets.backups.format.signing import host_signer
+from prodg_assets.backups.restore.postgres import wait_ready
+from prodg_assets.backups.store.client import BackupStore
 from prodg_assets.contract import LABEL_HELPER, RESTORED
 from prodg_assets.desired import DirTree, load_desired_state
 from prodg_assets.engine.client import DockerEngine
 from prodg_assets.engine.exec import exec_run
 from prodg_assets.engine.secrets import SecretSource
 from prodg_assets.gitops.repo import ConfigRepo
-from prodg_assets.backups.crypt import BackupIdentity
 from tests.conftest import ROOT, age_keygen, init_repo
 from tests.standins.moto import MotoServer
 

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from prodg_assets.agekeys import AgeError, Identity, read_identities
-from prodg_assets.backups.crypt import MAX_HEADER, MAX_STANZAS, decrypt, encrypt
+from prodg_assets.backups.format.crypt import MAX_HEADER, MAX_STANZAS, decrypt, encrypt
 
 
 def _counting(chunks):

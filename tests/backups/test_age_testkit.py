@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from prodg_assets.agekeys import AgeError, Identity
-from prodg_assets.backups.crypt import decrypt
+from prodg_assets.backups.format.crypt import decrypt
 
 KIT = Path(__file__).parent / "age_testkit"
 

@@ -13,9 +13,9 @@ import tarfile
 import dagster as dg
 import pytest
 
-from prodg_assets.backups.definitions import backup_definitions, build_backup_resources
-from prodg_assets.backups.manifest import Manifest
-from prodg_assets.backups.store import BackupStore, StoreError
+from prodg_assets.backups.assets.definitions import backup_definitions, build_backup_resources
+from prodg_assets.backups.store.client import BackupStore, StoreError
+from prodg_assets.backups.store.manifest import Manifest
 from prodg_assets.contract import (
     AUDIT_CLEAN,
     BACKUP_AUDIT,
@@ -46,10 +46,17 @@ from tests.standins.infisical import InfisicalStandIn
 
 pytestmark = pytest.mark.docker
 
-# Two late captures of days long over, and a day whose backup is not late: the UTC date at collection, which stays
-# "not over" even if the suite runs on past midnight (yesterday's would then be late).
-DAYS = [(TODAY - datetime.timedelta(days=n)).isoformat() for n in (4, 3, 0)]
+# A day's partition exists once the day is over; yesterday's is the nightly run's, the two before are late captures.
+# Every one is backed up with prodg/capture-late=true: should the suite run on past midnight, yesterday's day is
+# over by the time it is captured (then it is marked captured_late too, as the rule says).
+DAYS = [(TODAY - datetime.timedelta(days=n)).isoformat() for n in (3, 2, 1)]
 RECENT = DAYS[2]
+
+
+def late_when(day: str, captured_at: str) -> bool:
+    """The rule a manifest's captured_late follows: its day was over (before the capture's yesterday)."""
+    at = datetime.datetime.fromisoformat(captured_at)
+    return datetime.date.fromisoformat(day) < at.date() - datetime.timedelta(days=1)
 
 
 def window_days(window: str) -> list[str]:
@@ -75,10 +82,11 @@ def instance():
 @pytest.fixture(scope="module")
 def three_days(bed, instance):
     """Each day's partition of the three backups (with their checks): the two days before yesterday as an
-    operator's forced late backfill (tag prodg/capture-late=true), yesterday as the nightly run would do it."""
+    operator's forced late backfill (tag prodg/capture-late=true), yesterday as the nightly run would do it (with the
+    tag too, see DAYS)."""
     store = bed.store()
     store.delete_objects([o.key for o in store.list()])
-    results = {day: bed.materialize(BACKUPS, day, instance, late=day < RECENT) for day in DAYS}
+    results = {day: bed.materialize(BACKUPS, day, instance) for day in DAYS}
     metadata = {}
     for day, result in results.items():
         for event in result.get_asset_materialization_events():
@@ -113,7 +121,8 @@ def test_each_partition_is_its_objects_and_a_manifest_with_checksums_verified_by
             assert manifest.captured_at == md["captured_at"]
             assert manifest.recipients == tuple(md["encryption"].removeprefix("age to ").split(", "))
             assert len(manifest.recipients) == 2
-            assert manifest.captured_late is md["captured_late"] is (day < RECENT)
+            assert manifest.captured_late is md["captured_late"] is late_when(day, md["captured_at"])
+            assert md["captured_late"] or day == RECENT
     for asset in (POSTGRES_BACKUP, CONFIG_BACKUP):
         for day in DAYS:
             md = metadata[(asset, day)]
@@ -257,7 +266,9 @@ def test_the_window_audit_names_missing_and_late_days_from_manifests(bed, three_
     for target in ("postgres", "minio", "configs"):
         assert md[f"{target}_missing_days"] == ", ".join(missing) and md[f"{target}_problems"] == len(missing)
         late = md[f"{target}_captured_late"].split(", ")
-        assert [d.split(" ")[0] for d in late] == DAYS[:2] and f"(captured {DAYS[0]}" not in late[0]
+        marked = [d for d in DAYS if manifest_of(bed.store(), f"{target}/", d).captured_late]
+        assert DAYS[:2] == marked[:2] and [d.split(" ")[0] for d in late] == marked
+        assert f"(captured {DAYS[0]}" not in late[0]
     # a listing per target, and one GET per manifest of the window
     made = [d for d in window_days(md["window"]) if d in DAYS]
     named = sum(len(manifest_of(bed.store(), prefix, day).objects) for prefix in ("postgres/", "minio/", "configs/")

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from prodg_assets.backups.audit import (
+from prodg_assets.backups.proofs.audit import (
     ETAG,
     EXPIRED,
     GONE,
@@ -26,7 +26,7 @@ from prodg_assets.backups.audit import (
     audit_target,
     check_partition,
 )
-from prodg_assets.backups.manifest import Entry, Manifest, write_manifest
+from prodg_assets.backups.store.manifest import Entry, Manifest, write_manifest
 from tests.backups.conftest import BUCKET, expected_requests
 
 NOW = datetime.datetime.now(datetime.timezone.utc)

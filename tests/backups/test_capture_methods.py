@@ -4,8 +4,8 @@ target, never (as the old if/elif's last branch did) the secrets file's asset.""
 
 import pytest
 
-from prodg_assets.backups.definitions import CAPTURE_METHODS, capture_builder
-from prodg_assets.backups.volume_assets import build_secrets_backup, build_volume_backup
+from prodg_assets.backups.assets.definitions import CAPTURE_METHODS, capture_builder
+from prodg_assets.backups.assets.volume_targets import build_secrets_backup, build_volume_backup
 from prodg_assets.desired.schema import PRODG_SCHEMA
 from prodg_assets.settings import BackupTarget
 

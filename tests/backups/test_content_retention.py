@@ -5,9 +5,9 @@ import logging
 
 import pytest
 
-from prodg_assets.backups.keys import content_key
-from prodg_assets.backups.manifest import Entry, Manifest, write_manifest
-from prodg_assets.backups.retention import prune_content
+from prodg_assets.backups.store.keys import content_key
+from prodg_assets.backups.store.manifest import Entry, Manifest, write_manifest
+from prodg_assets.backups.store.retention import prune_content
 
 pytestmark = pytest.mark.docker  # the bed's store (moto_server)
 

@@ -16,15 +16,15 @@ import time
 import dagster as dg
 import pytest
 
-from prodg_assets.backups.store import S3Source
+from prodg_assets.backups.store.client import S3Source
 from prodg_assets.contract import CONFIG_BACKUP, MINIO_BACKUP, POSTGRES_BACKUP
 from prodg_assets.engine.exec import exec_run
 from tests.backups.conftest import (
-    age_decrypt,
     MINIO_OBJECTS,
     SECRETS,
     START,
     STORE_SECRET,
+    age_decrypt,
     psql,
     s3,
     wait_for,

@@ -19,9 +19,10 @@ import botocore.endpoint
 import dagster as dg
 import pytest
 
-from prodg_assets.backups.definitions import backup_definitions, build_backup_resources
-from prodg_assets.backups.postgres import wait_ready
-from prodg_assets.backups.store import BackupStore
+from prodg_assets.backups.assets.definitions import backup_definitions, build_backup_resources
+from prodg_assets.backups.restore.postgres import wait_ready
+from prodg_assets.backups.store.client import BackupStore
+from prodg_assets.backups.store.manifest import Manifest
 from prodg_assets.contract import POSTGRES_BACKUP, RESTORE_DRILL
 from prodg_assets.desired import DirTree, load_desired_state
 from prodg_assets.engine.exec import exec_run
@@ -35,7 +36,6 @@ from tests.backups.conftest import (
     wait_for,
     write_config,
 )
-from prodg_assets.backups.manifest import Manifest
 from tests.backups.test_failures import rows_in_the_cluster, rows_in_the_dump
 from tests.standins.faultproxy import FaultProxy, Request, is_complete, is_upload_part, not_a_bucket_setting
 

@@ -8,8 +8,8 @@ import os
 
 import boto3
 
-from prodg_assets.backups.mirror import ContentIndex, mirror_s3
-from prodg_assets.backups.store import S3Source
+from prodg_assets.backups.capture.mirror import ContentIndex, mirror_s3
+from prodg_assets.backups.store.client import S3Source
 from tests.standins.s3sfs import S3sFsServer
 
 KEY_ID, SECRET = "minio-admin", f"minio-Secret-{os.getpid()}-e7e7"

@@ -11,9 +11,9 @@ import time
 import dagster as dg
 import pytest
 
-from prodg_assets.backups.manifest import Manifest
-from prodg_assets.backups.retention import prune
-from prodg_assets.backups.store import ObjectLock
+from prodg_assets.backups.store.client import ObjectLock
+from prodg_assets.backups.store.manifest import Manifest
+from prodg_assets.backups.store.retention import prune
 from prodg_assets.contract import POSTGRES_BACKUP
 from prodg_assets.settings import BackupTarget
 from tests.backups.conftest import BUCKET, EXPECTED_ROWS, TODAY
@@ -21,7 +21,7 @@ from tests.backups.conftest import BUCKET, EXPECTED_ROWS, TODAY
 pytestmark = pytest.mark.docker
 
 LOCKED = f"{BUCKET}-locked"
-DAY = TODAY.isoformat()  # the UTC date at collection: its backup is not late even if the suite runs on past midnight
+DAY = (TODAY - datetime.timedelta(days=1)).isoformat()  # the nightly run's (backed up with capture-late: midnight)
 
 
 class Collected(logging.Handler):
@@ -51,7 +51,7 @@ def locked(bed):
 
 def test_a_backup_into_a_locked_bucket_is_locked_until_its_day_plus_retention(bed, locked):
     with dg.instance_for_test() as instance:
-        result = bed.materialize([POSTGRES_BACKUP], DAY, instance, late=False, backup_store=locked)
+        result = bed.materialize([POSTGRES_BACKUP], DAY, instance, backup_store=locked)
     assert result.success
     md = {k: v.value for k, v in result.get_asset_materialization_events()[0].materialization.metadata.items()}
     until = datetime.datetime.combine(datetime.date.fromisoformat(DAY) + datetime.timedelta(days=31),

@@ -13,10 +13,10 @@ import tracemalloc
 import pytest
 import zstandard
 
-from prodg_assets.backups.codec import ByteCount, compress, compression_of, decompress
-from prodg_assets.backups.keys import config_key, manifest_key, postgres_key
-from prodg_assets.backups.postgres import pg_dumpall_chunks
-from prodg_assets.backups.stream import stream_backup
+from prodg_assets.backups.capture.postgres import pg_dumpall_chunks
+from prodg_assets.backups.format.codec import ByteCount, compress, compression_of, decompress
+from prodg_assets.backups.store.keys import config_key, manifest_key, postgres_key
+from prodg_assets.backups.store.stream import stream_backup
 from prodg_assets.engine.exec import (
     READ_BYTES,
     REBLOCK,

@@ -25,12 +25,21 @@ import uuid
 import boto3
 import pytest
 
-from prodg_assets.backups.postgres import census
-from prodg_assets.contract import BACKUP_KIND, KIND_TAG, LABEL_HELPER, LABEL_SCRATCH, PARTITION_TAG
+from prodg_assets.backups.capture.postgres import census
+from prodg_assets.contract import BACKUP_KIND, CAPTURE_LATE_TAG, KIND_TAG, LABEL_HELPER, LABEL_SCRATCH, PARTITION_TAG
 from prodg_assets.engine.exec import exec_run
 from prodg_assets.engine.facts import published_port
-from tests.backups.conftest import EXPECTED_ROWS, MINIO_OBJECTS, SEED_SQL, STORE_KEY_ID, STORE_SECRET, TODAY, \
-    documented_block, psql, s3
+from tests.backups.conftest import (
+    EXPECTED_ROWS,
+    MINIO_OBJECTS,
+    SEED_SQL,
+    STORE_KEY_ID,
+    STORE_SECRET,
+    TODAY,
+    documented_block,
+    psql,
+    s3,
+)
 from tests.backups.test_service_data import tree_hashes, wait
 from tests.conftest import ROOT, age_keygen, git, init_repo
 
@@ -39,7 +48,7 @@ pytestmark = pytest.mark.docker
 PID = uuid.uuid4().hex[:8]  # this run's: names no other run on the Engine or store has
 NAME = f"prodgrb{PID}"
 BUCKET = f"prodg-rebuild-{PID}"
-DAY = TODAY.isoformat()  # the night's partition as a date not late even if the suite runs on past midnight
+DAY = (TODAY - datetime.timedelta(days=1)).isoformat()
 START = (TODAY - datetime.timedelta(days=5)).isoformat()
 SECRETS = {"POSTGRES_PASSWORD": f"pg-Rebuild-{PID}-71aa", "REDIS_PASSWORD": f"redis-Rebuild-{PID}-02bb",
            "MINIO_ROOT_PASSWORD": f"minio-Rebuild-{PID}-c3c3", "INFISICAL_ENCRYPTION_KEY": f"infisical-{PID}-d4d4"}
@@ -307,7 +316,8 @@ def test_the_documented_rebuild_brings_every_target_back_from_the_store_and_the_
 
         # -- the night's backups of DAY, launched as the schedule launches them ----------------------------------------
         run(["dagster", "job", "execute", "-f", os.path.join(ROOT, "definitions.py"), "-j", "backup_job",
-             "--tags", json.dumps({PARTITION_TAG: DAY, KIND_TAG: BACKUP_KIND})], env, ROOT)
+             "--tags", json.dumps({PARTITION_TAG: DAY, KIND_TAG: BACKUP_KIND,
+                                    CAPTURE_LATE_TAG: "true"})], env, ROOT)  # past midnight, DAY is over
         listed = run(["prodg", "restore", "--list"], env, ROOT)
         for target in ("postgres", "minio", "configs", "redis", *SQLITE_SERVICES, "caddy", "secrets"):
             assert re.search(rf"^{target}\s+{DAY}\s", listed, re.M), listed

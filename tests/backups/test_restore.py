@@ -7,24 +7,13 @@ import datetime
 import pytest
 
 import docker
-from prodg_assets.backups.drills import (
-    SCRATCH_LABEL,
-    compare_census,
-    remove_stale_scratch,
-    scratch_postgres,
-)
-from prodg_assets.backups.postgres import (
-    Census,
-    RestoreFailed,
-    RestoreRefused,
-    census,
-    pg_dumpall_chunks,
-    target_contents,
-)
 from prodg_assets.agekeys import AgeError, Identity, Recipient, read_identities
-from prodg_assets.backups.manifest import Manifest
-from prodg_assets.backups.restore import restore_postgres
-from prodg_assets.backups.stream import stream_backup
+from prodg_assets.backups.capture.postgres import Census, census, pg_dumpall_chunks
+from prodg_assets.backups.proofs.drills import SCRATCH_LABEL, compare_census, remove_stale_scratch, scratch_postgres
+from prodg_assets.backups.restore.postgres import RestoreRefused, restore_postgres, target_contents
+from prodg_assets.backups.store.download import RestoreFailed
+from prodg_assets.backups.store.manifest import Manifest
+from prodg_assets.backups.store.stream import stream_backup
 from tests.backups.conftest import EXPECTED_ROWS, NAME, PG_IMAGE, SECRETS, psql
 
 pytestmark = pytest.mark.docker

@@ -11,11 +11,19 @@ import subprocess
 import dagster as dg
 import pytest
 
-from prodg_assets.backups.postgres import census, wait_ready
+from prodg_assets.backups.capture.postgres import census
+from prodg_assets.backups.restore.postgres import wait_ready
 from prodg_assets.contract import POSTGRES_BACKUP
-from tests.backups.conftest import BUCKET, EXPECTED_ROWS, NAME, PG_IMAGE, STORE_KEY_ID, STORE_SECRET, TODAY, \
-    documented_block
-from tests.conftest import ROOT
+from tests.backups.conftest import (
+    BUCKET,
+    EXPECTED_ROWS,
+    NAME,
+    PG_IMAGE,
+    STORE_KEY_ID,
+    STORE_SECRET,
+    TODAY,
+    documented_block,
+)
 
 pytestmark = pytest.mark.docker
 

@@ -30,7 +30,7 @@ DRILL = r"""
 import os, sys
 import dagster as dg
 from prodg_assets import build_resources, config_repo
-from prodg_assets.backups.definitions import backup_definitions
+from prodg_assets.backups.assets.definitions import backup_definitions
 from prodg_assets.contract import RESTORED
 from prodg_assets.settings import EnvSettings
 env = EnvSettings.from_env(os.environ)

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from prodg_assets.backups.keys import key_date
-from prodg_assets.backups.retention import keys_to_delete, plan_retention
+from prodg_assets.backups.store.keys import key_date
+from prodg_assets.backups.store.retention import keys_to_delete, plan_retention
 
 TODAY = datetime.date(2026, 11, 27)
 
@@ -90,7 +90,7 @@ def test_key_date():
 
 @pytest.mark.docker
 def test_retention_on_the_store_deletes_exactly_the_oldest_ten_of_one_prefix(bed, clean_store):
-    from prodg_assets.backups.retention import prune
+    from prodg_assets.backups.store.retention import prune
     from prodg_assets.settings import BackupTarget
 
     today = datetime.datetime.now(datetime.timezone.utc).date()

@@ -5,7 +5,7 @@ import datetime
 
 import dagster as dg
 
-from prodg_assets.backups.rotation import drill_for_night
+from prodg_assets.backups.assets.rotation import drill_for_night
 from prodg_assets.contract import DRILL_SCHEDULE, RESTORED
 from prodg_assets.settings import BackupTarget
 from tests.spec.conftest import BUNDLED_ENV

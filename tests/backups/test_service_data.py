@@ -17,8 +17,8 @@ import dagster as dg
 import pytest
 
 import docker
-from prodg_assets.backups.restore_files import file_sha256
-from prodg_assets.backups.signing import host_signer
+from prodg_assets.backups.format.signing import host_signer
+from prodg_assets.backups.restore.files import file_sha256
 from prodg_assets.contract import DRILL_KIND, KIND_TAG, RESTORED
 from prodg_assets.desired import DirTree, load_desired_state
 from prodg_assets.engine.exec import exec_run
@@ -41,8 +41,7 @@ REDIS_KEYS = 1000
 SERVICE_UID = 472
 SEED_ROWS = 3000
 TOKEN = "4242:drill-notify-Token"
-# the UTC date at collection: a day whose backup is not late even if the suite runs on past midnight
-DAY = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+DAY = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=1)).isoformat()
 
 
 def write_config(repo: str, data: str, store_url: str, secrets_file: str, recipients: dict[str, str],

@@ -13,12 +13,12 @@ import dagster as dg
 import pytest
 
 from prodg_assets.agekeys import Identity, Recipient
-from prodg_assets.backups.audit import UNTRUSTED, audit_target
-from prodg_assets.backups.keys import manifest_key
-from prodg_assets.backups.manifest import Manifest, UntrustedManifest, read_manifest, write_manifest
-from prodg_assets.backups.postgres import Census
-from prodg_assets.backups.signing import ManifestSigner
-from prodg_assets.backups.stream import stream_backup
+from prodg_assets.backups.capture.postgres import Census
+from prodg_assets.backups.format.signing import ManifestSigner
+from prodg_assets.backups.proofs.audit import UNTRUSTED
+from prodg_assets.backups.store.keys import manifest_key
+from prodg_assets.backups.store.manifest import Manifest, UntrustedManifest, read_manifest, write_manifest
+from prodg_assets.backups.store.stream import stream_backup
 from prodg_assets.contract import AUDIT_CLEAN, BACKUP_AUDIT, CONFIG_BACKUP, POSTGRES_BACKUP, RESTORE_DRILL, RESTORED
 from prodg_assets.desired import ConfigInvalid, DirTree, load_desired_state
 from tests.backups.conftest import BUCKET, EXPECTED_ROWS, TODAY, psql

@@ -1,4 +1,4 @@
-"""Backup tars laid out by prodg itself (backups/untar.py), through the public restore path: crafted tars — built by
+"""Backup tars laid out by prodg itself (backups/restore/untar.py), through the public restore path: crafted tars — built by
 tarfile, compressed, encrypted to a real age recipient and stored in an S3 stand-in like a real backup — restored
 with restore_folder. A refused member fails the restore naming the member and why, leaves nothing where the folder
 was to go (no half-written folder, no scratch sibling) and writes nothing outside it; an Engine-shaped tar comes back
@@ -17,11 +17,12 @@ import tarfile
 import pytest
 
 from prodg_assets.agekeys import Recipient, read_identities
-from prodg_assets.backups.manifest import Manifest
-from prodg_assets.backups.postgres import RestoreFailed, RestoreRefused
-from prodg_assets.backups.restore_files import restore_file, restore_folder
-from prodg_assets.backups.store import BackupStore
-from prodg_assets.backups.stream import stream_backup
+from prodg_assets.backups.restore.files import restore_file, restore_folder
+from prodg_assets.backups.restore.postgres import RestoreRefused
+from prodg_assets.backups.store.client import BackupStore
+from prodg_assets.backups.store.download import RestoreFailed
+from prodg_assets.backups.store.manifest import Manifest
+from prodg_assets.backups.store.stream import stream_backup
 from tests.backups.conftest import s3
 from tests.conftest import age_keygen
 from tests.standins.moto import MotoServer

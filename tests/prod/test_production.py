@@ -438,8 +438,9 @@ def test_a_nightly_backup_in_its_run_container_reaches_the_store_with_keys_from_
                                         environment={"MINIO_ROOT_USER": key_id, "MINIO_ROOT_PASSWORD": secret})
     try:
         assert offsite.exec_run(["mkdir", "-p", f"/data/{OFFSITE_BUCKET}"]).exit_code == 0  # a bucket is a folder
-        day = datetime.datetime.now(datetime.timezone.utc).date().isoformat()  # not late, even past midnight
-        run_id = dep.launch(["config_backup"], {"dagster/partition": day, "prodg/kind": "backup"}, checks=False)
+        day = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=1)).isoformat()
+        run_id = dep.launch(["config_backup"], {"dagster/partition": day, "prodg/kind": "backup",
+                                                 "prodg/capture-late": "true"}, checks=False)  # past midnight
         dep.wait_run(run_id)
         code, out = offsite.exec_run(["find", f"/data/{OFFSITE_BUCKET}/configs/{day}", "-type", "f"])
         assert code == 0 and f"configs/{day}/manifest.json" in out.decode(), out.decode()

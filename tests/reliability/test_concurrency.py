@@ -29,8 +29,7 @@ pytestmark = pytest.mark.docker
 
 BUCKET = "prodg-concurrency"
 # daily partitions end with the last complete day
-# the UTC date at collection: a day whose backup is not late even if the suite runs on past midnight
-TODAY = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+TODAY = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=1)).isoformat()
 # What the git sensor's run request executes, in its own process (as the daemon would launch it).
 RUNNER = r"""
 import json, sys
@@ -120,7 +119,8 @@ def test_two_deploys_and_a_backup_at_once_end_at_the_newest_commit_with_an_intac
             for name, selection, tags, partition in (
                     ("newer", "postgres,redis", {"prodg/commit": newer, "prodg/reason": "push"}, ""),
                     ("older", "postgres,redis", {"prodg/commit": older, "prodg/reason": "push"}, ""),
-                    ("backup", "postgres_backup", {"prodg/commit": newer, "prodg/kind": "backup"}, TODAY)):
+                    ("backup", "postgres_backup", {"prodg/commit": newer, "prodg/kind": "backup",
+                                                    "prodg/capture-late": "true"}, TODAY)):  # past midnight too
                 procs[name] = launch(env, selection, tags, partition)
                 time.sleep(0.5)
             outputs = {k: p.communicate(timeout=420)[0] for k, p in procs.items()}

@@ -31,8 +31,7 @@ STORE_SECRET = "store-Secret-Key-hunted-4e5f6a"
 HUNTED = {**TEST_SECRETS, "PRODG_TEST_STORE_SECRET": STORE_SECRET, "PRODG_BACKUP_IDENTITY": Identity.generate().text,
           "INFISICAL_CLIENT_SECRET": CLIENT_SECRET, "REDIS_PASSWORD rotated in Infisical": "redis-Rotated-In-Infisical-9d1"}
 # daily partitions end with the last complete day
-# the UTC date at collection: a day whose backup is not late even if the suite runs on past midnight
-TODAY = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+TODAY = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=1)).isoformat()
 
 
 def hits_in_bytes(data: bytes) -> list[str]:
@@ -48,7 +47,9 @@ def backup_and_restore(bed, instance, s3_url: str, restore_out: list[str]) -> No
                        "PRODG_BACKUP_IDENTITY": bed.env["PRODG_BACKUP_IDENTITY"]})
     job = bed.defs().resolve_implicit_global_asset_job_def().get_subset(
         asset_selection={dg.AssetKey("postgres_backup"), dg.AssetKey("postgres_restore_drill")})
-    result = job.execute_in_process(instance=instance, tags={"prodg/commit": sha, "prodg/kind": "backup"},
+    # capture-late: should the suite run on past midnight, yesterday is over by the time it is captured
+    result = job.execute_in_process(instance=instance, tags={"prodg/commit": sha, "prodg/kind": "backup",
+                                                             "prodg/capture-late": "true"},
                                     partition_key=TODAY, raise_on_error=False)
     assert result.success
     env = {**os.environ, "DAGSTER_HOME": str(instance.root_directory)}

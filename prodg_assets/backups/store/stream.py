@@ -7,10 +7,10 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
-from .codec import ByteCount, compress
-from .crypt import Recipient, encrypt
+from ..format.codec import ByteCount, compress
+from ..format.crypt import Recipient, encrypt
+from .client import BackupStore, ObjectLock
 from .manifest import Entry
-from .store import BackupStore, ObjectLock
 
 
 @dataclass(frozen=True)

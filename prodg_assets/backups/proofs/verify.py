@@ -9,16 +9,16 @@ import sqlite3
 import time
 from typing import Sequence
 
-from ..desired.interpolate import env_value
-from ..engine.client import DockerEngine
-from ..engine.exec import ProducerFailed
-from ..engine.facts import container_source
-from ..engine.secrets import parse_env_file
+from ...desired.interpolate import env_value
+from ...engine.client import DockerEngine
+from ...engine.exec import ProducerFailed
+from ...engine.facts import container_source
+from ...engine.secrets import parse_env_file
+from ..capture.postgres import Census
+from ..capture.volumes import redis_cli
+from ..restore.files import compare_with_commit, redis_aof_from_rdb, restore_file, restore_folder
+from ..store.download import RestoreFailed, plaintext
 from .drills import DEFAULT_SCRATCH_IMAGE, SCRATCH_LABEL, restore_drill
-from .postgres import Census, RestoreFailed
-from .restore import plaintext
-from .restore_files import compare_with_commit, redis_aof_from_rdb, restore_file, restore_folder
-from .volumes import redis_cli
 
 
 class Verified:

@@ -8,29 +8,23 @@ import secrets as pysecrets
 
 import dagster as dg
 
-from ..contract import (
-    AUDIT_CLEAN,
-    BACKUP_AUDIT,
-    BACKUP_GROUP,
-    POSTGRES_BACKUP,
-    RESTORE_DRILL,
-    TARGET_TAG,
-)
-from ..desired import DesiredState
-from ..desired.interpolate import env_value
-from ..engine.client import DockerEngine
-from ..engine.exec import ProducerFailed
-from ..engine.facts import container_source
-from ..engine.secrets import SecretSource
-from ..settings import BackupSettings, BackupTarget
-from .assets import scrubber
-from .audit import LATE, OK, AuditTarget, audit_store, days
-from .crypt import AgeError, BackupIdentity
-from .drills import DEFAULT_SCRATCH_IMAGE, remove_stale_scratch, restore_drill
-from .manifest import ManifestError, read_manifest
-from .postgres import Census, RestoreFailed
+from ...contract import AUDIT_CLEAN, BACKUP_AUDIT, BACKUP_GROUP, POSTGRES_BACKUP, RESTORE_DRILL, TARGET_TAG
+from ...desired import DesiredState
+from ...desired.interpolate import env_value
+from ...engine.client import DockerEngine
+from ...engine.exec import ProducerFailed
+from ...engine.facts import container_source
+from ...engine.secrets import SecretSource
+from ...settings import BackupSettings, BackupTarget
+from ..capture.postgres import Census
+from ..format.crypt import AgeError, BackupIdentity
+from ..proofs.audit import LATE, OK, AuditTarget, audit_store, days
+from ..proofs.drills import DEFAULT_SCRATCH_IMAGE, remove_stale_scratch, restore_drill
+from ..store.client import BackupStore, StoreError
+from ..store.download import RestoreFailed
+from ..store.manifest import ManifestError, read_manifest
+from .recipe import scrubber
 from .records import recorded_partitions
-from .store import BackupStore, StoreError
 
 STALE_SCRATCH_AGE = datetime.timedelta(hours=6)
 

@@ -11,12 +11,12 @@ import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Optional, Sequence
 
-from ..agekeys import Recipient
-from ..engine.exec import ProducerFailed
-from .crypt import encrypt
-from .keys import MANIFEST_NAME, content_key, key_date
-from .manifest import Entry, Manifest
-from .store import BackupStore, ObjectLock, S3Source
+from ...agekeys import Recipient
+from ...engine.exec import ProducerFailed
+from ..format.crypt import encrypt
+from ..store.client import BackupStore, ObjectLock, S3Source
+from ..store.keys import MANIFEST_NAME, content_key, key_date
+from ..store.manifest import Entry, Manifest
 
 COMPRESSION = "none"  # objects are stored as MinIO holds them (media is already compressed), encrypted
 
@@ -53,21 +53,10 @@ class MirrorResult:
     uploaded_bytes: int  # stored bytes this run uploaded
 
 
-def minio_endpoint(docker, spec) -> str:
-    """Where the MinIO service's S3 port (9000) answers from here, read from the Engine: its publication (an
-    Engine-picked port read back), or its address on the probe network when prodg runs in a container (a run
-    container's 127.0.0.1 is its own); "" when it cannot be found (the configured address is used)."""
-    where = docker.endpoint(spec, 9000) if spec is not None else None
-    if not where:
-        return ""
-    host, port = where
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
 def stored_content(store: BackupStore, prefix: str, exclude_day: str = "") -> ContentIndex:
     """The content index of what the store holds under `prefix`: one listing and one GET per kept day's manifest
     (`exclude_day`: the day being backed up again, whose old manifest is replaced)."""
-    from .audit import read_manifests
+    from ..store.manifest import read_manifests
 
     listed = {o.key for o in store.list(prefix)}
     manifests = sorted(k for k in listed if k.endswith(f"/{MANIFEST_NAME}") and key_date(k, prefix)

@@ -9,7 +9,7 @@ from typing import Mapping
 
 import dagster as dg
 
-from ..contract import (
+from ...contract import (
     AUDIT_JOB,
     BACKUP_AUDIT,
     BACKUP_JOB,
@@ -20,17 +20,17 @@ from ..contract import (
     RESTORE_DRILL,
     RESTORED,
 )
-from ..desired import DesiredState
-from ..desired.interpolate import secret_reference
-from ..desired.loader import daily_at
-from ..engine.secrets import secret_source_config
-from ..settings import BackupSettings, BackupTarget, EnvSettings, store_settings
-from .assets import build_config_backup, build_minio_backup, build_postgres_backup
+from ...desired import DesiredState
+from ...desired.interpolate import secret_reference
+from ...desired.loader import daily_at
+from ...engine.secrets import secret_source_config
+from ...settings import BackupSettings, BackupTarget, EnvSettings, store_settings
+from ..store.client import BackupStore, S3Source
 from .checks import build_object_check, build_window_checks
-from .proofs import build_audit_asset, build_restore_drill
+from .drill_and_audit import build_audit_asset, build_restore_drill
 from .rotation import build_drill_rotation, build_restored_check
-from .volume_assets import build_secrets_backup, build_volume_backup
-from .store import BackupStore, S3Source
+from .targets import build_config_backup, build_minio_backup, build_postgres_backup
+from .volume_targets import build_secrets_backup, build_volume_backup
 
 
 def targets_by_asset(settings: BackupSettings) -> dict[str, BackupTarget]:

@@ -14,21 +14,21 @@ from typing import Iterator, Optional, Sequence
 
 import dagster as dg
 
-from ..contract import DRILL_JOB, DRILL_KIND, DRILL_SCHEDULE, KIND_TAG, RESTORED
-from ..desired import DesiredState
-from ..engine.client import DockerEngine
-from ..engine.exec import ProducerFailed
-from ..engine.locks import LOCK_FOLDER
-from ..engine.secrets import SecretSource
-from ..gitops.repo import ConfigRepo
-from ..settings import BackupSettings, BackupTarget
-from .assets import scrubber
-from .audit import days
-from .crypt import AgeError, BackupIdentity
-from .manifest import Manifest, ManifestError, read_manifest
-from .postgres import RestoreFailed
-from .store import BackupStore, StoreError
-from .verify import VERIFY, Verified
+from ...contract import DRILL_JOB, DRILL_KIND, DRILL_SCHEDULE, KIND_TAG, RESTORED
+from ...desired import DesiredState
+from ...engine.client import DockerEngine
+from ...engine.exec import ProducerFailed
+from ...engine.locks import LOCK_FOLDER
+from ...engine.secrets import SecretSource
+from ...gitops.repo import ConfigRepo
+from ...settings import BackupSettings, BackupTarget
+from ..format.crypt import AgeError, BackupIdentity
+from ..proofs.audit import days
+from ..proofs.verify import VERIFY, Verified
+from ..store.client import BackupStore, StoreError
+from ..store.download import RestoreFailed
+from ..store.manifest import Manifest, ManifestError, read_manifest
+from .recipe import scrubber
 
 DRILL_FOLDER = ".drills"  # under the deploy root (the Engine sees it at the same path): scratch folders of drills
 DRILL_LOCK = "drills.lock"  # in the deploy root's lock folder: held shared by each running drill

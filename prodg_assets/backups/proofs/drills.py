@@ -11,14 +11,15 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
-from ..contract import LABEL_SCRATCH
-from ..engine.exec import ProducerFailed
-from ..lazy import docker_errors
-from .crypt import Identity
-from .manifest import Manifest
-from .postgres import Census, RestoreFailed, RestoreResult, census, wait_ready
-from .restore import restore_postgres
-from .store import BackupStore
+from ...contract import LABEL_SCRATCH
+from ...engine.exec import ProducerFailed
+from ...lazy import docker_errors
+from ..capture.postgres import Census, census
+from ..format.crypt import Identity
+from ..restore.postgres import RestoreResult, restore_postgres, wait_ready
+from ..store.client import BackupStore
+from ..store.download import RestoreFailed
+from ..store.manifest import Manifest
 
 if TYPE_CHECKING:
     import docker

@@ -23,8 +23,8 @@ from typing import Iterable, Iterator, Mapping, Optional
 import dagster as dg
 from pydantic import PrivateAttr
 
-from ..engine.secrets import SecretSource, SecretSourceUnavailable, redact
-from ..lazy import boto_errors
+from ...engine.secrets import SecretSource, SecretSourceUnavailable, redact
+from ...lazy import boto_errors
 
 MIB = 1024 * 1024
 MIN_PART_BYTES = 5 * MIB  # S3's minimum for every part but the last
@@ -345,7 +345,7 @@ class BackupStore(S3Endpoint):
     access_key_id_env: str = ""
     secret_access_key_env: str = ""
     key_source: dict[str, str] = {}  # the secrets source's config (engine.secrets.secret_source_config): no value
-    # Whose manifests are believed (backups/signing.py): prodg.yaml's backups.signers (name → key), and the host's
+    # Whose manifests are believed (backups/format/signing.py): prodg.yaml's backups.signers (name → key), and the host's
     # own key, derived from its age identity file (PRODG_BACKUP_IDENTITY), which also signs what this host writes.
     signers: dict[str, str] = {}
     identity_file: str = ""
@@ -720,3 +720,14 @@ class S3Source(S3Endpoint):
         """Upload what the file-like `reader` reads as s3://bucket/key (multipart above 8 MiB, by boto3)."""
         self._call(f"writing s3://{bucket}/{key}", self.client.upload_fileobj, Fileobj=reader, Bucket=bucket,
                    Key=key)
+
+
+def minio_endpoint(docker, spec) -> str:
+    """Where the MinIO service's S3 port (9000) answers from here, read from the Engine: its publication (an
+    Engine-picked port read back), or its address on the probe network when prodg runs in a container (a run
+    container's 127.0.0.1 is its own); "" when it cannot be found (the configured address is used)."""
+    where = docker.endpoint(spec, 9000) if spec is not None else None
+    if not where:
+        return ""
+    host, port = where
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -3,21 +3,23 @@ bytes, sha256 of the stored bytes and ETag; the encryption recipients' fingerpri
 (`captured_at`, and `captured_late` when a past day was captured afterwards); the commit deployed on the host; the
 source container, image and image digest; each object's S3 version id (a version written over it later is never
 read). Written last, as `<prefix><day>/manifest.json`, so its presence marks the partition complete. Plain JSON (it
-holds no data), signed by the host (backups/signing.py; the signature and its signer in the object's user metadata,
+holds no data), signed by the host (backups/format/signing.py; the signature and its signer in the object's user metadata,
 so one GET reads both): every reader goes through `read_manifest`/`open_manifest`, which refuse a manifest no trusted
 signer signed — a day planted by whoever can write to the bucket is never restored, drilled or counted."""
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
-from ..agekeys import AgeError
+from ...agekeys import AgeError
+from ..format.signing import ManifestSigner, SigningError, TrustedSigners, host_signer
+from .client import BackupStore, ObjectLock, StoreError, UploadResult
 from .keys import manifest_key
-from .signing import ManifestSigner, SigningError, TrustedSigners, host_signer
-from .store import BackupStore, ObjectLock, StoreError, UploadResult
 
 FORMAT = 3  # 3: signed, objects with their version ids; 2 (unsigned) is refused as untrusted
 SIGNATURE_META = "prodg-signature"  # user metadata of the manifest object: the base64 Ed25519 signature
@@ -154,3 +156,39 @@ def read_manifest(store: BackupStore, prefix: str, day: str) -> Optional[Manifes
             return None
         raise
     return open_manifest(key, raw, metadata, trusted_signers(store))
+
+
+MANIFEST_READERS = 8  # manifests fetched at once
+
+
+@dataclass(frozen=True)
+class ManifestRead:
+    """One manifest as read from the store: believed (signed by a trusted signer), or why not."""
+
+    manifest: Optional[Manifest]
+    sha256: str
+    error: str = ""
+    untrusted: bool = False  # no trusted signer signed it
+
+
+def read_one(store: BackupStore, key: str, trust: TrustedSigners) -> ManifestRead:
+    try:
+        raw, metadata = store.read_with_metadata(key)
+    except StoreError as exc:
+        return ManifestRead(None, "", f"{key} cannot be read: {exc}")
+    sha = hashlib.sha256(raw).hexdigest()
+    try:
+        return ManifestRead(open_manifest(key, raw, metadata, trust), sha)
+    except ManifestError as exc:
+        return ManifestRead(None, sha, str(exc), isinstance(exc, UntrustedManifest))
+
+
+def read_manifests(store: BackupStore, keys: Iterable[str]) -> dict[str, ManifestRead]:
+    """Each manifest of `keys` with one GET, as `read_manifest` believes it (signed by a trusted signer) — or why
+    not. Raises ManifestError only when the trusted signers themselves cannot be read."""
+    keys = list(keys)
+    if not keys:
+        return {}
+    trust = trusted_signers(store)
+    with ThreadPoolExecutor(max_workers=min(MANIFEST_READERS, len(keys))) as pool:
+        return dict(zip(keys, pool.map(lambda k: read_one(store, k, trust), keys)))

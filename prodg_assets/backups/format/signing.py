@@ -18,8 +18,8 @@ import binascii
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
-from ..agekeys import AgeError, Identity, read_identities
-from ..signkeys import SigningError, parse_signer, signer_text
+from ...agekeys import AgeError, Identity, read_identities
+from ...signkeys import SigningError, parse_signer, signer_text
 
 __all__ = ["ManifestSigner", "SigningError", "TrustedSigners", "host_signer", "parse_signer", "signer_text"]
 

@@ -19,9 +19,10 @@ import datetime
 from dataclasses import dataclass
 from typing import Iterable, Optional, Protocol
 
-from ..settings import BackupTarget
+from ...settings import BackupTarget
+from .client import BackupStore, StoreError
 from .keys import CONTENT_FOLDER, MANIFEST_NAME, key_date
-from .store import BackupStore, StoreError
+
 
 class Listed(Protocol):
     key: str
@@ -135,7 +136,7 @@ CONTENT_GRACE = datetime.timedelta(days=1)  # a backup in progress has stored co
 def prune_content(store: BackupStore, prefix: str, log, grace: datetime.timedelta = CONTENT_GRACE) -> int:
     """Delete stored content (`<prefix>objects/`) that no kept day's manifest names, once older than `grace`.
     Nothing is deleted when a manifest cannot be read (what it names is unknown). Logged, never raised."""
-    from .audit import read_manifests
+    from .manifest import read_manifests
 
     try:
         listed = list(store.list(prefix))

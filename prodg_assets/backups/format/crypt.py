@@ -21,7 +21,7 @@ from typing import Iterable, Iterator, Sequence
 
 import dagster as dg
 
-from ..agekeys import AgeError, Identity, Recipient, public_bytes, read_identities, x25519
+from ...agekeys import AgeError, Identity, Recipient, public_bytes, read_identities, x25519
 
 INTRO = b"age-encryption.org/v1"
 CHUNK = 64 * 1024

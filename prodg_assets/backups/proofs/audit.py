@@ -7,7 +7,7 @@ Evidence, so that a year of partitions costs listings plus at most one small GET
   manifest is incomplete or missing; an object missing from the listing, or listed with another size or ETag, was
   deleted or rewritten after the backup (an ETag is an MD5 of the bytes, or of the part MD5s).
 - The materialisation recorded the manifest's own sha256: a manifest rewritten after the backup is caught too.
-- A manifest no trusted signer signed (backups/signing.py; the signature comes with the same GET) is a planted or
+- A manifest no trusted signer signed (backups/format/signing.py; the signature comes with the same GET) is a planted or
   unsigned day: UNTRUSTED, never counted as a backup.
 - Freshness is the newest manifest's `captured_at`, never the store's LastModified (an overwrite of an old day's
   object would otherwise count as the newest backup).
@@ -18,16 +18,18 @@ and compares its sha256 with the manifest's.
 from __future__ import annotations
 
 import datetime
-import hashlib
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
-from .keys import MANIFEST_NAME, key_date, manifest_key
-from .manifest import Manifest, ManifestError, UntrustedManifest, open_manifest, trusted_signers
-from .signing import TrustedSigners
-from .store import BackupStore, StoredObject, StoreError
+from ..store.client import BackupStore, StoredObject
+from ..store.keys import MANIFEST_NAME, key_date, manifest_key
+from ..store.manifest import (
+    ManifestRead,
+    read_manifests,
+    read_one,
+    trusted_signers,
+)
 
 OK = "ok"
 LATE = "captured_late"  # complete, captured after its day was over (a forced backfill): reported, not a failure
@@ -42,7 +44,6 @@ UNTRUSTED = "untrusted"  # the manifest is not signed by a trusted signer: a pla
 UNRECORDED = "unrecorded"  # complete in the store, but no materialisation recorded it (reported, not a failure)
 EXPIRED = "expired"  # older than the retention window and gone, as it should be
 NOT_PROBLEMS = (OK, LATE, UNRECORDED, EXPIRED)
-MANIFEST_READERS = 8  # manifests fetched at once
 
 
 @dataclass(frozen=True)
@@ -100,38 +101,7 @@ def days(start: datetime.date, end: datetime.date) -> list[datetime.date]:
     return [start + datetime.timedelta(days=i) for i in range((end - start).days + 1)]
 
 
-@dataclass(frozen=True)
-class _Read:
-    manifest: Optional[Manifest]
-    sha256: str
-    error: str = ""
-    untrusted: bool = False  # no trusted signer signed it
-
-
-def _read(store: BackupStore, key: str, trust: TrustedSigners) -> _Read:
-    try:
-        raw, metadata = store.read_with_metadata(key)
-    except StoreError as exc:
-        return _Read(None, "", f"{key} cannot be read: {exc}")
-    sha = hashlib.sha256(raw).hexdigest()
-    try:
-        return _Read(open_manifest(key, raw, metadata, trust), sha)
-    except ManifestError as exc:
-        return _Read(None, sha, str(exc), isinstance(exc, UntrustedManifest))
-
-
-def read_manifests(store: BackupStore, keys: Iterable[str]) -> dict[str, _Read]:
-    """Each manifest of `keys` with one GET, as `read_manifest` believes it (signed by a trusted signer) — or why
-    not. Raises ManifestError only when the trusted signers themselves cannot be read."""
-    keys = list(keys)
-    if not keys:
-        return {}
-    trust = trusted_signers(store)
-    with ThreadPoolExecutor(max_workers=min(MANIFEST_READERS, len(keys))) as pool:
-        return dict(zip(keys, pool.map(lambda k: _read(store, k, trust), keys)))
-
-
-def verdict(day: str, read: _Read, listed: Mapping[str, StoredObject], rec: Optional[Recorded],
+def verdict(day: str, read: ManifestRead, listed: Mapping[str, StoredObject], rec: Optional[Recorded],
             recorded_given: bool, store: BackupStore) -> Finding:
     """One complete-looking day: its manifest as recorded, and every object it names listed as uploaded. A store
     whose listing carries no ETags (s3s-fs) is asked for the ETag of each such object (a HEAD), so that a rewrite of
@@ -261,7 +231,7 @@ def check_partition(store: BackupStore, prefix: str, day: str, rec: Optional[Rec
         status = INCOMPLETE if listed else MISSING
         return Finding(day, status, f"no {key} in the store" + (f" ({len(listed)} objects without it)"
                                                                  if listed else ""))
-    read = _read(store, key, trusted_signers(store))
+    read = read_one(store, key, trusted_signers(store))
     if read.manifest is not None:
         # objects stored outside the day's folder (MinIO's, stored once by content): asked one by one
         for e in read.manifest.objects:

@@ -10,21 +10,22 @@ from typing import Iterator
 
 import dagster as dg
 
-from ..contract import BACKUP_GROUP, TARGET_TAG, service_pool
-from ..desired import DesiredState
-from ..desired.interpolate import env_value
-from ..engine.client import DockerEngine
-from ..engine.exec import ProducerFailed
-from ..engine.facts import DataSource
-from ..engine.secrets import SecretSource, parse_env_file
-from ..gitops.repo import ConfigRepo
-from ..settings import BackupSettings, BackupTarget
-from .assets import Produced, partition_manifest, run_partition, running_source, scrubber, service_assets
-from .capture import Capture
-from .keys import archive_key
-from .store import BackupStore
-from .stream import stream_backup
-from .volumes import TarHashes, archive_chunks, redis_snapshot, sqlite_folder_chunks
+from ...contract import BACKUP_GROUP, TARGET_TAG, service_pool
+from ...desired import DesiredState
+from ...desired.interpolate import env_value
+from ...engine.client import DockerEngine
+from ...engine.exec import ProducerFailed
+from ...engine.facts import DataSource
+from ...engine.secrets import SecretSource, parse_env_file
+from ...gitops.repo import ConfigRepo
+from ...settings import BackupSettings, BackupTarget
+from ..capture.policy import Capture
+from ..capture.volumes import TarHashes, archive_chunks, redis_snapshot, sqlite_folder_chunks
+from ..store.client import BackupStore
+from ..store.keys import archive_key
+from ..store.stream import stream_backup
+from .recipe import Produced, partition_manifest, run_partition, running_source, scrubber
+from .targets import service_assets
 
 CAPTURED_BY = {"redis_bgsave": "BGSAVE, then the finished RDB file", "sqlite": "SQLite's online backup API (helper)",
                "files": "the Engine's archive of the folder"}

@@ -20,11 +20,11 @@ import subprocess
 from dataclasses import dataclass
 from typing import Sequence
 
-from .crypt import Identity
-from .manifest import Manifest
-from .postgres import RestoreFailed, RestoreRefused
-from .restore import plaintext, verify_object
-from .store import BackupStore
+from ..format.crypt import Identity
+from ..store.client import BackupStore
+from ..store.download import RestoreFailed, plaintext, verify_object
+from ..store.manifest import Manifest
+from .postgres import RestoreRefused
 from .untar import KEPT_MODE_BITS, SymlinkOnPath, extract_tar, open_directory
 
 

@@ -7,11 +7,11 @@ import warnings
 
 import dagster as dg
 
-from ..contract import FRESH, NO_MISSING_DAYS, OBJECT_INTACT
-from ..settings import BackupSettings, BackupTarget
-from .audit import NOT_PROBLEMS, audit_target, check_partition
+from ...contract import FRESH, NO_MISSING_DAYS, OBJECT_INTACT
+from ...settings import BackupSettings, BackupTarget
+from ..proofs.audit import NOT_PROBLEMS, audit_target, check_partition
+from ..store.client import BackupStore
 from .records import recorded_metadata, to_recorded
-from .store import BackupStore
 
 
 def build_object_check(asset: str, target: BackupTarget, partitions: dg.PartitionsDefinition) \

@@ -7,7 +7,7 @@ import datetime
 import re
 from typing import Optional
 
-from .codec import COMPRESSIONS
+from ..format.codec import COMPRESSIONS
 
 MANIFEST_NAME = "manifest.json"
 CONTENT_FOLDER = "objects/"  # under the MinIO target's prefix: objects stored once by content, referenced by days

@@ -7,8 +7,8 @@ from typing import Mapping, Optional
 
 import dagster as dg
 
-from ..contract import META_MANIFEST_KEY, META_MANIFEST_SHA256
-from .audit import Recorded
+from ...contract import META_MANIFEST_KEY, META_MANIFEST_SHA256
+from ..proofs.audit import Recorded
 
 
 def recorded_value(metadata: Mapping, key: str, default=None):

@@ -10,13 +10,13 @@ from typing import Iterable, Optional
 
 import dagster as dg
 
-from ..agekeys import Recipient
-from ..contract import CAPTURE_LATE_TAG, COMMIT_TAG, META_COMMIT
-from ..gitops.repo import ConfigRepo, commit_id
-from ..gitops.run import run_commit
-from ..settings import BackupSettings, BackupTarget
-from .manifest import Manifest, read_manifest
-from .store import BackupStore, ObjectLock
+from ...agekeys import Recipient
+from ...contract import CAPTURE_LATE_TAG, COMMIT_TAG, META_COMMIT
+from ...gitops.repo import ConfigRepo, commit_id
+from ...gitops.run import run_commit
+from ...settings import BackupSettings, BackupTarget
+from ..store.client import BackupStore, ObjectLock
+from ..store.manifest import Manifest, read_manifest
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from .postgres import RestoreFailed
-from .stream import ChunkReader
+from ..store.download import RestoreFailed
+from ..store.stream import ChunkReader
 
 KEPT_MODE_BITS = 0o755  # owner's bits, group/other read and execute: no group/other write, no setuid/setgid/sticky
 MAX_LINK_HOPS = 40  # the kernel's own limit on symlinks followed in one lookup (ELOOP)

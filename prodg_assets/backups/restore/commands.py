@@ -21,18 +21,17 @@ import os
 import secrets as pysecrets
 from typing import Callable
 
-from ..agekeys import AgeError, read_identities
-from ..contract import LABEL_SCRATCH
-from ..desired import DesiredState
-from ..settings import BackupTarget
-from .audit import read_manifests
-from .keys import MANIFEST_NAME, key_date
-from .manifest import Manifest, ManifestError, read_manifest
-from .mirror import minio_endpoint
-from .postgres import RestoreFailed, RestoreRefused, wait_ready
-from .restore import restore_minio, restore_postgres
-from .restore_files import RestoredFiles, compare_with_commit, redis_aof_from_rdb, restore_file, restore_folder
-from .store import BackupStore, StoreError
+from ...agekeys import AgeError, read_identities
+from ...contract import LABEL_SCRATCH
+from ...desired import DesiredState
+from ...settings import BackupTarget
+from ..store.client import BackupStore, StoreError, minio_endpoint
+from ..store.download import RestoreFailed
+from ..store.keys import MANIFEST_NAME, key_date
+from ..store.manifest import Manifest, ManifestError, read_manifest, read_manifests
+from .files import RestoredFiles, compare_with_commit, redis_aof_from_rdb, restore_file, restore_folder
+from .minio import restore_minio
+from .postgres import RestoreRefused, restore_postgres, wait_ready
 
 
 class RestoreUsage(Exception):
