@@ -116,7 +116,7 @@ def main() -> None:
     from prodg_assets.desired import DirTree, load_desired_state
     from prodg_assets.engine.client import DockerEngine
     from prodg_assets.engine.exec import exec_run
-    from prodg_assets.engine.secrets import SecretSource
+    from prodg_assets.secret_source import SecretSource
     from prodg_assets.gitops.repo import ConfigRepo
     from tests.conftest import age_keygen, init_repo
 

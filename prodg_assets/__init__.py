@@ -17,15 +17,15 @@ from .backups.format.crypt import BackupIdentity
 from .contract import BACKUP_GROUP
 from .desired import ConfigInvalid, DesiredState, DirTree, load_desired_state
 from .engine.client import DockerEngine
-from .engine.secrets import SecretSource, secret_source_config
 from .gitops.reload import graph_fingerprint
 from .gitops.repo import ConfigRepo, GitError, GitTree, git
 from .gitops.sensor import LoadedGraph, build_git_sensor
 from .layers.definitions import layer_definitions, watched_checks
 from .layers.dns import CloudflareDns
 from .layers.host import HostShell
-from .layers.service_checks import TlsSettings
+from .layers.service_checks import TlsProbe
 from .layers.tailnet import HeadscaleApi
+from .secret_source import SecretSource, secret_source_config
 from .settings import EnvSettings, HeadscaleSettings
 from .watch.definitions import watch_definitions
 from .watch.notifications import TelegramNotifier
@@ -48,7 +48,7 @@ def build_resources(state: DesiredState, env: EnvSettings, environ: Mapping[str,
         "repo": config_repo(env),
         "secrets": SecretSource(**secret_source_config(s.secrets)),
         "host": HostShell(root=env.host_root),
-        "tls": TlsSettings(ca_file=env.tls_ca_file, connect_host=host, connect_port=port),
+        "tls": TlsProbe(ca_file=env.tls_ca_file, connect_host=host, connect_port=port),
         "cloudflare": CloudflareDns(api_base_url=s.dns.api_base_url, token_secret=s.dns.api_token_secret),
         "headscale": HeadscaleApi(api_base_url=headscale.api_base_url, api_key_secret=headscale.api_key_secret),
         "telegram": TelegramNotifier(api_base_url=telegram.api_base_url, chat_id=telegram.chat_id,

@@ -278,7 +278,7 @@ def cmd_grafana_alerts(args: argparse.Namespace) -> int:
 def cmd_secrets_migrate(args: argparse.Namespace) -> int:
     """Move the env file's values of every required secret into Infisical (prodg.yaml secrets.infisical), read each
     back and compare it by hash; with --dry-run, only say what would be created, updated or left."""
-    from .engine.secrets import SecretSource, SecretSourceUnavailable, migrate
+    from .secret_source import SecretSource, SecretSourceUnavailable, migrate
 
     path = _config_path(args.path)
     state = load_desired_state(DirTree(path), os.environ)

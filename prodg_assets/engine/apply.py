@@ -25,18 +25,18 @@ from ..desired.interpolate import resolve_env
 from ..desired.model import DesiredState, NetworkSpec, ServiceSpec
 from ..lazy import docker_errors as errors
 from ..lazy import docker_sdk as sdk
-from .facts import Desired, desired_facts, file_env, live_containers, network_subnets
+from ..secret_source import redact
 from .data_folders import prepare_data_folders
+from .facts import Desired, desired_facts, file_env, live_containers, network_subnets
 from .failures import ApplyFailed, engine_unreachable
 from .images import image_digest, resolve_image
 from .plan import CREATE, UNCHANGED, plan_service
-from .secrets import redact
 
 if TYPE_CHECKING:
     import docker
 
 
-class DockerEngine(Protocol):
+class EngineAccess(Protocol):
     """What applying needs of the Engine resource (client.DockerEngine): its client, and how to word an Engine that
     does not answer."""
 
@@ -64,7 +64,7 @@ def _ns(seconds: float) -> int:
     return int(seconds * 1_000_000_000)
 
 
-def apply_service(engine: DockerEngine, state: DesiredState, service: str, secrets: Mapping[str, str], commit: str,
+def apply_service(engine: EngineAccess, state: DesiredState, service: str, secrets: Mapping[str, str], commit: str,
                   build_root: str | None = None, log: Callable[[str], None] = lambda _: None,
                   refresh: bool = False) -> ApplyResult:
     """Bring one service to its desired state. A recreate keeps the previous container (stopped and renamed)
@@ -82,7 +82,7 @@ def apply_service(engine: DockerEngine, state: DesiredState, service: str, secre
         raise
 
 
-def _apply(engine: DockerEngine, state: DesiredState, service: str, secrets: Mapping[str, str], commit: str,
+def _apply(engine: EngineAccess, state: DesiredState, service: str, secrets: Mapping[str, str], commit: str,
            build_root: str | None, log: Callable[[str], None], refresh: bool = False) -> ApplyResult:
     spec = state.services[service]
     deploy = state.settings.deploy
@@ -149,7 +149,7 @@ def _apply(engine: DockerEngine, state: DesiredState, service: str, secrets: Map
     return ApplyResult(service, kind, new_id, image_id, image, action.markdown(), want_hash, digest)
 
 
-def _failure(engine: DockerEngine, exc: BaseException, secrets: Mapping[str, str], during: str) -> tuple[str, str]:
+def _failure(engine: EngineAccess, exc: BaseException, secrets: Mapping[str, str], during: str) -> tuple[str, str]:
     """(reason, last log lines) of a failed start: the apply's own, an unanswered Engine's (`during` says what was
     under way), or the exception's text with secret values redacted."""
     if isinstance(exc, ApplyFailed):
@@ -159,7 +159,7 @@ def _failure(engine: DockerEngine, exc: BaseException, secrets: Mapping[str, str
     return redact(str(exc), secrets), ""
 
 
-def _trial(engine: DockerEngine, spec: ServiceSpec, state: DesiredState, image: str, secrets: Mapping[str, str],
+def _trial(engine: EngineAccess, spec: ServiceSpec, state: DesiredState, image: str, secrets: Mapping[str, str],
            spec_hash: str, commit: str, timeout: float, log: Callable[[str], None]) -> None:
     name = f"{spec.container_name}-prodg-candidate"
     _remove_stray(engine, name)
@@ -184,7 +184,7 @@ def _trial(engine: DockerEngine, spec: ServiceSpec, state: DesiredState, image: 
                 raise
 
 
-def _recover_interrupted(engine: DockerEngine, spec: ServiceSpec, project: str, secrets: Mapping[str, str],
+def _recover_interrupted(engine: EngineAccess, spec: ServiceSpec, project: str, secrets: Mapping[str, str],
                          health_timeout: float, log: Callable[[str], None]) -> None:
     """Finish what an interrupted apply (Engine gone, prodg killed) left behind, before planning: a stray trial
     container is removed; a kept previous container is removed when the service's current container is
@@ -229,7 +229,7 @@ def _recover_interrupted(engine: DockerEngine, spec: ServiceSpec, project: str, 
         c.remove(force=True)
 
 
-def _restore(engine: DockerEngine, previous, spec: ServiceSpec, health_timeout_s: float) -> None:
+def _restore(engine: EngineAccess, previous, spec: ServiceSpec, health_timeout_s: float) -> None:
     previous.rename(spec.container_name)
     engine.client.api.update_container(previous.id, restart_policy=_restart_policy(spec.restart))
     previous.start()
@@ -239,14 +239,14 @@ def _restore(engine: DockerEngine, previous, spec: ServiceSpec, health_timeout_s
         pass  # it was what ran before; the failure being reported is the new container's
 
 
-def _remove_stray(engine: DockerEngine, name: str) -> None:
+def _remove_stray(engine: EngineAccess, name: str) -> None:
     try:
         engine.client.api.remove_container(name, force=True)
     except errors.NotFound:
         pass
 
 
-def _create(engine: DockerEngine, spec: ServiceSpec, state: DesiredState, image: str, secrets: Mapping[str, str],
+def _create(engine: EngineAccess, spec: ServiceSpec, state: DesiredState, image: str, secrets: Mapping[str, str],
             spec_hash: str, commit: str, name: str | None = None, trial: bool = False, digest: str = "") -> str:
     """Create (not start) the service's container. A `trial` container publishes no ports and takes no network
     alias, so nothing is routed to it while it proves itself healthy."""
@@ -297,7 +297,7 @@ def _create(engine: DockerEngine, spec: ServiceSpec, state: DesiredState, image:
     return cid
 
 
-def _wait_healthy(engine: DockerEngine, spec: ServiceSpec, cid: str, timeout: float, secrets: Mapping[str, str]) -> None:
+def _wait_healthy(engine: EngineAccess, spec: ServiceSpec, cid: str, timeout: float, secrets: Mapping[str, str]) -> None:
     """Until the healthcheck says healthy (or, without one, until the container has kept running for a few
     seconds). Exits, restarts, `unhealthy` and the timeout fail."""
     deadline = time.monotonic() + timeout
@@ -321,7 +321,7 @@ def _wait_healthy(engine: DockerEngine, spec: ServiceSpec, cid: str, timeout: fl
         time.sleep(0.25)
 
 
-def _tail(engine: DockerEngine, cid: str, secrets: Mapping[str, str], lines: int = 20) -> str:
+def _tail(engine: EngineAccess, cid: str, secrets: Mapping[str, str], lines: int = 20) -> str:
     try:
         text = engine.client.api.logs(cid, tail=lines).decode("utf-8", "replace")
     except (errors.NotFound, errors.APIError):
@@ -329,7 +329,7 @@ def _tail(engine: DockerEngine, cid: str, secrets: Mapping[str, str], lines: int
     return redact(text, secrets)
 
 
-def remove_service(engine: DockerEngine, project: str, service: str) -> Optional[str]:
+def remove_service(engine: EngineAccess, project: str, service: str) -> Optional[str]:
     for c in engine.client.containers.list(all=True, filters={"label": [f"{LABEL_PROJECT}={project}",
                                                                        f"{LABEL_SERVICE}={service}"]}):
         c.remove(force=True)
@@ -337,7 +337,7 @@ def remove_service(engine: DockerEngine, project: str, service: str) -> Optional
     return None
 
 
-def ensure_network(engine: DockerEngine, net: NetworkSpec, project: str) -> tuple[str, str]:
+def ensure_network(engine: EngineAccess, net: NetworkSpec, project: str) -> tuple[str, str]:
     """(action, network id): create the network with its declared subnet, or confirm it."""
     found = engine.client.networks.list(names=[net.name])
     match = [n for n in found if n.name == net.name]

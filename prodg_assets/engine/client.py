@@ -151,12 +151,14 @@ class DockerEngine(dg.ConfigurableResource):
                 out[name] = tuple(sorted({n for group in names for n in group}))
         return out
 
-    def plan_service(self, state: DesiredState, secrets: Mapping[str, str], commit: str, service: str) -> Action:
-        """Desired vs live for one service: its container alone is inspected, its registry alone asked."""
+    def plan_service(self, state: DesiredState, secrets: Mapping[str, str], commit: str,
+                     service: str) -> tuple[Desired, Action]:
+        """Desired vs live for one service, and the desired side it was planned from (computed once): its container
+        alone is inspected, its registry alone asked."""
 
         desired = self.desired(state, secrets, commit, [service])[service]
         live = self.live(state.project, facts.declared_env(state), service=service).get(service)
-        return plan_service(desired, live)
+        return desired, plan_service(desired, live)
 
     # -- changes (apply) -------------------------------------------------------------------------------------------
     def apply_service(self, state: DesiredState, service: str, secrets: Mapping[str, str], commit: str,

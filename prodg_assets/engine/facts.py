@@ -16,8 +16,8 @@ from ..contract import LABEL_COMMIT, LABEL_IMAGE_DIGEST, LABEL_PROJECT, LABEL_SE
 from ..desired.interpolate import resolve_env
 from ..desired.model import DesiredState, ServiceSpec, sha256_hex
 from ..lazy import docker_errors as errors
+from ..secret_source import parse_env_file
 from .failures import ApplyFailed
-from .secrets import parse_env_file
 
 if TYPE_CHECKING:
     import docker

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Optional, Sequenc
 
 from ..contract import LABEL_HELPER
 from ..lazy import docker_errors
-from .exec import READ_BYTES, ProducerFailed, exec_run, read_ahead
+from ..streams import ProducerFailed, read_ahead
+from .exec import READ_BYTES, exec_run
 
 if TYPE_CHECKING:
     import docker

@@ -19,8 +19,8 @@ from typing import Iterator, Mapping
 import dagster as dg
 
 from ..desired import DesiredState, DirTree, ServiceSpec, content_tree, load_desired_state
-from ..engine.exec import ProducerFailed, TailBuffer
-from ..engine.secrets import redact
+from ..secret_source import redact
+from ..streams import ProducerFailed, TailBuffer
 
 MIB = 1024 * 1024
 

@@ -5,9 +5,9 @@ from typing import Optional
 import dagster as dg
 
 from ..contract import DNS_ASSET, DNS_CHECK, HOST_ASSET
-from ..engine.secrets import SecretSource
 from ..gitops.repo import ConfigRepo
 from ..gitops.run import state_for_run
+from ..secret_source import SecretSource
 from ..settings import DnsRecord
 
 

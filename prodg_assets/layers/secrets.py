@@ -6,9 +6,9 @@ import dagster as dg
 
 from ..contract import SECRETS_ASSET, SECRETS_CHECK
 from ..desired import DirTree, sha256_hex
-from ..engine.secrets import SecretSource, SecretSourceUnavailable
 from ..gitops.repo import ConfigRepo
 from ..gitops.run import state_for_run
+from ..secret_source import SecretSource, SecretSourceUnavailable
 from ..settings import secret_format_problem
 
 

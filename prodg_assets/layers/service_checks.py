@@ -13,9 +13,9 @@ from ..desired import DesiredState, ServiceSpec
 from ..desired.interpolate import resolve_env
 from ..engine.client import DockerEngine
 from ..engine.locks import service_lock
-from ..engine.secrets import SecretSource
 from ..gitops.repo import ConfigRepo
 from ..gitops.run import state_for_run
+from ..secret_source import SecretSource
 from . import probes
 
 # service name → (check name, container port, probe(spec env, (host, port), state, repo, commit) → problems)
@@ -107,7 +107,7 @@ def build_service_check(spec: ServiceSpec) -> dg.AssetChecksDefinition:
     return _check
 
 
-class TlsSettings(dg.ConfigurableResource):
+class TlsProbe(dg.ConfigurableResource):
     """How certificates are verified: `ca_file` is a PEM bundle to trust (empty: the system's), and `connect` maps
     domains to the address to handshake with (empty: Caddy's published 443)."""
 
@@ -116,7 +116,7 @@ class TlsSettings(dg.ConfigurableResource):
     connect_port: int = 0
 
 
-def _tls_report(docker: DockerEngine, tls: TlsSettings, state: DesiredState) -> tuple[list[str], list[dict]]:
+def _tls_report(docker: DockerEngine, tls: TlsProbe, state: DesiredState) -> tuple[list[str], list[dict]]:
     caddy = next((s for s in state.services.values() if s.layer == "tls"), None)
     domains = sorted({d for s in state.services.values() for d in s.public_domains})
     addr = (tls.connect_host, tls.connect_port) if tls.connect_host else (docker.endpoint(caddy, 443) if caddy
@@ -137,7 +137,7 @@ def build_tls_asset(state: DesiredState) -> tuple[dg.AssetsDefinition, dg.AssetC
 
     @dg.asset(name=TLS_ASSET, group_name="tls", deps=caddy, kinds={"tls"})
     def tls_certificates(context: dg.AssetExecutionContext, docker: DockerEngine, repo: ConfigRepo,
-                         tls: TlsSettings) -> dg.MaterializeResult:
+                         tls: TlsProbe) -> dg.MaterializeResult:
         """The certificate each public domain serves (issued and renewed by Caddy via ACME), read over a real TLS
         handshake with Caddy: issuer, expiry, days left."""
         current, commit = state_for_run(context, repo)
@@ -148,7 +148,7 @@ def build_tls_asset(state: DesiredState) -> tuple[dg.AssetsDefinition, dg.AssetC
 
     @dg.asset_check(asset=TLS_ASSET, name=TLS_CHECK, blocking=False)
     def certificates_valid(context: dg.AssetCheckExecutionContext, docker: DockerEngine, repo: ConfigRepo,
-                           tls: TlsSettings) -> dg.AssetCheckResult:
+                           tls: TlsProbe) -> dg.AssetCheckResult:
         """Each public domain serves a certificate valid for it that does not expire within
         tls.expiry_warning_days."""
         current, _ = state_for_run(context, repo)

@@ -21,9 +21,9 @@ from ..engine.client import DockerEngine
 from ..engine.failures import ApplyFailed
 from ..engine.locks import service_lock
 from ..engine.plan import UNCHANGED
-from ..engine.secrets import SecretSource, SecretSourceUnavailable, redact
 from ..gitops.repo import ConfigRepo
 from ..gitops.run import forced, state_for_run
+from ..secret_source import SecretSource, SecretSourceUnavailable, redact
 from .host import exposure_result
 
 
@@ -90,8 +90,7 @@ def build_service_asset(state: DesiredState, spec: ServiceSpec) -> dg.AssetsDefi
         if missing:
             raise dg.Failure(f"{spec.name}: secrets {', '.join(missing)} are missing from the secrets source")
         if config.dry_run:
-            action = docker.plan_service(current, values, commit, spec.name)
-            desired = docker.desired(current, values, commit, [spec.name])[spec.name]
+            desired, action = docker.plan_service(current, values, commit, spec.name)
             return dg.MaterializeResult(metadata={
                 "commit": commit, "dry_run": True, "action": f"planned:{action.kind}",
                 "spec_hash": desired.spec_hash,
@@ -152,7 +151,7 @@ def build_in_sync_check(spec: ServiceSpec) -> dg.AssetChecksDefinition:
             newer = newer_live_commit(context, docker, repo, current, spec, commit)
             if newer:  # this run was superseded: what must match is the newer commit that is live
                 current, commit = repo.desired_state(newer), newer
-            action = docker.plan_service(current, secrets.values(), commit, spec.name)
+            _, action = docker.plan_service(current, secrets.values(), commit, spec.name)
         return dg.AssetCheckResult(passed=action.kind == UNCHANGED, metadata={
             "action_needed": action.kind,
             "drift": dg.MetadataValue.md(action.markdown()),

@@ -9,9 +9,9 @@ import dagster as dg
 from ..contract import TAILNET_ASSET, TAILNET_POLICY_CHECK
 from ..desired import DesiredState
 from ..desired.tailnet import failing_tests, policy, policy_text, standard
-from ..engine.secrets import SecretSource
 from ..gitops.repo import ConfigRepo
 from ..gitops.run import state_for_run
+from ..secret_source import SecretSource
 
 
 class HeadscaleApi(dg.ConfigurableResource):

@@ -17,7 +17,7 @@ import dagster as dg
 
 from ..contract import BACKUP_KIND, BACKUP_MISSED, BACKUP_MISSED_SENSOR, KIND_TAG, PARTITION_TAG
 from ..desired import DesiredState
-from ..engine.secrets import SecretSource
+from ..secret_source import SecretSource
 from .notifications import TelegramNotifier
 
 LOOK_BACK_DAYS = 7  # after a longer outage, the last week's days are told (older ones are the audit's)

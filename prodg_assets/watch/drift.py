@@ -25,8 +25,8 @@ from ..contract import (
 )
 from ..desired import ConfigInvalid, DesiredState, sha256_hex
 from ..engine.client import DockerEngine
-from ..engine.secrets import SecretSource, SecretSourceUnavailable
 from ..gitops.repo import ConfigRepo
+from ..secret_source import SecretSource, SecretSourceUnavailable
 
 ROTATION_POLL_S = 900
 

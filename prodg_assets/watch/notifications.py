@@ -15,20 +15,20 @@ from ..contract import (
     BACKUP_KIND,
     BACKUP_SUCCESS,
     BACKUP_SUCCESS_NOTIFIER,
+    CHECK,
+    CHECK_NOTIFIER,
+    CHECKS_KIND,
     COMMIT_TAG,
     DEPLOY_FAILURE,
     DEPLOY_FAILURE_NOTIFIER,
     DRIFT_KIND,
     DRILL_KIND,
     DRILL_NOTIFIER,
-    CHECK,
-    CHECK_NOTIFIER,
-    CHECKS_KIND,
     KIND_TAG,
     PARTITION_TAG,
     RESTORED,
 )
-from ..engine.secrets import SecretSource, redact
+from ..secret_source import SecretSource, redact
 from ..settings import TelegramSettings, WatchSettings
 from .told import Evaluation, Policy, since_text, tell
 

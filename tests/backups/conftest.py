@@ -25,8 +25,8 @@ from prodg_assets.contract import LABEL_HELPER, RESTORED
 from prodg_assets.desired import DirTree, load_desired_state
 from prodg_assets.engine.client import DockerEngine
 from prodg_assets.engine.exec import exec_run
-from prodg_assets.engine.secrets import SecretSource
 from prodg_assets.gitops.repo import ConfigRepo
+from prodg_assets.secret_source import SecretSource
 from tests.conftest import ROOT, age_keygen, init_repo
 from tests.standins.moto import MotoServer
 

@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 
 from prodg_assets.backups.store.client import BackupStore
-from prodg_assets.engine.secrets import SecretSource
+from prodg_assets.secret_source import SecretSource
 from prodg_assets.watch.notifications import TelegramNotifier, backup_failure_notifier, backup_success_notifier
 from tests.backups.conftest import SECRETS, STORE_KEY_ID, STORE_SECRET
 from tests.standins.telegram import TelegramStandIn

@@ -17,17 +17,10 @@ from prodg_assets.backups.capture.postgres import pg_dumpall_chunks
 from prodg_assets.backups.format.codec import ByteCount, compress, compression_of, decompress
 from prodg_assets.backups.store.keys import config_key, manifest_key, postgres_key
 from prodg_assets.backups.store.stream import stream_backup
-from prodg_assets.engine.exec import (
-    READ_BYTES,
-    REBLOCK,
-    ContainerExec,
-    ProducerFailed,
-    exec_chunks,
-    exec_run,
-    reblocked,
-)
+from prodg_assets.engine.exec import READ_BYTES, REBLOCK, ContainerExec, exec_chunks, exec_run, reblocked
 from prodg_assets.engine.helper import HELPER_FOLDER, helper_chunks
 from prodg_assets.gitops.repo import git_archive_chunks
+from prodg_assets.streams import ProducerFailed
 from tests.backups.conftest import NAME, SECRETS
 
 MIB = 1024 * 1024

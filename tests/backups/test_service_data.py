@@ -22,8 +22,8 @@ from prodg_assets.backups.restore.files import file_sha256
 from prodg_assets.contract import DRILL_KIND, KIND_TAG, RESTORED
 from prodg_assets.desired import DirTree, load_desired_state
 from prodg_assets.engine.exec import exec_run
-from prodg_assets.engine.secrets import SecretSource
 from prodg_assets.gitops.repo import ConfigRepo
+from prodg_assets.secret_source import SecretSource
 from prodg_assets.watch.notifications import TelegramNotifier, restore_drill_notifier
 from tests.backups.conftest import BUCKET, START, STORE_KEY_ID, STORE_SECRET, BackupBed, secrets_and_keys
 from tests.conftest import PRODG_CLI, ROOT, init_repo

@@ -13,9 +13,9 @@ import sys
 import uuid
 
 import dagster as dg
-import docker
 import pytest
 
+import docker
 from prodg_assets.contract import COMMIT_TAG, IN_SYNC, KIND_TAG, LABEL_IMAGE_DIGEST, SELF_HEAL_KIND
 
 from ..conftest import make_testbed

@@ -8,8 +8,8 @@ check: the deploy stops before Caddy is touched."""
 from __future__ import annotations
 
 import base64
-import ssl
 import socket
+import ssl
 import subprocess
 
 import pytest

@@ -20,8 +20,8 @@ import pytest
 import zstandard
 
 from prodg_assets.engine.client import DockerEngine
-from prodg_assets.engine.secrets import parse_env_file
 from prodg_assets.gitops.repo import ConfigRepo
+from prodg_assets.secret_source import parse_env_file
 from tests.conftest import ROOT, make_testbed
 from tests.standins.moto import MotoServer
 

@@ -16,15 +16,14 @@ import subprocess
 import sys
 import uuid
 
+import dagster as dg
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-import dagster as dg
-
 from tests.conftest import TEST_SECRETS, make_testbed
-from tests.standins.telegram import TelegramStandIn
 from tests.dagster_dev import dagster_dev, free_port, stop
+from tests.standins.telegram import TelegramStandIn
 
 pytestmark = pytest.mark.docker
 TOKEN = "exporter-test-token"

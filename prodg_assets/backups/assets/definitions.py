@@ -23,7 +23,7 @@ from ...contract import (
 from ...desired import DesiredState
 from ...desired.interpolate import secret_reference
 from ...desired.loader import daily_at
-from ...engine.secrets import secret_source_config
+from ...secret_source import secret_source_config
 from ...settings import BackupSettings, BackupTarget, EnvSettings, store_settings
 from ..store.client import BackupStore, S3Source
 from .checks import build_object_check, build_window_checks

@@ -12,10 +12,10 @@ from ...contract import AUDIT_CLEAN, BACKUP_AUDIT, BACKUP_GROUP, POSTGRES_BACKUP
 from ...desired import DesiredState
 from ...desired.interpolate import env_value
 from ...engine.client import DockerEngine
-from ...engine.exec import ProducerFailed
 from ...engine.facts import container_source
-from ...engine.secrets import SecretSource
+from ...secret_source import SecretSource
 from ...settings import BackupSettings, BackupTarget
+from ...streams import ProducerFailed
 from ..capture.postgres import Census
 from ..format.crypt import AgeError, BackupIdentity
 from ..proofs.audit import LATE, OK, AuditTarget, audit_store, days

@@ -17,11 +17,11 @@ from ...contract import (
     META_MANIFEST_KEY,
     META_MANIFEST_SHA256,
 )
-from ...engine.exec import ProducerFailed
 from ...engine.facts import DataSource, container_source
-from ...engine.secrets import redact
 from ...gitops.repo import ConfigRepo
+from ...secret_source import redact
 from ...settings import BackupSettings, BackupTarget
+from ...streams import ProducerFailed
 from ..capture.policy import Capture, LateCapture, begin_capture, earlier_capture
 from ..format.signing import ManifestSigner, SigningError
 from ..store.client import BackupStore, StoreError, UploadResult

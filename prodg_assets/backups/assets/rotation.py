@@ -17,11 +17,11 @@ import dagster as dg
 from ...contract import DRILL_JOB, DRILL_KIND, DRILL_SCHEDULE, KIND_TAG, RESTORED
 from ...desired import DesiredState
 from ...engine.client import DockerEngine
-from ...engine.exec import ProducerFailed
 from ...engine.locks import LOCK_FOLDER
-from ...engine.secrets import SecretSource
 from ...gitops.repo import ConfigRepo
+from ...secret_source import SecretSource
 from ...settings import BackupSettings, BackupTarget
+from ...streams import ProducerFailed
 from ..format.crypt import AgeError, BackupIdentity
 from ..proofs.audit import days
 from ..proofs.verify import VERIFY, Verified

@@ -17,8 +17,8 @@ from ...desired import DesiredState
 from ...desired.interpolate import env_value
 from ...engine.client import DockerEngine
 from ...engine.facts import DataSource, container_source
-from ...engine.secrets import SecretSource
 from ...gitops.repo import ConfigRepo, git_archive_chunks
+from ...secret_source import SecretSource
 from ...settings import BackupSettings, BackupTarget
 from ..capture.mirror import COMPRESSION as MIRROR_COMPRESSION
 from ..capture.mirror import mirror_s3, stored_content

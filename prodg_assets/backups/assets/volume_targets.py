@@ -14,11 +14,11 @@ from ...contract import BACKUP_GROUP, TARGET_TAG, service_pool
 from ...desired import DesiredState
 from ...desired.interpolate import env_value
 from ...engine.client import DockerEngine
-from ...engine.exec import ProducerFailed
 from ...engine.facts import DataSource
-from ...engine.secrets import SecretSource, parse_env_file
 from ...gitops.repo import ConfigRepo
+from ...secret_source import SecretSource, parse_env_file
 from ...settings import BackupSettings, BackupTarget
+from ...streams import ProducerFailed
 from ..capture.policy import Capture
 from ..capture.volumes import TarHashes, archive_chunks, redis_snapshot, sqlite_folder_chunks
 from ..store.client import BackupStore

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Optional, Sequence
 
 from ...agekeys import Recipient
-from ...engine.exec import ProducerFailed
+from ...streams import ProducerFailed
 from ..format.crypt import encrypt
 from ..store.client import BackupStore, ObjectLock, S3Source
 from ..store.keys import MANIFEST_NAME, content_key, key_date

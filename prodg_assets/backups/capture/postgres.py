@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Mapping
 
-from ...engine.exec import ProducerFailed, exec_chunks, exec_run, reblocked
+from ...engine.exec import exec_chunks, exec_run, reblocked
 from ...engine.helper import MOUNT, helper_chunks
+from ...streams import ProducerFailed
 
 if TYPE_CHECKING:
     import docker

@@ -23,9 +23,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Iterator
 
-from ...engine.exec import ProducerFailed, exec_run
+from ...engine.exec import exec_run
 from ...engine.helper import MOUNT, helper_chunks
 from ...lazy import docker_errors
+from ...streams import ProducerFailed
 from ..store.stream import ChunkReader
 
 if TYPE_CHECKING:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 from ...contract import LABEL_SCRATCH
-from ...engine.exec import ProducerFailed
 from ...lazy import docker_errors
+from ...streams import ProducerFailed
 from ..capture.postgres import Census, census
 from ..format.crypt import Identity
 from ..restore.postgres import RestoreResult, restore_postgres, wait_ready

@@ -11,9 +11,9 @@ from typing import Sequence
 
 from ...desired.interpolate import env_value
 from ...engine.client import DockerEngine
-from ...engine.exec import ProducerFailed
 from ...engine.facts import container_source
-from ...engine.secrets import parse_env_file
+from ...secret_source import parse_env_file
+from ...streams import ProducerFailed
 from ..capture.postgres import Census
 from ..capture.volumes import redis_cli
 from ..restore.files import compare_with_commit, redis_aof_from_rdb, restore_file, restore_folder

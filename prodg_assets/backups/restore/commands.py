@@ -57,7 +57,9 @@ def day_manifest(store: BackupStore, target: BackupTarget, day: datetime.date) -
     return manifest
 
 
-def identities_for(manifest: Manifest, identity_file: str) -> list:
+def operator_identities(manifest: Manifest, identity_file: str) -> list:
+    """The identities an operator gave (--identity, PRODG_BACKUP_IDENTITY) to decrypt `manifest`; none needed for a
+    backup stored unencrypted."""
     identities = read_identities(identity_file) if manifest.encrypted and identity_file else []
     if manifest.encrypted and not identities:
         raise RestoreUsage("the backup is encrypted; give the identity file with --identity (or "
@@ -103,7 +105,7 @@ def restore(state: DesiredState, commit: str, resources: dict, name: str, day: d
     target = find_target(state, name)
     store = resources["backup_store"].process_config_and_initialize()  # resolves its EnvVar credentials
     manifest = day_manifest(store, target, day)
-    identities = identities_for(manifest, identity_file)
+    identities = operator_identities(manifest, identity_file)
     origin = f"captured {manifest.captured_at} at commit {manifest.commit[:12]}; sha256 verified" \
              f"{', decrypted' if manifest.encrypted else ''}"
     if target.method == "pg_dumpall":

@@ -23,8 +23,8 @@ from typing import Iterable, Iterator, Mapping, Optional
 import dagster as dg
 from pydantic import PrivateAttr
 
-from ...engine.secrets import SecretSource, SecretSourceUnavailable, redact
 from ...lazy import boto_errors
+from ...secret_source import SecretSource, SecretSourceUnavailable, redact
 
 MIB = 1024 * 1024
 MIN_PART_BYTES = 5 * MIB  # S3's minimum for every part but the last
@@ -344,7 +344,7 @@ class BackupStore(S3Endpoint):
     delete_batch: int = 1000  # keys per DeleteObjects call (1000 is S3's maximum)
     access_key_id_env: str = ""
     secret_access_key_env: str = ""
-    key_source: dict[str, str] = {}  # the secrets source's config (engine.secrets.secret_source_config): no value
+    key_source: dict[str, str] = {}  # the secrets source's config (secret_source.secret_source_config): no value
     # Whose manifests are believed (backups/format/signing.py): prodg.yaml's backups.signers (name → key), and the host's
     # own key, derived from its age identity file (PRODG_BACKUP_IDENTITY), which also signs what this host writes.
     signers: dict[str, str] = {}
