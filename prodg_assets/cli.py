@@ -102,8 +102,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    """Restore a target's backup of a day (backups/restore/commands.py says where each goes), or list what the store holds
-    (--list). The identity file is --identity, else PRODG_BACKUP_IDENTITY."""
+    """Restore a target's backup of a day (backups/restore/commands.py says where each goes), or list what the store
+    holds (--list). The identity file is --identity, else PRODG_BACKUP_IDENTITY."""
     import datetime
 
     from .backups.restore.commands import RESTORE_FAILURES, list_backups, restore

@@ -26,7 +26,7 @@ SELF_HEAL_KIND = "self_heal"
 ROTATION_KIND = "rotation"  # a secret changed at its source, the commit did not: its services recreated
 MANUAL_DEPLOY_KIND = "manual_deploy"
 
-# -- container labels ---------------------------------------------------------------------------------------------------
+# -- container labels --------------------------------------------------------------------------------------------------
 LABEL_PROJECT = "prodg.project"
 LABEL_SERVICE = "prodg.service"
 LABEL_SPEC_HASH = "prodg.spec-hash"
@@ -36,7 +36,7 @@ LABEL_NETWORK = "prodg.network"
 LABEL_HELPER = "prodg.helper"  # a helper container's job ("pg_dumpall of postgres"); removed when it is done
 LABEL_SCRATCH = "prodg.scratch"  # scratch containers of restores ("restore": a drill's, "manual": `prodg restore`)
 
-# -- asset keys and groups -----------------------------------------------------------------------------------------------
+# -- asset keys and groups ---------------------------------------------------------------------------------------------
 HOST_ASSET = "host_baseline"
 NETWORK_ASSET = "docker_network"
 RETIRED_ASSET = "retired_services"
@@ -100,14 +100,14 @@ CHECK_FAMILIES = {
     "dns": (DNS_CHECK,),
 }
 
-# -- notification events (prodg.yaml notifications.telegram.on) -------------------------------------------------------------
+# -- notification events (prodg.yaml notifications.telegram.on) --------------------------------------------------------
 DEPLOY_FAILURE = "deploy_failure"
 BACKUP_SUCCESS = "backup_success"
 BACKUP_FAILURE = "backup_failure"
 CHECK = "check"  # a watched check turned red, changed, stayed red (a reminder), flapped, or turned green
 BACKUP_MISSED = "backup_missed"  # by watch.backups_due_by, a target's yesterday is missing or failed
 
-# -- metadata keys read by more than one module ----------------------------------------------------------------------------
+# -- metadata keys read by more than one module ------------------------------------------------------------------------
 META_COMMIT = "commit"
 META_ACTION = "action"
 META_OBJECT_KEY = "object_key"

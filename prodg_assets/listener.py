@@ -9,7 +9,8 @@ added later), so each gets the same defences without writing them again:
 - a body only with one `Content-Length`, numeric, non-negative and at most `max_body` (411, 400, 413, without reading
   further); chunked bodies are refused (411); a body shorter than announced is 400;
 - nothing of a header, a query string or a body in the log: address, method, path and status only.
-Signatures and tokens are the endpoint's to check, in constant time (`same_secret`). Limits: `settings.LISTENER_SETTINGS`.
+Signatures and tokens are the endpoint's to check, in constant time (`same_secret`). Limits:
+`settings.LISTENER_SETTINGS`.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ def numeric_settings(table: Mapping[str, tuple], environ: Mapping[str, str] | No
     return out
 
 
-# -- prodg.yaml ---------------------------------------------------------------------------------------------------------
+# -- prodg.yaml --------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class UfwSettings:
     active: bool = True

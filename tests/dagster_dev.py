@@ -68,7 +68,8 @@ class Dagster:
         """How many of the sensor's ticks started after `timestamp` (seconds) have finished."""
         data = self.gql("""query($sel: SensorSelector!) { sensorOrError(sensorSelector: $sel) { ... on Sensor {
               sensorState { ticks(limit: 50) { status timestamp } } } } }""",
-                        sel={"repositoryName": "__repository__", "repositoryLocationName": "prodg", "sensorName": sensor})
+                        sel={"repositoryName": "__repository__", "repositoryLocationName": "prodg",
+                             "sensorName": sensor})
         ticks = data["sensorOrError"]["sensorState"]["ticks"]
         return sum(1 for t in ticks if t["timestamp"] > timestamp and t["status"] in ("SUCCESS", "SKIPPED", "FAILURE"))
 

@@ -329,7 +329,8 @@ def _load(tree: ConfigTree, env: Mapping[str, str], host_root: str | None, trees
         ctx.variables[name] = str(env.get(name, default))
     pdata = ctx.interpolate_all(pdoc, (), {k: v for k, v in pdoc.data.items() if k != "variables"}, lambda p: False)
     compose_rel = pdata.get("compose_file", DEFAULT_COMPOSE)
-    if not isinstance(compose_rel, str) or compose_rel.startswith("/") or any(p == ".." for p in compose_rel.split("/")):
+    if (not isinstance(compose_rel, str) or compose_rel.startswith("/")
+            or any(p == ".." for p in compose_rel.split("/"))):
         ctx.errors.append(pdoc.error(("compose_file",), "must be a path inside the config tree"))
         return None, ctx
     cdoc = _load_doc(ctx, compose_rel)

@@ -297,7 +297,8 @@ def _create(engine: EngineAccess, spec: ServiceSpec, state: DesiredState, image:
     return cid
 
 
-def _wait_healthy(engine: EngineAccess, spec: ServiceSpec, cid: str, timeout: float, secrets: Mapping[str, str]) -> None:
+def _wait_healthy(engine: EngineAccess, spec: ServiceSpec, cid: str, timeout: float,
+                  secrets: Mapping[str, str]) -> None:
     """Until the healthcheck says healthy (or, without one, until the container has kept running for a few
     seconds). Exits, restarts, `unhealthy` and the timeout fail."""
     deadline = time.monotonic() + timeout

@@ -171,7 +171,7 @@ def _anonymous(mount: Mapping[str, Any]) -> bool:
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
-# -- reads of the Engine -------------------------------------------------------------------------------------------------
+# -- reads of the Engine -----------------------------------------------------------------------------------------------
 def live_containers(client: docker.DockerClient, project: str, declared_env: Mapping[str, set[str]] | None = None,
                     service: str | None = None) -> dict[str, Live]:
     """Managed containers of `project` (or of its one `service`), by service: one list call, filtered by label,
@@ -366,7 +366,7 @@ def endpoint(client: docker.DockerClient, probe_network: str, spec: ServiceSpec,
     return None
 
 
-# -- what the host's env files hold ---------------------------------------------------------------------------------------
+# -- what the host's env files hold ------------------------------------------------------------------------------------
 def file_env(spec: ServiceSpec, strict: bool = False) -> dict[str, str]:
     """What the service's env_files hold (later files win). A missing file is an error when applying."""
     env: dict[str, str] = {}

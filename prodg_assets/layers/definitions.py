@@ -23,7 +23,8 @@ from .tailnet import build_tailnet
 
 def layer_definitions(state: DesiredState) -> dg.Definitions:
     assets: list = [host_baseline, docker_network, secrets_env, retired_services]
-    checks: list = [host_conforms, host_safe_to_deploy, exposure, no_root_below_t1, network_matches, secrets_complete_and_private, no_retired_services]
+    checks: list = [host_conforms, host_safe_to_deploy, exposure, no_root_below_t1, network_matches,
+                    secrets_complete_and_private, no_retired_services]
     assets += [build_service_asset(state, spec) for spec in state.services.values()]
     checks += [build_service_check(spec) for spec in state.services.values() if spec.name in PROBES]
     checks += [build_in_sync_check(spec) for spec in state.services.values()]

@@ -117,7 +117,8 @@ def backup_message(run: dg.DagsterRun, ok: bool, notifier: TelegramNotifier, ass
     what = "restore drill" if run.tags.get(KIND_TAG) == DRILL_KIND else "backup"
     head = f"✅ {what} of {day} succeeded" if ok else f"❌ {what} of {day} failed"
     tail = f"\nreason: {reason[:500]}" if reason else ""
-    return f"{head}\nassets: {assets}\ncommit: {run.tags.get(COMMIT_TAG, '')[:12]}{tail}\n{run_link(notifier, run.run_id)}"
+    return (f"{head}\nassets: {assets}\ncommit: {run.tags.get(COMMIT_TAG, '')[:12]}{tail}\n"
+            f"{run_link(notifier, run.run_id)}")
 
 
 @dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, name=BACKUP_SUCCESS_NOTIFIER,
@@ -140,7 +141,8 @@ def backup_failure_notifier(context: dg.RunFailureSensorContext, telegram: Teleg
         return
     reason = "; ".join(f"{e.step_key}: {e.event_specific_data.error.message.strip().splitlines()[0]}"
                        for e in context.get_step_failure_events()
-                       if e.event_specific_data and e.event_specific_data.error) or (context.failure_event.message or "")
+                       if e.event_specific_data and e.event_specific_data.error) \
+        or (context.failure_event.message or "")
     telegram.send(backup_message(run, False, telegram, run_assets(context.instance, run),
                                  redact(reason, secrets.values())), secrets, context.log)
 

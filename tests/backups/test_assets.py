@@ -14,8 +14,9 @@ import dagster as dg
 import pytest
 
 from prodg_assets.backups.assets.definitions import backup_definitions, build_backup_resources
-from prodg_assets.backups.store.client import BackupStore, StoreError
+from prodg_assets.backups.store.client import BackupStore
 from prodg_assets.backups.store.manifest import Manifest
+from prodg_assets.backups.store.objects import StoreError
 from prodg_assets.contract import (
     AUDIT_CLEAN,
     BACKUP_AUDIT,

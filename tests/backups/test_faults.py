@@ -144,7 +144,8 @@ def product_store(bed, state, **settings: str):
 
 def materialize(bed, state, selection: list[str], partition: str, instance, store) -> dg.ExecuteInProcessResult:
     defs = backup_definitions(state)
-    return dg.materialize([*(defs.assets or []), *(defs.asset_checks or [])], resources={**bed.resources(), "backup_store": store},
+    return dg.materialize([*(defs.assets or []), *(defs.asset_checks or [])],
+                          resources={**bed.resources(), "backup_store": store},
                           partition_key=partition, instance=instance,
                           tags={"prodg/kind": "backup", "prodg/commit": bed.commit, "prodg/capture-late": "true"},
                           selection=dg.AssetSelection.assets(*selection), raise_on_error=False)

@@ -11,8 +11,8 @@ import time
 import dagster as dg
 import pytest
 
-from prodg_assets.backups.store.client import ObjectLock
 from prodg_assets.backups.store.manifest import Manifest
+from prodg_assets.backups.store.objects import ObjectLock
 from prodg_assets.backups.store.retention import prune
 from prodg_assets.contract import POSTGRES_BACKUP
 from prodg_assets.settings import BackupTarget

@@ -157,7 +157,8 @@ def write_config(repo: str, recipients: dict[str, str], signer: str) -> None:
               minio:
                 image: prodg/s3-store:bookworm
                 container_name: {NAME}-minio
-                environment: {{MINIO_ROOT_USER: "${{MINIO_ROOT_USER}}", MINIO_ROOT_PASSWORD: "${{MINIO_ROOT_PASSWORD}}"}}
+                environment: {{MINIO_ROOT_USER: "${{MINIO_ROOT_USER}}", """
+                                 f"""MINIO_ROOT_PASSWORD: "${{MINIO_ROOT_PASSWORD}}"}}
                 ports: ["127.0.0.1::9000"] # the Engine picks the host port; prodg reads it back
                 volumes: ["${{PRODG_DATA}}/minio:/data"]
                 networks: [internal]
@@ -349,7 +350,8 @@ def test_the_documented_rebuild_brings_every_target_back_from_the_store_and_the_
         # -- the bed is back, with its data --------------------------------------------------------------------------
         running = {c.labels["prodg.service"]: c.status for c in
                    docker_client.containers.list(all=True, filters={"label": f"prodg.project={NAME}"})}
-        assert running == {s: "running" for s in ("postgres", "redis", "minio", "caddy", *(f"{n}-app" for n in SQLITE_SERVICES))}
+        assert running == {s: "running"
+                           for s in ("postgres", "redis", "minio", "caddy", *(f"{n}-app" for n in SQLITE_SERVICES))}
         for name in SQLITE_SERVICES:
             wait(lambda: sqlite_probe(docker_client, name)["integrity"] == "ok", f"{name} on its restored data")
         after = fingerprint(docker_client, repo, data, secrets_file)

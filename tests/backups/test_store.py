@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from prodg_assets.backups.store.client import BackupStore, StoreError
+from prodg_assets.backups.store.client import BackupStore
+from prodg_assets.backups.store.objects import StoreError
 from tests.backups.conftest import STORE_KEY_ID, STORE_SECRET
 
 MIB = 1024 * 1024

@@ -1,10 +1,10 @@
-"""Backup tars laid out by prodg itself (backups/restore/untar.py), through the public restore path: crafted tars — built by
-tarfile, compressed, encrypted to a real age recipient and stored in an S3 stand-in like a real backup — restored
-with restore_folder. A refused member fails the restore naming the member and why, leaves nothing where the folder
-was to go (no half-written folder, no scratch sibling) and writes nothing outside it; an Engine-shaped tar comes back
-with its owners, its hard link and its inside symlink, modes without group/other write or setuid/setgid/sticky bits.
-A destination reached through a symlink (planted in a writable parent) is refused, and nothing is written where the
-link points."""
+"""Backup tars laid out by prodg itself (backups/restore/untar.py), through the public restore path: crafted tars —
+built by tarfile, compressed, encrypted to a real age recipient and stored in an S3 stand-in like a real backup —
+restored with restore_folder. A refused member fails the restore naming the member and why, leaves nothing where the
+folder was to go (no half-written folder, no scratch sibling) and writes nothing outside it; an Engine-shaped tar comes
+back with its owners, its hard link and its inside symlink, modes without group/other write or setuid/setgid/sticky
+bits. A destination reached through a symlink (planted in a writable parent) is refused, and nothing is written where
+the link points."""
 
 from __future__ import annotations
 

@@ -188,7 +188,8 @@ def test_the_readme_main_command_on_a_fresh_clone_deploys_what_this_machine_can_
             assert check["status"] == "FAILED", check
             entries = {e["label"]: e.get("text", e.get("mdStr")) for e in check["evaluation"]["metadataEntries"]}
             with open("/etc/os-release", encoding="utf-8") as fh:  # this machine's, as the check reads it
-                pretty = next(line.split("=", 1)[1].strip().strip('"') for line in fh if line.startswith("PRETTY_NAME="))
+                pretty = next(line.split("=", 1)[1].strip().strip('"')
+                              for line in fh if line.startswith("PRETTY_NAME="))
             assert entries["os"] == pretty, entries
             assert f"- OS is {pretty!r}, expected 'Ubuntu 24.04' (prodg.yaml host.os)" in entries["problems"], entries
 

@@ -41,7 +41,8 @@ def test_an_image_is_pulled_through_the_mirror_and_pinned_by_digest(tmp_path, do
             v1 = push_image(docker_client, registry, f"{name}:v1", "prodg/redis:bookworm", "one")
             with pytest.raises(docker.errors.ImageNotFound):
                 docker_client.images.get(f"{name}:v1")
-            bed.edit("compose/docker-compose.yml", "    image: redis:7-alpine\n    container_name: ${PRODG_TEST_NAME}-redis",
+            bed.edit("compose/docker-compose.yml",
+                     "    image: redis:7-alpine\n    container_name: ${PRODG_TEST_NAME}-redis",
                      f"    image: {name}:v1\n    container_name: ${{PRODG_TEST_NAME}}-redis")
             bed.commit("redis from the registry")
             result = bed.materialize("docker_network,secrets_env,redis")

@@ -234,7 +234,8 @@ def test_two_deploy_runs_never_apply_to_the_same_service_at_once(stack, tmp_path
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for sha in shas]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), ["\n".join(line for line in o.splitlines()
-                                                          if "STEP_FAILURE" in line or "Error" in line or "Failure" in line)[-3000:]
+                                                          if "STEP_FAILURE" in line or "Error" in line
+                                                          or "Failure" in line)[-3000:]
                                                 for o in outputs]
     with dg.DagsterInstance.from_config(str(home)) as instance:
         results = {r.tags["prodg/commit"]: r for r in instance.get_runs()}

@@ -37,14 +37,15 @@ def console_status(bed: Testbed, password: str | None) -> int:
     return int(reply.split(b" ", 2)[1])
 
 
-FROM_A_CONTAINER = """
+FROM_A_CONTAINER = ("""
 import base64, socket, ssl
 ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
 with socket.create_connection(("caddy", 443), timeout=10) as sock:
     with ctx.wrap_socket(sock, server_hostname=%(host)r) as tls:
-        tls.sendall(b"GET /health HTTP/1.1\\r\\nHost: %(host)s\\r\\nAuthorization: %(auth)s\\r\\nConnection: close\\r\\n\\r\\n")
+        tls.sendall(b"GET /health HTTP/1.1\\r\\nHost: %(host)s\\r\\nAuthorization: %(auth)s\\r\\n"""
+                    """Connection: close\\r\\n\\r\\n")
         print(tls.recv(4096).split(b"\\r\\n\\r\\n", 1))
-"""
+""")
 
 
 @pytest.fixture()

@@ -287,7 +287,8 @@ def test_a_wildcard_publication_is_refused_in_git_and_one_made_by_hand_is_red_af
 
 def test_a_service_that_left_the_spec_is_reported_then_pruned_when_opted_in(deployed):
     bed = deployed[0]
-    bed.edit("compose/docker-compose.yml", "    x-prodg: {layer: observability, after: [caddy, node-exporter, hermes-api]}",
+    bed.edit("compose/docker-compose.yml",
+             "    x-prodg: {layer: observability, after: [caddy, node-exporter, hermes-api]}",
              "    x-prodg: {layer: observability, after: [caddy, hermes-api]}")
     text = open(bed.compose).read()
     start = text.index("  node-exporter:\n")
@@ -333,8 +334,10 @@ def test_a_new_container_killed_during_its_health_wait_rolls_back(deployed, meas
     old = bed.containers()["redis"]
     bed.edit("compose/docker-compose.yml", "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n",
              "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n      REDIS_MAXCLIENTS: \"400\"\n")
-    bed.edit("compose/docker-compose.yml", "      interval: 1s\n      timeout: 5s\n      retries: 30\n    x-prodg: {layer: data_stores}",
-             "      interval: 1s\n      timeout: 5s\n      retries: 30\n      start_period: 30s\n    x-prodg: {layer: data_stores}")
+    bed.edit("compose/docker-compose.yml",
+             "      interval: 1s\n      timeout: 5s\n      retries: 30\n    x-prodg: {layer: data_stores}",
+             "      interval: 1s\n      timeout: 5s\n      retries: 30\n      start_period: 30s\n"
+             "    x-prodg: {layer: data_stores}")
     bed.commit("redis: fewer clients, slower first check")
     killed: list[str] = []
 

@@ -1,6 +1,6 @@
-"""git in the production code image, which runs as root beside the Docker socket: it reads the one config repository
-the image names even when another user owns it, refuses any other repository such a user prepared, and never runs a
-content filter (`filter.<name>.smudge`) that a repository's config sets — the review's reproduction, run in the image."""
+"""git in the production code image, which runs as root beside the Docker socket: it reads the one config repository the
+image names even when another user owns it, refuses any other repository such a user prepared, and never runs a content
+filter (`filter.<name>.smudge`) that a repository's config sets — the review's reproduction, run in the image."""
 
 from __future__ import annotations
 

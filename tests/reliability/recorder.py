@@ -46,7 +46,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DOC = os.path.join(ROOT, "docs", "RELIABILITY.md")
 RECORDS = os.path.join(ROOT, "tests", "output", "reliability", "records.jsonl")
 MODE_ENV = "PRODG_RELIABILITY_DOC"
-BAD_INPUT_TEST = "tests/reliability/test_bad_input.py::test_every_invalid_config_is_a_located_error_for_validate_and_for_the_sensor"
+BAD_INPUT_TEST = ("tests/reliability/test_bad_input.py::"
+                  "test_every_invalid_config_is_a_located_error_for_validate_and_for_the_sensor")
 SECRET_HUNT_TEST = "tests/reliability/test_secret_hunt.py::test_no_secret_value_anywhere_prodg_writes"
 
 __all__ = ["measured", "pytest_collection_finish", "pytest_deselected", "pytest_runtest_logreport",

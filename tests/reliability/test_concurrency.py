@@ -96,7 +96,8 @@ def test_two_deploys_and_a_backup_at_once_end_at_the_newest_commit_with_an_intac
                                      "from generate_series(1, 5000) g"], user="postgres")
             assert code == 0, out
 
-            for anchor in ("      POSTGRES_PASSWORD: ${POSTGRES_PASSWORD}\n", "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n"):
+            for anchor in ("      POSTGRES_PASSWORD: ${POSTGRES_PASSWORD}\n",
+                           "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n"):
                 bed.edit("compose/docker-compose.yml", anchor, f'{anchor}      CONC_ROUND: "1"\n')
             shas = [bed.commit("postgres + redis: round 1")]
             with open(bed.compose) as fh:

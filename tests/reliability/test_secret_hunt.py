@@ -1,8 +1,9 @@
-"""Secrets hunted after a real session: deploy, a failing deploy rolled back, a Telegram notification, a secret
-rotated in the env file, the stack moved to Infisical (its stand-in) and a value rotated there deployed by the
-rotation sensor, a Postgres backup to an S3 API (moto), its restore drill and `prodg restore` from the command line — then every byte prodg wrote (the Dagster instance's storage and compute
-logs, container labels, metadata, run tags, its own output, Telegram's messages) is searched for every secret value
-of the test secrets file and the store's secret key. Zero hits."""
+"""Secrets hunted after a real session: deploy, a failing deploy rolled back, a Telegram notification, a secret rotated
+in the env file, the stack moved to Infisical (its stand-in) and a value rotated there deployed by the rotation sensor,
+a Postgres backup to an S3 API (moto), its restore drill and `prodg restore` from the command line — then every byte
+prodg wrote (the Dagster instance's storage and compute logs, container labels, metadata, run tags, its own output,
+Telegram's messages) is searched for every secret value of the test secrets file and the store's secret key.
+Zero hits."""
 
 import datetime
 import json
@@ -29,7 +30,8 @@ pytestmark = pytest.mark.docker
 STORE_SECRET = "store-Secret-Key-hunted-4e5f6a"
 # the host's backup identity (an age private key) is hunted like the secrets
 HUNTED = {**TEST_SECRETS, "PRODG_TEST_STORE_SECRET": STORE_SECRET, "PRODG_BACKUP_IDENTITY": Identity.generate().text,
-          "INFISICAL_CLIENT_SECRET": CLIENT_SECRET, "REDIS_PASSWORD rotated in Infisical": "redis-Rotated-In-Infisical-9d1"}
+          "INFISICAL_CLIENT_SECRET": CLIENT_SECRET,
+          "REDIS_PASSWORD rotated in Infisical": "redis-Rotated-In-Infisical-9d1"}
 # daily partitions end with the last complete day
 TODAY = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=1)).isoformat()
 
@@ -53,8 +55,8 @@ def backup_and_restore(bed, instance, s3_url: str, restore_out: list[str]) -> No
                                     partition_key=TODAY, raise_on_error=False)
     assert result.success
     env = {**os.environ, "DAGSTER_HOME": str(instance.root_directory)}
-    proc = subprocess.run([sys.executable, "-m", "prodg_assets.cli", "restore", "postgres", "--date", TODAY], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "prodg_assets.cli", "restore", "postgres", "--date", TODAY],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     restore_out.append(proc.stdout + proc.stderr)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     scratch = re.search(r"into container (\S+):", proc.stdout)

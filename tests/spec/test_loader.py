@@ -398,7 +398,8 @@ CASES = [
     Case("backup-retention-zero", P, "prefix: configs/, retention_days: 90", "prefix: configs/, retention_days: 0",
          "backups.targets.configs.retention_days",
          "must be at least 1", ("retention_days: 0",)),
-    Case("backup-without-encryption", P, "  encryption:\n    recipients:\n      operator: ${BACKUP_OPERATOR_RECIPIENT}\n"
+    Case("backup-without-encryption", P,
+         "  encryption:\n    recipients:\n      operator: ${BACKUP_OPERATOR_RECIPIENT}\n"
          "      host: ${BACKUP_HOST_RECIPIENT}\n", "", "backups",
          "no `encryption`: every backup would leave this host in plaintext", ("\nbackups:\n", "backups:")),
     Case("backup-encryption-word", P, "  encryption:\n    recipients:\n      operator: ${BACKUP_OPERATOR_RECIPIENT}\n"
@@ -406,15 +407,16 @@ CASES = [
          "must be one of none, got 'plaintext'", ("encryption: plaintext",)),
     Case("backup-recipient-not-age", P, "operator: ${BACKUP_OPERATOR_RECIPIENT}", "operator: ssh-ed25519 AAAAC3",
          "backups.encryption.recipients.operator", "not an age X25519 recipient (age1…)", ("operator: ssh-ed25519",)),
-    Case("backup-recipient-bad-checksum", P, "BACKUP_HOST_RECIPIENT: age1kczlyajjg0g5j9az7cpw42c7vme0wn9nflzm2v4y6y7yy5m8ugxs6l74au",
+    Case("backup-recipient-bad-checksum", P,
+         "BACKUP_HOST_RECIPIENT: age1kczlyajjg0g5j9az7cpw42c7vme0wn9nflzm2v4y6y7yy5m8ugxs6l74au",
          "BACKUP_HOST_RECIPIENT: age1kczlyajjg0g5j9az7cpw42c7vme0wn9nflzm2v4y6y7yy5m8ugxs6l74aa",
          "backups.encryption.recipients.host", "bech32: checksum mismatch", ("host: ${BACKUP_HOST_RECIPIENT}",)),
     Case("volume-target-without-capture", P, "{method: volume, service: caddy, capture: files, path: /data,",
          "{method: volume, service: caddy, path: /data,", "backups.targets.caddy",
          "method volume needs `capture` (redis_bgsave, sqlite or files)", ("caddy: {method: volume",)),
     Case("volume-target-path-not-mounted", P, "capture: files, path: /data,", "capture: files, path: /srv,",
-         "backups.targets.caddy.path", "'/srv' is not one of service caddy's mounts (/config, /data, /etc/caddy/Caddyfile)",
-         ("path: /srv",)),
+         "backups.targets.caddy.path",
+         "'/srv' is not one of service caddy's mounts (/config, /data, /etc/caddy/Caddyfile)", ("path: /srv",)),
     Case("volume-target-needs-path", P, "capture: files, path: /data,", "capture: files,",
          "backups.targets.caddy", "capture files needs `path`: the folder of the service's data",
          ("caddy: {method: volume",)),
@@ -499,9 +501,11 @@ TRUST_CASES = [
          "      trust_tier: T1\n      internal_ports: [8080]\n    devices: [/etc/shadow]",
          "services.cadvisor.devices[0]", "must be /dev/HOST[:/dev/CONTAINER][:rwm], got '/etc/shadow'",
          ("devices: [/etc/shadow]",)),
-    Case("root-without-a-reason", C, "      runs_as_root: upstream's caddy:2", "      runs_as_root: ''\n      x: upstream's caddy:2",
+    Case("root-without-a-reason", C, "      runs_as_root: upstream's caddy:2",
+         "      runs_as_root: ''\n      x: upstream's caddy:2",
          "services.caddy.x-prodg.runs_as_root", "must say why the service runs as root", ("runs_as_root: ''",)),
-    Case("a-named-user-writing-a-data-folder", C, '    user: "70:70" #', '    user: postgres #', "services.postgres.user",
+    Case("a-named-user-writing-a-data-folder", C, '    user: "70:70" #', '    user: postgres #',
+         "services.postgres.user",
          "'postgres': a service that writes to a host folder (/opt/prodg/data/postgres) needs a numeric uid[:gid]",
          ("user: postgres",)),
     Case("data-root-outside-the-bind-roots", P, "  data_root: ${PRODG_DATA}", "  data_root: /srv/data",
@@ -701,7 +705,8 @@ def test_literal_secret_in_list_form_environment(config_copy: Path):
     # redis has a one-entry environment, so the whole mapping becomes a one-item list
     text = edit(config_copy, C, "      REDIS_PASSWORD: ${REDIS_PASSWORD}\n",
                 "      - REDIS_PASSWORD=hunter2\n").decode()
-    error = find(validate(tree(config_copy), BUNDLED_ENV), "services.redis.environment[0]", "looks like a secret written")
+    error = find(validate(tree(config_copy), BUNDLED_ENV), "services.redis.environment[0]",
+                 "looks like a secret written")
     assert error.line == line_of(text, "REDIS_PASSWORD=hunter2")
 
 

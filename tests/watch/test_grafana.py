@@ -70,7 +70,8 @@ def test_the_dashboard_and_the_rules_read_only_metrics_the_exporter_serves():
 ])
 def test_a_broken_provisioning_file_is_a_located_error(tmp_path, rel, old, new, field, fragment):
     root = copy_config(tmp_path)
-    text = edit(root, f"{PROVISIONING}/{rel}", old, new, count=(root / PROVISIONING / rel).read_text().count(old)).decode()
+    text = edit(root, f"{PROVISIONING}/{rel}", old, new,
+                count=(root / PROVISIONING / rel).read_text().count(old)).decode()
     errors = [e for e in validate(DirTree(root, "config"), BUNDLED_ENV) if e.field == field and fragment in e.message]
     assert len(errors) >= 1, validate(DirTree(root, "config"), BUNDLED_ENV)
     assert errors[0].file == f"config/{PROVISIONING}/{rel}"

@@ -44,8 +44,9 @@ def backup_partitions(settings: BackupSettings) -> dg.DailyPartitionsDefinition:
 def build_backup_resources(state: DesiredState, environ: Mapping[str, str] | None = None) -> dict:
     """`backup_store` (the off-site bucket; keys by the names prodg.yaml gives, from the environment or the secrets
     source; timeouts, attempts and part size from STORE_SETTINGS; manifests signed with the host's identity,
-    PRODG_BACKUP_IDENTITY, and believed when it or `backups.signers` signed them) and `minio_source` (MinIO's S3 API where the minio
-    service publishes port 9000, with its root credentials; the assets ask the Engine where it answers)."""
+    PRODG_BACKUP_IDENTITY, and believed when it or `backups.signers` signed them) and `minio_source` (MinIO's S3 API
+    where the minio service publishes port 9000, with its root credentials; the assets ask the Engine where it
+    answers)."""
     b = state.settings.backups
     resources: dict = {
         "backup_store": BackupStore(endpoint_url=b.endpoint_url, region=b.region, bucket=b.bucket,

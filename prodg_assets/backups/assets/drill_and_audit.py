@@ -20,9 +20,10 @@ from ..capture.postgres import Census
 from ..format.crypt import AgeError, BackupIdentity
 from ..proofs.audit import LATE, OK, AuditTarget, audit_store, days
 from ..proofs.drills import DEFAULT_SCRATCH_IMAGE, remove_stale_scratch, restore_drill
-from ..store.client import BackupStore, StoreError
+from ..store.client import BackupStore
 from ..store.download import RestoreFailed
 from ..store.manifest import ManifestError, read_manifest
+from ..store.objects import StoreError
 from .recipe import scrubber
 from .records import recorded_partitions
 

@@ -24,9 +24,10 @@ from ...settings import BackupSettings, BackupTarget
 from ...streams import ProducerFailed
 from ..capture.policy import Capture, LateCapture, begin_capture, earlier_capture
 from ..format.signing import ManifestSigner, SigningError
-from ..store.client import BackupStore, StoreError, UploadResult
+from ..store.client import BackupStore
 from ..store.keys import manifest_key, mirror_base
 from ..store.manifest import Manifest, ManifestError, manifest_signer, write_manifest
+from ..store.objects import StoreError, UploadResult
 from ..store.retention import prune, prune_content
 
 STALE_UPLOAD_AGE = datetime.timedelta(hours=6)

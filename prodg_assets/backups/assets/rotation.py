@@ -25,9 +25,10 @@ from ...streams import ProducerFailed
 from ..format.crypt import AgeError, BackupIdentity
 from ..proofs.audit import days
 from ..proofs.verify import VERIFY, Verified
-from ..store.client import BackupStore, StoreError
+from ..store.client import BackupStore
 from ..store.download import RestoreFailed
 from ..store.manifest import Manifest, ManifestError, read_manifest
+from ..store.objects import StoreError
 from .recipe import scrubber
 
 DRILL_FOLDER = ".drills"  # under the deploy root (the Engine sees it at the same path): scratch folders of drills

@@ -24,8 +24,9 @@ from ..capture.mirror import COMPRESSION as MIRROR_COMPRESSION
 from ..capture.mirror import mirror_s3, stored_content
 from ..capture.policy import Capture
 from ..capture.postgres import census, pg_dumpall_chunks
-from ..store.client import BackupStore, S3Source, UploadResult, minio_endpoint
+from ..store.client import BackupStore, S3Source, minio_endpoint
 from ..store.keys import config_key, manifest_key, postgres_key
+from ..store.objects import UploadResult
 from ..store.stream import stream_backup
 from .recipe import Produced, partition_manifest, run_partition, running_source, scrubber
 

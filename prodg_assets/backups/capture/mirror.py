@@ -14,9 +14,10 @@ from typing import Iterable, Iterator, Optional, Sequence
 from ...agekeys import Recipient
 from ...streams import ProducerFailed
 from ..format.crypt import encrypt
-from ..store.client import BackupStore, ObjectLock, S3Source
+from ..store.client import BackupStore, S3Source
 from ..store.keys import MANIFEST_NAME, content_key, key_date
 from ..store.manifest import Entry, Manifest
+from ..store.objects import ObjectLock
 
 COMPRESSION = "none"  # objects are stored as MinIO holds them (media is already compressed), encrypted
 

@@ -15,8 +15,9 @@ from ...contract import CAPTURE_LATE_TAG, COMMIT_TAG, META_COMMIT
 from ...gitops.repo import ConfigRepo, commit_id
 from ...gitops.run import run_commit
 from ...settings import BackupSettings, BackupTarget
-from ..store.client import BackupStore, ObjectLock
+from ..store.client import BackupStore
 from ..store.manifest import Manifest, read_manifest
+from ..store.objects import ObjectLock
 
 
 @dataclass(frozen=True)

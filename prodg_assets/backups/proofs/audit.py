@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
-from ..store.client import BackupStore, StoredObject
+from ..store.client import BackupStore
 from ..store.keys import MANIFEST_NAME, key_date, manifest_key
 from ..store.manifest import (
     ManifestRead,
@@ -30,6 +30,7 @@ from ..store.manifest import (
     read_one,
     trusted_signers,
 )
+from ..store.objects import StoredObject
 
 OK = "ok"
 LATE = "captured_late"  # complete, captured after its day was over (a forced backfill): reported, not a failure

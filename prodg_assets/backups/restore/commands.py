@@ -25,10 +25,11 @@ from ...agekeys import AgeError, read_identities
 from ...contract import LABEL_SCRATCH
 from ...desired import DesiredState
 from ...settings import BackupTarget
-from ..store.client import BackupStore, StoreError, minio_endpoint
+from ..store.client import BackupStore, minio_endpoint
 from ..store.download import RestoreFailed
 from ..store.keys import MANIFEST_NAME, key_date
 from ..store.manifest import Manifest, ManifestError, read_manifest, read_manifests
+from ..store.objects import StoreError
 from .files import RestoredFiles, compare_with_commit, redis_aof_from_rdb, restore_file, restore_folder
 from .minio import restore_minio
 from .postgres import RestoreRefused, restore_postgres, wait_ready
@@ -147,7 +148,8 @@ def restore(state: DesiredState, commit: str, resources: dict, name: str, day: d
         return _files_line(manifest, origin, done) + f"; identical to commit {manifest.commit[:12]}"
     if target.method == "s3_mirror":
         source = resources["minio_source"].with_secrets(
-            resources["secrets"].values(), minio_endpoint(resources["docker"], state.services.get(target.service or "")))
+            resources["secrets"].values(),
+            minio_endpoint(resources["docker"], state.services.get(target.service or "")))
         done = restore_minio(store, manifest, identities, source, to_bucket=to, only=only, force=force)
         return (f"restored {done.objects} objects ({done.bytes} bytes; {origin}, each object's sha256 as captured) "
                 f"into MinIO {source.endpoint_url}, buckets {', '.join(done.buckets)}")

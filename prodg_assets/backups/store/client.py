@@ -4,20 +4,16 @@ whose buckets are backed up. Both are thin boto3 adapters; local runs and produc
 Every API call the client makes is counted (boto3's `before-call` event), so audits can prove they cost only listings.
 Errors are rebuilt from the S3 error code and message, and scrubbed of the credentials, before they leave this module.
 Over 300 lines because it is the one S3 adapter: the shared endpoint (client, retries, error wording), the store's
-multipart upload with its part pipeline and its clean-up, and MinIO's read side all rest on the same client code.
+calls (Object Lock, versions, listings, downloads, batched deletes, uploads in progress) and MinIO's read side rest
+on the same client code. The streamed upload is upload.py; what the calls take and return, objects.py.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime
 import hashlib
 import os
-import queue
-import threading
-import time
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping, Optional
 
 import dagster as dg
@@ -25,144 +21,21 @@ from pydantic import PrivateAttr
 
 from ...lazy import boto_errors
 from ...secret_source import SecretSource, SecretSourceUnavailable, redact
-
-MIB = 1024 * 1024
-MIN_PART_BYTES = 5 * MIB  # S3's minimum for every part but the last
-
-
-class StoreError(Exception):
-    """An S3 call failed. The message names the operation, bucket and key; it never carries credentials."""
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    """One object as a listing shows it."""
-
-    key: str
-    size: int
-    etag: str
-    last_modified: datetime.datetime
-
-
-@dataclass(frozen=True)
-class ObjectHead:
-    key: str
-    size: int
-    etag: str
-    last_modified: datetime.datetime
-    metadata: Mapping[str, str] = field(default_factory=dict)
-    lock_mode: str = ""  # GOVERNANCE | COMPLIANCE when the object is under Object Lock
-    retain_until: Optional[datetime.datetime] = None
-    version_id: str = ""  # "" when the bucket keeps no versions
-
-
-@dataclass(frozen=True)
-class ObjectVersion:
-    """One version (or delete marker) as ListObjectVersions shows it, in a versioned bucket."""
-
-    key: str
-    version_id: str
-    size: int
-    last_modified: datetime.datetime
-    latest: bool
-    delete_marker: bool = False
-
-
-@dataclass(frozen=True)
-class ObjectLock:
-    """What an upload asks of a bucket with Object Lock: no version may be deleted or overwritten before
-    `retain_until` (GOVERNANCE: unless the caller holds s3:BypassGovernanceRetention; COMPLIANCE: by no one)."""
-
-    mode: str
-    retain_until: datetime.datetime
-
-    def params(self) -> dict:
-        return {"ObjectLockMode": self.mode, "ObjectLockRetainUntilDate": self.retain_until}
-
-
-@dataclass(frozen=True)
-class UploadResult:
-    key: str
-    bytes: int
-    sha256: str
-    etag: str
-    parts: int
-    duration_s: float
-    version_id: str = ""  # the version written, in a versioned bucket (what a manifest names and a restore reads)
-
-
-@dataclass(frozen=True)
-class MultipartInProgress:
-    key: str
-    upload_id: str
-    initiated: Optional[datetime.datetime]
-
-
-def _content_md5(body: bytes) -> dict:
-    """Content-MD5 of a request body: S3 requires it on every write under Object Lock (boto3 sends it only when
-    asked, as request checksums are off: see `client`)."""
-    return {"ContentMD5": base64.b64encode(hashlib.md5(body).digest()).decode()}
-
-
-def _etag(value: str) -> str:
-    return (value or "").strip('"')
-
-
-def _version(resp: Mapping) -> str:
-    """The version id an S3 answer names; "" for none (an unversioned bucket's "null" included)."""
-    version = str(resp.get("VersionId") or "")
-    return "" if version == "null" else version
-
-
-def _at_version(version_id: str) -> dict:
-    return {"VersionId": version_id} if version_id else {}
-
-
-class _PartUploader:
-    """UploadPart calls in a thread of their own, at most one part queued behind the one in flight, so the caller
-    goes on compressing and hashing (and its producer producing) while the store receives a part. The first failure
-    is kept and raised to the caller at its next `submit` or at `finish`; later parts are then dropped unsent."""
-
-    def __init__(self, store: "BackupStore", key: str, upload_id: str, locked: bool = False):
-        self.store, self.key, self.upload_id, self.locked = store, key, upload_id, locked
-        self.parts: list[dict] = []
-        self.error: Optional[BaseException] = None
-        self.cancelled = False
-        self._queue: queue.Queue = queue.Queue(maxsize=1)
-        self._thread = threading.Thread(target=self._run, name=f"upload-parts-{key[-40:]}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if self.error is not None or self.cancelled:
-                continue  # drain, so a caller blocked in submit() is released
-            number, body = item
-            try:
-                self.parts.append(self.store._upload_part(self.key, self.upload_id, number, body, self.locked))
-            except BaseException as exc:  # raised in the caller's thread
-                self.error = exc
-
-    def submit(self, number: int, body: bytes) -> None:
-        if self.error is not None:
-            raise self.error
-        self._queue.put((number, body))
-
-    def finish(self) -> list[dict]:
-        """Every part uploaded, in order; raises the first failure."""
-        self._queue.put(None)
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
-        return sorted(self.parts, key=lambda part: part["PartNumber"])
-
-    def cancel(self) -> None:
-        """Drop the parts not sent yet and wait for the one in flight (an abort must not race a part)."""
-        self.cancelled = True
-        self._queue.put(None)
-        self._thread.join()
+from .objects import (
+    MIB,
+    MIN_PART_BYTES,
+    MultipartInProgress,
+    ObjectHead,
+    ObjectLock,
+    ObjectVersion,
+    StoredObject,
+    StoreError,
+    UploadResult,
+    at_version,
+    etag_of,
+    version_of,
+)
+from .upload import upload_stream
 
 
 class S3Endpoint(dg.ConfigurableResource):
@@ -293,7 +166,7 @@ class S3Endpoint(dg.ConfigurableResource):
         while True:
             page = self._call(f"listing s3://{bucket}/{prefix}", self.client.list_objects_v2, **kwargs)
             for item in page.get("Contents") or []:
-                yield StoredObject(item["Key"], int(item["Size"]), _etag(item.get("ETag", "")),
+                yield StoredObject(item["Key"], int(item["Size"]), etag_of(item.get("ETag", "")),
                                    item["LastModified"])
             if not page.get("IsTruncated"):
                 return
@@ -308,16 +181,16 @@ class S3Endpoint(dg.ConfigurableResource):
             raise self._error(f"reading s3://{bucket}/{key}", exc) from None
         except boto_errors.BotoCoreError as exc:
             raise self._error(f"reading s3://{bucket}/{key}", exc) from None
-        return ObjectHead(key, int(resp["ContentLength"]), _etag(resp.get("ETag", "")), resp["LastModified"],
+        return ObjectHead(key, int(resp["ContentLength"]), etag_of(resp.get("ETag", "")), resp["LastModified"],
                           dict(resp.get("Metadata") or {}), str(resp.get("ObjectLockMode") or ""),
-                          resp.get("ObjectLockRetainUntilDate"), _version(resp))
+                          resp.get("ObjectLockRetainUntilDate"), version_of(resp))
 
     def _stream(self, bucket: str, key: str, chunk_size: int = MIB, version_id: str = "",
                 metadata: Optional[dict] = None) -> Iterator[bytes]:
         """The object's bytes (of `version_id`, when given); its user metadata is put into `metadata`, when given,
         before the first chunk is yielded."""
         what = f"downloading s3://{bucket}/{key}" + (f" (version {version_id})" if version_id else "")
-        resp = self._call(what, self.client.get_object, Bucket=bucket, Key=key, **_at_version(version_id))
+        resp = self._call(what, self.client.get_object, Bucket=bucket, Key=key, **at_version(version_id))
         if metadata is not None:
             metadata.update(resp.get("Metadata") or {})
         body = resp["Body"]
@@ -379,90 +252,9 @@ class BackupStore(S3Endpoint):
     def upload_stream(self, key: str, chunks: Iterable[bytes], metadata: Mapping[str, str] | None = None,
                       content_type: str = "application/octet-stream",
                       lock: Optional[ObjectLock] = None) -> UploadResult:
-        """Upload what `chunks` yields as one object, holding at most three parts in memory (the one filling, one
-        queued, one in flight: parts go up in a thread of their own while the next is filled); sha256 and size are
-        computed on the way and returned (the partition's manifest records them: nothing is copied afterwards).
-        A stream that fits one part becomes a single PUT. With `lock`, the object is written under Object Lock
-        until its date. If the producer raises (its way of saying the data is incomplete) or any call fails, the
-        producer is closed and the multipart upload aborted — or the completed object deleted — so no object
-        remains, and the exception propagates. A lost answer to CompleteMultipartUpload is recognised by the object
-        being there with our size."""
-        started = time.monotonic()
-        user_meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-        lock_params = lock.params() if lock else {}
-        digest, total, buf = hashlib.sha256(), 0, bytearray()
-        upload_id: Optional[str] = None
-        uploader: Optional[_PartUploader] = None
-        parts_sent = 0
-        completed = orphans = False
-        try:
-            for chunk in chunks:
-                if not chunk:
-                    continue
-                digest.update(chunk)
-                total += len(chunk)
-                buf += chunk
-                while len(buf) >= self.part_bytes:
-                    if upload_id is None:
-                        created = self._call(f"starting the upload of s3://{self.bucket}/{key}",
-                                             self.client.create_multipart_upload, Bucket=self.bucket, Key=key,
-                                             Metadata=user_meta, ContentType=content_type, **lock_params)
-                        upload_id = created["UploadId"]
-                        # retried: an earlier attempt may have started an upload whose answer was lost
-                        orphans = bool((created.get("ResponseMetadata") or {}).get("RetryAttempts"))
-                        uploader = _PartUploader(self, key, upload_id, locked=lock is not None)
-                    with memoryview(buf) as view:
-                        body = bytes(view[:self.part_bytes])
-                    del buf[:self.part_bytes]
-                    parts_sent += 1
-                    uploader.submit(parts_sent, body)
-                    del body
-            sha256 = digest.hexdigest()
-            if upload_id is None:
-                body = bytes(buf)
-                resp = self._call(f"uploading s3://{self.bucket}/{key}", self.client.put_object, Bucket=self.bucket,
-                                  Key=key, Body=body, Metadata=user_meta, ContentType=content_type,
-                                  **lock_params, **(_content_md5(body) if lock else {}))
-                etag, version = _etag(resp.get("ETag", "")), _version(resp)
-            else:
-                if buf:
-                    parts_sent += 1
-                    uploader.submit(parts_sent, bytes(buf))
-                buf = bytearray()
-                parts = uploader.finish()
-                try:
-                    resp = self._call(f"completing the upload of s3://{self.bucket}/{key}",
-                                      self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
-                                      UploadId=upload_id, MultipartUpload={"Parts": parts})
-                    etag, version = _etag(resp.get("ETag", "")), _version(resp)
-                except StoreError:
-                    # The answer may be what was lost (the store completed it, the connection dropped): then the
-                    # object is there with our size, and it is finished like any other.
-                    head = self._head(self.bucket, key) if self._exists_with_size(key, total) else None
-                    if head is None:
-                        raise
-                    etag, version = head.etag, head.version_id
-                completed = True
-                if lock:
-                    # the same retention again, on the completed object: some S3 implementations (moto) ignore the
-                    # lock asked for at CreateMultipartUpload; S3 and B2 accept an unchanged date
-                    self._call(f"locking s3://{self.bucket}/{key}", self.client.put_object_retention,
-                               Bucket=self.bucket, Key=key, **_at_version(version),
-                               Retention={"Mode": lock.mode, "RetainUntilDate": lock.retain_until})
-        except BaseException as exc:
-            self._close_producer(chunks)
-            if uploader is not None:
-                uploader.cancel()
-            if upload_id is not None and not completed:
-                self._abort(key, upload_id, exc)
-            elif completed:
-                self._delete_quietly(key, exc)
-            if orphans:
-                self._abort_orphans(key, upload_id)
-            raise
-        if orphans:
-            self._abort_orphans(key, upload_id)
-        return UploadResult(key, total, sha256, etag, parts_sent or 1, time.monotonic() - started, version)
+        """What `chunks` yields as one object (upload.upload_stream: at most three parts in memory, sha256 and size
+        on the way, under `lock` when given; nothing left behind when it fails)."""
+        return upload_stream(self, key, chunks, metadata, content_type, lock)
 
     def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None,
                   content_type: str = "application/octet-stream", lock: Optional[ObjectLock] = None) -> UploadResult:
@@ -494,7 +286,7 @@ class BackupStore(S3Endpoint):
         than it had: an object a new day references lives as long as that day). Extending is allowed in both modes
         without bypassGovernance."""
         self._call(f"extending the Object Lock of s3://{self.bucket}/{key}", self.client.put_object_retention,
-                   Bucket=self.bucket, Key=key, **_at_version(version_id),
+                   Bucket=self.bucket, Key=key, **at_version(version_id),
                    Retention={"Mode": lock.mode, "RetainUntilDate": lock.retain_until})
 
     def versions(self, prefix: str = "") -> Iterator[ObjectVersion]:
@@ -514,7 +306,7 @@ class BackupStore(S3Endpoint):
             kwargs.update(KeyMarker=page.get("NextKeyMarker", ""),
                           VersionIdMarker=page.get("NextVersionIdMarker", ""))
 
-    def delete_version(self, key: str, version_id: str) -> Optional[str]:
+    def deleteversion_of(self, key: str, version_id: str) -> Optional[str]:
         """Delete one version for good (one DeleteObject call with its VersionId: each is refused or done on its
         own). Returns None when done, else the store's reason (an Object Lock refusal: AccessDenied)."""
         try:
@@ -525,59 +317,6 @@ class BackupStore(S3Endpoint):
         except boto_errors.BotoCoreError as exc:
             raise self._error(f"deleting version {version_id} of s3://{self.bucket}/{key}", exc) from None
         return None
-
-    def _upload_part(self, key: str, upload_id: str, number: int, body: bytes, locked: bool = False) -> dict:
-        resp = self._call(f"uploading part {number} of s3://{self.bucket}/{key}", self.client.upload_part,
-                          Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body,
-                          **(_content_md5(body) if locked else {}))
-        return {"PartNumber": number, "ETag": resp["ETag"]}
-
-    @staticmethod
-    def _close_producer(chunks: Iterable[bytes]) -> None:
-        """A generator producer is closed at once when the upload fails, so the process behind it (pg_dumpall, git
-        archive) ends now rather than when the garbage collector gets to it — the traceback keeps it alive."""
-        close = getattr(chunks, "close", None)
-        if callable(close):
-            try:
-                close()
-            except Exception:  # the producer's own error on the way out; the upload's error is what we report
-                pass
-
-    def _abort_orphans(self, key: str, upload_id: Optional[str]) -> int:
-        """Abort the other uploads of exactly `key` (each backup writes its own key): those a CreateMultipartUpload
-        started when its answer was lost and the call was retried. Best effort: a partition's next backup aborts
-        whatever is left under its prefix anyway."""
-        aborted = 0
-        try:
-            for upload in self.multipart_uploads(key):
-                if upload.key == key and upload.upload_id != upload_id:
-                    self._call(f"aborting an orphaned upload of s3://{self.bucket}/{key}",
-                               self.client.abort_multipart_upload, Bucket=self.bucket, Key=key,
-                               UploadId=upload.upload_id)
-                    aborted += 1
-        except StoreError:
-            pass
-        return aborted
-
-    def _exists_with_size(self, key: str, size: int) -> bool:
-        try:
-            head = self._head(self.bucket, key)
-        except StoreError:
-            return False
-        return head is not None and head.size == size
-
-    def _abort(self, key: str, upload_id: str, cause: BaseException) -> None:
-        try:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-        except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
-            cause.add_note(str(self._error(f"aborting the upload of s3://{self.bucket}/{key} (it stays until the "
-                                           f"next backup of this partition or the bucket's lifecycle aborts it)", exc)))
-
-    def _delete_quietly(self, key: str, cause: BaseException) -> None:
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=key)
-        except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
-            cause.add_note(str(self._error(f"deleting the incomplete object s3://{self.bucket}/{key}", exc)))
 
     # -- reads -----------------------------------------------------------------------------------------------------
     def list(self, prefix: str = "") -> Iterator[StoredObject]:

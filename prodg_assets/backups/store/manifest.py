@@ -3,9 +3,9 @@ bytes, sha256 of the stored bytes and ETag; the encryption recipients' fingerpri
 (`captured_at`, and `captured_late` when a past day was captured afterwards); the commit deployed on the host; the
 source container, image and image digest; each object's S3 version id (a version written over it later is never
 read). Written last, as `<prefix><day>/manifest.json`, so its presence marks the partition complete. Plain JSON (it
-holds no data), signed by the host (backups/format/signing.py; the signature and its signer in the object's user metadata,
-so one GET reads both): every reader goes through `read_manifest`/`open_manifest`, which refuse a manifest no trusted
-signer signed — a day planted by whoever can write to the bucket is never restored, drilled or counted."""
+holds no data), signed by the host (backups/format/signing.py; the signature and its signer in the object's user
+metadata, so one GET reads both): every reader goes through `read_manifest`/`open_manifest`, which refuse a manifest
+no trusted signer signed — a day planted by whoever can write to the bucket is never restored, drilled or counted."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from typing import Any, Iterable, Mapping, Optional
 
 from ...agekeys import AgeError
 from ..format.signing import ManifestSigner, SigningError, TrustedSigners, host_signer
-from .client import BackupStore, ObjectLock, StoreError, UploadResult
+from .client import BackupStore
 from .keys import manifest_key
+from .objects import ObjectLock, StoreError, UploadResult
 
 FORMAT = 3  # 3: signed, objects with their version ids; 2 (unsigned) is refused as untrusted
 SIGNATURE_META = "prodg-signature"  # user metadata of the manifest object: the base64 Ed25519 signature

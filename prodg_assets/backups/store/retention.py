@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Iterable, Optional, Protocol
 
 from ...settings import BackupTarget
-from .client import BackupStore, StoreError
+from .client import BackupStore
 from .keys import CONTENT_FOLDER, MANIFEST_NAME, key_date
+from .objects import StoreError
 
 
 class Listed(Protocol):

@@ -9,8 +9,9 @@ from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 from ..format.codec import ByteCount, compress
 from ..format.crypt import Recipient, encrypt
-from .client import BackupStore, ObjectLock
+from .client import BackupStore
 from .manifest import Entry
+from .objects import ObjectLock
 
 
 @dataclass(frozen=True)
