@@ -677,8 +677,8 @@ def _port_conflicts(r: _ComposeReader, specs: dict[str, ServiceSpec]) -> None:
 
 
 def read_compose(ctx: LoadContext, cdoc: Doc, compose_rel: str, host_root: str, bind_roots: list[str],
-                 trees_root: str = "", public_ports: frozenset[str] = frozenset()) -> tuple[str, dict[str, ServiceSpec], dict[str, NetworkSpec],
-                                                dict[str, str]] | None:
+                 trees_root: str = "", public_ports: frozenset[str] = frozenset()) \
+        -> tuple[str, dict[str, ServiceSpec], dict[str, NetworkSpec], dict[str, str]] | None:
     """(project, services, networks, volumes) of the Compose file `cdoc`; None when it has no services at all.
     `host_root` is where the tree's files are on the Docker host; `bind_roots` the allowed absolute bind sources;
     `trees_root`, when set, where the content trees of a commit's config binds lie (one folder per content)."""
