@@ -1,7 +1,10 @@
 """The Compose subset the engine implements (image/build, command, environment/env_file, ports, volumes, networks,
-healthcheck, restart, labels, user, depends_on, container_name, `x-prodg`), read into ServiceSpecs and NetworkSpecs.
-Any other key is a located error, never silently ignored. Pure: reads only through the LoadContext's tree.
-Over 300 lines because each field's rules sit beside the field: one reader, top to bottom in the order of a service.
+healthcheck, restart, labels, user, depends_on, container_name, pull_policy, `x-prodg`, and for trust tier T1 the
+privilege keys), read into ServiceSpecs and NetworkSpecs. Any other key is a located error, never silently ignored.
+Pure: reads only through the LoadContext's tree.
+Long because each key's rules sit in their own reader: a `_ComposeReader` method per key reports that key's located
+errors and returns its typed value; `_service` calls them in the order of a service, then applies the rules that span
+keys (each a `check_*` method, or `image_reference` and `privileges`), and builds the ServiceSpec.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ import ipaddress
 import posixpath
 import re
 import shlex
-from typing import Any
+from functools import partial
+from typing import Any, Callable, NamedTuple, Sequence, TypeVar
 
 from .interpolate import VAR, LoadContext
 from .model import (
@@ -64,49 +68,24 @@ DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(
 
 RESTART = re.compile(r"^(no|always|unless-stopped|on-failure(:\d+)?)$")
 
-
-def _duration(ctx: LoadContext, doc: Doc, path: Path, value: Any) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    m = DURATION.match(str(value).strip()) if isinstance(value, str) and value.strip() else None
-    if not m:
-        ctx.errors.append(doc.error(path, f"must be a duration like 10s, 1m30s or 500ms, got {value!r}"))
-        return 0.0
-    h, mi, s, ms = m.groups()
-    return float(h or 0) * 3600 + float(mi or 0) * 60 + float(s or 0) + float(ms or 0) / 1000
+T = TypeVar("T")
 
 
-def _str_list(ctx: LoadContext, doc: Doc, path: Path, value: Any) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool)
-                                              for v in value):
-        ctx.errors.append(doc.error(path, f"must be a list of strings, got {kind_of(value)}"))
-        return []
-    return [str(v) for v in value]
-
-
-def _kv(ctx: LoadContext, doc: Doc, path: Path, value: Any) -> list[tuple[str, str, Path]]:
-    """Compose mapping-or-list form (`KEY: value` or `- KEY=value`) → [(key, value, path)]."""
-    out: list[tuple[str, str, Path]] = []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if isinstance(item, (dict, list)):
-                ctx.errors.append(doc.error(path + (key,), f"must be a string, got {kind_of(item)}"))
-                continue
-            text = "" if item is None else ("true" if item is True else "false" if item is False else str(item))
-            out.append((str(key), text, path + (key,)))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            if not isinstance(item, str) or "=" not in item:
-                ctx.errors.append(doc.error(path + (i,), f"must be KEY=value, got {item!r}"))
-                continue
-            key, _, text = item.partition("=")
-            out.append((key, text, path + (i,)))
-    else:
-        ctx.errors.append(doc.error(path, f"must be a mapping or a list of KEY=value, got {kind_of(value)}"))
-    return out
+class _XProdg(NamedTuple):
+    """A service's `x-prodg` as read; `layer` and `tier` as written (the ServiceSpec keeps only valid ones)."""
+    layer: Any = ""
+    tier: Any = "T2"
+    public: Sequence[str] = ()
+    after: Sequence[str] = ()
+    public_ports: Sequence[str] = ()
+    runs_as_root: str = ""
+    internal_ports: Sequence[int] = ()
 
 
 class _ComposeReader:
+    """Reads one Compose file: a method per key, given the key's path and value, reports that key's located errors
+    and returns its typed value."""
+
     def __init__(self, ctx: LoadContext, doc: Doc, compose_rel: str, host_root: str, bind_roots: list[str],
                  trees_root: str = "", public_ports: frozenset[str] = frozenset()):
         self.ctx, self.doc = ctx, doc
@@ -133,6 +112,176 @@ class _ComposeReader:
             self.err(path, f"path {raw!r} leaves the config tree")
             return None
         return rel
+
+    def read_key(self, path: Path, mapping: dict, key: str, reader: Callable[..., T], default: T, *args: Any) -> T:
+        """`reader`'s value of mapping[key], located at path + (key,); `default` when the key is absent."""
+        return reader(path + (key,), mapping[key], *args) if key in mapping else default
+
+    def str_list(self, path: Path, value: Any) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool)
+                                                  for v in value):
+            self.err(path, f"must be a list of strings, got {kind_of(value)}")
+            return []
+        return [str(v) for v in value]
+
+    def kv(self, path: Path, value: Any) -> list[tuple[str, str, Path]]:
+        """Compose mapping-or-list form (`KEY: value` or `- KEY=value`) → [(key, value, path)]."""
+        out: list[tuple[str, str, Path]] = []
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, (dict, list)):
+                    self.err(path + (key,), f"must be a string, got {kind_of(item)}")
+                    continue
+                text = "" if item is None else ("true" if item is True else "false" if item is False else str(item))
+                out.append((str(key), text, path + (key,)))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if not isinstance(item, str) or "=" not in item:
+                    self.err(path + (i,), f"must be KEY=value, got {item!r}")
+                    continue
+                key, _, text = item.partition("=")
+                out.append((key, text, path + (i,)))
+        else:
+            self.err(path, f"must be a mapping or a list of KEY=value, got {kind_of(value)}")
+        return out
+
+    def duration(self, path: Path, value: Any) -> float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        m = DURATION.match(str(value).strip()) if isinstance(value, str) and value.strip() else None
+        if not m:
+            self.err(path, f"must be a duration like 10s, 1m30s or 500ms, got {value!r}")
+            return 0.0
+        h, mi, s, ms = m.groups()
+        return float(h or 0) * 3600 + float(mi or 0) * 60 + float(s or 0) + float(ms or 0) / 1000
+
+    def x_prodg(self, path: Path, value: Any) -> _XProdg:
+        """`x-prodg`, prodg's own keys of a service; a service without it is reported on the service itself."""
+        if not isinstance(value, dict):
+            self.err(path[:-1], "missing `x-prodg` with the service's `layer`")
+            return _XProdg()
+        for key in value:
+            if key not in XPRODG_KEYS:
+                self.err(path + (key,), f"unknown key (allowed: {', '.join(sorted(XPRODG_KEYS))})")
+        if "layer" not in value:
+            self.err(path, "missing `layer`")
+        read = partial(self.read_key, path, value)  # `backup` is allowed, read nowhere
+        return _XProdg(layer=read("layer", self.layer, ""), tier=read("trust_tier", self.trust_tier, "T2"),
+                       public=read("public", self.str_list, ()), after=read("after", self.str_list, ()),
+                       public_ports=read("public_ports", self.own_public_ports, ()),
+                       runs_as_root=read("runs_as_root", self.runs_as_root, ""),
+                       internal_ports=read("internal_ports", self.internal_ports, ()))
+
+    def layer(self, path: Path, value: Any) -> Any:
+        if value not in LAYERS:
+            self.err(path, f"must be one of {', '.join(LAYERS)}, got {value!r}")
+        return value
+
+    def trust_tier(self, path: Path, value: Any) -> Any:
+        if value not in TRUST_TIERS:
+            self.err(path, f"must be one of {', '.join(TRUST_TIERS)}, got {value!r}")
+        return value
+
+    def own_public_ports(self, path: Path, value: Any) -> list[str]:
+        """`x-prodg.public_ports`: the service's ports published on every address on purpose, as PORT/PROTOCOL."""
+        ports = self.str_list(path, value)
+        for i, text in enumerate(ports):
+            if not PORT_PROTO.match(text):
+                self.err(path + (i,), f"must look like 443/tcp, got {text!r}")
+        return ports
+
+    def runs_as_root(self, path: Path, value: Any) -> str:
+        because = self.text(path, value) or ""
+        if not because.strip():
+            self.err(path, "must say why the service runs as root")
+        return because
+
+    def internal_ports(self, path: Path, value: Any) -> Sequence[int]:
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            self.err(path, "must be a list of port numbers")
+            return ()
+        return value
+
+    def build(self, path: Path, value: Any) -> Build | None:
+        """`build`: a context folder in the config tree, as a path or a mapping (context, dockerfile, args)."""
+        if isinstance(value, str):
+            value = {"context": value}
+        if not isinstance(value, dict):
+            self.err(path, f"must be a path or a mapping, got {kind_of(value)}")
+            return None
+        for key in set(value) - {"context", "dockerfile", "args"}:
+            self.err(path + (key,), "unknown key (allowed: args, context, dockerfile)")
+        ctx_rel = self.config_rel(path + ("context",), str(value.get("context", ".")))
+        ctx_files = list(self.ctx.tree.files_under(ctx_rel)) if ctx_rel is not None else []
+        if ctx_rel is not None and not ctx_files:
+            self.err(path + ("context",), f"build context {ctx_rel!r} does not exist in the config tree")
+        args = self.kv(path + ("args",), value["args"]) if "args" in value else []
+        if ctx_rel is None:
+            return None
+        return Build(ctx_rel, str(value.get("dockerfile", "Dockerfile")),
+                     tuple((k, self.ctx.interpolate(self.doc, p, v)) for k, v, p in args), self.tree_digest(ctx_files))
+
+    def image_reference(self, path: Path, image: str | None, build: Build | None, built: str) -> str:
+        """The image a service runs: its `image` (a digest reference whole), else `built`, the one `build` makes."""
+        if not image and not build:
+            self.err(path, "needs `image` or `build`")
+        if image and "@" in image and not DIGEST_REFERENCE.match(image):
+            self.err(path + ("image",), f"a digest reference must end in @sha256:<64 hex digits>, got {image!r}")
+        return image or built
+
+    def pull_policy(self, path: Path, value: Any, build: Build | None) -> str | None:
+        """The engine's policy for a `pull_policy` it honours (`build` only with a `build:` section); else None."""
+        raw = self.text(path, value)
+        if raw is None:
+            return None
+        if raw not in PULL_POLICIES:
+            self.err(path, f"{raw!r} is not honoured (allowed: {', '.join(sorted(PULL_POLICIES))})")
+            return None
+        policy = PULL_POLICIES[raw]
+        if (policy == "build") != bool(build):
+            self.err(path, "`build` goes with a `build:` section, and only with one" if build is None
+                     else f"a service built from `build:` is never pulled; got {raw!r}")
+        return policy
+
+    def command(self, path: Path, value: Any) -> tuple[str, ...] | None:
+        if isinstance(value, str):
+            text = self.text(path, value)
+            try:
+                return tuple(shlex.split(text or ""))
+            except ValueError as exc:
+                self.err(path, f"cannot split command: {exc}")
+                return None
+        if isinstance(value, list):
+            return tuple(x for i, v in enumerate(value) if (x := self.text(path + (i,), v)) is not None)
+        self.err(path, f"must be a string or a list, got {kind_of(value)}")
+        return None
+
+    def environment(self, path: Path, value: Any) -> list[tuple[str, str]]:
+        """`environment`: the one key whose values may reference secrets, and the only way a secret comes in."""
+        out = []
+        for key, text, p in self.kv(path, value):
+            literal = text.strip() and not VAR.search(text.replace("$$", ""))
+            if literal and (key in self.ctx.secrets or (SECRETISH_KEY.search(key) and not key.endswith("_FILE"))):
+                self.err(p, f"looks like a secret written literally; reference it as ${{{key}}} and keep the value "
+                            f"in the secrets source")
+            out.append((key, self.ctx.interpolate(self.doc, p, text, allow_secrets=True)))
+        return out
+
+    def env_file(self, path: Path, value: Any) -> list[str]:
+        out = []
+        for i, item in enumerate([value] if isinstance(value, str) else value if isinstance(value, list) else [None]):
+            p = path + ((i,) if isinstance(value, list) else ())
+            if item is None:
+                self.err(p, "must be a path or a list of paths")
+                continue
+            text = self.text(p, item)
+            if text is None:
+                continue
+            if not text.startswith("/"):
+                self.err(p, "env_file must be an absolute host path (secret files never live in the config repo)")
+                continue
+            out.append(text)
+        return out
 
     def ports(self, path: Path, value: Any) -> list[Port]:
         if not isinstance(value, list):
@@ -244,37 +393,6 @@ class _ComposeReader:
                 self.err(p, f"named volume {source!r} is not declared under top-level `volumes`")
         return out
 
-    def privileges(self, path: Path, body: dict, tier: str) -> Privileges:
-        """`privileged`, `cap_add`, `pid`, `network_mode` and `devices`: refused unless the service is T1 (the
-        seed's tier with "host / Docker socket" reach), and then read as the Engine takes them."""
-        given = [key for key in PRIVILEGE_KEYS if key in body]
-        if given and tier != "T1":
-            for key in given:
-                self.err(path + (key,), f"reaches past the container; only trust tier T1 services may "
-                                        f"(x-prodg.trust_tier is {tier})")
-            return Privileges()
-        privileged = body.get("privileged", False)
-        if not isinstance(privileged, bool):
-            self.err(path + ("privileged",), f"must be true or false, got {kind_of(privileged)}")
-            privileged = False
-        caps = _str_list(self.ctx, self.doc, path + ("cap_add",), body["cap_add"]) if "cap_add" in body else []
-        for i, cap in enumerate(caps):
-            if not CAPABILITY.match(cap):
-                self.err(path + ("cap_add", i), f"must be a capability name such as NET_ADMIN, got {cap!r}")
-        modes = {}
-        for key in ("pid", "network_mode"):
-            if key in body and body[key] != "host":
-                self.err(path + (key,), f"the engine implements only `host`, got {body[key]!r}")
-            modes[key] = "host" if body.get(key) == "host" else ""
-        if modes["network_mode"] and ("ports" in body or "networks" in body):
-            self.err(path + ("network_mode",), "a service on the host's network takes no `ports` or `networks`")
-        devices = _str_list(self.ctx, self.doc, path + ("devices",), body["devices"]) if "devices" in body else []
-        for i, device in enumerate(devices):
-            if not DEVICE.match(device):
-                self.err(path + ("devices", i), f"must be /dev/HOST[:/dev/CONTAINER][:rwm], got {device!r}")
-        return Privileges(privileged, tuple(c.removeprefix("CAP_") for c in caps), modes["pid"],
-                          modes["network_mode"], tuple(devices))
-
     def tree_digest(self, files: list[str]) -> str:
         return sha256_hex("".join(f + "\0" + sha256_hex(self.ctx.tree.read(f) or b"") for f in files))
 
@@ -312,9 +430,152 @@ class _ComposeReader:
             posixpath.join(self.host_root, rel)
         return Mount("bind", host, target, read_only, config_path=f"{rel}#{digest[:16]}")
 
+    def networks(self, path: Path, value: Any, declared: dict[str, NetworkSpec]) -> list[tuple[str, tuple[str, ...]]]:
+        """`networks` as (network name, aliases), each one declared under top-level `networks`."""
+        items = [(k, v) for k, v in value.items()] if isinstance(value, dict) else [(k, None) for k in value] \
+            if isinstance(value, list) else None
+        if items is None:
+            self.err(path, f"must be a list or a mapping, got {kind_of(value)}")
+            items = []
+        out = []
+        for key, opts in items:
+            if not isinstance(key, str) or key not in declared:
+                self.err(path, f"network {key!r} is not declared under top-level `networks`")
+                continue
+            aliases: list[str] = []
+            if isinstance(opts, dict):
+                for k in set(opts) - {"aliases"}:
+                    self.err(path + (key, k), "unknown key (allowed: aliases)")
+                aliases = self.str_list(path + (key, "aliases"), opts.get("aliases", []))
+            elif opts is not None:
+                self.err(path + (key,), f"must be a mapping, got {kind_of(opts)}")
+            out.append((declared[key].name, tuple(aliases)))
+        return out
+
+    def default_networks(self, path: Path, declared: dict[str, NetworkSpec],
+                         network_mode: Any) -> list[tuple[str, tuple[str, ...]]]:
+        """A service without `networks`: none on the host's network, else the Compose file's one network."""
+        if network_mode == "host":
+            return []
+        if len(declared) == 1:
+            return [(next(iter(declared.values())).name, ())]
+        self.err(path, "declare the service's `networks` (the Compose file has more than one network)")
+        return []
+
+    def healthcheck(self, path: Path, value: Any) -> Healthcheck | None:
+        """`healthcheck`; None when disabled or its test cannot be read."""
+        if not isinstance(value, dict):
+            self.err(path, f"must be a mapping, got {kind_of(value)}")
+            return None
+        for key in set(value) - {"test", "interval", "timeout", "retries", "start_period", "disable"}:
+            self.err(path + (key,), "unknown key (allowed: disable, interval, retries, start_period, test, timeout)")
+        test = value.get("test")
+        if isinstance(test, str):
+            test_t = ("CMD-SHELL", self.text(path + ("test",), test) or "")
+        elif isinstance(test, list) and test and test[0] in ("CMD", "CMD-SHELL", "NONE"):
+            test_t = tuple(self.text(path + ("test", i), v) or "" for i, v in enumerate(test))
+        else:
+            self.err(path + ("test",), "must be a string or a list starting with CMD, CMD-SHELL or NONE")
+            test_t = ()
+        retries = value.get("retries", 3)
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 1:
+            self.err(path + ("retries",), f"must be a positive integer, got {retries!r}")
+            retries = 3
+        if value.get("disable") or not test_t:
+            return None
+        return Healthcheck(test_t, self.duration(path + ("interval",), value.get("interval", "30s")),
+                           self.duration(path + ("timeout",), value.get("timeout", "30s")), retries,
+                           self.duration(path + ("start_period",), value.get("start_period", "0s")))
+
+    def restart(self, path: Path, value: Any) -> str:
+        restart = str(value)
+        if not RESTART.match(restart):
+            self.err(path, f"must be no, always, unless-stopped or on-failure[:N], got {restart!r}")
+        return restart
+
+    def labels(self, path: Path, value: Any) -> list[tuple[str, str]]:
+        out = []
+        for key, text, p in self.kv(path, value):
+            if key.startswith("prodg."):
+                self.err(p, "labels starting with 'prodg.' are set by the engine")
+            out.append((key, self.ctx.interpolate(self.doc, p, text)))
+        return out
+
+    def check_user(self, path: Path, user: str | None, mounts: list[Mount]) -> None:
+        """A named `user` cannot be given a host folder: one the service writes to needs a numeric uid[:gid]."""
+        writes_host = [m.source for m in mounts if m.kind == "bind" and not m.read_only and m.config_path is None]
+        if user and writes_host and not NUMERIC_USER.match(user):
+            self.err(path, f"{user!r}: a service that writes to a host folder ({writes_host[0]}) needs a numeric "
+                           f"uid[:gid] such as \"70:70\", so prodg can hand the folder to it before its first start")
+
+    def depends_on(self, path: Path, value: Any) -> list[str]:
+        """`depends_on` as a list of names or a mapping (condition, required, restart: accepted, not used)."""
+        if not isinstance(value, dict):
+            return self.str_list(path, value)
+        for key, opts in value.items():
+            if isinstance(opts, dict):
+                for k in set(opts) - {"condition", "restart", "required"}:
+                    self.err(path + (key, k), "unknown key (allowed: condition, required, restart)")
+        return [str(k) for k in value]
+
+    def check_dependencies(self, path: Path, name: str, services: set[str], depends: list[str],
+                           after: Sequence[str]) -> None:
+        """`depends_on` and `x-prodg.after` name other services of the Compose file."""
+        for field, names in (("depends_on", depends), ("x-prodg", after)):
+            for dep in names:
+                if dep not in services:
+                    self.err(path + (field,), f"names service {dep!r}, which the Compose file does not declare")
+                elif dep == name:
+                    self.err(path + (field,), "a service cannot depend on itself")
+
+    def privileges(self, path: Path, body: dict, tier: str) -> Privileges:
+        """`privileged`, `cap_add`, `pid`, `network_mode` and `devices`: refused unless the service is T1 (the
+        seed's tier with "host / Docker socket" reach), and then each read as the Engine takes it."""
+        given = [key for key in PRIVILEGE_KEYS if key in body]
+        if given and tier != "T1":
+            for key in given:
+                self.err(path + (key,), f"reaches past the container; only trust tier T1 services may "
+                                        f"(x-prodg.trust_tier is {tier})")
+            return Privileges()
+        read = partial(self.read_key, path, body)
+        privileged, caps = read("privileged", self.privileged, False), read("cap_add", self.cap_add, ())
+        pid, network_mode = read("pid", self.host_mode, ""), read("network_mode", self.host_mode, "")
+        if network_mode and ("ports" in body or "networks" in body):
+            self.err(path + ("network_mode",), "a service on the host's network takes no `ports` or `networks`")
+        return Privileges(privileged, caps, pid, network_mode, read("devices", self.devices, ()))
+
+    def privileged(self, path: Path, value: Any) -> bool:
+        if not isinstance(value, bool):
+            self.err(path, f"must be true or false, got {kind_of(value)}")
+            return False
+        return value
+
+    def cap_add(self, path: Path, value: Any) -> tuple[str, ...]:
+        caps = self.str_list(path, value)
+        for i, cap in enumerate(caps):
+            if not CAPABILITY.match(cap):
+                self.err(path + (i,), f"must be a capability name such as NET_ADMIN, got {cap!r}")
+        return tuple(c.removeprefix("CAP_") for c in caps)
+
+    def host_mode(self, path: Path, value: Any) -> str:
+        """`pid` or `network_mode`: "host" (the host's namespace) is the one value the engine implements."""
+        if value != "host":
+            self.err(path, f"the engine implements only `host`, got {value!r}")
+            return ""
+        return "host"
+
+    def devices(self, path: Path, value: Any) -> tuple[str, ...]:
+        devices = self.str_list(path, value)
+        for i, device in enumerate(devices):
+            if not DEVICE.match(device):
+                self.err(path + (i,), f"must be /dev/HOST[:/dev/CONTAINER][:rwm], got {device!r}")
+        return tuple(devices)
+
 
 def _service(r: _ComposeReader, name: str, body: Any, project: str, networks: dict[str, NetworkSpec],
              volumes: dict[str, str], services: set[str]) -> ServiceSpec | None:
+    """A service's ServiceSpec: each key read by its reader (in this order, the order its errors come in), then the
+    rules across keys."""
     path: Path = ("services", name)
     if not isinstance(body, dict):
         r.err(path, f"must be a mapping, got {kind_of(body)}")
@@ -322,217 +583,33 @@ def _service(r: _ComposeReader, name: str, body: Any, project: str, networks: di
     for key in body:
         if key not in SERVICE_KEYS:
             r.err(path + (key,), f"unknown Compose key (the engine implements: {', '.join(sorted(SERVICE_KEYS))})")
-    x = body.get("x-prodg")
-    layer, tier, public, after, internal, public_ports, root_because = "", "T2", [], [], [], [], ""
-    if not isinstance(x, dict):
-        r.err(path, "missing `x-prodg` with the service's `layer`")
-    else:
-        for key in x:
-            if key not in XPRODG_KEYS:
-                r.err(path + ("x-prodg", key), f"unknown key (allowed: {', '.join(sorted(XPRODG_KEYS))})")
-        layer = x.get("layer", "")
-        if "layer" not in x:
-            r.err(path + ("x-prodg",), "missing `layer`")
-        elif layer not in LAYERS:
-            r.err(path + ("x-prodg", "layer"), f"must be one of {', '.join(LAYERS)}, got {layer!r}")
-        tier = x.get("trust_tier", "T2")
-        if tier not in TRUST_TIERS:
-            r.err(path + ("x-prodg", "trust_tier"), f"must be one of {', '.join(TRUST_TIERS)}, got {tier!r}")
-        if "public" in x:
-            public = _str_list(r.ctx, r.doc, path + ("x-prodg", "public"), x["public"])
-        if "after" in x:
-            after = _str_list(r.ctx, r.doc, path + ("x-prodg", "after"), x["after"])
-        if "public_ports" in x:
-            public_ports = _str_list(r.ctx, r.doc, path + ("x-prodg", "public_ports"), x["public_ports"])
-            for i, text in enumerate(public_ports):
-                if not PORT_PROTO.match(text):
-                    r.err(path + ("x-prodg", "public_ports", i), f"must look like 443/tcp, got {text!r}")
-        if "runs_as_root" in x:
-            root_because = r.text(path + ("x-prodg", "runs_as_root"), x["runs_as_root"]) or ""
-            if not root_because.strip():
-                r.err(path + ("x-prodg", "runs_as_root"), "must say why the service runs as root")
-        if "internal_ports" in x:
-            raw = x["internal_ports"]
-            if not isinstance(raw, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in raw):
-                r.err(path + ("x-prodg", "internal_ports"), "must be a list of port numbers")
-            else:
-                internal = raw
-
-    image = r.text(path + ("image",), body["image"]) if "image" in body else None
-    build = None
-    if "build" in body:
-        b, bp = body["build"], path + ("build",)
-        if isinstance(b, str):
-            b = {"context": b}
-        if not isinstance(b, dict):
-            r.err(bp, f"must be a path or a mapping, got {kind_of(b)}")
-        else:
-            for key in set(b) - {"context", "dockerfile", "args"}:
-                r.err(bp + (key,), "unknown key (allowed: args, context, dockerfile)")
-            ctx_rel = r.config_rel(bp + ("context",), str(b.get("context", ".")))
-            ctx_files = list(r.ctx.tree.files_under(ctx_rel)) if ctx_rel is not None else []
-            if ctx_rel is not None and not ctx_files:
-                r.err(bp + ("context",), f"build context {ctx_rel!r} does not exist in the config tree")
-            args = _kv(r.ctx, r.doc, bp + ("args",), b["args"]) if "args" in b else []
-            if ctx_rel is not None:
-                build = Build(ctx_rel, str(b.get("dockerfile", "Dockerfile")),
-                              tuple((k, r.ctx.interpolate(r.doc, p, v)) for k, v, p in args),
-                              r.tree_digest(ctx_files))
-    if not image and not build:
-        r.err(path, "needs `image` or `build`")
-    if image and "@" in image and not DIGEST_REFERENCE.match(image):
-        r.err(path + ("image",), f"a digest reference must end in @sha256:<64 hex digits>, got {image!r}")
-    image = image or f"{project}/{name}"
-    pull_policy = "build" if build else "missing"
-    if "pull_policy" in body:
-        raw = r.text(path + ("pull_policy",), body["pull_policy"])
-        if raw is not None and raw not in PULL_POLICIES:
-            r.err(path + ("pull_policy",), f"{raw!r} is not honoured (allowed: {', '.join(sorted(PULL_POLICIES))})")
-        elif raw is not None:
-            pull_policy = PULL_POLICIES[raw]
-            if (pull_policy == "build") != bool(build):
-                r.err(path + ("pull_policy",), "`build` goes with a `build:` section, and only with one" if build
-                      is None else f"a service built from `build:` is never pulled; got {raw!r}")
-
-    command = None
-    if "command" in body:
-        c, cp = body["command"], path + ("command",)
-        if isinstance(c, str):
-            text = r.text(cp, c)
-            try:
-                command = tuple(shlex.split(text or ""))
-            except ValueError as exc:
-                r.err(cp, f"cannot split command: {exc}")
-        elif isinstance(c, list):
-            command = tuple(x for i, v in enumerate(c) if (x := r.text(cp + (i,), v)) is not None)
-        else:
-            r.err(cp, f"must be a string or a list, got {kind_of(c)}")
-
-    environment = []
-    if "environment" in body:
-        for key, value, p in _kv(r.ctx, r.doc, path + ("environment",), body["environment"]):
-            literal = value.strip() and not VAR.search(value.replace("$$", ""))
-            if literal and (key in r.ctx.secrets or (SECRETISH_KEY.search(key) and not key.endswith("_FILE"))):
-                r.err(p, f"looks like a secret written literally; reference it as ${{{key}}} and keep the value "
-                         f"in the secrets source")
-            environment.append((key, r.ctx.interpolate(r.doc, p, value, allow_secrets=True)))
-    env_files = []
-    if "env_file" in body:
-        ef = body["env_file"]
-        for i, item in enumerate([ef] if isinstance(ef, str) else ef if isinstance(ef, list) else [None]):
-            p = path + ("env_file",) + ((i,) if isinstance(ef, list) else ())
-            text = r.text(p, item) if item is not None else None
-            if text is None:
-                r.err(p, "must be a path or a list of paths") if item is None else None
-                continue
-            if not text.startswith("/"):
-                r.err(p, "env_file must be an absolute host path (secret files never live in the config repo)")
-                continue
-            env_files.append(text)
-
-    ports = r.ports(path + ("ports",), body["ports"]) if "ports" in body else []
+    read = partial(r.read_key, path, body)
+    x = r.x_prodg(path + ("x-prodg",), body.get("x-prodg"))
+    image = read("image", r.text, None)
+    build = read("build", r.build, None)
+    image = r.image_reference(path, image, build, f"{project}/{name}")
+    pull_policy = read("pull_policy", r.pull_policy, None, build) or ("build" if build else "missing")
+    command = read("command", r.command, None)
+    environment = read("environment", r.environment, [])
+    env_files = read("env_file", r.env_file, [])
+    ports = read("ports", r.ports, [])
     if ports:
-        r.check_exposure(public_ports)
-    mounts = r.volumes(path + ("volumes",), body["volumes"], volumes, tier) if "volumes" in body else []
-
-    nets: list[tuple[str, tuple[str, ...]]] = []
-    if "networks" in body:
-        n, npath = body["networks"], path + ("networks",)
-        items = [(k, v) for k, v in n.items()] if isinstance(n, dict) else [(k, None) for k in n] \
-            if isinstance(n, list) else None
-        if items is None:
-            r.err(npath, f"must be a list or a mapping, got {kind_of(n)}")
-            items = []
-        for key, opts in items:
-            if not isinstance(key, str) or key not in networks:
-                r.err(npath, f"network {key!r} is not declared under top-level `networks`")
-                continue
-            aliases: list[str] = []
-            if isinstance(opts, dict):
-                for k in set(opts) - {"aliases"}:
-                    r.err(npath + (key, k), "unknown key (allowed: aliases)")
-                aliases = _str_list(r.ctx, r.doc, npath + (key, "aliases"), opts.get("aliases", []))
-            elif opts is not None:
-                r.err(npath + (key,), f"must be a mapping, got {kind_of(opts)}")
-            nets.append((networks[key].name, tuple(aliases)))
-    elif body.get("network_mode") == "host":
-        pass
-    elif len(networks) == 1:
-        nets.append((next(iter(networks.values())).name, ()))
-    else:
-        r.err(path, "declare the service's `networks` (the Compose file has more than one network)")
-
-    health = None
-    if "healthcheck" in body:
-        h, hp = body["healthcheck"], path + ("healthcheck",)
-        if not isinstance(h, dict):
-            r.err(hp, f"must be a mapping, got {kind_of(h)}")
-        else:
-            for key in set(h) - {"test", "interval", "timeout", "retries", "start_period", "disable"}:
-                r.err(hp + (key,), "unknown key (allowed: disable, interval, retries, start_period, test, timeout)")
-            test = h.get("test")
-            if isinstance(test, str):
-                test_t = ("CMD-SHELL", r.text(hp + ("test",), test) or "")
-            elif isinstance(test, list) and test and test[0] in ("CMD", "CMD-SHELL", "NONE"):
-                test_t = tuple(r.text(hp + ("test", i), v) or "" for i, v in enumerate(test))
-            else:
-                r.err(hp + ("test",), "must be a string or a list starting with CMD, CMD-SHELL or NONE")
-                test_t = ()
-            retries = h.get("retries", 3)
-            if not isinstance(retries, int) or isinstance(retries, bool) or retries < 1:
-                r.err(hp + ("retries",), f"must be a positive integer, got {retries!r}")
-                retries = 3
-            if not h.get("disable") and test_t:
-                health = Healthcheck(
-                    test_t,
-                    _duration(r.ctx, r.doc, hp + ("interval",), h.get("interval", "30s")),
-                    _duration(r.ctx, r.doc, hp + ("timeout",), h.get("timeout", "30s")),
-                    retries,
-                    _duration(r.ctx, r.doc, hp + ("start_period",), h.get("start_period", "0s")),
-                )
-
-    restart = str(body.get("restart", "no"))
-    if not RESTART.match(restart):
-        r.err(path + ("restart",), f"must be no, always, unless-stopped or on-failure[:N], got {restart!r}")
-    labels = []
-    if "labels" in body:
-        for key, value, p in _kv(r.ctx, r.doc, path + ("labels",), body["labels"]):
-            if key.startswith("prodg."):
-                r.err(p, "labels starting with 'prodg.' are set by the engine")
-            labels.append((key, r.ctx.interpolate(r.doc, p, value)))
-    user = None
-    if "user" in body:
-        user = r.text(path + ("user",), body["user"])
-        writes_host = [m.source for m in mounts if m.kind == "bind" and not m.read_only and m.config_path is None]
-        if user and writes_host and not NUMERIC_USER.match(user):
-            r.err(path + ("user",), f"{user!r}: a service that writes to a host folder ({writes_host[0]}) needs a "
-                                    f"numeric uid[:gid] such as \"70:70\", so prodg can hand the folder to it before "
-                                    f"its first start")
-
-    depends: list[str] = []
-    if "depends_on" in body:
-        d, dp = body["depends_on"], path + ("depends_on",)
-        if isinstance(d, dict):
-            for key, opts in d.items():
-                if isinstance(opts, dict):
-                    for k in set(opts) - {"condition", "restart", "required"}:
-                        r.err(dp + (key, k), "unknown key (allowed: condition, required, restart)")
-            depends = [str(k) for k in d]
-        else:
-            depends = _str_list(r.ctx, r.doc, dp, d)
-    for field, names in (("depends_on", depends), ("x-prodg", after)):
-        for dep in names:
-            if dep not in services:
-                r.err(path + (field,), f"names service {dep!r}, which the Compose file does not declare")
-            elif dep == name:
-                r.err(path + (field,), "a service cannot depend on itself")
-
-    container_name = r.text(path + ("container_name",), body["container_name"]) if "container_name" in body \
-        else None
+        r.check_exposure(x.public_ports)
+    mounts = read("volumes", r.volumes, [], volumes, x.tier)
+    nets = r.networks(path + ("networks",), body["networks"], networks) if "networks" in body \
+        else r.default_networks(path, networks, body.get("network_mode"))
+    health = read("healthcheck", r.healthcheck, None)
+    restart = read("restart", r.restart, "no")
+    labels = read("labels", r.labels, [])
+    user = read("user", r.text, None)
+    r.check_user(path + ("user",), user, mounts)
+    depends = read("depends_on", r.depends_on, [])
+    r.check_dependencies(path, name, services, depends, x.after)
+    container_name = read("container_name", r.text, None)
     return ServiceSpec(
         name=name,
         container_name=container_name or name,
-        layer=layer if layer in LAYERS else "",
+        layer=x.layer if x.layer in LAYERS else "",
         image=image,
         build=build,
         command=command,
@@ -546,14 +623,14 @@ def _service(r: _ComposeReader, name: str, body: Any, project: str, networks: di
         labels=tuple(sorted(labels)),
         user=user,
         depends_on=tuple(sorted(set(depends) & services - {name})),
-        after=tuple(sorted(set(after) & services - {name})),
-        public_domains=tuple(public),
-        trust_tier=tier if tier in TRUST_TIERS else "T2",
-        internal_ports=tuple(internal),
-        public_ports=tuple(public_ports),
+        after=tuple(sorted(set(x.after) & services - {name})),
+        public_domains=tuple(x.public),
+        trust_tier=x.tier if x.tier in TRUST_TIERS else "T2",
+        internal_ports=tuple(x.internal_ports),
+        public_ports=tuple(x.public_ports),
         pull_policy=pull_policy,
-        privileges=r.privileges(path, body, tier),
-        runs_as_root=root_because.strip(),
+        privileges=r.privileges(path, body, x.tier),  # the privilege keys, read last (their errors come last)
+        runs_as_root=x.runs_as_root.strip(),
     )
 
 
@@ -600,8 +677,8 @@ def _port_conflicts(r: _ComposeReader, specs: dict[str, ServiceSpec]) -> None:
 
 
 def read_compose(ctx: LoadContext, cdoc: Doc, compose_rel: str, host_root: str, bind_roots: list[str],
-                 trees_root: str = "", public_ports: frozenset[str] = frozenset()) -> tuple[str, dict[str, ServiceSpec], dict[str, NetworkSpec],
-                                                dict[str, str]] | None:
+                 trees_root: str = "", public_ports: frozenset[str] = frozenset()) \
+        -> tuple[str, dict[str, ServiceSpec], dict[str, NetworkSpec], dict[str, str]] | None:
     """(project, services, networks, volumes) of the Compose file `cdoc`; None when it has no services at all.
     `host_root` is where the tree's files are on the Docker host; `bind_roots` the allowed absolute bind sources;
     `trees_root`, when set, where the content trees of a commit's config binds lie (one folder per content)."""
