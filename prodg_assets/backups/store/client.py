@@ -218,8 +218,9 @@ class BackupStore(S3Endpoint):
     access_key_id_env: str = ""
     secret_access_key_env: str = ""
     key_source: dict[str, str] = {}  # the secrets source's config (secret_source.secret_source_config): no value
-    # Whose manifests are believed (backups/format/signing.py): prodg.yaml's backups.signers (name → key), and the host's
-    # own key, derived from its age identity file (PRODG_BACKUP_IDENTITY), which also signs what this host writes.
+    # Whose manifests are believed (backups/format/signing.py): prodg.yaml's backups.signers (name → key), and the
+    # host's own key, derived from its age identity file (PRODG_BACKUP_IDENTITY), which also signs what this host
+    # writes.
     signers: dict[str, str] = {}
     identity_file: str = ""
 
@@ -306,7 +307,7 @@ class BackupStore(S3Endpoint):
             kwargs.update(KeyMarker=page.get("NextKeyMarker", ""),
                           VersionIdMarker=page.get("NextVersionIdMarker", ""))
 
-    def deleteversion_of(self, key: str, version_id: str) -> Optional[str]:
+    def delete_version(self, key: str, version_id: str) -> Optional[str]:
         """Delete one version for good (one DeleteObject call with its VersionId: each is refused or done on its
         own). Returns None when done, else the store's reason (an Object Lock refusal: AccessDenied)."""
         try:
