@@ -10,7 +10,7 @@ from bench.measure import MB, fmt_cpu, fmt_s, mbps
 from prodg_assets.backups.codec import ZSTD_LEVEL
 
 if TYPE_CHECKING:
-    from bench.backup_throughput import Backups, Restores, Stream
+    from bench.backup_results import Backups, Restores, Stream
     from bench.fixtures import Built
 
 

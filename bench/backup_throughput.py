@@ -44,6 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.backup_notes import backup_note, diagnose_backup, restore_notes, rss_note, stream_note  # noqa: E402
+from bench.backup_results import Backups, Restores, Stream  # noqa: E402
 from bench.common import append_result, machine  # noqa: E402
 from bench.fixtures import (Built, ChildRun, Setup, age_zstd_into_psql, build, moto_bucket,  # noqa: E402
                             removed_afterwards, start_postgres, timed_exec)
@@ -87,37 +88,6 @@ def setup_size(b: Setup, size_gib: float, docs_rows: int) -> tuple[Built, str]:
 
 
 # -- the backup (wall, size, peak RSS) vs pg_dumpall > /dev/null and the seed's pg_dumpall | gzip, interleaved ---------
-@dataclass
-class Backups:
-    repeats: int
-    plain: list = field(default_factory=list)  # baseline: (s, CPU split) of pg_dumpall > /dev/null
-    gz: list = field(default_factory=list)  # baseline: (s, CPU split) of pg_dumpall | gzip, once
-    gz_bytes: int = 0
-    pipe: list = field(default_factory=list)  # measured: (ChildRun, CPU split, key) of postgres_backup
-
-    @property
-    def best_plain(self) -> tuple[float, dict]:
-        return min(self.plain, key=lambda x: x[0])
-
-    @property
-    def best(self) -> tuple[ChildRun, dict, str]:
-        return min(self.pipe, key=lambda x: x[0].result["wall"])
-
-    @property
-    def rss(self) -> float:
-        return max(p[0].maxrss_mb for p in self.pipe)
-
-    @property
-    def ratio(self) -> float:
-        return self.best[0].result["wall"] / self.best_plain[0]
-
-    @property
-    def completion_s(self) -> float:
-        """The store's completion after the last byte: moto's CompleteMultipartUpload (and the manifest's PUT)."""
-        s3 = self.best[0].result["s3"]
-        return sum(v[1] for k, v in s3.items() if k in ("CompleteMultipartUpload", "CopyObject", "PutObject"))
-
-
 def backup(b: Setup, size_gib: float, r: int, today: str, timeout_s: float) -> tuple[ChildRun, dict, str]:
     """The measured thing: one postgres_backup to moto, in a fresh process."""
     key = postgres_key(f"bench-{size_gib:g}gib-r{r}/", today, datetime.datetime.now(datetime.timezone.utc), "zstd",
@@ -174,23 +144,6 @@ def backup_rows(label: str, bk: Backups, full: bool) -> list[tuple]:
 
 
 # -- the backup vs its route alone (pg_dumpall's output read out of the helper's FIFO and dropped), and the exec API's --
-@dataclass
-class Stream:
-    run: ChildRun  # baseline: the helper's FIFO into Python, dropped
-    cpu: dict
-    exec_run: ChildRun  # the exec stream into Python, dropped (the route an Engine on another machine takes)
-    exec_cpu: dict
-    cli_s: float  # diagnostic: `docker exec … > /dev/null`
-
-    @property
-    def wall(self) -> float:
-        return self.run.result["wall"]
-
-    @property
-    def exec_wall(self) -> float:
-        return self.exec_run.result["wall"]
-
-
 def measure_stream(b: Setup, timeout_s: float) -> Stream:
     run, cpu = b.child("stream", timeout_s, route="helper")
     exec_run, exec_cpu = b.child("stream", timeout_s, route="exec")
@@ -212,21 +165,6 @@ def stream_rows(label: str, bk: Backups, st: Stream) -> list[tuple]:
 
 
 # -- restore_postgres into an empty scratch Postgres vs `age -d | zstd -dc | psql`, order alternating -----------------
-@dataclass
-class Restores:
-    repeats: int
-    pipes: list = field(default_factory=list)  # measured: (ChildRun, CPU split, census findings)
-    bases: list = field(default_factory=list)  # baseline: (s, CPU split, psql's ERROR lines, census findings)
-
-    @property
-    def best_pipe(self) -> tuple[ChildRun, dict, list]:
-        return min(self.pipes, key=lambda x: x[0].result["wall"])
-
-    @property
-    def best_base(self) -> tuple[float, dict, list, list]:
-        return min(self.bases, key=lambda x: x[0])
-
-
 def restore_measured(b: Setup, scratch: str, ids: dict, key: str, sha: str, stored: int, expected, profile: bool,
                      timeout_s: float) -> tuple[ChildRun, dict, list]:
     """The measured thing: restore_postgres into the empty `scratch`, in a fresh process; the census compared."""
