@@ -142,8 +142,8 @@ def _instrument_restore() -> tuple[dict, Callable[[], None]]:
     timers = {"download": None, "send_s": 0.0, "sends": 0, "last_send_end": 0.0}
     original_download, original_send = BackupStore.download, ContainerExec.send
 
-    def download(self, key, chunk_size=1024 * 1024):
-        timers["download"] = Timed(original_download(self, key, chunk_size))
+    def download(self, key, chunk_size=1024 * 1024, version_id=""):
+        timers["download"] = Timed(original_download(self, key, chunk_size, version_id))
         return timers["download"]
 
     def send(self, data):
