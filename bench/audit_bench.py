@@ -1,8 +1,9 @@
 """The window audit over a year of backups: 365 daily partitions × 3 targets in a moto_server bucket, written by the
 product's own writers (`stream_backup` of a small dump into `postgres/<day>/pg_dumpall-<HHMMSS>.sql.zst.age`,
-`mirror_s3` of a small MinIO stand-in bucket (stored once by content under `minio/objects/`, named by each day), `stream_backup` of `git archive` of config/
-into `configs/<day>/config-<commit>.tar.zst.age`, each day with its manifest), what each materialisation would record kept
-in a Dagster instance (sqlite, in a temp dir) through the same metadata the backup assets write.
+`mirror_s3` of a small MinIO stand-in bucket (stored once by content under `minio/objects/`, named by each day),
+`stream_backup` of `git archive` of config/ into `configs/<day>/config-<commit>.tar.zst.age`, each day with its
+manifest), what each materialisation would record kept in a Dagster instance (sqlite, in a temp dir) through the same
+metadata the backup assets write.
 
 Measured, each against a baseline in the same run on the same bucket:
 - `audit_store` (the window audit the `backup_audit` asset runs) vs one paginated listing of the whole bucket;
@@ -55,9 +56,9 @@ def fill(store, source, days: list[datetime.date], commit: str, workers: int, re
     """Back up every day of `days` with the product's writers (objects encrypted to `recipients`, then each day's
     manifest); returns {asset: {partition: metadata}} as the backup assets would record it."""
     from prodg_assets.backups.assets.recipe import partition_metadata
+    from prodg_assets.backups.capture.mirror import ContentIndex, mirror_s3
     from prodg_assets.backups.store.keys import config_key, postgres_key
     from prodg_assets.backups.store.manifest import Manifest, write_manifest
-    from prodg_assets.backups.capture.mirror import ContentIndex, mirror_s3
     from prodg_assets.backups.store.stream import stream_backup
     from prodg_assets.gitops.repo import git_archive_chunks
 
@@ -118,8 +119,8 @@ def main() -> None:
 
     from bench.common import append_result, machine
     from prodg_assets.agekeys import Identity
-    from prodg_assets.backups.proofs.audit import OK, AuditTarget, audit_store, check_partition
     from prodg_assets.backups.assets.records import recorded_partitions
+    from prodg_assets.backups.proofs.audit import OK, AuditTarget, audit_store, check_partition
     from prodg_assets.backups.store.client import BackupStore, S3Source
     from tests.standins.moto import MotoServer
 

@@ -16,8 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import dagster as dg  # noqa: E402
-import docker  # noqa: E402
 
+import docker  # noqa: E402
 from bench.common import append_result, machine  # noqa: E402
 from tests.conftest import git, init_repo, make_testbed  # noqa: E402
 from tests.spec.conftest import BUNDLED_ENV  # noqa: E402
@@ -34,8 +34,8 @@ def wall(cmd: list[str], runs: int = 5) -> float:
 
 def noop_reconcile(tmp: str) -> tuple[float, int]:
     from prodg_assets import build_resources
-    from prodg_assets.settings import EnvSettings
     from prodg_assets.gitops.repo import ConfigRepo
+    from prodg_assets.settings import EnvSettings
 
     client = docker.from_env()
     bed = make_testbed(os.path.join(tmp, "noop"), client, f"prodgn{os.getpid() % 10000}")
@@ -60,9 +60,9 @@ def noop_reconcile(tmp: str) -> tuple[float, int]:
 
 
 def plan_100() -> tuple[float, float]:
+    from prodg_assets.desired import DirTree, load_desired_state
     from prodg_assets.engine.facts import desired_facts
     from prodg_assets.engine.plan import Desired, Live, plan
-    from prodg_assets.desired import DirTree, load_desired_state
 
     tmp = tempfile.mkdtemp()
     try:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import boto3
-import docker
 
+import docker
 from bench.measure import CpuSnap, cpu_split
 from prodg_assets.backups.restore.postgres import wait_ready
 from tests.standins.moto import MotoServer

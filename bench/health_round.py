@@ -17,8 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import dagster as dg  # noqa: E402
-import docker  # noqa: E402
 
+import docker  # noqa: E402
 from bench.common import append_result, machine  # noqa: E402
 from prodg_assets.contract import CHECK_SCHEDULE_PREFIX  # noqa: E402
 from tests.conftest import make_testbed  # noqa: E402

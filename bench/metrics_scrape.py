@@ -17,9 +17,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import dagster as dg  # noqa: E402
-import docker  # noqa: E402
 import requests  # noqa: E402
 
+import docker  # noqa: E402
 from bench.common import append_result, machine  # noqa: E402
 from bench.measure import proc_cpu  # noqa: E402
 from tests.conftest import make_testbed  # noqa: E402
@@ -84,7 +84,8 @@ def main() -> None:
         return sorted(values)[min(len(values) - 1, int(q * len(values)))]
 
     rows = [(f"one scrape of `prodg exporter` ({assets} services, {checks} checks, {EVENTS} events each; "
-             f"{SCRAPES} scrapes)", f"p50 {1000 * statistics.median(scrape):.1f} ms, p95 {1000 * p(scrape, .95):.1f} ms",
+             f"{SCRAPES} scrapes)",
+             f"p50 {1000 * statistics.median(scrape):.1f} ms, p95 {1000 * p(scrape, .95):.1f} ms",
              f"404 from the same listener: p50 {1000 * statistics.median(base):.1f} ms",
              f"{statistics.median(scrape) / statistics.median(base):.1f}×", "reported"),
             ("exporter CPU per scrape", f"{1000 * scrape_cpu:.1f} ms", f"{1000 * base_cpu:.1f} ms",

@@ -1,14 +1,15 @@
-"""Push → new container healthy under `dagster dev` (webserver + daemon running the git sensor), beside the baseline
-of recreating the same container directly through the Engine API (prodg's engine, no Dagster):
+"""Push → new container healthy under `dagster dev` (webserver + daemon running the git sensor), beside the baseline of
+recreating the same container directly through the Engine API (prodg's engine, no Dagster):
 
-- a one-service change (Redis' environment), N pushes found by polling (the sensor's interval), with each push split into its parts: push → run queued (the
-  sensor's tick interval, the fetch and the evaluation), queued → run started (the run queue and the run's process
-  loading the code location), run start → Redis' step (resources, upstream steps), step → container started (the
-  state at the commit, the lay-out, the image, the create), started → healthy (the health wait);
-- the same change told: the bare remote's post-receive hook POSTs to `prodg webhook`, which evaluates the git sensor
-  at once (gitops.push) while polling goes on beside it;
-- a push that adds a service (a new Redis-like cache), M pushes, told by the hook: the evaluation asks the webserver
-  to reload the code location and evaluates again in the reloaded one.
+- a one-service change (Redis' environment), N pushes found by polling (the sensor's interval), with each push split
+  into its parts: push → run queued (the sensor's tick interval, the fetch and the evaluation), queued → run started
+  (the run queue and the run's process loading the code location), run start → Redis' step (resources, upstream steps),
+  step → container started (the state at the commit, the lay-out, the image, the create), started → healthy (the health
+  wait);
+- the same change told: the bare remote's post-receive hook POSTs to `prodg webhook`, which evaluates the git sensor at
+  once (gitops.push) while polling goes on beside it;
+- a push that adds a service (a new Redis-like cache), M pushes, told by the hook: the evaluation asks the webserver to
+  reload the code location and evaluates again in the reloaded one.
 
 Prints tables and appends dated rows to bench/RESULTS.md. Measures; never asserts.
 Usage: .venv/bin/python bench/push_to_healthy.py [--pushes 10] [--new-services 3] [--interval 4]
@@ -29,7 +30,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import docker  # noqa: E402
-
 from bench.common import append_result, machine  # noqa: E402
 from tests.conftest import git, make_testbed  # noqa: E402
 from tests.dagster_dev import free_port  # noqa: E402
@@ -130,8 +130,8 @@ def main() -> None:
         bed.cleanup()
         # Baseline first: the same one-service change applied straight through prodg's engine (no Dagster).
         from prodg_assets import build_resources
-        from prodg_assets.settings import EnvSettings
         from prodg_assets.gitops.repo import ConfigRepo
+        from prodg_assets.settings import EnvSettings
 
         assert bed.materialize().success
         resources = build_resources(ConfigRepo(repo_path=bed.repo).desired_state(git(bed.repo, "rev-parse", "HEAD")),

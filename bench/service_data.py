@@ -108,16 +108,16 @@ def main() -> None:
     from bench.common import append_result
     from bench.fixtures import moto_bucket
     from prodg_assets.agekeys import read_identities
-    from prodg_assets.backups.format.crypt import BackupIdentity
     from prodg_assets.backups.assets.definitions import backup_definitions
-    from prodg_assets.backups.store.manifest import read_manifest
+    from prodg_assets.backups.format.crypt import BackupIdentity
     from prodg_assets.backups.restore.files import redis_aof_from_rdb, restore_file, restore_folder
     from prodg_assets.backups.store.client import BackupStore
+    from prodg_assets.backups.store.manifest import read_manifest
     from prodg_assets.desired import DirTree, load_desired_state
     from prodg_assets.engine.client import DockerEngine
     from prodg_assets.engine.exec import exec_run
-    from prodg_assets.secret_source import SecretSource
     from prodg_assets.gitops.repo import ConfigRepo
+    from prodg_assets.secret_source import SecretSource
     from tests.conftest import age_keygen, init_repo
 
     client = docker.from_env()
