@@ -73,9 +73,9 @@ def psql(api, container: str, sql: str, db: str = "postgres") -> str:
     return out.decode().strip()
 
 
-def s3(url: str):
-    return boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
-                        aws_secret_access_key="testing")
+def s3(url: str, key_id: str = "testing", secret: str = "testing"):
+    return boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=key_id,
+                        aws_secret_access_key=secret)
 
 
 @dataclass
@@ -253,8 +253,10 @@ def pg_container(docker_client):
 
 @pytest.fixture(scope="session")
 def store_server():
-    with MotoServer() as server:
-        s3(server.url).create_bucket(Bucket=BUCKET)
+    """The off-site store: moto checking every request's key and SigV4 signature (only STORE_KEY_ID / STORE_SECRET
+    are known to it), as B2 does."""
+    with MotoServer(keys={STORE_KEY_ID: STORE_SECRET}) as server:
+        s3(server.url, STORE_KEY_ID, STORE_SECRET).create_bucket(Bucket=BUCKET)
         yield server
 
 

@@ -264,7 +264,7 @@ def wipe(client, tmp_host: str) -> None:
 
 def test_the_documented_rebuild_brings_every_target_back_from_the_store_and_the_identity_alone(
         docker_client, store_server, tmp_path):
-    s3(store_server.url).create_bucket(Bucket=BUCKET)
+    s3(store_server.url, STORE_KEY_ID, STORE_SECRET).create_bucket(Bucket=BUCKET)
     host, safe, workdir = str(tmp_path / "host"), str(tmp_path / "safe"), str(tmp_path / "rebuild")
     os.makedirs(safe)
     os.makedirs(workdir)

@@ -101,7 +101,23 @@ def test_errors_name_the_operation_and_never_the_credentials(bed):
 
 
 def test_nothing_unreachable_is_contacted_without_credentials(bed, clean_store):
-    """Empty credentials sign nothing (anonymous), instead of boto3 looking for instance credentials."""
+    """Empty credentials sign nothing (anonymous), instead of boto3 looking for instance credentials: the store,
+    which checks keys, refuses the unsigned request."""
     anonymous = BackupStore(endpoint_url=bed.store_url, bucket=clean_store.bucket)
     clean_store.put_bytes("a/x", b"x")
-    assert [o.key for o in anonymous.list("a/")] == ["a/x"]  # moto lets anonymous reads through
+    with pytest.raises(StoreError) as err:
+        list(anonymous.list("a/"))
+    assert "AccessDenied" in str(err.value), err.value
+
+
+@pytest.mark.parametrize("key_id, secret, refusal", [
+    ("wrong", "wrong", "InvalidAccessKeyId"),  # a key the store does not know
+    (STORE_KEY_ID, "not-the-secret", "SignatureDoesNotMatch"),  # the right key id, signed with another secret
+], ids=["unknown-key", "wrong-secret"])  # the key id is per run: ids the same in every worker
+def test_a_wrong_key_is_refused_and_nothing_is_written(bed, clean_store, key_id, secret, refusal):
+    wrong = BackupStore(endpoint_url=bed.store_url, bucket=clean_store.bucket, access_key_id=key_id,
+                        secret_access_key=secret)
+    with pytest.raises(StoreError) as err:
+        wrong.upload_stream("w/x.bin", [b"data"])
+    assert refusal in str(err.value) and secret not in str(err.value)
+    assert list(clean_store.list("w/")) == []
