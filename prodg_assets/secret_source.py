@@ -3,7 +3,6 @@ the env-file parser, and the one redactor every log line, exception and metadata
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import stat
@@ -12,12 +11,8 @@ from typing import Mapping
 
 import dagster as dg
 
+from .desired.model import sha256_hex
 from .settings import SecretsSettings
-
-
-def _digest(value: str) -> str:
-    """A value compared without being kept: its sha256."""
-    return hashlib.sha256(value.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -207,7 +202,7 @@ def migrate(env_file: SecretSource, infisical: SecretSource, names: list[str], d
             moves.append(Move(name, "missing"))
         elif name not in there:
             moves.append(Move(name, "create"))
-        elif _digest(there[name]) != _digest(here[name]):
+        elif sha256_hex(there[name]) != sha256_hex(here[name]):
             moves.append(Move(name, "update"))
         else:
             moves.append(Move(name, "unchanged"))
@@ -217,4 +212,4 @@ def migrate(env_file: SecretSource, infisical: SecretSource, names: list[str], d
                                if m.action in ("create", "update")})
     after = infisical.values()
     return [Move(m.name, m.action, m.action != "missing"
-                 and _digest(after.get(m.name, "")) == _digest(here[m.name])) for m in moves]
+                 and sha256_hex(after.get(m.name, "")) == sha256_hex(here[m.name])) for m in moves]
