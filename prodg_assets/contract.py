@@ -45,6 +45,7 @@ DNS_ASSET = "dns_records"
 TLS_ASSET = "tls_certificates"
 TAILNET_ASSET = "tailnet"
 POSTGRES_BACKUP = "postgres_backup"
+DAGSTER_BACKUP = "dagster_backup"  # Dagster's own database (method dagster_storage)
 MINIO_BACKUP = "minio_backup"
 CONFIG_BACKUP = "config_backup"
 RESTORE_DRILL = "postgres_restore_drill"
@@ -52,7 +53,8 @@ BACKUP_AUDIT = "backup_audit"
 BACKUP_GROUP = "backups"
 # backup method (prodg.yaml backups.targets.*.method) → its one target's asset; any other method (volume,
 # secrets_file) names its asset after the target: `<target>_backup`
-ASSET_OF_METHOD = {"pg_dumpall": POSTGRES_BACKUP, "s3_mirror": MINIO_BACKUP, "config_archive": CONFIG_BACKUP}
+ASSET_OF_METHOD = {"pg_dumpall": POSTGRES_BACKUP, "s3_mirror": MINIO_BACKUP, "config_archive": CONFIG_BACKUP,
+                   "dagster_storage": DAGSTER_BACKUP}
 
 # -- asset checks ------------------------------------------------------------------------------------------------------
 IN_SYNC = "in_sync"

@@ -217,7 +217,7 @@ VOLUME_CAPTURES = ("redis_bgsave", "sqlite", "files")
 @dataclass(frozen=True)
 class BackupTarget:
     name: str  # postgres | minio | configs | a service's data (redis, vaultwarden, …) | secrets
-    method: str  # pg_dumpall | s3_mirror | config_archive | volume | secrets_file
+    method: str  # pg_dumpall | s3_mirror | config_archive | volume | secrets_file | dagster_storage
     prefix: str
     retention_days: int
     service: Optional[str] = None

@@ -68,7 +68,7 @@ PRODG_SCHEMA = {
         "signers": MapOf(str),
         "object_lock": {"mode": OneOf("governance", "compliance")},
         "targets": Req(MapOf({"method": Req(OneOf("pg_dumpall", "s3_mirror", "config_archive", "volume",
-                                                    "secrets_file")),
+                                                    "secrets_file", "dagster_storage")),
                               "service": str, "prefix": Req(str), "retention_days": Req(int),
                               "capture": OneOf("redis_bgsave", "sqlite", "files"), "path": str,
                               "helper_image": str})),

@@ -29,7 +29,7 @@ from ..store.client import BackupStore, S3Source
 from .checks import build_object_check, build_window_checks
 from .drill_and_audit import build_audit_asset, build_restore_drill
 from .rotation import build_drill_rotation, build_restored_check
-from .targets import build_config_backup, build_minio_backup, build_postgres_backup
+from .targets import build_config_backup, build_dagster_backup, build_minio_backup, build_postgres_backup
 from .volume_targets import build_secrets_backup, build_volume_backup
 
 
@@ -72,6 +72,7 @@ def build_backup_resources(state: DesiredState, environ: Mapping[str, str] | Non
 # prodg.yaml `backups.targets.<name>.method` → the builder of that target's asset (the schema lists the same names)
 CAPTURE_METHODS = {
     "pg_dumpall": build_postgres_backup,
+    "dagster_storage": build_dagster_backup,
     "s3_mirror": build_minio_backup,
     "config_archive": build_config_backup,
     "volume": build_volume_backup,

@@ -1,5 +1,6 @@
-"""The store targets' assets: `postgres_backup` (pg_dumpall), `minio_backup` (the object mirror) and `config_backup`
-(the config tree as deployed), each a daily partition made by recipe.run_partition with its own `produce`."""
+"""The store targets' assets: `postgres_backup` (pg_dumpall), `dagster_backup` (Dagster's own database),
+`minio_backup` (the object mirror) and `config_backup` (the config tree as deployed), each a daily partition made by
+recipe.run_partition with its own `produce`."""
 
 import time
 
@@ -8,6 +9,7 @@ import dagster as dg
 from ...contract import (
     BACKUP_GROUP,
     CONFIG_BACKUP,
+    DAGSTER_BACKUP,
     MINIO_BACKUP,
     POSTGRES_BACKUP,
     TARGET_TAG,
@@ -20,6 +22,7 @@ from ...engine.facts import DataSource, container_source
 from ...gitops.repo import ConfigRepo, git_archive_chunks
 from ...secret_source import SecretSource
 from ...settings import BackupSettings, BackupTarget
+from ..capture.dagster import dagster_database
 from ..capture.mirror import COMPRESSION as MIRROR_COMPRESSION
 from ..capture.mirror import mirror_s3, stored_content
 from ..capture.policy import Capture
@@ -98,6 +101,66 @@ def build_postgres_backup(state: DesiredState, settings: BackupSettings, partiti
                              prepare=lambda: running_source(docker.client, spec, "postgres", day, "dumped"))
 
     return postgres_backup
+
+
+def build_dagster_backup(state: DesiredState, settings: BackupSettings, partitions: dg.PartitionsDefinition,
+                         target: BackupTarget) -> dg.AssetsDefinition:
+    prefix = target.prefix
+    managed = service_assets(state)
+
+    @dg.asset(name=DAGSTER_BACKUP, group_name=BACKUP_GROUP, partitions_def=partitions, kinds={"postgres", "s3"},
+              pool="prodg_backup_dagster", tags={TARGET_TAG: target.name})
+    def dagster_backup(context: dg.AssetExecutionContext, config: PostgresBackupConfig, docker: DockerEngine,
+                       repo: ConfigRepo, secrets: SecretSource, backup_store: BackupStore) -> dg.MaterializeResult:
+        """Dagster's own database — every deploy's and backup's run, event and materialisation, the history the UI
+        shows — as `pg_dumpall` of the Postgres this instance's storage connects to (docker/prod's
+        dagster-postgres, found on the Engine by the connection's host), in a helper container from its image,
+        zstd-compressed, encrypted and streamed into the off-site store (`dagster/<day>/pg_dumpall-<HHMMSS>…`), then
+        the day's manifest with its row counts (runs and events among them) for the drill. The dump is taken after
+        the count while this run itself keeps writing events: the drill expects at least as many."""
+        values = secrets.values()
+        day = context.partition_key
+        failure = {"object_key": ""}
+
+        known = dict(values)  # the database's password joins what is scrubbed from any message
+
+        def prepare():
+            db = dagster_database(context.instance, docker.client)
+            known["DAGSTER_POSTGRES_PASSWORD"] = db.password
+            return db, container_source(docker.client, db.container)
+
+        def produce(cap: Capture, prepared) -> Produced:
+            db, source = prepared
+            key = failure["object_key"] = postgres_key(prefix, day, cap.captured_at, settings.compression,
+                                                       settings.encrypted)
+            counts = census(docker.client.api, db.container, db.db_user, lock_timeout_s=config.census_lock_timeout_s)
+            helper_root = repo.deployed_dir if config.dump_in_helper and docker.address.startswith("unix://") else ""
+            dump = pg_dumpall_chunks(docker.client.api, db.container, password=db.password, db_user=db.db_user,
+                                     lock_wait_timeout_s=config.lock_wait_timeout_s, helper_root=helper_root,
+                                     port=db.port)
+            try:
+                result = stream_backup(backup_store, key, dump, settings.compression,
+                                       {"partition": day, "source": db.container, "commit": cap.commit},
+                                       cap.recipients, cap.lock)
+            finally:
+                dump.close()
+            history = db.history(counts.rows)
+            manifest = partition_manifest(target, cap, source, source.description, result.compression,
+                                          [result.entry()], row_counts=counts.as_json(), db_user=db.db_user,
+                                          database=db.database, history=history)
+            return Produced(manifest, [key], lambda up: dict(
+                duration_s=round(result.duration_s, 3), throughput_mb_s=result.throughput_mb_s,
+                database=f"{db.database} in {db.container}", runs=history["runs"], events=history["events"],
+                tables=len(counts.rows), rows=sum(counts.rows.values())),
+                f"{key}: {history['runs']} runs, {history['events']} events, {result.raw_bytes} bytes dumped")
+
+        def scrub(text: str) -> str:
+            return scrubber(backup_store, known)(text)
+
+        return run_partition(context, "dagster", settings, target, backup_store, repo, managed, scrub, produce,
+                             failure=failure, prepare=prepare)
+
+    return dagster_backup
 
 
 def build_minio_backup(state: DesiredState, settings: BackupSettings, partitions: dg.PartitionsDefinition,

@@ -14,6 +14,7 @@ from ...engine.client import DockerEngine
 from ...engine.facts import container_source
 from ...secret_source import parse_env_file
 from ...streams import ProducerFailed
+from ..capture.dagster import HISTORY_TABLES
 from ..capture.postgres import Census
 from ..capture.volumes import redis_cli
 from ..restore.files import compare_with_commit, redis_aof_from_rdb, restore_file, restore_folder
@@ -48,6 +49,22 @@ def verify_postgres(found, state, target, manifest, identities, docker, repo, st
                           env_value(spec, "POSTGRES_USER", {}) or "postgres")
     found.add("sha256", True, f"{manifest.objects[0].object_key} as the manifest recorded")
     found.add("row counts", drill.passed, f"{drill.tables} tables, {drill.rows} rows" if drill.passed
+              else "; ".join(drill.findings[:10]))
+
+
+def verify_dagster(found, state, target, manifest, identities, docker, repo, store, scratch) -> None:
+    """Dagster's database restored into a scratch Postgres of the image it was dumped from: every table there, and
+    at least the runs and events counted at dump time (this very run wrote more while it was dumped)."""
+    image = manifest.image_id or DEFAULT_SCRATCH_IMAGE
+    expected = Census.from_json(manifest.extra.get("row_counts") or {})
+    database = str(manifest.extra.get("database") or "dagster")
+    history = {f"{database}/{table}": name for name, table in HISTORY_TABLES.items()}
+    name = f"prodg-drill-{manifest.partition}-{pysecrets.token_hex(3)}"
+    drill = restore_drill(store, manifest, identities, expected, docker.client, image, name,
+                          str(manifest.extra.get("db_user") or "postgres"), grown=frozenset(history))
+    found.add("sha256", True, f"{manifest.objects[0].object_key} as the manifest recorded")
+    counts = ", ".join(f"{drill.actual.rows.get(t, 0)} {n} (≥ {expected.rows.get(t, 0)})" for t, n in history.items())
+    found.add("history", drill.passed, f"{counts}; {drill.tables} tables" if drill.passed
               else "; ".join(drill.findings[:10]))
 
 
@@ -122,8 +139,8 @@ def verify_volume(found, state, target, manifest, identities, docker, repo, stor
                                                         f"data: {health}")
 
 
-VERIFY = {"pg_dumpall": verify_postgres, "s3_mirror": verify_mirror, "config_archive": verify_config,
-           "secrets_file": verify_secrets, "volume": verify_volume}
+VERIFY = {"pg_dumpall": verify_postgres, "dagster_storage": verify_dagster, "s3_mirror": verify_mirror,
+          "config_archive": verify_config, "secrets_file": verify_secrets, "volume": verify_volume}
 
 
 class ScratchContainer:

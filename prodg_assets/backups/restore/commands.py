@@ -4,6 +4,8 @@ per target and day.
 
 - `postgres`: into a fresh scratch container (left running, its name printed) or --target, a container or a
   service of the config (refused over data unless --force).
+- `dagster` (method dagster_storage): Dagster's own database, likewise: --target dagster-postgres --force puts the
+  history back into docker/prod's Postgres (its daemon, webserver and code server stopped first).
 - a `volume` target: into the service's data folder on this machine (or --to), refused while the service's
   container runs on that folder and over existing data unless --force (then the old data is moved aside).
 - `secrets`: the secrets file (prodg.yaml secrets.env_file, or --to), mode 600, same refusal.
@@ -32,7 +34,7 @@ from ..store.manifest import Manifest, ManifestError, read_manifest, read_manife
 from ..store.objects import StoreError
 from .files import RestoredFiles, compare_with_commit, redis_aof_from_rdb, restore_file, restore_folder
 from .minio import restore_minio
-from .postgres import RestoreRefused, restore_postgres, wait_ready
+from .postgres import DEFAULT_POSTGRES_IMAGE, RestoreRefused, restore_postgres, wait_ready
 
 
 class RestoreUsage(Exception):
@@ -109,20 +111,25 @@ def restore(state: DesiredState, commit: str, resources: dict, name: str, day: d
     identities = operator_identities(manifest, identity_file)
     origin = f"captured {manifest.captured_at} at commit {manifest.commit[:12]}; sha256 verified" \
              f"{', decrypted' if manifest.encrypted else ''}"
-    if target.method == "pg_dumpall":
+    if target.method in ("pg_dumpall", "dagster_storage"):
         docker = resources["docker"]
         client = docker.client
+        # Dagster's database logs in as the user it was dumped as (docker/prod's `dagster`)
+        db_user = str(manifest.extra.get("db_user") or "postgres")
         # --target: a container, or a service of the config (its container: what a rebuilt host just deployed)
         container = state.services[pg_container].container_name if pg_container in state.services else pg_container
         if not container:
-            spec = state.services[target.service or ""]
-            image, _ = docker.resolve_image(spec, state, commit, build=False)
+            if target.method == "pg_dumpall":
+                image, _ = docker.resolve_image(state.services[target.service or ""], state, commit, build=False)
+            else:  # the image Dagster's Postgres ran, if this Engine still has it
+                image = manifest.image_id if _has_image(client, manifest.image_id) else DEFAULT_POSTGRES_IMAGE
             container = f"prodg-restore-{day.isoformat()}-{pysecrets.token_hex(3)}"  # unique on a shared Engine
             client.containers.run(image, detach=True, name=container, network_mode="none",
-                                  environment={"POSTGRES_PASSWORD": pysecrets.token_urlsafe(18)},
+                                  environment={"POSTGRES_PASSWORD": pysecrets.token_urlsafe(18),
+                                               "POSTGRES_USER": db_user, "POSTGRES_DB": "postgres"},
                                   labels={LABEL_SCRATCH: "manual"})
-            wait_ready(client.api, container)
-        result = restore_postgres(store, manifest, identities, client.api, container, force=force)
+            wait_ready(client.api, container, db_user)
+        result = restore_postgres(store, manifest, identities, client.api, container, db_user, force=force)
         return (f"restored {result.key} ({origin}) into container {container}: {result.sql_bytes} bytes of SQL in "
                 f"{result.duration_s:.1f}s")
     if target.method == "volume":
@@ -154,6 +161,13 @@ def restore(state: DesiredState, commit: str, resources: dict, name: str, day: d
         return (f"restored {done.objects} objects ({done.bytes} bytes; {origin}, each object's sha256 as captured) "
                 f"into MinIO {source.endpoint_url}, buckets {', '.join(done.buckets)}")
     raise RestoreUsage(f"{target.name}: no restore for method {target.method}")
+
+
+def _has_image(client, image: str) -> bool:
+    try:
+        return bool(image) and bool(client.images.get(image))
+    except Exception:  # not on this Engine (a rebuilt host): the default image
+        return False
 
 
 def _files_line(manifest: Manifest, origin: str, done: RestoredFiles) -> str:

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 _IGNORABLE = re.compile(r'ERROR:\s+role "[^"]+" already exists')
 
 
+# A scratch Postgres when the dump's own image is not at hand (docker/prod's dagster-postgres runs it too)
+DEFAULT_POSTGRES_IMAGE = "prodg/postgres:bookworm"
+
+
 class RestoreRefused(Exception):
     """The target already holds data and force was not given."""
 
