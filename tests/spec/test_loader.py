@@ -155,6 +155,7 @@ def test_backup_targets_and_retention(state):
         "postgres": ("pg_dumpall", "postgres", "postgres/", 30),
         "minio": ("s3_mirror", "minio", "minio/", 30),
         "configs": ("config_archive", None, "configs/", 90),
+        "dagster": ("dagster_storage", None, "dagster/", 90),
         "redis": ("volume", "redis", "redis/", 30),
         "vaultwarden": ("volume", "vaultwarden", "vaultwarden/", 30),
         "headscale": ("volume", "headscale", "headscale/", 30),
