@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .apply import ApplyResult
 
 _CLIENTS: dict[str, "docker.DockerClient"] = {}
+_JOINED: set[tuple[str, str]] = set()  # (Engine, network) this process's container was attached to
 
 
 class DockerEngine(dg.ConfigurableResource):
@@ -86,8 +87,25 @@ class DockerEngine(dg.ConfigurableResource):
         return facts.container_health(self.client, project, spec)
 
     def endpoint(self, spec: ServiceSpec, container_port: int, protocol: str = "tcp") -> Optional[tuple[str, int]]:
-
+        """Where a check reaches the service's port from here. With `probe_network`, prodg's own container (a run
+        container of docker/prod) joins that network first, once: the daemon launches runs on its own network,
+        before the mainframe's network exists, and a run container is removed when it ends."""
+        if self.probe_network:
+            self.join_probe_network()
         return facts.endpoint(self.client, self.probe_network, spec, container_port, protocol)
+
+    def join_probe_network(self) -> str:
+        """Attach this process's container to `probe_network` (nothing on the host); see endpoint()."""
+        key = (self.address, self.probe_network)
+        if key in _JOINED:
+            return "already"
+        container = facts.own_container()
+        if not container:
+            return "not in a container"
+        done = facts.join_network(self.client, self.probe_network, container)
+        if done != "no such network":  # not yet made: asked again at the next check
+            _JOINED.add(key)
+        return done
 
     def resolve_image(self, spec: ServiceSpec, state: DesiredState, commit: str, build_root: str | None = None,
                       build: bool = True) -> tuple[str, str]:

@@ -9,6 +9,7 @@ hashes: facts are safe to log and to put in metadata. Nothing outside this modul
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
@@ -333,6 +334,34 @@ def root_processes(client: docker.DockerClient, project: str) -> dict[str, int]:
         out[c.labels.get(LABEL_SERVICE, c.name)] = sum(1 for row in top.get("Processes") or []
                                                         if str(row[column]).strip() == "0")
     return out
+
+
+_CONTAINER_ID = re.compile(r"/containers/([0-9a-f]{64})/")
+
+
+def own_container(mountinfo: str = "/proc/self/mountinfo") -> str:
+    """The id of the container this process runs in ("" on the host): the Engine bind-mounts the container's own
+    hostname, hosts and resolv.conf from /var/lib/docker/containers/<id>/, which the mount table shows."""
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as fh:
+            match = _CONTAINER_ID.search(fh.read())
+    except OSError:
+        return ""
+    return match.group(1) if match else ""
+
+
+def join_network(client: docker.DockerClient, network: str, container: str) -> str:
+    """Attach `container` (prodg's own run container) to `network` unless it is already there; what was done, or
+    why not: "joined", "already", "no such network" (the mainframe's network is made by the first deploy)."""
+    try:
+        net = client.networks.get(network)
+    except errors.NotFound:
+        return "no such network"
+    attached = ((client.api.inspect_container(container).get("NetworkSettings") or {}).get("Networks") or {})
+    if network in attached or net.name in attached:
+        return "already"
+    net.connect(container)
+    return "joined"
 
 
 def endpoint(client: docker.DockerClient, probe_network: str, spec: ServiceSpec, container_port: int,
