@@ -237,7 +237,9 @@ def pytest_sessionfinish(session, exitstatus):
             for nodeid in STATE.items:
                 if nodeid in STATE.outcomes:
                     record = STATE.records.get(nodeid) or new_record(nodeid)
-                    fh.write(json.dumps({**record, "outcome": STATE.outcomes[nodeid]}) + "\n")
+                    declared = STATE.declared.get(function_of(nodeid))
+                    fh.write(json.dumps({**record, "outcome": STATE.outcomes[nodeid],
+                                         **({"declared": declared} if declared else {})}) + "\n")
     except OSError as exc:
         STATE.messages.append(f"could not write {records_path}: {exc}")
     full = _full_run(session, exitstatus)
@@ -326,12 +328,9 @@ class Run:
 
     @classmethod
     def of(cls, state: _Session) -> "Run":
-        ran = defaultdict(list)
-        for nodeid in state.items:
-            if nodeid in state.outcomes:
-                ran[function_of(nodeid)].append(nodeid)
-        for nodeid in state.outcomes:  # a test that ran, of a collection the controller never heard of
-            if function_of(nodeid) not in ran:
+        ran = defaultdict(list)  # test function -> its items that ran to a pass or a failure (a skip keeps the doc)
+        for nodeid in dict.fromkeys([*state.items, *state.outcomes]):
+            if state.outcomes.get(nodeid) in ("passed", "failed"):
                 ran[function_of(nodeid)].append(nodeid)
         declared = {**declared_tests(), **state.declared}
 
@@ -352,8 +351,8 @@ class Run:
                     for k in ("located_validate", "located_sensor", "crashes"):
                         bad_input[k] += (record or {}).get("counts", {}).get(k, 0)
         # the hunts: every test that recorded a search, and the secret hunt whatever it got to record
-        hunts = [(n, state.records.get(n), state.outcomes[n]) for n in state.outcomes
-                 if (state.records.get(n) or {}).get("searches") or function_of(n) == SECRET_HUNT_TEST]
+        hunts = [(n, state.records.get(n), state.outcomes[n]) for f in ran for n in ran[f]
+                 if (state.records.get(n) or {}).get("searches") or f == SECRET_HUNT_TEST]
         return cls(faults, loads, bad_input, secret_figures(hunts) if hunts else None, declared)
 
 
@@ -640,6 +639,8 @@ def main(argv: list[str] | None = None) -> int:
             record = json.loads(line)
             state.items.append(record["test"])
             state.outcomes[record["test"]] = record.pop("outcome", None) or "failed"
+            if declared := record.pop("declared", None):
+                state.declared[function_of(record["test"])] = declared
             state.records[record["test"]] = record
     doc_path = os.environ.get(DOC_PATH_ENV) or DOC
     with open(doc_path, encoding="utf-8") as fh:
