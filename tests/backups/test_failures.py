@@ -185,7 +185,10 @@ def assert_the_retry_lost_no_row(bed, store, retry, prefix: str, measured):
     assert measured.compare("rows", expected=live, actual=dumped) == 0, (live, dumped)
 
 
-@pytest.mark.fault
+@pytest.mark.fault(
+    fault="`pg_dumpall` fails midway (lock timeout)",
+    happens="partition fails with pg_dumpall's error, upload aborted, no object; once the lock is released the "
+            "retry succeeds and its dump holds every row of the cluster")
 def test_a_dump_that_fails_midway_fails_the_partition_and_leaves_no_object(bed, clean_store, locked_cluster,
                                                                            instance, measured):
     prefix = f"postgres/{DAY}/"
@@ -207,7 +210,10 @@ def test_a_dump_that_fails_midway_fails_the_partition_and_leaves_no_object(bed, 
     assert_the_retry_lost_no_row(bed, clean_store, retry, prefix, measured)
 
 
-@pytest.mark.fault
+@pytest.mark.fault(
+    fault="`pg_dumpall` killed midway",
+    happens='partition fails ("exited with status …"), upload aborted, no object; the retry succeeds and its dump '
+            "holds every row of the cluster")
 def test_a_dump_killed_midway_fails_the_partition_and_leaves_no_object(bed, clean_store, locked_cluster, instance,
                                                                        measured):
     prefix = f"postgres/{DAY}/"
@@ -260,7 +266,10 @@ def test_a_crafted_commit_tag_or_recorded_commit_changes_no_file(bed, clean_stor
     assert_nothing_kept(clean_store, f"configs/{DAY}/")
 
 
-@pytest.mark.fault
+@pytest.mark.fault(
+    fault="MinIO mirror fails halfway",
+    happens="the objects it copied are removed, no manifest; once the bucket is there the retry mirrors every "
+            "object with its sha256")
 def test_a_mirror_that_fails_halfway_removes_what_it_copied(bed, clean_store, instance, measured):
     source = S3Source(endpoint_url=bed.minio_url, access_key_id="minio-admin",
                       secret_access_key_secret="MINIO_ROOT_PASSWORD", buckets=["media", "no-such-bucket"])

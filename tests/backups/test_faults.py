@@ -221,7 +221,11 @@ def test_store_settings_have_bounded_defaults_and_refuse_nonsense():
 
 
 # -- (d) Postgres is stopped before the backup -------------------------------------------------------------------------
-@pytest.mark.fault
+@pytest.mark.fault(
+    fault="Postgres container stopped before the backup",
+    happens="partition fails: \"the postgres service's container … is not running; nothing was dumped or uploaded\"; "
+            "not one request reaches the store (no object, no manifest, no upload); after a start the retry "
+            "succeeds with the right sha256 and the restore drill passes")
 @pytest.mark.docker
 def test_postgres_stopped_fails_naming_the_container_uploads_nothing_and_the_retry_succeeds(
         bed, state, fault_proxy, clean_store, instance, measured):
@@ -256,7 +260,12 @@ def test_postgres_stopped_fails_naming_the_container_uploads_nothing_and_the_ret
 
 
 # -- (a) the store stops mid-upload ----------------------------------------------------------------------------------
-@pytest.mark.fault
+@pytest.mark.fault(
+    fault="S3 endpoint stopped mid-upload (after part 1)",
+    happens="partition fails naming the operation, key, endpoint and attempts, and says the upload could not be "
+            "aborted and what will clean it; pg_dump ends at once; no object; once the endpoint is back the retry "
+            "aborts the left-over upload (`aborted_uploads: 1`) and succeeds with the right sha256, `object_intact` "
+            "passes")
 @pytest.mark.docker
 def test_store_stopped_mid_upload_fails_clearly_and_the_retry_cleans_up_and_succeeds(
         bed, state, bulk, fault_proxy, clean_store, instance, attempts, measured):
@@ -317,7 +326,12 @@ FLAKY = {  # fault: (switch, operations it must have hit)
 }
 
 
-@pytest.mark.fault
+@pytest.mark.fault(
+    fault="S3 errors on some requests (503 SlowDown, 500, dropped connections, answers lost after the store applied "
+          "them, every CompleteMultipartUpload answer lost)",
+    happens="botocore's retries carry the backup through; a lost complete is recognised; an upload orphaned by a "
+            "lost CreateMultipartUpload answer is aborted by the backup itself; right sha256, no upload left (5 "
+            "variants)")
 @pytest.mark.docker
 @pytest.mark.parametrize("fault", sorted(FLAKY))
 def test_store_errors_on_some_requests_are_retried_through(bed, state, bulk, fault_proxy, clean_store, instance,
@@ -342,7 +356,10 @@ def test_store_errors_on_some_requests_are_retried_through(bed, state, bulk, fau
     assert_no_secrets(instance, result)
 
 
-@pytest.mark.fault
+@pytest.mark.fault(
+    fault="every CompleteMultipartUpload fails (HTTP 500)",
+    happens='fails: "InternalError (HTTP 500) … (after 3 attempts)"; the product aborts its own upload; no object, '
+            "no upload; the retry succeeds")
 @pytest.mark.docker
 def test_store_errors_beyond_the_retries_fail_clearly_and_keep_nothing(bed, state, bulk, fault_proxy, clean_store,
                                                                        instance, measured):
@@ -370,7 +387,10 @@ def test_store_errors_beyond_the_retries_fail_clearly_and_keep_nothing(bed, stat
     assert_no_secrets(instance, failed, retry)
 
 
-@pytest.mark.fault
+@pytest.mark.fault(
+    fault="listing fails (HTTP 500) after the day's manifest is written",
+    happens='fails saying the day is kept — "its manifest … is written — but tidying the store after it failed"; '
+            "the dump and manifest are in the store, the dump's sha256 the manifest's")
 @pytest.mark.docker
 def test_a_store_failing_after_the_manifest_is_written_fails_the_run_saying_the_day_is_kept(
         bed, state, bulk, fault_proxy, clean_store, instance, measured):
@@ -404,7 +424,9 @@ def test_a_store_failing_after_the_manifest_is_written_fails_the_run_saying_the_
 
 
 # -- (c) the store is slow, or stalls ----------------------------------------------------------------------------------
-@pytest.mark.fault
+@pytest.mark.fault(
+    fault="S3 slow (0.2 / 0.5 / 1 s on every request)",
+    happens="completes in bounded time with the right sha256")
 @pytest.mark.docker
 def test_a_slow_store_still_gets_a_correct_backup_in_bounded_time(bed, state, bulk, fault_proxy, clean_store,
                                                                  instance, attempts, measured):
@@ -427,7 +449,10 @@ def test_a_slow_store_still_gets_a_correct_backup_in_bounded_time(bed, state, bu
     assert_no_secrets(instance, result)
 
 
-@pytest.mark.fault
+@pytest.mark.fault(
+    fault="S3 stalls on UploadPart (no answer for 300 s; read timeout 2 s)",
+    happens='fails within attempts × read timeout: "did not answer within 2 s (ReadTimeoutError, 2 attempts)"; '
+            "upload aborted, nothing kept; the retry succeeds")
 @pytest.mark.docker
 def test_a_store_that_stalls_fails_within_the_read_timeout_bound_and_keeps_nothing(
         bed, state, bulk, fault_proxy, clean_store, instance, attempts, measured):

@@ -120,7 +120,9 @@ def notify(bed: Testbed, instance, result: dg.ExecuteInProcessResult) -> None:
     sensor(ctx)
 
 
-@pytest.mark.fault
+@pytest.mark.fault(
+    fault="Telegram down (HTTP 500), then slow (answers after 30 s)",
+    happens="the notifier gives up (warning; 5 s timeout); the run's status and the containers are untouched")
 def test_telegram_is_told_when_a_deploys_healthcheck_fails_and_a_dead_telegram_changes_nothing(stack, measured):
     bed, telegram = stack
     bed.edit("hermes-api/app/main.py", 'return {"status": "ok"}', 'return {"status": "ok", "boom": 1 / 0}')

@@ -160,8 +160,10 @@ def test_several_commits_deploy_the_newest_once_and_list_what_they_cover(remote)
         assert "postgres" in keys(req) and "redis" not in keys(req)
 
 
-@pytest.mark.fault
-def test_force_push_triggers_a_full_reconcile(remote):
+@pytest.mark.fault(
+    fault="history force-pushed away",
+    happens='full reconcile of the new head, tagged "history rewritten"')
+def test_force_push_triggers_a_full_reconcile(remote, measured):
     bed = remote.bed
     with dg.instance_for_test() as instance:
         base = git(remote.clone, "rev-parse", "HEAD")
@@ -175,6 +177,8 @@ def test_force_push_triggers_a_full_reconcile(remote):
                     "      POSTGRES_USER: postgres\n      REWRITTEN_TZ: Europe/Berlin\n")
         rewritten = remote.push("postgres: TZ, rewritten", force=True)
         result, cursor = evaluate(bed, instance, deployed)
+        # the rewritten head is what must not be lost: the commits the tick requests a run of
+        measured.compare("commits", expected={rewritten}, actual={r.run_key.split(":")[0] for r in result.run_requests})
         assert len(result.run_requests) == 1, result.skip_message
         (req,) = result.run_requests
         assert req.run_key == f"{rewritten}:1"
@@ -185,7 +189,10 @@ def test_force_push_triggers_a_full_reconcile(remote):
         assert not again.run_requests
 
 
-@pytest.mark.fault
+@pytest.mark.fault(
+    fault="config repo unreachable",
+    happens="sensor tick fails with the fetch error (no credentials in it), cursor kept; once the remote answers "
+            "again the next tick requests the commit pushed during the outage and its run deploys it")
 def test_unreachable_remote_is_a_clear_sensor_error_and_keeps_the_cursor(remote, tmp_path, measured):
     """The remote cannot be reached while an operator pushes: the tick fails clearly and keeps the cursor. Once the
     remote answers again at the same URL, the next tick of the same sensor requests the commit pushed during the
@@ -227,8 +234,10 @@ def test_unreachable_remote_is_a_clear_sensor_error_and_keeps_the_cursor(remote,
         assert measured.compare("commits", expected={pushed}, actual=deployed) == 0, deployed
 
 
-@pytest.mark.fault
-def test_a_huge_unrelated_file_deploys_nothing_and_is_never_read_into_memory(remote):
+@pytest.mark.fault(
+    fault="a huge unrelated file in the repo (160 MB beside the config, 40 MB inside it)",
+    happens="fetched, nothing deployed, cursor moves; peak RSS grows < 80 MB; the next real push deploys")
+def test_a_huge_unrelated_file_deploys_nothing_and_is_never_read_into_memory(remote, measured):
     """A 160 MB file committed beside the config (and a 40 MB one inside it that no service references): the tick
     fetches it, deploys nothing for it, moves the cursor, and prodg's memory does not grow by the file's size.
 
@@ -305,7 +314,8 @@ def test_a_huge_unrelated_file_deploys_nothing_and_is_never_read_into_memory(rem
         (req,) = result.run_requests
         assert req.run_key.split(":")[0] == sha and "redis" in keys(req)
         assert launch(bed, instance, req).success
-        assert bed.containers()["redis"].labels["prodg.commit"] == sha
+        deployed = {bed.containers()["redis"].labels["prodg.commit"]}
+        assert measured.compare("commits", expected={sha}, actual=deployed) == 0, deployed
 
 
 def test_a_branch_reset_to_a_commit_deployed_before_deploys_it_again(remote):

@@ -154,7 +154,10 @@ def test_changing_one_services_environment_recreates_only_that_container(deploye
     assert "REDIS_MAXCLIENTS=500" in env
 
 
-@pytest.mark.fault
+@pytest.mark.fault(
+    fault="new container fails its healthcheck",
+    happens="trial container removed, the serving one never stopped (every probe answered), asset fails with the "
+            "reason and the last log lines")
 def test_failing_healthcheck_rolls_back_and_service_keeps_answering(deployed, measured):
     bed = deployed[0]
     old = bed.containers()["hermes-api"]
@@ -308,7 +311,9 @@ def test_a_service_that_left_the_spec_is_reported_then_pruned_when_opted_in(depl
     assert "node-exporter" not in bed.containers()
 
 
-@pytest.mark.fault
+@pytest.mark.fault(
+    fault="image build fails (`RUN exit 3`)",
+    happens="asset fails naming the build; the running container untouched; a retry after the fix converges")
 def test_an_image_that_does_not_build_fails_the_asset_and_changes_nothing(deployed, measured):
     bed = deployed[0]
     before = bed.containers()["hermes-api"]
@@ -327,7 +332,9 @@ def test_an_image_that_does_not_build_fails_the_asset_and_changes_nothing(deploy
                             and bed.containers()["hermes-api"].status == "running"), check_problems(retry)
 
 
-@pytest.mark.fault
+@pytest.mark.fault(
+    fault="new (stateful) container killed during its health wait",
+    happens="new one removed, previous one renamed back and restarted; a retry converges")
 def test_a_new_container_killed_during_its_health_wait_rolls_back(deployed, measured):
     bed = deployed[0]
     written = redis_write(bed)  # what Redis holds before the fault

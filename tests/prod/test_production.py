@@ -481,7 +481,10 @@ def test_push_to_config_repo_is_deployed_by_the_daemons_sensor_tick(deployment: 
     assert tags["docker/container_id"]  # it too ran in a container of its own
 
 
-@pytest.mark.fault
+@pytest.mark.fault(
+    fault="a run's container killed (production shape)",
+    happens='run monitoring marks the run failed ("Detected run worker status"); the run re-executed succeeds in a '
+            "container of its own and its materialisation and check are stored; the failed run stays failed")
 def test_a_run_whose_container_dies_is_marked_failed(deployment: Deployment, measured):
     """Run monitoring: the run's container is killed while the run is STARTED; the daemon notices that the container
     is gone and marks the run failed (it would otherwise stay STARTED for ever). Then the operator's retry — the failed
@@ -549,7 +552,10 @@ def test_a_run_whose_container_dies_is_marked_failed(deployment: Deployment, mea
                     f"AND dagster_event_type = '{dg.DagsterEventType.RUN_FAILURE.value}'") == "1"
 
 
-@pytest.mark.fault
+@pytest.mark.fault(
+    fault="the Dagster daemon killed and restarted during a sensor-launched run",
+    happens="the run ends (its container carries on, or monitoring fails it) — never left STARTED/QUEUED; the "
+            "restarted daemon's next tick launches exactly one run for the next commit and none again for the first")
 def test_daemon_restarted_during_a_sensor_launched_run_loses_nothing(deployment: Deployment, measured):
     """The daemon is killed and started again while a run its sensor launched is under way (STARTED, in its own
     container): the run finishes with SUCCESS — its worker never depended on the daemon — and the restarted daemon's

@@ -69,7 +69,11 @@ def action_of(instance, run_id: str, asset: str) -> str:
     return ""
 
 
-@pytest.mark.fault
+@pytest.mark.fault(
+    fault="two deploys (older and newer commit) and a backup launched at once, three processes",
+    happens="applies to one service never overlap (per-service pools; the backup shares Postgres's); the final live "
+            "state is the newest commit (an older run that comes second records `superseded`); the backup "
+            "partition's sha256 matches and its dump holds all 5,000 rows")
 def test_two_deploys_and_a_backup_at_once_end_at_the_newest_commit_with_an_intact_backup(tmp_path, docker_client,
                                                                                          measured):
     bed = make_testbed(str(tmp_path / "bed"), docker_client, f"prodgc{uuid.uuid4().hex[:8]}")

@@ -83,7 +83,12 @@ def failure_text(result) -> str:
                      for e in result.all_events if e.is_step_failure)
 
 
-@pytest.mark.fault
+@pytest.mark.fault(
+    fault="Engine socket gone while a stateful container is swapped (after the old Redis stopped and the new one "
+          "started)",
+    happens='asset fails: "the Docker Engine at unix://… cannot be reached …; the next apply … restores or replaces '
+            'it"; once the socket is back the retry keeps the healthy new container, removes the kept previous one, '
+            "in_sync passes, Redis's data is intact")
 def test_engine_socket_gone_while_a_stateful_container_is_swapped(deployed, proxy, measured):
     bed = deployed
     written = redis_write(bed)  # what Redis holds before the fault
@@ -118,7 +123,10 @@ def test_engine_socket_gone_while_a_stateful_container_is_swapped(deployed, prox
     assert checks.get("in_sync") is True, checks
 
 
-@pytest.mark.fault
+@pytest.mark.fault(
+    fault="Engine socket gone while a stateless release proves itself (trial container)",
+    happens="asset fails naming the Engine; the serving container is never touched (every probe answered, 0 "
+            "restarts); the retry removes the stray trial container and converges")
 def test_engine_socket_gone_during_a_stateless_trial_keeps_the_service_serving(deployed, proxy, measured):
     import urllib.request
 

@@ -64,7 +64,7 @@ def backup_and_restore(bed, instance, s3_url: str, restore_out: list[str]) -> No
     bed.client.containers.get(scratch.group(1)).remove(force=True, v=True)
 
 
-def test_no_secret_value_anywhere_prodg_writes(tmp_path, docker_client, capfd):
+def test_no_secret_value_anywhere_prodg_writes(tmp_path, docker_client, capfd, measured):
     bed = make_testbed(str(tmp_path / "bed"), docker_client, f"prodgh{uuid.uuid4().hex[:8]}")
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -99,35 +99,40 @@ def test_no_secret_value_anywhere_prodg_writes(tmp_path, docker_client, capfd):
                 assert job.execute_in_process(instance=instance, tags=request.tags).success
                 backup_and_restore(bed, instance, s3.url, restore_out)
 
-            found: dict[str, list[str]] = {}
-            for dirpath, _, files in os.walk(home):
-                for name in files:
+            # every place searched, and per place what was found where (names of hunted values, never a value)
+            files, metadata, tags, containers, messages, output = {}, {}, {}, {}, {}, {}
+            for dirpath, _, names in os.walk(home):
+                for name in names:
                     path = os.path.join(dirpath, name)
                     with open(path, "rb") as fh:
-                        if hits := hits_in_bytes(fh.read()):
-                            found[os.path.relpath(path, home)] = hits
+                        files[os.path.relpath(path, home)] = hits_in_bytes(fh.read())
             for record in instance.get_event_records(dg.EventRecordsFilter(
                     event_type=dg.DagsterEventType.ASSET_MATERIALIZATION), limit=1000):
                 meta = record.asset_materialization.metadata
-                if hits := hits_in_bytes(json.dumps({k: str(v.value) for k, v in meta.items()}).encode()):
-                    found[f"materialization {record.asset_key.to_user_string()}"] = hits
+                metadata[f"{record.asset_key.to_user_string()} ({record.storage_id})"] = hits_in_bytes(
+                    json.dumps({k: str(v.value) for k, v in meta.items()}).encode())
             for run in instance.get_runs():
-                if hits := hits_in_bytes(json.dumps(run.tags).encode()):
-                    found[f"run tags {run.run_id}"] = hits
+                tags[f"run {run.run_id}"] = hits_in_bytes(json.dumps(run.tags).encode())
             for service, c in bed.containers().items():
-                if hits := hits_in_bytes(json.dumps(c.labels).encode() + json.dumps(c.attrs["Config"]["Cmd"]).encode()):
-                    found[f"container {service} labels/command"] = hits
-            for message in telegram.messages:
-                if hits := hits_in_bytes(message["text"].encode()):
-                    found["telegram"] = hits
+                containers[f"container {service}"] = hits_in_bytes(
+                    json.dumps(c.labels).encode() + json.dumps(c.attrs["Config"]["Cmd"]).encode())
+            for n, message in enumerate(telegram.messages):
+                messages[f"message {n + 1}"] = hits_in_bytes(message["text"].encode())
             out, err = capfd.readouterr()
-            if hits := hits_in_bytes("".join(restore_out).encode()):
-                found["prodg restore output"] = hits
-            if hits := hits_in_bytes((out + err).encode()):
-                found["stdout/stderr"] = hits
-            scanned = sum(len(f) for _, _, f in os.walk(home))
-            assert scanned > 0
-            assert found == {}, found
+            output["prodg restore"] = hits_in_bytes("".join(restore_out).encode())
+            output["this session's stdout/stderr"] = hits_in_bytes((out + err).encode())
+            places = {
+                "every file under `DAGSTER_HOME` (Dagster's storage and compute logs)": files,
+                "materialisation metadata": metadata,
+                "run tags": tags,
+                "container labels and commands": containers,
+                "Telegram messages": messages,
+                "prodg's stdout/stderr, `prodg restore`'s output": output,
+            }
+            found = {place: measured.searched(place, hunted=HUNTED, found=where) for place, where in places.items()}
+            empty = [place for place, where in places.items() if not where]
+            assert not empty, f"nothing was searched in {empty}"
+            assert not any(found.values()), found
     finally:
         bed.cleanup()
         os.environ.clear()
