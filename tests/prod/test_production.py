@@ -630,7 +630,7 @@ def test_upgrade_and_backup_commands_of_the_docs_work(deployment: Deployment):
     assert dep.containers["dagster-daemon"].status == "exited"
     out = dep.compose("run", "--rm", "--no-deps", "-T", "dagster-daemon", "dagster", "instance", "migrate")
     assert "Updating run storage" in out and "Storage schema state after migration" in out, out
-    assert "dagster_postgres" in out, out  # it migrated the deployment's Postgres, not a local SQLite
+    assert "run_storage: PostgresRunStorage" in out, out  # the deployment's Postgres, not a local SQLite
     dep.compose("up", "-d")
     dep.containers["dagster-daemon"].reload()
     assert dep.containers["dagster-daemon"].status == "running"
