@@ -19,13 +19,15 @@ fi
 #   docker-registry  the CNCF Distribution registry: the tests' (and a dev host's) image registry on loopback
 #   curl             the registry script's health probe; git hooks that tell `prodg webhook` about a push
 #   age              age-keygen (the backup identities) and the plain `age` an operator restores with
+#   docker-compose   Compose 1.29 (Debian's): brings docker/prod/docker-compose.yml up, for operators and for
+#                    tests/prod/test_production.py
 # What else docker/images/build.sh and docker/prod/build.sh run (mount, chroot, tar, awk, find, sha256sum) is in
 # every Debian (Priority: required); the Docker CLI and Engine are a precondition (checked above); chromium is
 # installed by docker/prod/install-chromium.sh, which .ci/run calls.
 need=()
 for cmd_pkg in debootstrap:debootstrap git:git zstd:zstd psql:postgresql-client \
     /usr/lib/postgresql/15/bin/initdb:postgresql-15 /etc/ssl/certs/ca-certificates.crt:ca-certificates \
-    /usr/bin/docker-registry:docker-registry curl:curl age:age; do
+    /usr/bin/docker-registry:docker-registry curl:curl age:age docker-compose:docker-compose; do
   cmd=${cmd_pkg%%:*}; pkg=${cmd_pkg#*:}
   if [[ $cmd == /* ]]; then [ -e "$cmd" ] || need+=("$pkg"); else command -v "$cmd" >/dev/null || need+=("$pkg"); fi
 done

@@ -22,10 +22,10 @@ from prodg_assets.backups.restore.postgres import RestoreRefused
 from prodg_assets.backups.store.client import BackupStore
 from prodg_assets.backups.store.download import RestoreFailed
 from prodg_assets.backups.store.manifest import Manifest
+from prodg_assets.backups.store.objects import StoreError
 from prodg_assets.backups.store.stream import stream_backup
-from tests.backups.conftest import s3
+from tests.backups.conftest import STORE_KEY_ID, STORE_SECRET, s3
 from tests.conftest import age_keygen
-from tests.standins.moto import MotoServer
 
 BUCKET = f"prodg-untar-{os.getpid()}"
 OWNER = 472  # Grafana's uid: a service that must write its restored folder
@@ -49,15 +49,15 @@ def tar_of(*members) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """An S3 stand-in holding the crafted backups, and the operator's age identity they are encrypted to."""
+def store(tmp_path_factory, store_server):
+    """The backup tests' store (it checks keys: conftest's store_server) holding the crafted backups in a bucket of
+    this module, and the operator's age identity they are encrypted to."""
     keys = tmp_path_factory.mktemp("untar-keys")
     recipient = Recipient.parse(age_keygen(str(keys / "operator.agekey")))
-    with MotoServer() as server:
-        s3(server.url).create_bucket(Bucket=BUCKET)
-        backups = BackupStore(endpoint_url=server.url, region="us-east-1", bucket=BUCKET, access_key_id="testing",
-                              secret_access_key="testing")
-        yield backups, recipient, read_identities(str(keys / "operator.agekey"))
+    s3(store_server.url, STORE_KEY_ID, STORE_SECRET).create_bucket(Bucket=BUCKET)
+    backups = BackupStore(endpoint_url=store_server.url, region="us-east-1", bucket=BUCKET,
+                          access_key_id=STORE_KEY_ID, secret_access_key=STORE_SECRET)
+    yield backups, recipient, read_identities(str(keys / "operator.agekey"))
 
 
 def backed_up(store, name: str, data: bytes, files: dict | None = None) -> Manifest:
@@ -139,6 +139,21 @@ def test_a_refused_member_fails_the_restore_naming_it_and_leaves_nothing(store, 
     assert sorted(os.listdir(tmp_path)) == ["outside", "restore-here"]
     assert os.listdir(outside) == ["target.txt"] and (outside / "target.txt").read_bytes() == b"original\n"
     assert not os.path.lexists("/tmp/prodg-untar-absolute.txt")
+
+
+def test_a_restore_with_a_wrong_store_key_fails_naming_the_refusal_and_writes_nothing(store, tmp_path):
+    """The restore's download signs with the key it is given: the right key id with another secret is refused by
+    the store (SignatureDoesNotMatch), the restore fails saying so without the secret, and nothing is written."""
+    manifest = backed_up(store, "wrong-key", tar_of(GOOD))
+    wrong_secret = f"not-{STORE_SECRET}"
+    wrong = BackupStore(endpoint_url=store[0].endpoint_url, region="us-east-1", bucket=BUCKET,
+                        access_key_id=STORE_KEY_ID, secret_access_key=wrong_secret)
+    with pytest.raises(StoreError) as refused:
+        restore_folder(wrong, manifest, store[2], str(tmp_path / "data"))
+    assert f"downloading s3://{BUCKET}/{manifest.objects[0].object_key}: SignatureDoesNotMatch (HTTP 403)" in \
+        str(refused.value), str(refused.value)
+    assert wrong_secret not in str(refused.value)
+    assert os.listdir(tmp_path) == []
 
 
 def test_an_engine_shaped_tar_comes_back_with_owners_links_and_safe_modes(store, tmp_path):

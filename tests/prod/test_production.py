@@ -1,13 +1,18 @@
-"""The production shape (docker/prod) on this machine's Engine: the images built offline by docker/prod/build.sh, and
-the containers of docker/prod/docker-compose.yml — Dagster's Postgres, the code location, the webserver, the
-daemon — started through the Docker SDK exactly as the Compose file declares them (compose itself may be absent),
-on a private network, serving a real git config repo (the test stack). Then, over the webserver's GraphQL API and in its
-UI: a materialisation runs in a container of its own (DockerRunLauncher) and leaves its events in Postgres; a push
-to the config repo is picked up by the daemon's sensor tick and deployed; a run whose container dies is marked
-failed; the upgrade and backup commands of docs/PRODUCTION.md work; the asset graph shows the layer groups."""
+"""The production shape (docker/prod) on this machine's Engine, run as an operator runs it: the images built offline by
+docker/prod/build.sh, then docker/prod/docker-compose.yml itself brought up by Debian's docker-compose — Dagster's
+Postgres, the code location, the webserver, the daemon — with only the settings the file reads from the environment
+(docs/PRODUCTION.md, "Environment") set for this run: its own root instead of /opt/prodg, names of its own, an
+Engine-picked UI port, this checkout's images, a project name of its own (-p). It serves a real git config repo (the
+test stack). The sensor starts from an empty cursor: its first tick reconciles the whole stack. Then, over the
+webserver's GraphQL API and in its UI: a materialisation runs in a container of its own (DockerRunLauncher) and leaves
+its events in Postgres; a nightly backup reaches the store with the keys of the secrets file, and a wrong key is
+refused; a push is picked up by the daemon's sensor tick and deployed; a run whose container dies is marked failed;
+a daemon restart loses nothing; the upgrade and backup commands of docs/PRODUCTION.md work; the asset graph shows the
+layer groups."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -22,10 +27,10 @@ from typing import Any, Callable
 import dagster as dg
 import pytest
 import requests
-import yaml
 
 import docker
 import prodg_assets
+from prodg_assets.contract import LABEL_COMMIT, REASON_TAG
 from prodg_assets.desired import LAYERS, DirTree, load_desired_state
 from prodg_assets.gitops.impact import impacted_assets
 from tests.browser import look, shown
@@ -36,14 +41,15 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
 PROD = os.path.join(ROOT, "docker", "prod")
 COMPOSE_FILE = os.path.join(PROD, "docker-compose.yml")
-PROD_ROOT = "/opt/prodg"  # the Compose file's root for repo, data and deployed tree; the test's tmp folder here
 LOCATION = "prodg"
 REPOSITORY = "__repository__"
 SENSOR = "config_repo_sensor"
 TEST_LABEL = "prodg.prod-test"
-SERVICE_KEYS = {"image", "container_name", "restart", "command", "environment", "volumes", "networks", "ports",
-                "healthcheck", "depends_on"}
+SERVICES = ("dagster-postgres", "dagster-code", "dagster-webserver", "dagster-daemon")
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
+# The test stack's prodg.yaml variables: kept in its config repo, as an operator keeps them (the code location and
+# every run read them from there; the test's own process environment never reaches those containers).
+BED_VARIABLES = ("PRODG_DATA", "PRODG_SECRETS_FILE", "PRODG_TEST_NAME", "PRODG_TEST_SUBNET", "PRODG_CONSOLE_CLIENTS")
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float, interval: float = 1.0,
@@ -63,43 +69,11 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float, interval: floa
                 f"{f' (last error: {last_error})' if last_error else ''}\n{diagnose()}")
 
 
-# --- the Compose file, read the way `docker compose` reads it (the subset it uses) ---------------------------------
-
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
-
-
-def interpolate(node: Any, env: dict[str, str]) -> Any:
-    """Compose's ${NAME}, ${NAME:-default}, ${NAME:?error} in every string of the document."""
-    if isinstance(node, dict):
-        return {k: interpolate(v, env) for k, v in node.items()}
-    if isinstance(node, list):
-        return [interpolate(v, env) for v in node]
-    if not isinstance(node, str):
-        return node
-
-    def sub(m: re.Match) -> str:
-        name, op, arg = m.groups()
-        value = env.get(name)
-        if op == ":-":
-            return value or arg
-        if op == "-":
-            return arg if value is None else value
-        assert value, f"{COMPOSE_FILE}: ${{{name}}} is required{f' ({arg})' if arg else ''}"
-        return value
-
-    return _VAR.sub(sub, node)
-
-
-def duration_ns(text: str) -> int:
-    m = re.fullmatch(r"(\d+)(ms|s|m)", str(text))
-    assert m, f"unsupported duration {text!r}"
-    return int(m.group(1)) * {"ms": 10**6, "s": 10**9, "m": 60 * 10**9}[m.group(2)]
-
-
 @dataclass
 class Deployment:
-    """docker/prod's containers for one test: unique names, a private network (service names as aliases, as compose
-    gives them), the Compose file's /opt/prodg replaced by the test's own folder, mounted at the same path."""
+    """docker/prod for one test module: `docker-compose -p <name> -f docker/prod/docker-compose.yml`, with the
+    Compose file's own variables set to this run's values and nothing else (an empty --env-file, so no operator's
+    docker/prod/.env is read)."""
 
     __test__ = False
 
@@ -108,95 +82,50 @@ class Deployment:
     root: str
     name: str
     images: dict[str, str]
-    compose: dict = field(default_factory=dict)
+    app_network: str  # the stack's network, which the runs join to probe the services (PRODG_PROBE_NETWORK)
+    password: str = ""
     containers: dict[str, Any] = field(default_factory=dict)
-    network: str = ""
-    volume: str = ""
     url: str = ""
 
     def __post_init__(self) -> None:
-        self.network = f"{self.name}-dagster"
-        self.volume = f"{self.name}-dagster-storage"
-        env = {**self.images, "DAGSTER_POSTGRES_PASSWORD": f"pg-{self.name}-{os.urandom(6).hex()}",
-               "PRODG_SENSOR_INTERVAL_S": "5"}
-        with open(COMPOSE_FILE, encoding="utf-8") as fh:
-            self.compose = interpolate(yaml.safe_load(fh), env)
+        self.password = f"pg-{os.urandom(12).hex()}"
 
-    # What only a test needs on top of the Compose file: the test stack's prodg.yaml variables (its data folder,
-    # secrets file, project name, CA) for the code server and, through its container context, for every run
-    # container, whose mounts are the test folder instead of /opt/prodg.
-    def extra_env(self, service: str) -> dict[str, str]:
-        if service != "dagster-code":
-            return {}
-        prodg_vars = {k: self.bed.env[k] for k in ("PRODG_DATA", "PRODG_SECRETS_FILE", "PRODG_TEST_NAME",
-                                                     "PRODG_TLS_CA_FILE", "PRODG_REGISTRY_MIRROR")}
-        context = {"docker": {
-            "env_vars": [f"{k}={v}" for k, v in prodg_vars.items()],
-            "container_kwargs": {
-                "volumes": ["/var/run/docker.sock:/var/run/docker.sock", f"{self.root}:{self.root}",
-                            f"{self.volume}:/opt/dagster/storage"],
-                "labels": {TEST_LABEL: self.name},
-            },
-        }}
-        return {**prodg_vars, "DAGSTER_CONTAINER_CONTEXT": json.dumps(context)}
+    @property
+    def prefix(self) -> str:  # PRODG_DAGSTER_NAME: the containers are <prefix>-postgres, <prefix>-code, …
+        return f"{self.name}-dagster"
 
-    def host_path(self, path: str) -> str:
-        return self.root + path[len(PROD_ROOT):] if path == PROD_ROOT or path.startswith(PROD_ROOT + "/") else path
+    @property
+    def network(self) -> str:
+        return f"prodg-{self.prefix}"
 
-    def container_args(self, service: str) -> dict:
-        svc = self.compose["services"][service]
-        unknown = set(svc) - SERVICE_KEYS
-        assert not unknown, f"{COMPOSE_FILE}: services.{service}: the test does not mirror {sorted(unknown)}"
-        env = {k: self.host_path(str(v)) for k, v in (svc.get("environment") or {}).items()}
-        if "DAGSTER_DOCKER_NETWORK" in env:
-            assert env["DAGSTER_DOCKER_NETWORK"] == self.compose["networks"]["dagster"]["name"]
-            env["DAGSTER_DOCKER_NETWORK"] = self.network
-        env.update(self.extra_env(service))
-        volumes = []
-        for spec in svc.get("volumes") or []:
-            src, dst, *mode = spec.split(":")
-            if not src.startswith("/"):
-                assert src in self.compose["volumes"], f"services.{service}.volumes: unknown volume {src}"
-                src = self.volume
-            volumes.append(":".join([self.host_path(src), self.host_path(dst), *mode]))  # same path inside
-        ports = {}
-        for spec in svc.get("ports") or []:
-            host_ip, _host_port, container_port = spec.rsplit(":", 2)
-            assert host_ip == "127.0.0.1", f"services.{service}.ports: {spec} is not loopback-only"
-            ports[f"{container_port}/tcp"] = (host_ip, None)  # a free port, chosen by the Engine
-        health = svc.get("healthcheck")
-        healthcheck = None if not health else {
-            "test": health["test"], "interval": duration_ns(health.get("interval", "30s")),
-            "timeout": duration_ns(health.get("timeout", "30s")), "retries": int(health.get("retries", 3))}
-        assert svc.get("networks") == ["dagster"], f"services.{service}.networks"
-        return dict(image=svc["image"], name=f"{self.name}-{service}", command=svc.get("command"),
-                    environment=env, volumes=volumes, ports=ports, healthcheck=healthcheck,
-                    restart_policy={"Name": svc["restart"]} if svc.get("restart") else None,
-                    labels={TEST_LABEL: self.name}, detach=True)
+    @property
+    def volume(self) -> str:
+        return f"prodg-{self.prefix}-storage"
 
-    def start(self, service: str, timeout: float = 180) -> None:
-        """Creates and starts one service once the services it depends on are in the state compose waits for."""
-        svc = self.compose["services"][service]
-        for dep, cond in (svc.get("depends_on") or {}).items():
-            if cond.get("condition") == "service_healthy":
-                self.wait_healthy(dep, timeout)
-            else:
-                assert dep in self.containers, f"{service} depends on {dep}, not started"
-        args = self.container_args(service)
-        container = self.client.containers.create(**args)
-        self.client.networks.get(self.network).connect(container, aliases=[service])
-        container.start()
-        self.containers[service] = container
+    def environ(self) -> dict[str, str]:
+        """The process environment of docker-compose: the caller's (DOCKER_HOST too: the Engine the suite uses)
+        without any PRODG_/DAGSTER_/COMPOSE_ variable, then this run's values of the Compose file's variables."""
+        keep = {k: v for k, v in os.environ.items() if not k.startswith(("PRODG_", "DAGSTER_", "COMPOSE_"))}
+        return {**keep, **self.images,
+                "DAGSTER_POSTGRES_PASSWORD": self.password,
+                "PRODG_ROOT": self.root,
+                "PRODG_DAGSTER_NAME": self.prefix,
+                "DAGSTER_UI_PORT": "0",  # a free loopback port, picked by the Engine
+                "PRODG_SENSOR_INTERVAL_S": "5",
+                "PRODG_TLS_CA_FILE": self.bed.env["PRODG_TLS_CA_FILE"],
+                "PRODG_REGISTRY_MIRROR": self.bed.env["PRODG_REGISTRY_MIRROR"],
+                "PRODG_PROBE_NETWORK": self.app_network,
+                "PRODG_RUN_NETWORKS": json.dumps([self.app_network])}
 
-    def wait_healthy(self, service: str, timeout: float) -> None:
-        container = self.containers[service]
-
-        def healthy() -> bool:
-            container.reload()
-            assert container.status in ("created", "running"), f"{service} exited:\n{self.logs(service)}"
-            return container.attrs["State"].get("Health", {}).get("Status") == "healthy"
-
-        wait_for(f"{service} to be healthy", healthy, timeout, diagnose=lambda: self.logs(service))
+    def compose(self, *args: str, timeout: float = 900, check: bool = True) -> str:
+        env_file = os.path.join(self.root, "compose.env")
+        if not os.path.exists(env_file):
+            open(env_file, "w").close()
+        proc = subprocess.run(["docker-compose", "-p", self.name, "-f", COMPOSE_FILE, "--env-file", env_file, *args],
+                              env=self.environ(), capture_output=True, text=True, timeout=timeout)
+        assert proc.returncode == 0 or not check, \
+            f"docker-compose {' '.join(args)}: exit {proc.returncode}\n{proc.stderr[-3000:]}\n{self.diagnose()}"
+        return proc.stdout
 
     def logs(self, service: str, tail: int = 80) -> str:
         try:
@@ -208,38 +137,30 @@ class Deployment:
         return "\n".join(f"--- {s} ---\n{self.logs(s)}" for s in self.containers)
 
     def up(self) -> None:
-        """Network and volume, then Postgres → code → webserver; the daemon is started by the test (start())."""
-        self.client.networks.create(self.network, driver="bridge", labels={TEST_LABEL: self.name})
-        self.client.volumes.create(self.volume, labels={TEST_LABEL: self.name})
+        """`docker-compose up -d`: the network and volume, Postgres until healthy, the code server until healthy,
+        then the webserver and the daemon — compose's order, from the file's depends_on."""
         os.makedirs(os.path.join(self.root, "data"), exist_ok=True)
-        for service in ("dagster-postgres", "dagster-code", "dagster-webserver"):
-            self.start(service)
-        self.wait_healthy("dagster-webserver", 180)
-        web = self.containers["dagster-webserver"]
-        web.reload()
-        port = web.ports["3000/tcp"][0]["HostPort"]
-        self.url = f"http://127.0.0.1:{port}"
+        self.compose("up", "-d")
+        self.containers = {s: self.client.containers.get(f"{self.prefix}-{s.removeprefix('dagster-')}")
+                           for s in SERVICES}
+        for service, container in self.containers.items():
+            assert container.labels.get("com.docker.compose.project") == self.name, service
+            assert container.labels.get("com.docker.compose.service") == service, service
+        port = self.compose("port", "dagster-webserver", "3000").strip()
+        assert port.startswith("127.0.0.1:"), f"the UI is published on {port}, not on loopback only"
+        self.url = f"http://{port}"
 
     def down(self) -> None:
-        """Everything this deployment created, the daemon first (it launches run containers), even after a
-        failure. Containers are found by label, so stray run containers go too."""
-        for service in ("dagster-daemon",):
-            if service in self.containers:
+        """Everything this deployment created, even after a failure: the daemon first (it launches run
+        containers), the run containers on its network, then `docker-compose down -v`."""
+        self.compose("stop", "-t", "5", "dagster-daemon", check=False)
+        for c in self.client.containers.list(all=True, filters={"network": self.network}):
+            if "dagster/run_id" in c.labels:
                 try:
-                    self.containers[service].remove(force=True)
+                    c.remove(force=True)
                 except docker.errors.NotFound:
                     pass
-        for c in self.client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={self.name}"}):
-            try:
-                c.remove(force=True, v=True)
-            except docker.errors.NotFound:
-                pass
-        for n in self.client.networks.list(names=[self.network]):
-            if n.name == self.network:  # the Engine's name filter also matches substrings
-                n.remove()
-        for v in self.client.volumes.list(filters={"label": f"{TEST_LABEL}={self.name}"}):
-            v.remove(force=True)
-
+        self.compose("down", "-v", "--remove-orphans", "-t", "5", check=False)
     # --- GraphQL ---------------------------------------------------------------------------------------------------
 
     def gql(self, query: str, **variables: Any) -> dict:
@@ -294,18 +215,17 @@ class Deployment:
         events = data["logsForRun"].get("events") or []
         return "\n".join(e.get("message", "") for e in events[-30:])
 
-    def wait_run(self, run_id: str, timeout: float = 240) -> dict:
+    def wait_run(self, run_id: str, timeout: float = 240, status: str = "SUCCESS") -> dict:
         run = wait_for(f"run {run_id} to finish", lambda: (r := self.run(run_id))["status"] in TERMINAL and r,
                        timeout, interval=2, diagnose=self.diagnose)
-        assert run["status"] == "SUCCESS", f"run {run_id}: {run['status']}\n{self.run_messages(run_id)}\n" \
-                                           f"{self.diagnose()}"
+        assert run["status"] == status, f"run {run_id}: {run['status']}\n{run_text(self, run_id)[-6000:]}\n" \
+                                        f"{self.diagnose()}"
         return run
 
     def psql(self, sql: str) -> str:
         code, out = self.containers["dagster-postgres"].exec_run(
             ["psql", "-U", "dagster", "-d", "dagster", "-h", "127.0.0.1", "-Atc", sql],
-            environment={"PGPASSWORD": self.compose["services"]["dagster-postgres"]["environment"]
-                         ["POSTGRES_PASSWORD"]})
+            environment={"PGPASSWORD": self.password})
         assert code == 0, out.decode()
         return out.decode().strip()
 
@@ -318,9 +238,11 @@ def build_images() -> dict[str, str]:
     return images
 
 
+
 # Backups of the test stack's Postgres and config, so the UI has all eight layer groups to show. The off-site store is
-# the container `<deployment>-offsite` on the deployment's network (prodg/s3-store), started by the test that backs
-# up; its keys are B2_KEY_ID / B2_KEY_SECRET (the defaults), which that test writes into the stack's secrets file.
+# the container `<deployment>-offsite` on the deployment's network (prodg/s3-store: s3s-fs, which answers only requests
+# signed with its one key), started by the tests that back up; its keys are B2_KEY_ID / B2_KEY_SECRET (the defaults),
+# which those tests write into the stack's secrets file.
 OFFSITE_BUCKET = "prodg-test-offsite"
 BACKUPS = """
 backups:
@@ -335,36 +257,97 @@ backups:
 """
 
 
+# The check schedules once a day (06:00 UTC) instead of every 5 minutes: a scheduled checks run that claims a
+# service's pool for the first time while the first reconcile claims it too hits Dagster 1.13's race in initialising
+# a pool's default limit on Postgres (an IntegrityError, then an UPDATE in the aborted transaction), which fails
+# the run that lost the race. This test is about the reconcile; that race is reported, not tested, here.
+QUIET_WATCH = """
+watch:
+  every: {health: 1d, exposure: 1d, host: 1d, secrets: 1d, tls: 1d, dns: 1d}
+"""
+
+
+def keep_variables_in_repo(bed: Testbed) -> None:
+    """The bed's values of its prodg.yaml variables (its data folder, secrets file, names, subnet) written into the
+    config repo's prodg.yaml, where an operator keeps them."""
+    path = os.path.join(bed.repo, "config", "prodg.yaml")
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    for key in BED_VARIABLES:
+        text, count = re.subn(rf"^  {key}: .*$", lambda _m, k=key: f"  {k}: {bed.env[k]}", text, count=1,
+                              flags=re.M)
+        assert count == 1, f"{path}: no variables.{key}"
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory, docker_client) -> Deployment:
     images = build_images()
-    root = str(tmp_path_factory.mktemp("prod"))
+    root = str(tmp_path_factory.mktemp("prod"))  # PRODG_ROOT: the repo, deployed tree, data, secrets, identity
     name = f"prodgprod{uuid.uuid4().hex[:8]}"
     bed = make_testbed(root, docker_client, name)
     age_keygen(os.path.join(root, "backup-host.agekey"))  # docker/prod's PRODG_BACKUP_IDENTITY: signs the manifests
+    keep_variables_in_repo(bed)
     with open(os.path.join(bed.repo, "config", "prodg.yaml"), "a") as fh:
         fh.write(BACKUPS.replace("{name}", name))  # so the code location defines every layer group, backups too
-    bed.commit("backups layer")
-    dep = Deployment(docker_client, bed, root, name, images)
+        fh.write(QUIET_WATCH)
+    bed.edit("prodg.yaml", "deploy:\n", 'deploy:\n  drift_schedule: "0 6 * * *"\n')
+    bed.commit("the bed's variables; backups layer; checks once a day")
+    # The stack's network exists before Dagster starts, as the mainframe's compose_prodg-internal existed when prodg
+    # took over from the seed's compose: the runs join it (PRODG_RUN_NETWORKS) and probe the services there
+    # (PRODG_PROBE_NETWORK), since 127.0.0.1 in a run container is the run container itself.
+    app_network = f"{name}_internal"
+    ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=bed.env["PRODG_TEST_SUBNET"])])
+    docker_client.networks.create(app_network, driver="bridge", ipam=ipam, labels={TEST_LABEL: name})
+    dep = Deployment(docker_client, bed, root, name, images, app_network)
     try:
-        dep.down()  # leftovers of an earlier run with the same pid
         dep.up()
         wait_for("the webserver's GraphQL endpoint", lambda: dep.gql("{ version }")["version"], 180,
                  diagnose=dep.diagnose)
         wait_for("the prodg code location to load in the webserver", dep.location_loaded, 180, interval=2,
                  diagnose=dep.diagnose)
-        # The sensor deploys what changed since its cursor; with none, its first tick would reconcile the whole
-        # test stack. The test deploys one cheap asset per commit instead: the first commit counts as deployed.
-        result = dep.gql("""mutation($s: SensorSelector!, $c: String) { setSensorCursor(sensorSelector: $s,
-              cursor: $c) { __typename ... on Error { message } } }""",
-                         s={"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": SENSOR},
-                         c=bed.commits[-1])
-        assert result["setSensorCursor"]["__typename"] == "Sensor", result
-        dep.start("dagster-daemon")
         yield dep
     finally:
-        dep.down()
-        bed.cleanup()
+        try:
+            dep.down()
+        finally:
+            bed.cleanup()
+            for network in docker_client.networks.list(filters={"label": f"{TEST_LABEL}={name}"}):
+                network.remove()
+
+
+def test_the_sensors_first_tick_reconciles_the_whole_stack(deployment: Deployment):
+    """No cursor (a fresh install): the daemon's first sensor tick requests one run of the branch head, "first
+    deploy", and that run — in a container of its own — creates every service of the stack at that commit."""
+    dep, bed = deployment, deployment.bed
+    head = bed.commits[-1]
+    runs = wait_for(f"the sensor's first run, for {head[:12]}", lambda: dep.runs_tagged("prodg/commit", head), 180,
+                    interval=2, diagnose=dep.diagnose)
+    assert len(runs) == 1, runs
+    run_id = runs[0]["runId"]
+    run = dep.wait_run(run_id, timeout=900)
+    tags = {t["key"]: t["value"] for t in run["tags"]}
+    assert (tags["dagster/sensor_name"], tags["dagster/run_key"]) == (SENSOR, f"{head}:1"), tags
+    assert tags[REASON_TAG].startswith("first deploy"), tags[REASON_TAG]
+    assert tags["docker/container_id"]
+
+    # What it deployed: each service of the stack created by this run, and running now as that container.
+    state = load_desired_state(DirTree(os.path.join(bed.repo, "config")), bed.env)
+    deployed = {}
+    for line in dep.psql(f"SELECT event FROM event_logs WHERE run_id = '{run_id}' "
+                         f"AND dagster_event_type = 'ASSET_MATERIALIZATION'").splitlines():
+        materialisation = dg.deserialize_value(line, dg.EventLogEntry).asset_materialization
+        deployed[materialisation.asset_key.to_user_string()] = materialisation.metadata
+    services = {spec.asset: name for name, spec in state.services.items()}
+    assert set(services) <= set(deployed), f"not deployed: {sorted(set(services) - set(deployed))}"
+    assert {a: deployed[a]["action"].value for a in services} == {a: "created" for a in services}
+    live = bed.containers()
+    assert sorted(live) == sorted(state.services)
+    for asset, service in services.items():
+        container = live[service]
+        assert (container.id, container.status, container.labels[LABEL_COMMIT]) == \
+            (deployed[asset]["container_id"].value, "running", head), service
 
 
 def test_materialisation_runs_in_its_own_container_and_logs_to_postgres(deployment: Deployment):
@@ -423,33 +406,78 @@ def test_materialisation_runs_in_its_own_container_and_logs_to_postgres(deployme
     assert ".out" in listing and ".err" in listing, listing
 
 
-def test_a_nightly_backup_in_its_run_container_reaches_the_store_with_keys_from_the_secrets_file(
-        deployment: Deployment):
-    """The run container gets no store key in its environment (dagster.yaml passes none): it reads B2_KEY_ID and
-    B2_KEY_SECRET from the secrets file on its mount, as the host keeps them."""
-    dep, bed = deployment, deployment.bed
+@contextlib.contextmanager
+def offsite_store(dep: Deployment, wrong_secret: bool = False):
+    """The off-site store (prodg/s3-store: s3s-fs, answering only requests signed with its one key) on the
+    deployment's network with an empty bucket, its key id and secret written into the stack's secrets file as
+    B2_KEY_ID / B2_KEY_SECRET — with `wrong_secret`, the key id with another secret. Yields (the store's container,
+    the secret it holds, the secret the file holds); the file is put back afterwards, as the other tests know it."""
     key_id, secret = f"prodg-{dep.name}", f"b2-Secret-{os.urandom(8).hex()}"
-    with open(bed.env["PRODG_SECRETS_FILE"], encoding="utf-8") as fh:
+    written = f"b2-Wrong-{os.urandom(8).hex()}" if wrong_secret else secret
+    secrets_file = dep.bed.env["PRODG_SECRETS_FILE"]
+    with open(secrets_file, encoding="utf-8") as fh:
         secrets_before = fh.read()
-    with open(bed.env["PRODG_SECRETS_FILE"], "a", encoding="utf-8") as fh:
-        fh.write(f"B2_KEY_ID={key_id}\nB2_KEY_SECRET={secret}\n")
+    with open(secrets_file, "a", encoding="utf-8") as fh:
+        fh.write(f"B2_KEY_ID={key_id}\nB2_KEY_SECRET={written}\n")
     offsite = dep.client.containers.run("prodg/s3-store:bookworm", name=f"{dep.name}-offsite", detach=True,
                                         network=dep.network, labels={TEST_LABEL: dep.name},
                                         environment={"MINIO_ROOT_USER": key_id, "MINIO_ROOT_PASSWORD": secret})
     try:
         assert offsite.exec_run(["mkdir", "-p", f"/data/{OFFSITE_BUCKET}"]).exit_code == 0  # a bucket is a folder
-        day = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=1)).isoformat()
-        run_id = dep.launch(["config_backup"], {"dagster/partition": day, "prodg/kind": "backup",
-                                                 "prodg/capture-late": "true"}, checks=False)  # past midnight
+        yield offsite, secret, written
+    finally:
+        offsite.remove(force=True, v=True)
+        with open(secrets_file, "w", encoding="utf-8") as fh:
+            fh.write(secrets_before)
+
+
+def run_text(dep: Deployment, run_id: str) -> str:
+    """Everything a run's events say: each log message, and each step failure's error with its causes."""
+    lines = []
+    for row in dep.psql(f"SELECT event FROM event_logs WHERE run_id = '{run_id}' ORDER BY id").splitlines():
+        entry = dg.deserialize_value(row, dg.EventLogEntry)
+        lines.append(entry.user_message or "")
+        event = entry.dagster_event
+        if event is not None and event.event_type == dg.DagsterEventType.STEP_FAILURE:
+            lines.append(event.step_failure_data.error.to_string())
+    return "\n".join(lines)
+
+
+def launch_yesterdays_config_backup(dep: Deployment) -> tuple[str, str]:
+    """(run id, day): a backup of the config tree for yesterday, launched as the UI launches one past midnight."""
+    day = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=1)).isoformat()
+    run_id = dep.launch(["config_backup"], {"dagster/partition": day, "prodg/kind": "backup",
+                                             "prodg/capture-late": "true"}, checks=False)
+    return run_id, day
+
+
+def test_a_nightly_backup_in_its_run_container_reaches_the_store_with_keys_from_the_secrets_file(
+        deployment: Deployment):
+    """The run container gets no store key in its environment (dagster.yaml passes none): it reads B2_KEY_ID and
+    B2_KEY_SECRET from the secrets file on its mount, as the host keeps them, and signs with them."""
+    dep = deployment
+    with offsite_store(dep) as (offsite, secret, _written):
+        run_id, day = launch_yesterdays_config_backup(dep)
         dep.wait_run(run_id)
         code, out = offsite.exec_run(["find", f"/data/{OFFSITE_BUCKET}/configs/{day}", "-type", "f"])
         assert code == 0 and f"configs/{day}/manifest.json" in out.decode(), out.decode()
         assert ".tar.zst.age" in out.decode()
-        assert secret not in dep.run_messages(run_id)
-    finally:
-        offsite.remove(force=True, v=True)
-        with open(bed.env["PRODG_SECRETS_FILE"], "w", encoding="utf-8") as fh:  # as the other tests know it
-            fh.write(secrets_before)
+        assert secret not in run_text(dep, run_id)
+
+
+def test_a_nightly_backup_with_a_wrong_store_key_fails_naming_the_refusal_and_writes_nothing(
+        deployment: Deployment):
+    """The secrets file holds the store's key id with another secret: the store refuses the signature, the run
+    fails saying so (SignatureDoesNotMatch), neither secret appears in what it logged, and the bucket stays empty."""
+    dep = deployment
+    with offsite_store(dep, wrong_secret=True) as (offsite, secret, written):
+        run_id, _day = launch_yesterdays_config_backup(dep)
+        dep.wait_run(run_id, status="FAILURE")
+        text = run_text(dep, run_id)
+        assert "SignatureDoesNotMatch" in text, text[-4000:]
+        assert secret not in text and written not in text
+        code, out = offsite.exec_run(["find", f"/data/{OFFSITE_BUCKET}", "-type", "f"])
+        assert (code, out.decode()) == (0, ""), out.decode()
 
 
 def set_stop_timeout(bed, seconds: int) -> None:
@@ -598,16 +626,29 @@ def test_daemon_restarted_during_a_sensor_launched_run_loses_nothing(deployment:
 
 
 def test_upgrade_and_backup_commands_of_the_docs_work(deployment: Deployment):
-    """docs/PRODUCTION.md: `dagster instance migrate` against the Postgres storage, and a pg_dump of Dagster's database
-    that pg_restore can read (the runs of the tests above are in it)."""
+    """docs/PRODUCTION.md's upgrade, as written there (with docker-compose's -T, no terminal here): the daemon stopped,
+    `dagster instance migrate` in a one-off container of the daemon's service against the Postgres storage, `up -d`
+    again; and its backup: a pg_dump of Dagster's database through `docker exec` that pg_restore can read (the runs of
+    the tests above are in it)."""
     dep = deployment
-    code, out = dep.containers["dagster-daemon"].exec_run(["dagster", "instance", "migrate"])
-    assert code == 0, out.decode()
-    pg = dep.containers["dagster-postgres"]
-    code, out = pg.exec_run(["sh", "-c", "pg_dump -U dagster -d dagster -Fc >/tmp/dagster.dump && "
-                                         "pg_restore --list /tmp/dagster.dump && rm /tmp/dagster.dump"])
-    listing = out.decode()
-    assert code == 0, listing
+    dep.compose("stop", "dagster-daemon")
+    dep.containers["dagster-daemon"].reload()
+    assert dep.containers["dagster-daemon"].status == "exited"
+    out = dep.compose("run", "--rm", "--no-deps", "-T", "dagster-daemon", "dagster", "instance", "migrate")
+    assert "Updating run storage" in out and "Storage schema state after migration" in out, out
+    assert "run_storage: PostgresRunStorage" in out, out  # the deployment's Postgres, not a local SQLite
+    dep.compose("up", "-d")
+    dep.containers["dagster-daemon"].reload()
+    assert dep.containers["dagster-daemon"].status == "running"
+
+    dump = os.path.join(dep.root, "dagster.dump")
+    with open(dump, "wb") as fh:  # docker exec <PRODG_DAGSTER_NAME>-postgres pg_dump … >dagster-<day>.dump
+        subprocess.run(["docker", "exec", f"{dep.prefix}-postgres", "pg_dump", "-U", "dagster", "-d", "dagster",
+                        "-Fc"], stdout=fh, check=True, timeout=300)
+    with open(dump, "rb") as fh:
+        listing = subprocess.run(["docker", "exec", "-i", f"{dep.prefix}-postgres", "pg_restore", "--list"],
+                                 stdin=fh, capture_output=True, check=True, timeout=300).stdout.decode()
+    os.remove(dump)
     assert "TABLE DATA public runs" in listing and "TABLE DATA public event_logs" in listing, listing[-2000:]
 
 

@@ -28,6 +28,7 @@ from tests.standins.moto import MotoServer
 pytestmark = pytest.mark.docker
 
 BUCKET = "prodg-concurrency"
+STORE_KEY_ID, STORE_SECRET = "AKIDCONCURRENCY", "concurrency-store-secret"
 # daily partitions end with the last complete day
 TODAY = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=1)).isoformat()
 # What the git sensor's run request executes, in its own process (as the daemon would launch it).
@@ -77,15 +78,15 @@ def action_of(instance, run_id: str, asset: str) -> str:
 def test_two_deploys_and_a_backup_at_once_end_at_the_newest_commit_with_an_intact_backup(tmp_path, docker_client,
                                                                                          measured):
     bed = make_testbed(str(tmp_path / "bed"), docker_client, f"prodgc{uuid.uuid4().hex[:8]}")
-    with MotoServer() as s3:
-        client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1", aws_access_key_id="testing",
-                              aws_secret_access_key="testing")
+    with MotoServer(keys={STORE_KEY_ID: STORE_SECRET}) as s3:  # the store answers only its own key
+        client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1", aws_access_key_id=STORE_KEY_ID,
+                              aws_secret_access_key=STORE_SECRET)
         client.create_bucket(Bucket=BUCKET)
         home = tmp_path / "home"
         home.mkdir()
         shutil.copy(f"{ROOT}/docker/dev/dagster.yaml", home / "dagster.yaml")
-        env = {**bed.env, "DAGSTER_HOME": str(home), "PRODG_TEST_STORE_KEY_ID": "AKIDCONCURRENCY",
-               "PRODG_TEST_STORE_SECRET": "concurrency-store-secret"}
+        env = {**bed.env, "DAGSTER_HOME": str(home), "PRODG_TEST_STORE_KEY_ID": STORE_KEY_ID,
+               "PRODG_TEST_STORE_SECRET": STORE_SECRET}
         old_env = dict(os.environ)
         os.environ.update(env)
         bed.cleanup()

@@ -1,8 +1,9 @@
 """Secrets hunted after a real session: deploy, a failing deploy rolled back, a Telegram notification, a secret rotated
 in the env file, the stack moved to Infisical (its stand-in) and a value rotated there deployed by the rotation sensor,
-a Postgres backup to an S3 API (moto), its restore drill and `prodg restore` from the command line — then every byte
-prodg wrote (the Dagster instance's storage and compute logs, container labels, metadata, run tags, its own output,
-Telegram's messages) is searched for every secret value of the test secrets file and the store's secret key.
+a Postgres backup to an S3 API that checks keys (moto with the store's key only) — first tried with a wrong secret,
+which the store refuses — its restore drill and `prodg restore` from the command line — then every byte prodg wrote
+(the Dagster instance's storage and compute logs, container labels, metadata, run tags, its own output, Telegram's
+messages) is searched for every secret value of the test secrets file, the store's secret key and the wrong one.
 Zero hits."""
 
 import datetime
@@ -27,9 +28,12 @@ from tests.standins.telegram import TelegramStandIn
 pytestmark = pytest.mark.docker
 
 
+STORE_KEY_ID = "AKIDHUNT"
 STORE_SECRET = "store-Secret-Key-hunted-4e5f6a"
+WRONG_STORE_SECRET = "store-Wrong-Secret-hunted-7b8c9d"  # the backup tried first signs with it, and is refused
 # the host's backup identity (an age private key) is hunted like the secrets
-HUNTED = {**TEST_SECRETS, "PRODG_TEST_STORE_SECRET": STORE_SECRET, "PRODG_BACKUP_IDENTITY": Identity.generate().text,
+HUNTED = {**TEST_SECRETS, "PRODG_TEST_STORE_SECRET": STORE_SECRET, "the wrong store secret": WRONG_STORE_SECRET,
+          "PRODG_BACKUP_IDENTITY": Identity.generate().text,
           "INFISICAL_CLIENT_SECRET": CLIENT_SECRET,
           "REDIS_PASSWORD rotated in Infisical": "redis-Rotated-In-Infisical-9d1"}
 # daily partitions end with the last complete day
@@ -41,18 +45,24 @@ def hits_in_bytes(data: bytes) -> list[str]:
 
 
 def backup_and_restore(bed, instance, s3_url: str, restore_out: list[str]) -> None:
-    """A backup of the test stack's Postgres, its restore drill, and `prodg restore` into a scratch container."""
-    boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", aws_access_key_id="x",
-                 aws_secret_access_key="x").create_bucket(Bucket="prodg-hunt")
+    """A backup of the test stack's Postgres signed with a wrong secret (refused, nothing stored), then with the
+    store's key, its restore drill, and `prodg restore` into a scratch container."""
+    store = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", aws_access_key_id=STORE_KEY_ID,
+                         aws_secret_access_key=STORE_SECRET)
+    store.create_bucket(Bucket="prodg-hunt")
     sha = bed.add_postgres_backups("prodg-hunt", s3_url, TODAY, identity_text=HUNTED["PRODG_BACKUP_IDENTITY"])
-    os.environ.update({"PRODG_TEST_STORE_KEY_ID": "AKIDHUNT", "PRODG_TEST_STORE_SECRET": STORE_SECRET,
+    os.environ.update({"PRODG_TEST_STORE_KEY_ID": STORE_KEY_ID, "PRODG_TEST_STORE_SECRET": WRONG_STORE_SECRET,
                        "PRODG_BACKUP_IDENTITY": bed.env["PRODG_BACKUP_IDENTITY"]})
     job = bed.defs().resolve_implicit_global_asset_job_def().get_subset(
         asset_selection={dg.AssetKey("postgres_backup"), dg.AssetKey("postgres_restore_drill")})
     # capture-late: should the suite run on past midnight, yesterday is over by the time it is captured
-    result = job.execute_in_process(instance=instance, tags={"prodg/commit": sha, "prodg/kind": "backup",
-                                                             "prodg/capture-late": "true"},
-                                    partition_key=TODAY, raise_on_error=False)
+    tags = {"prodg/commit": sha, "prodg/kind": "backup", "prodg/capture-late": "true"}
+    refused = job.execute_in_process(instance=instance, tags=tags, partition_key=TODAY, raise_on_error=False)
+    failure = refused.get_step_failure_events()[0].step_failure_data.error.to_string()
+    assert not refused.success and "SignatureDoesNotMatch" in failure, failure
+    assert store.list_objects_v2(Bucket="prodg-hunt").get("KeyCount") == 0
+    os.environ["PRODG_TEST_STORE_SECRET"] = STORE_SECRET
+    result = job.execute_in_process(instance=instance, tags=tags, partition_key=TODAY, raise_on_error=False)
     assert result.success
     env = {**os.environ, "DAGSTER_HOME": str(instance.root_directory)}
     proc = subprocess.run([sys.executable, "-m", "prodg_assets.cli", "restore", "postgres", "--date", TODAY],
@@ -87,7 +97,7 @@ def test_no_secret_value_anywhere_prodg_writes(tmp_path, docker_client, capfd, m
                 fh.write(f"REDIS_PASSWORD={TEST_SECRETS['REDIS_PASSWORD']}-rotated\n")
             assert bed.materialize(selection="redis", instance=instance).success
             restore_out: list[str] = []
-            with stand_in() as infisical, MotoServer() as s3:
+            with stand_in() as infisical, MotoServer(keys={STORE_KEY_ID: STORE_SECRET}) as s3:
                 # on Infisical: every value read from it, and one rotated there deployed by the rotation sensor
                 use_infisical(infisical_configured(bed), infisical)
                 assert bed.materialize(selection="secrets_env,postgres,redis", instance=instance).success
