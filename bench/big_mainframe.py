@@ -16,7 +16,7 @@ same config at 14 services (the mainframe's own count) in the same run, on the r
   checks).
 
 Growth is the figure at 150 over the figure at 14 (10.7× the services). Targets: work that reads or compares the
-whole config grows at most linearly (≤ 10.7×: a step quadratic in the services would show as ~100×); a one-service
+whole config grows at most linearly (≤ 10.7×: a step quadratic in the services grows 10.7² times); a one-service
 push costs about the same whatever the config's size (≤ 1.5×); the 150-service UI graph renders. Prints a table
 with met/missed and appends it to bench/RESULTS.md. Measures; never asserts (it stops when a step did not do what
 it measures, e.g. a reconcile that recreated something).
