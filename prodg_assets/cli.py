@@ -58,11 +58,12 @@ def _state(args: argparse.Namespace):
 def cmd_plan(args: argparse.Namespace) -> int:
     state, commit, resources = _state(args)
     docker = resources["docker"]
-    plan = docker.plan(state, resources["secrets"].values(), commit)
+    served = docker.served_digests(state.services.values())  # once per image, for the plan and the list below
+    plan = docker.plan(state, resources["secrets"].values(), commit, served=served)
     print(plan.table())
     print("\nIMAGE (digest its registry serves now; a drifted one is in the table above)")
     for name, spec in sorted(state.services.items()):
-        digest = "built at deploy" if spec.build else docker.served_digest(spec) or \
+        digest = "built at deploy" if spec.build else served[name] or \
             f"no digest: not in {docker.registry_mirror or 'its registry'}, or it did not answer"
         print(f"  {name:<14} {spec.image}  {digest}")
     changes = plan.changes

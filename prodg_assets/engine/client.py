@@ -4,7 +4,7 @@ method over facts (reads), images, plan (pure) and apply (changes). The SDK is i
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Optional
 
 import dagster as dg
 
@@ -122,15 +122,32 @@ class DockerEngine(dg.ConfigurableResource):
         except ImageUnavailable:
             return ""
 
+    def served_digests(self, specs: Iterable[ServiceSpec]) -> dict[str, str]:
+        """Service → served_digest, the registry asked once per image: services sharing an image (a config of many
+        small services on one base image) would otherwise cost a registry request each, against a public
+        registry's rate limit."""
+        asked: dict[tuple[str, bool], str] = {}
+        out = {}
+        for spec in specs:
+            key = (spec.image, spec.build is not None or spec.pull_policy == "never")
+            if key not in asked:
+                asked[key] = self.served_digest(spec)
+            out[spec.name] = asked[key]
+        return out
+
     # -- plan ------------------------------------------------------------------------------------------------------
     def desired(self, state: DesiredState, secrets: Mapping[str, str], commit: str,
                 services: list[str] | None = None, build_root: str | None = None,
-                registry: bool = True) -> dict[str, Desired]:
+                registry: bool = True, served: Mapping[str, str] | None = None) -> dict[str, Desired]:
         """What each service's container should look like (images are never built for this); without `registry`,
-        no registry is asked for the digest it serves (the digest is then not compared)."""
+        no registry is asked for the digest it serves (the digest is then not compared). `served`: the digests
+        already asked for (served_digests), else the registry is asked here, once per image."""
 
+        names = services or sorted(state.services)
+        if served is None:
+            served = self.served_digests(state.services[n] for n in names) if registry else {}
         out = {}
-        for name in services or sorted(state.services):
+        for name in names:
             spec = state.services[name]
             try:
                 _, image = self.resolve_image(spec, state, commit, build_root, build=False)
@@ -138,16 +155,16 @@ class DockerEngine(dg.ConfigurableResource):
                 image = "(not built)" if spec.build else "(unavailable)"
             files = facts.file_env(spec)
             out[name] = Desired(name, spec.spec_hash(secrets, files),
-                                facts.desired_facts(spec, secrets, image, files,
-                                                    self.served_digest(spec) if registry else ""))
+                                facts.desired_facts(spec, secrets, image, files, served.get(name, "")))
         return out
 
     def plan(self, state: DesiredState, secrets: Mapping[str, str], commit: str = "",
-             prune: bool | None = None) -> Plan:
-        """Desired vs live for every service; changes nothing."""
+             prune: bool | None = None, served: Mapping[str, str] | None = None) -> Plan:
+        """Desired vs live for every service; changes nothing. `served` as for `desired`."""
 
         prune = state.settings.deploy.prune if prune is None else prune
-        return plan(self.desired(state, secrets, commit), self.live(state.project, facts.declared_env(state)), prune)
+        return plan(self.desired(state, secrets, commit, served=served),
+                    self.live(state.project, facts.declared_env(state)), prune)
 
     def rotated_secrets(self, state: DesiredState, secrets: Mapping[str, str], commit: str = "") \
             -> dict[str, tuple[str, ...]]:
