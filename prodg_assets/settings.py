@@ -210,6 +210,8 @@ class SecretsSettings:
         return tuple(sorted(self.required))
 
 
+STALL_SETTING = "backups.stall_timeout_s"  # named by a capture that fails for writing nothing (BackupSettings)
+
 # How a `volume` target's data is read consistently (prodg.yaml backups.targets.*.capture)
 VOLUME_CAPTURES = ("redis_bgsave", "sqlite", "files")
 
@@ -248,6 +250,9 @@ class BackupSettings:
     # signers: (name, Ed25519 key) pairs whose signed manifests are trusted besides the host's own (none by default)
     signers: tuple[tuple[str, str], ...] = ()
     object_lock_mode: str = "GOVERNANCE"  # object_lock.mode, used when the bucket has Object Lock
+    # a capture (pg_dumpall, a data folder's tar, an SQLite copy) that writes nothing for this long is stopped (its
+    # helper container or process killed) and fails the day's backup, which keeps nothing
+    stall_timeout_s: float = 600.0
 
     @property
     def encrypted(self) -> bool:
@@ -332,12 +337,27 @@ assert {f for f, _ in WatchSettings.every} == set(CHECK_FAMILIES)
 
 @dataclass(frozen=True)
 class DeploySettings:
+    """prodg.yaml `deploy:`. Every piece of a deploy's work that could go on for ever is bounded here: the health
+    wait, an image build, an image pull, and a build context's size (refused when the config is loaded, before a
+    byte of it is read)."""
+
     branch: str = ""
     prune: bool = False
     self_heal: bool = False
     health_timeout_s: float = 120.0
     drift_schedule: str = "*/15 * * * *"
     stop_timeout_s: int = 20
+    build_timeout_s: float = 1800.0  # an image build still running after this is stopped (its containers removed)
+    pull_timeout_s: float = 600.0  # an image pull still running after this is abandoned (the Engine cancels it)
+    build_context_max_mb: float = 100.0  # a larger build context is a validation error
+
+    @property
+    def build_context_max_bytes(self) -> int:
+        return int(self.build_context_max_mb * 1_000_000)
+
+
+# deploy: fields that are seconds or sizes (a number, int or float, in the YAML)
+DEPLOY_BOUNDS = ("health_timeout_s", "build_timeout_s", "pull_timeout_s", "build_context_max_mb")
 
 
 @dataclass(frozen=True)
@@ -453,13 +473,14 @@ def settings_from_yaml(data: Mapping, records: tuple[DnsRecord, ...] = (),
                                        _m(_m(backups.get("encryption")).get("recipients")).items()),
                       signers=tuple((str(k), str(v)) for k, v in _m(backups.get("signers")).items()),
                       object_lock_mode=str(_m(backups.get("object_lock")).get("mode")
-                                           or BackupSettings.object_lock_mode).upper()),
+                                           or BackupSettings.object_lock_mode).upper(),
+                      stall_timeout_s=_num(backups.get("stall_timeout_s"), BackupSettings.stall_timeout_s)),
         # no notifications.telegram section: Telegram is off (with one, it is on unless `on: []`)
         notifications=NotificationSettings(_pick(TelegramSettings, telegram, chat_id=str(telegram.get("chat_id", "")),
                                                  on=_strs(telegram["on"]) if "on" in telegram
                                                  else TelegramSettings.on if telegram else ())),
-        deploy=_pick(DeploySettings, deploy,
-                     health_timeout_s=_num(deploy.get("health_timeout_s"), DeploySettings.health_timeout_s)),
+        deploy=_pick(DeploySettings, deploy, **{name: _num(deploy.get(name), getattr(DeploySettings, name))
+                                                for name in DEPLOY_BOUNDS}),
         watch=_pick(WatchSettings, watch, every=tuple((f, str(every[f])) for f in CHECK_FAMILIES),
                     flapping_changes=int(_num(flapping.get("changes"), WatchSettings.flapping_changes)),
                     flapping_within=str(flapping.get("within") or WatchSettings.flapping_within)),

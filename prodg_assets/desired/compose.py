@@ -82,13 +82,18 @@ class _XProdg(NamedTuple):
     internal_ports: Sequence[int] = ()
 
 
+def _megabytes(size: int) -> str:
+    return f"{size / 1_000_000:,.1f} MB"
+
+
 class _ComposeReader:
     """Reads one Compose file: a method per key, given the key's path and value, reports that key's located errors
     and returns its typed value."""
 
     def __init__(self, ctx: LoadContext, doc: Doc, compose_rel: str, host_root: str, bind_roots: list[str],
-                 trees_root: str = "", public_ports: frozenset[str] = frozenset()):
+                 trees_root: str = "", public_ports: frozenset[str] = frozenset(), build_context_max_bytes: int = 0):
         self.ctx, self.doc = ctx, doc
+        self.build_context_max_bytes = build_context_max_bytes  # prodg.yaml deploy.build_context_max_mb (0: none)
         self.compose_dir = posixpath.dirname(compose_rel)
         self.host_root = host_root.rstrip("/") or "/"
         self.bind_roots = bind_roots
@@ -217,6 +222,15 @@ class _ComposeReader:
             self.err(path + ("context",), f"build context {ctx_rel!r} does not exist in the config tree")
         args = self.kv(path + ("args",), value["args"]) if "args" in value else []
         if ctx_rel is None:
+            return None
+        size = sum(self.ctx.tree.size(f) for f in ctx_files)
+        if self.build_context_max_bytes and size > self.build_context_max_bytes:
+            # refused before a byte of it is read: hashing, laying out and sending it to the Engine would each
+            # read all of it (its files' sizes come from the tree's listing)
+            self.err(path + ("context",), f"build context {ctx_rel!r} is {_megabytes(size)} in {len(ctx_files)} "
+                                          f"files, above deploy.build_context_max_mb "
+                                          f"({_megabytes(self.build_context_max_bytes)}): move what the image does "
+                                          f"not need out of it, or raise the limit in prodg.yaml")
             return None
         return Build(ctx_rel, str(value.get("dockerfile", "Dockerfile")),
                      tuple((k, self.ctx.interpolate(self.doc, p, v)) for k, v, p in args), self.tree_digest(ctx_files))
@@ -677,11 +691,13 @@ def _port_conflicts(r: _ComposeReader, specs: dict[str, ServiceSpec]) -> None:
 
 
 def read_compose(ctx: LoadContext, cdoc: Doc, compose_rel: str, host_root: str, bind_roots: list[str],
-                 trees_root: str = "", public_ports: frozenset[str] = frozenset()) \
+                 trees_root: str = "", public_ports: frozenset[str] = frozenset(),
+                 build_context_max_bytes: int = 0) \
         -> tuple[str, dict[str, ServiceSpec], dict[str, NetworkSpec], dict[str, str]] | None:
     """(project, services, networks, volumes) of the Compose file `cdoc`; None when it has no services at all.
     `host_root` is where the tree's files are on the Docker host; `bind_roots` the allowed absolute bind sources;
-    `trees_root`, when set, where the content trees of a commit's config binds lie (one folder per content)."""
+    `trees_root`, when set, where the content trees of a commit's config binds lie (one folder per content);
+    `build_context_max_bytes`, when set, the largest build context accepted."""
     data = cdoc.data
     for key in data:
         if key not in COMPOSE_TOP_KEYS and not str(key).startswith("x-"):
@@ -701,7 +717,8 @@ def read_compose(ctx: LoadContext, cdoc: Doc, compose_rel: str, host_root: str, 
     if not isinstance(raw_services, dict) or not raw_services:
         ctx.errors.append(cdoc.error(("services",), "must be a mapping of at least one service"))
         return None
-    reader = _ComposeReader(ctx, cdoc, compose_rel, host_root, bind_roots, trees_root, public_ports)
+    reader = _ComposeReader(ctx, cdoc, compose_rel, host_root, bind_roots, trees_root, public_ports,
+                            build_context_max_bytes)
     names = {str(k) for k in raw_services}
     specs: dict[str, ServiceSpec] = {}
     for name, body in raw_services.items():

@@ -16,7 +16,16 @@ from typing import Any, Mapping
 
 from ..agekeys import AgeError, Recipient
 from ..contract import ASSET_OF_METHOD, CHECK_FAMILIES
-from ..settings import BackupTarget, DnsRecord, Settings, duration_minutes, every_cron, settings_from_yaml
+from ..settings import (
+    DEPLOY_BOUNDS,
+    BackupTarget,
+    DeploySettings,
+    DnsRecord,
+    Settings,
+    duration_minutes,
+    every_cron,
+    settings_from_yaml,
+)
 from ..signkeys import SigningError, parse_signer
 from .compose import read_compose
 from .errors import ConfigInvalid, SpecError
@@ -230,6 +239,17 @@ def _schedules(ctx: LoadContext, doc: Doc, data: dict) -> None:
         ctx.errors.append(doc.error(("deploy", "drift_schedule"), cron_problem(drift)))
 
 
+def _bounds(ctx: LoadContext, doc: Doc, data: dict) -> None:
+    """The bounds on work that could go on for ever (deploy's timeouts and build context size, a backup's stall):
+    0 or less would fail every deploy or backup at once."""
+    deploy = _map(data.get("deploy"))
+    bounds = [("deploy", name, deploy.get(name)) for name in DEPLOY_BOUNDS]
+    bounds.append(("backups", "stall_timeout_s", _map(data.get("backups")).get("stall_timeout_s")))
+    for section, name, value in bounds:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+            ctx.errors.append(doc.error((section, name), f"must be more than 0, got {value}"))
+
+
 def _watch(ctx: LoadContext, doc: Doc, data: dict) -> None:
     """Intervals the scheduler can run, a reminder and flapping window that are durations, and a due hour after the
     backups' own."""
@@ -289,6 +309,7 @@ def _settings(ctx: LoadContext, doc: Doc, data: dict, services: Mapping[str, Ser
     _encryption(ctx, doc, data)
     _signers(ctx, doc, data)
     _schedules(ctx, doc, data)
+    _bounds(ctx, doc, data)
     _watch(ctx, doc, data)
     _telegram(ctx, doc, data)
     for i, port in enumerate(_list(host.get("public_ports"))):
@@ -339,9 +360,11 @@ def _load(tree: ConfigTree, env: Mapping[str, str], host_root: str | None, trees
     host = _map(pdata.get("host"))
     roots = _list(host.get("bind_roots"))
     tree_root = host_root or getattr(tree, "root", None) or "/opt/prodg/config"
+    limit = _map(pdata.get("deploy")).get("build_context_max_mb", DeploySettings.build_context_max_mb)
+    limit_bytes = int(limit * 1_000_000) if isinstance(limit, (int, float)) and not isinstance(limit, bool) else 0
     compose = read_compose(ctx, cdoc, compose_rel, (tree_root.rstrip("/") or "/"),
                            [posixpath.normpath(str(r)) for r in roots if str(r).startswith("/")], trees_root,
-                           frozenset(str(p) for p in _list(host.get("public_ports"))))
+                           frozenset(str(p) for p in _list(host.get("public_ports"))), max(0, limit_bytes))
     if compose is None:
         return None, ctx
     project, specs, networks, volumes = compose

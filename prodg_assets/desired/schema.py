@@ -67,6 +67,7 @@ PRODG_SCHEMA = {
         "encryption": Either(OneOf("none"), {"recipients": Req(MapOf(str))}),
         "signers": MapOf(str),
         "object_lock": {"mode": OneOf("governance", "compliance")},
+        "stall_timeout_s": (int, float),
         "targets": Req(MapOf({"method": Req(OneOf("pg_dumpall", "s3_mirror", "config_archive", "volume",
                                                     "secrets_file", "dagster_storage")),
                               "service": str, "prefix": Req(str), "retention_days": Req(int),
@@ -81,7 +82,8 @@ PRODG_SCHEMA = {
     },
     "deploy": {
         "branch": str, "prune": bool, "self_heal": bool, "health_timeout_s": (int, float),
-        "drift_schedule": str, "stop_timeout_s": int,
+        "drift_schedule": str, "stop_timeout_s": int, "build_timeout_s": (int, float),
+        "pull_timeout_s": (int, float), "build_context_max_mb": (int, float),
     },
     "watch": {
         "every": {family: str for family in CHECK_FAMILIES}, "remind_every": str,

@@ -15,6 +15,9 @@ class ConfigTree(Protocol):
     def files_under(self, rel: str) -> Iterator[str]:
         """Every file at or below `rel`, as paths relative to the config root, sorted."""
 
+    def size(self, rel: str) -> int:
+        """The size in bytes of the file at `rel`, known without reading it (0 when there is none)."""
+
 
 class DirTree:
     """A config tree in a folder on disk."""
@@ -35,6 +38,12 @@ class DirTree:
             return None
         with open(path, "rb") as fh:
             return fh.read()
+
+    def size(self, rel: str) -> int:
+        path = os.path.join(self.root, rel)
+        if not os.path.isfile(path) or not self._inside(path):
+            return 0
+        return os.stat(path).st_size
 
     def files_under(self, rel: str) -> Iterator[str]:
         path = os.path.join(self.root, rel)

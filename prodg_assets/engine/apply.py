@@ -89,7 +89,7 @@ def _apply(engine: EngineAccess, state: DesiredState, service: str, secrets: Map
     health_timeout = deploy.health_timeout_s
     _recover_interrupted(engine, spec, state.project, secrets, health_timeout, log)
     image, image_id = resolve_image(engine.client, spec, state, commit, build_root, mirror=engine.registry_mirror,
-                                    refresh=refresh)
+                                    refresh=refresh, log=log)
     digest = image_digest(engine.client, image_id, spec.image, engine.registry_mirror)
     files = file_env(spec, strict=True)
     want_hash = spec.spec_hash(secrets, files)
@@ -315,11 +315,30 @@ def _wait_healthy(engine: EngineAccess, spec: ServiceSpec, cid: str, timeout: fl
         if health == "healthy":
             return
         if health == "unhealthy":
-            raise ApplyFailed(spec.name, "new container failed its healthcheck", _tail(engine, cid, secrets))
-        if time.monotonic() > deadline:
-            raise ApplyFailed(spec.name, f"new container not healthy after {timeout:.0f}s",
+            raise ApplyFailed(spec.name, "new container failed its healthcheck" + _probe_story(spec, state),
                               _tail(engine, cid, secrets))
+        if time.monotonic() > deadline:
+            raise ApplyFailed(spec.name, f"new container not healthy after {timeout:g}s (deploy.health_timeout_s)"
+                                         + _probe_story(spec, state), _tail(engine, cid, secrets))
         time.sleep(0.25)
+
+
+def _probe_story(spec: ServiceSpec, state: Mapping) -> str:
+    """What the healthcheck's runs said, for a failed health wait: a probe that never returns is named as such (the
+    Engine cuts each run off at the Compose `healthcheck.timeout`; the container's removal ends any still
+    running)."""
+    if spec.healthcheck is None:
+        return ""
+    h = spec.healthcheck
+    command = " ".join(h.test[1:]) if h.test and h.test[0] in ("CMD", "CMD-SHELL") else " ".join(h.test)
+    runs = (state.get("Health") or {}).get("Log") or []
+    if not runs:
+        return f": its healthcheck `{command[:200]}` has not returned once (each run may take up to {h.timeout_s:g}s)"
+    stalled = sum(1 for run in runs if "exceeded timeout" in str(run.get("Output", "")))
+    if stalled:
+        return (f": its healthcheck `{command[:200]}` did not return within {h.timeout_s:g}s (healthcheck.timeout) "
+                f"in {stalled} of its last {len(runs)} runs, and was cut off")
+    return f": its healthcheck `{command[:200]}` exited {runs[-1].get('ExitCode')}"
 
 
 def _tail(engine: EngineAccess, cid: str, secrets: Mapping[str, str], lines: int = 20) -> str:

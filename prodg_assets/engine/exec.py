@@ -35,8 +35,10 @@ class ContainerExec:
     GATE = 'read -r _ || exit 125; exec "$@"'
 
     def __init__(self, api: docker.APIClient, container: str, cmd: Sequence[str], *, user: str = "",
-                 environment: Optional[Mapping[str, str]] = None, what: str = "", idle_timeout_s: float = 600.0):
+                 environment: Optional[Mapping[str, str]] = None, what: str = "", idle_timeout_s: float = 600.0,
+                 idle_setting: str = ""):
         self.api, self.container, self.cmd = api, container, list(cmd)
+        self.idle_setting = idle_setting  # the setting idle_timeout_s comes from, named when it passes
         self.user, self.environment = user, dict(environment or {})
         self.what = what or cmd[0]
         self.idle_timeout_s = idle_timeout_s
@@ -120,10 +122,13 @@ class ContainerExec:
         try:
             return self._raw.recv(n)
         except socket.timeout:
-            raise ProducerFailed(f"{self.what} in {self.container}: no output for "
-                                 f"{self.idle_timeout_s:.0f}s") from None
+            raise ProducerFailed(self._stalled()) from None
         except OSError as exc:
             raise ProducerFailed(f"{self.what} in {self.container}: output stream broke off ({exc})") from None
+
+    def _stalled(self) -> str:
+        return (f"{self.what} in {self.container} wrote nothing for {self.idle_timeout_s:g}s"
+                + (f" ({self.idle_setting})" if self.idle_setting else "") + ": stalled, stopped")
 
     def _read_exactly(self, n: int) -> Optional[bytes]:
         """n bytes, or None at a clean end of stream."""
@@ -132,8 +137,7 @@ class ContainerExec:
             try:
                 chunk = self._raw.recv(min(n - len(buf), 1 << 20))
             except socket.timeout:
-                raise ProducerFailed(f"{self.what} in {self.container}: no output for "
-                                     f"{self.idle_timeout_s:.0f}s") from None
+                raise ProducerFailed(self._stalled()) from None
             except OSError as exc:
                 raise ProducerFailed(f"{self.what} in {self.container}: output stream broke off ({exc})") from None
             if not chunk:
@@ -196,12 +200,12 @@ READ_AHEAD = 24  # reads (≤ READ_BYTES each) an exec_chunks producer holds ahe
 def exec_chunks(api: docker.APIClient, container: str, cmd: Sequence[str], *, user: str = "",
                 environment: Optional[Mapping[str, str]] = None, what: str = "",
                 redact: Callable[[str], str] = lambda s: s, idle_timeout_s: float = 600.0,
-                read_ahead_reads: int = READ_AHEAD) -> Iterator[bytes]:
+                read_ahead_reads: int = READ_AHEAD, idle_setting: str = "") -> Iterator[bytes]:
     """The stdout of `cmd` run in `container`, streamed `read_ahead` of the consumer; raises ProducerFailed after
     the last chunk when the exit status is non-zero or unknown (stderr's tail, redacted, in the message). Closing
     the generator early shuts the exec socket down, which ends the process by SIGPIPE (and kills what is left)."""
     proc = ContainerExec(api, container, cmd, user=user, environment=environment, what=what,
-                         idle_timeout_s=idle_timeout_s).start()
+                         idle_timeout_s=idle_timeout_s, idle_setting=idle_setting).start()
     stderr = TailBuffer()
 
     def stdout() -> Iterator[bytes]:

@@ -36,14 +36,16 @@ def helper_chunks(api: docker.APIClient, container: str, cmd: Sequence[str], *, 
                   files: Optional[Mapping[str, bytes]] = None, environment: Optional[Mapping[str, str]] = None,
                   what: str = "", redact: Callable[[str], str] = lambda s: s, idle_timeout_s: float = 600.0,
                   read_ahead_reads: int = 8, image: str = "", with_volumes: bool = False,
-                  user: str = "") -> Iterator[bytes]:
+                  user: str = "", idle_setting: str = "") -> Iterator[bytes]:
     """The stdout of `cmd` run in a helper container from `container`'s image and network namespace, streamed
     through a FIFO under `shared_root`. `files` are written (0600) beside the FIFO; the command finds them under
     MOUNT and its stdout must go to MOUNT/out (the helper's shell redirects it there). Raises ProducerFailed after
     the last chunk when the helper's exit status is not 0 (its stderr's tail, redacted, in the message).
     `with_volumes`: the helper has `container`'s mounts at the same paths instead of its network (no network at
     all), runs as `container`'s user (so it reads what the service reads) unless `user` says otherwise, and from
-    `image` when given. A user name is looked up in `container` and the folder handed over to its uid."""
+    `image` when given. A user name is looked up in `container` and the folder handed over to its uid.
+    `idle_timeout_s` without a byte stops the helper (killed and removed) and fails, naming `idle_setting` (the
+    setting it comes from)."""
     what = what or cmd[0]
     try:
         target = api.inspect_container(container)
@@ -70,7 +72,8 @@ def helper_chunks(api: docker.APIClient, container: str, cmd: Sequence[str], *, 
         runs_as = _helper_user(api, container, user or (target["Config"].get("User") if with_volumes else ""), what)
         _hand_over(folder, runs_as)
         helper_id = _start_helper(api, target, cmd, folder, environment or {}, what, image, with_volumes, runs_as)
-        yield from read_ahead(_fifo_output(api, fd, helper_id, container, what, idle_timeout_s), read_ahead_reads,
+        yield from read_ahead(_fifo_output(api, fd, helper_id, container, what, idle_timeout_s, idle_setting),
+                              read_ahead_reads,
                               what, lambda: _remove(api, helper_id))
         code = _exit_code(api, helper_id)
         if code != 0:
@@ -184,7 +187,7 @@ def _start_helper(api: docker.APIClient, target: dict, cmd: Sequence[str], folde
 
 
 def _fifo_output(api: docker.APIClient, fd: int, helper_id: str, container: str, what: str,
-                 idle_timeout_s: float) -> Iterator[bytes]:
+                 idle_timeout_s: float, idle_setting: str = "") -> Iterator[bytes]:
     """What the helper writes into the FIFO, until it closes it, in pieces of READ_BYTES (the writer's small writes
     gathered here: one hand-over to the consumer per MiB, not per write). A helper that exits without ever opening
     the FIFO ends the output (its exit status says why); `idle_timeout_s` without a byte is a failure."""
@@ -212,7 +215,8 @@ def _fifo_output(api: docker.APIClient, fd: int, helper_id: str, container: str,
                 pending += data
             break
         if time.monotonic() - last > idle_timeout_s:
-            raise ProducerFailed(f"{what} (helper container of {container}): no output for {idle_timeout_s:.0f}s")
+            raise ProducerFailed(f"{what} (helper container of {container}) wrote nothing for {idle_timeout_s:g}s"
+                                 + (f" ({idle_setting})" if idle_setting else "") + ": stalled, stopped")
     if pending:
         yield bytes(pending)
 

@@ -101,9 +101,16 @@ class GitTree:
     def __init__(self, repo: str, commit: str, subdir: str = "config"):
         self.repo, self.commit, self.subdir = repo, commit_id(commit), subdir.strip("/")
         self.label = f"{self.subdir}@{commit[:12]}"
-        listing = git(repo, "ls-tree", "-r", "-z", "--name-only", "--end-of-options", commit, "--", self.subdir + "/")
+        # `-l`: each blob's size from the tree, so a file's size is known before (or without) reading it
+        listing = git(repo, "ls-tree", "-r", "-z", "-l", "--end-of-options", commit, "--", self.subdir + "/")
         prefix = self.subdir + "/"
-        self._files = sorted(p[len(prefix):] for p in listing.decode().split("\0") if p.startswith(prefix))
+        self._sizes: dict[str, int] = {}
+        for entry in listing.decode().split("\0"):
+            meta, _, path = entry.partition("\t")
+            if path.startswith(prefix):
+                size = meta.split()[-1] if meta else "-"
+                self._sizes[path[len(prefix):]] = int(size) if size.isdigit() else 0
+        self._files = sorted(self._sizes)
         self._cache: dict[str, bytes] = {}
 
     def read(self, rel: str) -> bytes | None:
@@ -113,6 +120,9 @@ class GitTree:
         if rel not in self._cache:
             self._cache[rel] = git(self.repo, "cat-file", "blob", f"{self.commit}:{self.subdir}/{rel}")
         return self._cache[rel]
+
+    def size(self, rel: str) -> int:
+        return self._sizes.get(os.path.normpath(rel), 0)
 
     def files_under(self, rel: str) -> Iterator[str]:
         rel = os.path.normpath(rel)

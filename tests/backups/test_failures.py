@@ -1,15 +1,19 @@
-"""Failed backups keep nothing: a pg_dumpall that fails midway (a table it cannot lock) or is killed midway, a
-`git archive` of a commit that does not exist, a MinIO bucket that cannot be listed. Each fails its partition and
-leaves no object under the day's prefix and no multipart upload in progress — after the upload had started. Each
-fault test then removes the fault (the lock released, the bucket there) and backs up the same partition again: the
-retry succeeds, and nothing is lost — every row the cluster holds is in the retry's dump, every object of the mirrored
-buckets is in the retry's copy with its sha256 (what each compared is recorded for docs/RELIABILITY.md)."""
+"""Failed backups keep nothing: a pg_dumpall that fails midway (a table it cannot lock), is killed midway or stalls
+(stopped at backups.stall_timeout_s), a `git archive` of a commit that does not exist, a MinIO bucket that cannot be
+listed. Each fails its partition and leaves no object under the day's prefix and no multipart upload in progress —
+after the upload had started. Each fault test then removes the fault (the lock released, the bucket there) and backs
+up the same partition again: the retry succeeds, and nothing is lost — every row the cluster holds is in the retry's
+dump, every object of the mirrored buckets is in the retry's copy with its sha256 (what each compared is recorded for
+docs/RELIABILITY.md)."""
 
+import dataclasses
 import datetime
 import hashlib
 import io
 import json
+import os
 import re
+import shutil
 import threading
 import time
 
@@ -18,6 +22,7 @@ import pytest
 
 from prodg_assets.backups.store.client import S3Source
 from prodg_assets.contract import CONFIG_BACKUP, MINIO_BACKUP, POSTGRES_BACKUP
+from prodg_assets.desired import DirTree, load_desired_state
 from prodg_assets.engine.exec import exec_run
 from tests.backups.conftest import (
     MINIO_OBJECTS,
@@ -300,3 +305,54 @@ def test_a_mirror_that_fails_halfway_removes_what_it_copied(bed, clean_store, in
               for e in manifest["objects"]}
     assert measured.compare("objects", expected=expected, actual=copied) == 0, (expected, copied)
     assert clean_store.multipart_uploads(f"minio/{DAY}/") == []
+
+
+def with_backups_setting(bed, tmp, line: str):
+    """`bed` with one more `backups:` field in its prodg.yaml (its desired state loaded from a copy of its config)."""
+    config = os.path.join(tmp, "config")
+    shutil.copytree(os.path.join(bed.repo, "config"), config)
+    path = os.path.join(config, "prodg.yaml")
+    text = open(path, encoding="utf-8").read()
+    assert "  freshness_hours: 26\n" in text
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text.replace("  freshness_hours: 26\n", f"  freshness_hours: 26\n  {line}\n", 1))
+    return dataclasses.replace(bed, state=load_desired_state(DirTree(config), {}))
+
+
+@pytest.mark.fault(
+    fault='`pg_dumpall` stalls (pg_dump waits on a locked table, its lock wait far longer)',
+    happens=('stopped at `backups.stall_timeout_s`: the partition fails naming pg_dumpall, its helper container '
+        "and the bound; helper container removed, the dump's sessions ended in Postgres, upload aborted, no "
+        "object or manifest; Postgres keeps answering; once the lock is released the retry's dump holds every"
+        ' row'))
+def test_a_dump_that_stalls_is_stopped_at_the_stall_timeout_and_leaves_nothing(bed, clean_store, locked_cluster,
+                                                                               instance, measured, tmp_path):
+    """pg_dumpall stalls (pg_dump waits for a table another session holds, with a lock wait far longer than the
+    bound): with `backups.stall_timeout_s: 3` the partition fails naming pg_dumpall, its helper container and the
+    bound; the helper container is gone, the dump's sessions are ended in the server (none waits on in the lock
+    queue), the upload that had begun is aborted (no object, no manifest, no upload left), and Postgres keeps
+    answering. The lock released, the same backup succeeds and loses no row."""
+    api = bed.client.api
+    stalling = with_backups_setting(bed, str(tmp_path), "stall_timeout_s: 3")
+    assert stalling.state.settings.backups.stall_timeout_s == 3
+    prefix = f"postgres/{DAY}/"
+    run_config = {"ops": {POSTGRES_BACKUP: {"config": {"lock_wait_timeout_s": 600, "census_lock_timeout_s": 1}}}}
+    with UploadWatcher(bed.store(), prefix) as watcher:
+        result = stalling.materialize([POSTGRES_BACKUP], DAY, instance, raise_on_error=False, run_config=run_config)
+    assert not result.success
+    assert watcher.seen, "the dump stalled before the upload started"
+    text = failure_text(result)
+    assert (f"pg_dumpall (helper container of {bed.pg}) wrote nothing for 3s (backups.stall_timeout_s): stalled, "
+            f"stopped") in text, text
+    assert "nothing was kept" in text, text
+    assert_nothing_kept(clean_store, prefix)
+    assert bed.helpers() == []
+    dump_sessions = ("select count(*) from pg_stat_activity where application_name like 'prodg-dump-%' "
+                     "or application_name = 'pg_dump'")
+    wait_for(lambda: psql(api, bed.pg, dump_sessions) == "0", what="the stopped dump's sessions to end")
+    assert psql(api, bed.pg, "select count(*) from events", db="hermes") == "2500"  # Postgres keeps serving
+
+    release_the_lock(bed)
+    retry = stalling.materialize([POSTGRES_BACKUP], DAY, instance, raise_on_error=False, run_config=run_config)
+    assert measured.retried(converged=retry.success), failure_text(retry)
+    assert_the_retry_lost_no_row(bed, clean_store, retry, prefix, measured)

@@ -97,3 +97,4 @@ def test_an_image_is_pulled_through_the_mirror_and_pinned_by_digest(tmp_path, do
             bed.cleanup()
             for image in docker_client.images.list(name=name):
                 docker_client.images.remove(image.id, force=True)
+

@@ -78,6 +78,7 @@ def build_postgres_backup(state: DesiredState, settings: BackupSettings, partiti
             dump = pg_dumpall_chunks(docker.client.api, spec.container_name,
                                      password=env_value(spec, "POSTGRES_PASSWORD", values), db_user=db_user,
                                      lock_wait_timeout_s=config.lock_wait_timeout_s, helper_root=helper_root,
+                                     idle_timeout_s=settings.stall_timeout_s,
                                      port=int(port) if (port := env_value(spec, "PGPORT", values)).isdigit()
                                      else 5432)
             try:

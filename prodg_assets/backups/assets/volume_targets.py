@@ -50,7 +50,8 @@ def build_volume_backup(state: DesiredState, settings: BackupSettings, partition
             key = failure["object_key"] = archive_key(target.prefix, day, cap.captured_at, target.name, ".tar",
                                                       settings.compression, settings.encrypted)
             chunks, captured, recorded = _capture(docker, repo, spec.container_name, target,
-                                                  env_value(spec, "REDIS_PASSWORD", values))
+                                                  env_value(spec, "REDIS_PASSWORD", values),
+                                                  settings.stall_timeout_s)
             hashes = TarHashes()
             try:
                 result = stream_backup(backup_store, key, hashes.tap(chunks), settings.compression,
@@ -77,7 +78,7 @@ def build_volume_backup(state: DesiredState, settings: BackupSettings, partition
 
 
 def _capture(docker: DockerEngine, repo: ConfigRepo, container: str, target: BackupTarget,
-             redis_password: str) -> tuple[Iterator[bytes], str, dict]:
+             redis_password: str, stall_timeout_s: float) -> tuple[Iterator[bytes], str, dict]:
     """(the tar stream, what it holds, what the manifest records for the drill) of the target's capture method."""
     api = docker.client.api
     if target.capture == "redis_bgsave":
@@ -88,7 +89,7 @@ def _capture(docker: DockerEngine, repo: ConfigRepo, container: str, target: Bac
             raise ProducerFailed(f"capture sqlite needs an Engine on this machine (the helper's folder is shared "
                                  f"through the deploy root); the Engine is {docker.address}")
         return (sqlite_folder_chunks(api, container, target.path, shared_root=repo.deployed_dir,
-                                     image=target.helper_image),
+                                     image=target.helper_image, idle_timeout_s=stall_timeout_s),
                 f"{target.path} (SQLite databases by the online backup API)", {})
     return archive_chunks(api, container, f"{target.path}/."), target.path, {}
 

@@ -3,11 +3,13 @@ helper container on the server's network, or from inside its container)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Mapping
 
 from ...engine.exec import exec_chunks, exec_run, reblocked
 from ...engine.helper import MOUNT, helper_chunks
+from ...settings import STALL_SETTING
 from ...streams import ProducerFailed
 
 if TYPE_CHECKING:
@@ -87,19 +89,49 @@ def pg_dumpall_chunks(api: docker.APIClient, container: str, *, password: str = 
     same path: the deploy root) it runs in a helper container from `container`'s image on its network (TCP to
     127.0.0.1:`port`, the password in a pgpass file beside the FIFO) and comes out through a FIFO; without, inside
     `container` as the OS user postgres through the exec API, in 1 MiB writes (`reblocked`). A table locked longer
-    than `lock_wait_timeout_s` fails the dump instead of stalling it."""
+    than `lock_wait_timeout_s` fails the dump instead of stalling it; a dump that writes nothing for
+    `idle_timeout_s` (backups.stall_timeout_s) is stopped and fails."""
     dump = ["pg_dumpall", "-U", db_user, "--no-password", f"--lock-wait-timeout={int(lock_wait_timeout_s * 1000)}"]
     redact = (lambda s: s.replace(password, "<POSTGRES_PASSWORD>")) if password else (lambda s: s)
+    # every session of this dump (pg_dumpall's, and each pg_dump's it starts) carries this name, so that the
+    # sessions of a dump that failed or was stopped can be ended in the server
+    app_name = f"{DUMP_APPLICATION}{os.urandom(6).hex()}"
     if helper_root:
         files = {"pgpass": f"127.0.0.1:{port}:*:{_pgpass_field(db_user)}:{_pgpass_field(password)}\n".encode()} \
             if password else {}
-        return helper_chunks(api, container, [*dump, "-h", "127.0.0.1", "-p", str(port)], shared_root=helper_root,
-                             files=files, environment={"PGPASSFILE": f"{MOUNT}/pgpass"},
-                             what="pg_dumpall", redact=redact, idle_timeout_s=idle_timeout_s,
-                             user="postgres")  # the image's postgres user, never root
-    env = {"PGPASSWORD": password} if password else {}
-    return exec_chunks(api, container, reblocked(dump), user="postgres", environment=env, what="pg_dumpall",
-                       redact=redact, idle_timeout_s=idle_timeout_s)
+        chunks = helper_chunks(api, container, [*dump, "-h", "127.0.0.1", "-p", str(port)], shared_root=helper_root,
+                               files=files, environment={"PGPASSFILE": f"{MOUNT}/pgpass", "PGAPPNAME": app_name},
+                               what="pg_dumpall", redact=redact, idle_timeout_s=idle_timeout_s,
+                               idle_setting=STALL_SETTING, user="postgres")  # the image's postgres user, never root
+    else:
+        env = {"PGPASSWORD": password, "PGAPPNAME": app_name} if password else {"PGAPPNAME": app_name}
+        chunks = exec_chunks(api, container, reblocked(dump), user="postgres", environment=env, what="pg_dumpall",
+                             redact=redact, idle_timeout_s=idle_timeout_s, idle_setting=STALL_SETTING)
+    return _ending_its_sessions(chunks, api, container, db_user, app_name)
+
+
+DUMP_APPLICATION = "prodg-dump-"  # application_name prefix of a dump's sessions (then a random hex token)
+
+
+def _ending_its_sessions(chunks: Iterator[bytes], api: docker.APIClient, container: str, db_user: str,
+                         app_name: str) -> Iterator[bytes]:
+    """`chunks`; when they end in a failure (or are closed early), the dump's own sessions in the server are ended
+    too: a pg_dump waiting for a table's lock does not notice that its client is gone, and would hold its place in
+    the lock queue (and block what queues behind it) until --lock-wait-timeout."""
+    finished = False
+    try:
+        yield from chunks
+        finished = True
+    finally:
+        chunks.close()
+        if not finished:
+            terminate = (f"select pg_terminate_backend(pid) from pg_stat_activity "
+                         f"where application_name = '{app_name}'")  # app_name: our prefix and hex, nothing quoted
+            try:
+                exec_run(api, container, ["psql", "-X", "-q", "-U", db_user, "-d", "postgres", "-c", terminate],
+                         user="postgres", what="ending the dump's sessions", timeout_s=30)
+            except Exception:  # the server is gone or not answering: then neither are the dump's sessions
+                pass
 
 
 def _pgpass_field(value: str) -> str:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Iterator
 from ...engine.exec import exec_run
 from ...engine.helper import MOUNT, helper_chunks
 from ...lazy import docker_errors
+from ...settings import STALL_SETTING
 from ...streams import ProducerFailed
 from ..store.stream import ChunkReader
 
@@ -128,11 +129,12 @@ with tarfile.open(fileobj=sys.stdout.buffer, mode="w|", format=tarfile.PAX_FORMA
 
 
 def sqlite_folder_chunks(api: docker.APIClient, container: str, path: str, *, shared_root: str, image: str = "",
-                         user: str = "") -> Iterator[bytes]:
+                         user: str = "", idle_timeout_s: float = 600.0) -> Iterator[bytes]:
     """`path` of `container` as a tar, its SQLite databases copied by the online backup API, run by python3 in a
     helper container that has the service's mounts (`image`: one with python3; default the service's own)."""
     return helper_chunks(api, container, ["python3", "-c", SQLITE_TAR, path, MOUNT], shared_root=shared_root,
-                         what="sqlite-backup", image=image, with_volumes=True, user=user)
+                         what="sqlite-backup", image=image, with_volumes=True, user=user,
+                         idle_timeout_s=idle_timeout_s, idle_setting=STALL_SETTING)
 
 
 class TarHashes:
