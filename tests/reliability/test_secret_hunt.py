@@ -25,7 +25,8 @@ from tests.layers.test_infisical import CLIENT_SECRET, infisical_configured, rot
 from tests.standins.moto import MotoServer
 from tests.standins.telegram import TelegramStandIn
 
-pytestmark = pytest.mark.docker
+# a whole session (deploys, rotations, backups, restores): about 5 minutes alone, 10 on a busy machine
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1500)]
 
 
 STORE_KEY_ID = "AKIDHUNT"
