@@ -138,7 +138,7 @@ def build_dagster_backup(state: DesiredState, settings: BackupSettings, partitio
             helper_root = repo.deployed_dir if config.dump_in_helper and docker.address.startswith("unix://") else ""
             dump = pg_dumpall_chunks(docker.client.api, db.container, password=db.password, db_user=db.db_user,
                                      lock_wait_timeout_s=config.lock_wait_timeout_s, helper_root=helper_root,
-                                     port=db.port)
+                                     idle_timeout_s=settings.stall_timeout_s, port=db.port)
             try:
                 result = stream_backup(backup_store, key, dump, settings.compression,
                                        {"partition": day, "source": db.container, "commit": cap.commit},
