@@ -23,5 +23,5 @@ def test_each_method_has_its_own_builder():
 
 def test_an_unknown_method_is_an_error_naming_the_target():
     with pytest.raises(ValueError, match="backup target 'media': unknown capture method 'rsync' \\(known: "
-                                         "config_archive, pg_dumpall, s3_mirror, secrets_file, volume\\)"):
+                                         "config_archive, dagster_storage, pg_dumpall, s3_mirror, secrets_file, volume\\)"):
         capture_builder(BackupTarget("media", "rsync", "media/", 30))
