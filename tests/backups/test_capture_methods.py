@@ -22,6 +22,6 @@ def test_each_method_has_its_own_builder():
 
 
 def test_an_unknown_method_is_an_error_naming_the_target():
-    with pytest.raises(ValueError, match="backup target 'media': unknown capture method 'rsync' \\(known: "
-                                         "config_archive, dagster_storage, pg_dumpall, s3_mirror, secrets_file, volume\\)"):
+    known = "config_archive, dagster_storage, pg_dumpall, s3_mirror, secrets_file, volume"
+    with pytest.raises(ValueError, match=f"backup target 'media': unknown capture method 'rsync' \\(known: {known}\\)"):
         capture_builder(BackupTarget("media", "rsync", "media/", 30))
