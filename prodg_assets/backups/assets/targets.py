@@ -155,9 +155,7 @@ def build_dagster_backup(state: DesiredState, settings: BackupSettings, partitio
                 tables=len(counts.rows), rows=sum(counts.rows.values())),
                 f"{key}: {history['runs']} runs, {history['events']} events, {result.raw_bytes} bytes dumped")
 
-        def scrub(text: str) -> str:
-            return scrubber(backup_store, known)(text)
-
+        scrub = scrubber(backup_store, known)  # reads `known` at each call: the password once prepare() found it
         return run_partition(context, "dagster", settings, target, backup_store, repo, managed, scrub, produce,
                              failure=failure, prepare=prepare)
 

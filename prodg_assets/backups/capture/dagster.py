@@ -4,7 +4,6 @@ found from the instance that runs the backup: the Postgres its run storage conne
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
@@ -74,7 +73,7 @@ def _container_of(client: docker.DockerClient, host: str, port: int) -> Optional
         networks = ((attrs.get("NetworkSettings") or {}).get("Networks") or {}).values()
         for net in networks:
             names = set(net.get("Aliases") or ()) | set(net.get("DNSNames") or ())
-            if host in names or (_is_ip(host) and host == net.get("IPAddress")):
+            if host in names or host == net.get("IPAddress"):
                 return container.name, port
         if host in LOOPBACK:
             for inner, bindings in ((attrs.get("NetworkSettings") or {}).get("Ports") or {}).items():
@@ -82,10 +81,3 @@ def _container_of(client: docker.DockerClient, host: str, port: int) -> Optional
                     return container.name, int(inner.split("/")[0])
     return None
 
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
